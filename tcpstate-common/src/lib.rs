@@ -1,0 +1,351 @@
+//! The kernel/user boundary of tcpstate, typed once.
+//!
+//! Everything that crosses between `tcpstate-ebpf` and `tcpstate-daemon` is defined here: the
+//! map and global names, the `#[repr(C)]` layouts of keys and values (fixed-width integers and
+//! explicit padding only), and the numbering of TCP states, roles and recording counters.
+//! The `user` feature adds `aya::Pod` so the daemon can read the maps.
+#![no_std]
+
+pub mod state;
+
+pub use state::{STATE_COUNT, TcpState};
+
+/// Names of the programs in the eBPF object.
+pub mod program {
+    /// Records every `inet_sock_set_state` event.
+    pub const RECORD_STATE_CHANGE: &str = "record_state_change";
+    /// Records the events the kernel does not give to `RECORD_STATE_CHANGE` because that program
+    /// is already running on the CPU (a softirq state change interrupting a process-context one).
+    pub const RECORD_NESTED_STATE_CHANGE: &str = "record_nested_state_change";
+    /// The kernel function whose BTF tracepoint both programs attach to.
+    pub const TRACEPOINT: &str = "inet_sock_set_state";
+}
+
+/// Names of the maps in the eBPF object.
+pub mod map {
+    /// `SK_STORAGE`: socket -> [`crate::SocketRecord`].
+    pub const SOCKET_RECORDS: &str = "SOCKET_RECORDS";
+    /// `PERCPU_HASH`: [`crate::TransitionKey`] -> [`crate::TransitionStats`].
+    pub const TRANSITIONS: &str = "TRANSITIONS";
+    /// `PERCPU_ARRAY`: [`crate::counter`] index -> `u64`.
+    pub const COUNTERS: &str = "COUNTERS";
+    /// `PERCPU_ARRAY` of one `u32`: 1 while the primary program's body runs on that CPU.
+    pub const PRIMARY_RUNNING: &str = "PRIMARY_RUNNING";
+}
+
+/// Names of the load-time globals (`.rodata`), set by the daemon before the verifier sees them.
+pub mod global {
+    /// [`crate::SocketLayout`]: field offsets of `struct sock`, read from the kernel's BTF.
+    pub const SOCKET_LAYOUT: &str = "SOCKET_LAYOUT";
+    /// [`crate::DurationBuckets`]: histogram upper bounds in nanoseconds.
+    pub const DURATION_BUCKETS: &str = "DURATION_BUCKETS";
+    /// [`crate::PortSet`]: the ports exported by number.
+    pub const SERVICE_PORTS: &str = "SERVICE_PORTS";
+}
+
+/// Default capacity of the `TRANSITIONS` map. Entries are allocated on first use (no
+/// preallocation), so the capacity costs nothing until used; one entry exists per distinct
+/// (labels, from, to) seen.
+pub const TRANSITIONS_CAPACITY: u32 = 16384;
+
+/// Largest number of histogram bounds the kernel program can hold.
+pub const MAX_BUCKETS: usize = 32;
+
+/// Address families, as the kernel numbers them (`AF_INET`, `AF_INET6`).
+pub mod family {
+    pub const IPV4: u8 = 2;
+    pub const IPV6: u8 = 10;
+}
+
+/// How a socket came to be, which decides its `role` label and which port is its service port.
+pub mod role {
+    /// First seen mid-life (it existed before the daemon started).
+    pub const UNKNOWN: u8 = 0;
+    /// Active open: seen entering SYN_SENT. Service port = remote port.
+    pub const CLIENT: u8 = 1;
+    /// Accepted from a listener. Service port = local port.
+    pub const SERVER: u8 = 2;
+    /// Seen entering LISTEN. Service port = local port.
+    pub const LISTENER: u8 = 3;
+    pub const COUNT: usize = 4;
+}
+
+/// The port label value meaning "not in the configured port set".
+pub const OTHER_PORT: u16 = 0;
+
+/// Labels fixed for a socket's whole tracked life. Both the per-socket record and the aggregation
+/// key embed this struct, so a new label dimension (network namespace, cgroup) is one new field
+/// here plus its decoder in the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Labels {
+    /// Service port in host order, or [`OTHER_PORT`].
+    pub port: u16,
+    /// [`family`] constant.
+    pub family: u8,
+    /// [`role`] constant.
+    pub role: u8,
+    pub _padding: [u8; 4],
+}
+const _: () = assert!(size_of::<Labels>() == 8);
+
+/// What the kernel keeps per tracked socket, in socket-local storage.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketRecord {
+    /// `bpf_ktime_get_ns()` when the socket entered `state`.
+    pub entered_ns: u64,
+    pub labels: Labels,
+    /// The kernel state the socket is in, as far as this program saw.
+    pub state: u8,
+    pub _padding: [u8; 7],
+}
+const _: () = assert!(size_of::<SocketRecord>() == 24);
+
+/// Bits of [`TransitionKey::flags`]: what an aggregated transition means for the gauges and the
+/// duration histogram. Keeping these in the key (rather than separate maps) keeps the kernel at
+/// one map update per event while the daemon can still derive the exact gauges.
+pub mod transition_flag {
+    /// The socket was tracked in `from`: the `from` gauge loses one.
+    pub const FROM_TRACKED: u8 = 1 << 0;
+    /// The socket is tracked in `to` afterwards: the `to` gauge gains one.
+    pub const TO_TRACKED: u8 = 1 << 1;
+    /// The moment the socket entered `from` was seen: the duration histogram holds these.
+    pub const DURATION_OBSERVED: u8 = 1 << 2;
+    /// Not an event the kernel reported: the record's state did not match the event's old state,
+    /// so at least one event was missed; this entry moves the socket from the recorded state to
+    /// the event's old state for the gauges only.
+    pub const INFERRED: u8 = 1 << 3;
+}
+
+/// Which program recorded an aggregate. The nested-event program gets its own slots so that its
+/// non-atomic per-CPU updates can never interleave with the primary program's on the same value.
+pub mod recorder {
+    pub const PRIMARY: u8 = 0;
+    pub const NESTED: u8 = 1;
+    pub const COUNT: usize = 2;
+}
+
+/// Key of the `TRANSITIONS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TransitionKey {
+    pub labels: Labels,
+    /// Kernel state numbers (see [`TcpState`]).
+    pub from: u8,
+    pub to: u8,
+    /// [`transition_flag`] bits.
+    pub flags: u8,
+    /// [`recorder`] constant.
+    pub recorder: u8,
+    pub _padding: [u8; 4],
+}
+const _: () = assert!(size_of::<TransitionKey>() == 16);
+
+/// Value of the `TRANSITIONS` map (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransitionStats {
+    /// Number of transitions.
+    pub count: u64,
+    /// Sum of observed durations in nanoseconds (only with `DURATION_OBSERVED`).
+    pub duration_sum_ns: u64,
+    /// Non-cumulative bucket counts: `duration_buckets[i]` counts durations `d` with
+    /// `bounds[i-1] < d <= bounds[i]`. Durations above the last bound are only in `count`.
+    pub duration_buckets: [u64; MAX_BUCKETS],
+}
+const _: () = assert!(size_of::<TransitionStats>() == 8 * (2 + MAX_BUCKETS));
+
+impl TransitionStats {
+    pub const ZERO: Self = Self {
+        count: 0,
+        duration_sum_ns: 0,
+        duration_buckets: [0; MAX_BUCKETS],
+    };
+}
+
+/// Indexes of the `COUNTERS` map. Each recorder has its own block of `counter::COUNT` slots:
+/// index = `recorder * counter::COUNT + counter`.
+pub mod counter {
+    /// Socket records created (sockets that started being tracked).
+    pub const RECORDS_CREATED: u32 = 0;
+    /// Socket records deleted at CLOSE.
+    pub const RECORDS_DELETED: u32 = 1;
+    /// Events the nested-event program recorded (the kernel skipped them for the primary one).
+    pub const NESTED_EVENTS_RECORDED: u32 = 2;
+    /// Failure: the `TRANSITIONS` map was full, the transition was not counted.
+    pub const FAILED_TRANSITIONS_MAP_FULL: u32 = 3;
+    /// Failure: no socket storage could be allocated, the socket is not tracked.
+    pub const FAILED_SOCKET_STORAGE: u32 = 4;
+    /// Failure: a state number outside 1..=12, the event was not counted.
+    pub const FAILED_UNKNOWN_STATE: u32 = 5;
+    /// Failure: deleting a socket record at CLOSE failed.
+    pub const FAILED_RECORD_DELETE: u32 = 6;
+    pub const COUNT: u32 = 7;
+    /// Entries in the `COUNTERS` map.
+    pub const SLOTS: u32 = COUNT * super::recorder::COUNT as u32;
+}
+
+/// Offsets in `struct sock` of the fields the program reads, from the running kernel's BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketLayout {
+    /// `__sk_common.skc_family` (u16).
+    pub family: u32,
+    /// `__sk_common.skc_num`: local port, host order (u16).
+    pub local_port: u32,
+    /// `__sk_common.skc_dport`: remote port, network order (u16).
+    pub remote_port: u32,
+    /// `sk_protocol` (u16).
+    pub protocol: u32,
+}
+const _: () = assert!(size_of::<SocketLayout>() == 16);
+
+/// Histogram upper bounds in nanoseconds, ascending; unused slots hold `u64::MAX`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DurationBuckets {
+    pub bounds_ns: [u64; MAX_BUCKETS],
+}
+const _: () = assert!(size_of::<DurationBuckets>() == 8 * MAX_BUCKETS);
+
+impl DurationBuckets {
+    pub const UNUSED: u64 = u64::MAX;
+    pub const EMPTY: Self = Self {
+        bounds_ns: [Self::UNUSED; MAX_BUCKETS],
+    };
+
+    /// Index of the bucket a duration falls in (see [`bucket_index`]).
+    pub fn bucket_index(&self, duration_ns: u64) -> usize {
+        bucket_index(|i| self.bounds_ns[i], duration_ns)
+    }
+}
+
+/// Index of the histogram bucket a duration falls in: the first bound >= `duration_ns`, or
+/// [`MAX_BUCKETS`] when it is above every bound. `bound_at(i)` reads bound `i` (`i <
+/// MAX_BUCKETS`); the kernel passes a volatile read of its load-time global. A binary search with
+/// a fixed number of steps: bounded for the verifier and cheap per event.
+#[inline(always)]
+pub fn bucket_index(bound_at: impl Fn(usize) -> u64, duration_ns: u64) -> usize {
+    const _: () = assert!(MAX_BUCKETS.is_power_of_two());
+    let mut below = 0usize; // bounds known to be < duration_ns
+    let mut step = MAX_BUCKETS / 2;
+    while step > 0 {
+        if bound_at(below + step - 1) < duration_ns {
+            below += step;
+        }
+        step /= 2;
+    }
+    // `below` is now at most MAX_BUCKETS - 1; the last bound needs its own check.
+    if bound_at(below) < duration_ns {
+        below += 1;
+    }
+    below
+}
+
+/// Bitmap of the ports exported by number (bit `p` set = port `p` is in the set).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortSet {
+    pub words: [u64; 1024],
+}
+const _: () = assert!(size_of::<PortSet>() == 65536 / 8);
+
+impl PortSet {
+    pub const EMPTY: Self = Self { words: [0; 1024] };
+
+    /// Which word holds `port`'s bit, and the bit's mask.
+    #[inline(always)]
+    pub const fn position(port: u16) -> (usize, u64) {
+        ((port >> 6) as usize, 1u64 << (port & 63))
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        let (word, mask) = Self::position(port);
+        self.words[word] & mask != 0
+    }
+
+    pub fn insert(&mut self, port: u16) {
+        let (word, mask) = Self::position(port);
+        self.words[word] |= mask;
+    }
+
+    /// The label a socket gets: `port` itself when it is in the set, else [`OTHER_PORT`].
+    pub fn label(&self, port: u16) -> u16 {
+        if self.contains(port) {
+            port
+        } else {
+            OTHER_PORT
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: each type is `#[repr(C)]`, made only of integers and integer arrays, with every
+    // padding byte an explicit field (checked by the size assertions above), so any bit pattern
+    // is a valid value and no byte is uninitialised.
+    unsafe impl aya::Pod for super::Labels {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SocketRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TransitionKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TransitionStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SocketLayout {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DurationBuckets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PortSet {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn buckets(bounds: &[u64]) -> DurationBuckets {
+        let mut buckets = DurationBuckets::EMPTY;
+        buckets.bounds_ns[..bounds.len()].copy_from_slice(bounds);
+        buckets
+    }
+
+    #[test]
+    fn bucket_index_is_first_bound_at_or_above() {
+        let b = buckets(&[10, 20, 30]);
+        assert_eq!(b.bucket_index(0), 0);
+        assert_eq!(b.bucket_index(10), 0, "le is inclusive");
+        assert_eq!(b.bucket_index(11), 1);
+        assert_eq!(b.bucket_index(20), 1);
+        assert_eq!(b.bucket_index(30), 2);
+        // Above the last real bound: the first unused slot, which the daemon ignores.
+        assert_eq!(b.bucket_index(31), 3);
+    }
+
+    #[test]
+    fn bucket_index_matches_linear_search_for_every_prefix() {
+        let all: [u64; MAX_BUCKETS] = core::array::from_fn(|i| (i as u64 + 1) * 100);
+        for used in 0..=MAX_BUCKETS {
+            let b = buckets(&all[..used]);
+            for d in (0..=3400).step_by(7).chain([u64::MAX - 1, u64::MAX]) {
+                let expected = b
+                    .bounds_ns
+                    .iter()
+                    .position(|&bound| d <= bound)
+                    .unwrap_or(MAX_BUCKETS);
+                assert_eq!(b.bucket_index(d), expected, "used={used} d={d}");
+            }
+        }
+    }
+
+    #[test]
+    fn port_set_labels_members_only() {
+        let mut set = PortSet::EMPTY;
+        set.insert(443);
+        set.insert(65535);
+        assert_eq!(set.label(443), 443);
+        assert_eq!(set.label(65535), 65535);
+        assert_eq!(set.label(80), OTHER_PORT);
+        assert_eq!(set.label(0), OTHER_PORT);
+    }
+}

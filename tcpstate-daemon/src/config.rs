@@ -1,0 +1,228 @@
+//! Command-line flags, validated into the daemon's configuration.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Parser;
+use tcpstate_common::MAX_BUCKETS;
+
+/// The default histogram bounds, in seconds.
+pub const DEFAULT_BUCKETS: [f64; 18] = [
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    600.0, 1800.0, 3600.0,
+];
+
+/// Default `--web.listen-address`. 9816 is free in Prometheus's default port allocations.
+pub const DEFAULT_LISTEN_ADDRESS: &str = "0.0.0.0:9816";
+
+/// Follows every TCP socket through its states with eBPF and serves Prometheus metrics:
+/// transition counts, time spent in each state, and sockets per state.
+///
+/// Needs root, or CAP_BPF + CAP_PERFMON (+ CAP_SYS_RESOURCE on kernels without memcg
+/// accounting of BPF memory), and a kernel with BTF (/sys/kernel/btf/vmlinux).
+#[derive(Parser, Debug, Clone)]
+#[command(name = "tcpstated", version, max_term_width = 100)]
+pub struct Flags {
+    /// Address on which to expose metrics and the web interface.
+    #[arg(long = "web.listen-address", value_name = "ADDRESS", default_value = DEFAULT_LISTEN_ADDRESS)]
+    pub listen_address: SocketAddr,
+
+    /// Path under which to expose metrics.
+    #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = "/metrics",
+          value_parser = parse_telemetry_path)]
+    pub telemetry_path: String,
+
+    /// Service port to export by number in the `port` label (repeat the flag or give a comma
+    /// list). A socket's service port is its local port for server and listener sockets and its
+    /// remote port for client sockets; ports outside this set are labelled `other`. Default:
+    /// none, so every socket is `other` and the series count stays small.
+    #[arg(long = "port", value_name = "PORT", value_delimiter = ',', value_parser = parse_port)]
+    pub ports: Vec<u16>,
+
+    /// Upper bounds of the state-duration histogram buckets, in seconds: a comma list,
+    /// strictly increasing, positive, at most 32 bounds (`+Inf` is implicit). The kernel
+    /// program counts into exactly these buckets.
+    #[arg(long = "buckets", value_name = "SECONDS,...", value_parser = parse_buckets,
+          default_value = "0.0001,0.0005,0.001,0.005,0.01,0.05,0.1,0.5,1,5,10,30,60,120,300,600,1800,3600")]
+    pub buckets: Buckets,
+}
+
+/// Validated histogram bounds, in seconds and in the kernel's nanoseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Buckets {
+    seconds: Vec<f64>,
+}
+
+impl Buckets {
+    pub fn new(seconds: Vec<f64>) -> Result<Self, String> {
+        if seconds.is_empty() {
+            return Err("at least one bucket bound is needed".into());
+        }
+        if seconds.len() > MAX_BUCKETS {
+            return Err(format!(
+                "{} bounds given, at most {MAX_BUCKETS} are supported",
+                seconds.len()
+            ));
+        }
+        for &bound in &seconds {
+            if !(bound.is_finite() && bound > 0.0) {
+                return Err(format!("bound {bound} is not a positive number of seconds"));
+            }
+            if bound < 1e-9 {
+                return Err(format!("bound {bound} is below the 1 ns resolution"));
+            }
+        }
+        if let Some(pair) = seconds.windows(2).find(|pair| pair[0] >= pair[1]) {
+            return Err(format!(
+                "bounds must be strictly increasing, but {} is followed by {}",
+                pair[0], pair[1]
+            ));
+        }
+        let buckets = Buckets { seconds };
+        if let Some(pair) = buckets
+            .nanoseconds()
+            .windows(2)
+            .find(|pair| pair[0] >= pair[1])
+        {
+            return Err(format!(
+                "bounds {} ns and {} ns are equal at 1 ns resolution",
+                pair[0], pair[1]
+            ));
+        }
+        Ok(buckets)
+    }
+
+    pub fn seconds(&self) -> &[f64] {
+        &self.seconds
+    }
+
+    pub fn nanoseconds(&self) -> Vec<u64> {
+        self.seconds
+            .iter()
+            .map(|s| Duration::from_secs_f64(*s).as_nanos() as u64)
+            .collect()
+    }
+}
+
+impl Default for Buckets {
+    fn default() -> Self {
+        Buckets {
+            seconds: DEFAULT_BUCKETS.to_vec(),
+        }
+    }
+}
+
+fn parse_buckets(text: &str) -> Result<Buckets, String> {
+    let seconds = text
+        .split(',')
+        .map(str::trim)
+        .map(|item| {
+            item.parse::<f64>()
+                .map_err(|_| format!("`{item}` is not a number of seconds"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Buckets::new(seconds)
+}
+
+fn parse_port(text: &str) -> Result<u16, String> {
+    match text.trim().parse::<u32>() {
+        Ok(port @ 1..=65535) => Ok(port as u16),
+        Ok(port) => Err(format!("port {port} is outside 1-65535")),
+        Err(_) => Err(format!("`{text}` is not a port number (1-65535)")),
+    }
+}
+
+fn parse_telemetry_path(text: &str) -> Result<String, String> {
+    if !text.starts_with('/') {
+        return Err(format!("`{text}` must start with `/`"));
+    }
+    if matches!(text, "/" | "/healthz") {
+        return Err(format!(
+            "`{text}` is taken by the landing page or the health check"
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Flags, clap::Error> {
+        Flags::try_parse_from(std::iter::once("tcpstated").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let flags = parse(&[]).unwrap();
+        assert_eq!(
+            flags.listen_address,
+            DEFAULT_LISTEN_ADDRESS.parse().unwrap()
+        );
+        assert_eq!(flags.telemetry_path, "/metrics");
+        assert!(flags.ports.is_empty());
+        assert_eq!(flags.buckets, Buckets::default());
+        assert_eq!(flags.buckets.nanoseconds()[0], 100_000);
+        assert_eq!(
+            *flags.buckets.nanoseconds().last().unwrap(),
+            3_600_000_000_000
+        );
+    }
+
+    #[test]
+    fn ports_repeat_and_split_on_commas() {
+        let flags = parse(&["--port", "80,443", "--port=8080"]).unwrap();
+        assert_eq!(flags.ports, [80, 443, 8080]);
+    }
+
+    #[test]
+    fn bad_ports_are_usage_errors() {
+        for bad in ["0", "65536", "-1", "http"] {
+            let err = parse(&["--port", bad]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}");
+            assert!(
+                err.to_string().contains("port") || err.to_string().contains(bad),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_buckets_say_what_is_wrong() {
+        let cases = [
+            ("1,0.5", "strictly increasing"),
+            ("0.1,0.1", "strictly increasing"),
+            ("-1,2", "positive"),
+            ("0", "positive"),
+            ("1,abc", "not a number"),
+            ("inf", "positive"),
+        ];
+        for (value, expected) in cases {
+            let err = parse(&["--buckets", value]).unwrap_err();
+            assert_eq!(err.exit_code(), 2);
+            assert!(err.to_string().contains(expected), "{value}: {err}");
+        }
+        let too_many = (1..=33)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(
+            parse(&["--buckets", &too_many])
+                .unwrap_err()
+                .to_string()
+                .contains("at most 32")
+        );
+        assert!(parse(&["--buckets", "0.25,1,2"]).is_ok());
+    }
+
+    #[test]
+    fn telemetry_path_must_be_a_free_absolute_path() {
+        assert!(parse(&["--web.telemetry-path", "metrics"]).is_err());
+        assert!(parse(&["--web.telemetry-path", "/healthz"]).is_err());
+        assert_eq!(
+            parse(&["--web.telemetry-path", "/m"])
+                .unwrap()
+                .telemetry_path,
+            "/m"
+        );
+    }
+}

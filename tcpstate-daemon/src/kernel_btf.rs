@@ -1,0 +1,357 @@
+//! Reads the running kernel's BTF (/sys/kernel/btf/vmlinux) for what the program needs to know
+//! about this kernel: the offsets of the `struct sock` fields it reads, and whether the
+//! `inet_sock_set_state` tracepoint exists.
+//!
+//! The kernel program has no CO-RE relocations (Rust eBPF has none), so the offsets go to it as a
+//! load-time global; the verifier then checks every read against the same BTF. Format:
+//! <https://www.kernel.org/doc/html/v6.18/bpf/btf.html>.
+
+use std::{collections::HashMap, path::Path};
+
+use tcpstate_common::SocketLayout;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error(
+        "cannot read the kernel's BTF at {VMLINUX_BTF}: the kernel needs CONFIG_DEBUG_INFO_BTF=y \
+         (every major distribution since 2020 has it), and in a container /sys must be mounted"
+    )]
+    Unreadable(#[source] std::io::Error),
+    #[error("the kernel's BTF is malformed: {0}")]
+    Malformed(&'static str),
+    #[error(
+        "this kernel has no `sock:inet_sock_set_state` tracepoint (BTF type `{0}` is missing): \
+         Linux 4.16 or newer is needed"
+    )]
+    MissingTracepoint(String),
+    #[error("this kernel's `{0}` has no usable field `{1}` (a u16 at a byte offset)")]
+    MissingField(&'static str, &'static str),
+}
+
+const KIND_INT: u32 = 1;
+const KIND_ARRAY: u32 = 3;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC_PROTO: u32 = 13;
+const KIND_VAR: u32 = 14;
+const KIND_DATASEC: u32 = 15;
+const KIND_DECL_TAG: u32 = 17;
+const KIND_TYPE_TAG: u32 = 18;
+const KIND_ENUM64: u32 = 19;
+
+#[derive(Debug, Clone)]
+struct Member {
+    name: String,
+    type_id: u32,
+    bit_offset: u32,
+    bitfield_size: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Type {
+    name: String,
+    kind: u32,
+    /// Size for INT/STRUCT/UNION/ENUM, referenced type for modifiers and typedefs.
+    size_or_type: u32,
+    members: Vec<Member>,
+}
+
+/// The parts of the kernel's BTF the daemon uses: every type, by id.
+pub struct KernelBtf {
+    types: Vec<Type>, // index = type id; id 0 is void
+    by_name: HashMap<(u32, String), u32>,
+}
+
+impl KernelBtf {
+    pub fn from_sys_fs() -> Result<Self, BtfError> {
+        Self::from_file(Path::new(VMLINUX_BTF))
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, BtfError> {
+        let data = std::fs::read(path).map_err(BtfError::Unreadable)?;
+        Self::parse(&data)
+    }
+
+    pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+        let u16_at = |at: usize| -> Result<u16, BtfError> {
+            data.get(at..at + 2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .ok_or(BtfError::Malformed("truncated header"))
+        };
+        let u32_in = |section: &[u8], at: usize| -> Result<u32, BtfError> {
+            section
+                .get(at..at + 4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .ok_or(BtfError::Malformed("truncated type"))
+        };
+        if u16_at(0)? != 0xeb9f {
+            return Err(BtfError::Malformed("bad magic (or a big-endian kernel)"));
+        }
+        let header_len = u32_in(data, 4)? as usize;
+        let type_off = u32_in(data, 8)? as usize;
+        let type_len = u32_in(data, 12)? as usize;
+        let str_off = u32_in(data, 16)? as usize;
+        let str_len = u32_in(data, 20)? as usize;
+        let section = |off: usize, len: usize| {
+            data.get(header_len + off..header_len + off + len)
+                .ok_or(BtfError::Malformed("section out of bounds"))
+        };
+        let type_section = section(type_off, type_len)?;
+        let strings = section(str_off, str_len)?;
+        let name_at = |offset: u32| -> String {
+            let tail = strings.get(offset as usize..).unwrap_or_default();
+            let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+            String::from_utf8_lossy(&tail[..end]).into_owned()
+        };
+
+        let mut types = vec![Type {
+            name: String::new(),
+            kind: 0,
+            size_or_type: 0,
+            members: Vec::new(),
+        }];
+        let mut at = 0;
+        while at < type_section.len() {
+            let name_off = u32_in(type_section, at)?;
+            let info = u32_in(type_section, at + 4)?;
+            let size_or_type = u32_in(type_section, at + 8)?;
+            at += 12;
+            let vlen = (info & 0xffff) as usize;
+            let kind = (info >> 24) & 0x1f;
+            let kind_flag = info >> 31 == 1;
+            let mut members = Vec::new();
+            at += match kind {
+                KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+                KIND_ARRAY => 12,
+                KIND_STRUCT | KIND_UNION => {
+                    for i in 0..vlen {
+                        let base = at + i * 12;
+                        let offset = u32_in(type_section, base + 8)?;
+                        let (bit_offset, bitfield_size) = if kind_flag {
+                            (offset & 0xff_ffff, offset >> 24)
+                        } else {
+                            (offset, 0)
+                        };
+                        members.push(Member {
+                            name: name_at(u32_in(type_section, base)?),
+                            type_id: u32_in(type_section, base + 4)?,
+                            bit_offset,
+                            bitfield_size,
+                        });
+                    }
+                    vlen * 12
+                }
+                KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
+                KIND_DATASEC | KIND_ENUM64 => vlen * 12,
+                0 | 20.. => return Err(BtfError::Malformed("unknown type kind")),
+                _ => 0,
+            };
+            types.push(Type {
+                name: name_at(name_off),
+                kind,
+                size_or_type,
+                members,
+            });
+        }
+        let by_name = types
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| !t.name.is_empty())
+            .map(|(id, t)| ((t.kind, t.name.clone()), id as u32))
+            .collect();
+        Ok(KernelBtf { types, by_name })
+    }
+
+    fn id(&self, kind: u32, name: &str) -> Option<u32> {
+        self.by_name.get(&(kind, name.to_owned())).copied()
+    }
+
+    /// Follows typedefs and modifiers to the type that has a size.
+    fn resolve(&self, mut id: u32) -> Option<&Type> {
+        for _ in 0..32 {
+            let t = self.types.get(id as usize)?;
+            match t.kind {
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    id = t.size_or_type
+                }
+                _ => return Some(t),
+            }
+        }
+        None
+    }
+
+    /// Byte offset of the 2-byte field `name` in the struct `struct_id`, looking through
+    /// anonymous structs and unions (where `sock_common` keeps its ports).
+    fn u16_field(&self, struct_id: u32, name: &str) -> Option<u32> {
+        let container = self.resolve(struct_id)?;
+        for member in &container.members {
+            let ty = self.resolve(member.type_id)?;
+            if member.name == name {
+                let is_u16 = matches!(ty.kind, KIND_INT | KIND_ENUM) && ty.size_or_type == 2;
+                let byte_aligned = member.bit_offset % 8 == 0;
+                let plain = member.bitfield_size == 0 || member.bitfield_size == 16;
+                return (is_u16 && byte_aligned && plain).then_some(member.bit_offset / 8);
+            }
+            if member.name.is_empty() && matches!(ty.kind, KIND_STRUCT | KIND_UNION) {
+                if let Some(inner) = self.u16_field(member.type_id, name) {
+                    return Some(member.bit_offset / 8 + inner);
+                }
+            }
+        }
+        None
+    }
+
+    /// Byte offset of the member `name` (any type) of a struct.
+    fn member_offset(&self, struct_id: u32, name: &str) -> Option<(u32, u32)> {
+        self.resolve(struct_id)?
+            .members
+            .iter()
+            .find(|m| m.name == name && m.bit_offset % 8 == 0)
+            .map(|m| (m.bit_offset / 8, m.type_id))
+    }
+
+    /// Where the program finds what it reads in `struct sock`.
+    pub fn socket_layout(&self) -> Result<SocketLayout, BtfError> {
+        let sock = self
+            .id(KIND_STRUCT, "sock")
+            .ok_or(BtfError::MissingField("struct sock", "(the struct itself)"))?;
+        let (common, common_type) = self
+            .member_offset(sock, "__sk_common")
+            .ok_or(BtfError::MissingField("struct sock", "__sk_common"))?;
+        let common_field = |name: &'static str| {
+            self.u16_field(common_type, name)
+                .map(|offset| common + offset)
+                .ok_or(BtfError::MissingField("struct sock_common", name))
+        };
+        Ok(SocketLayout {
+            family: common_field("skc_family")?,
+            local_port: common_field("skc_num")?,
+            remote_port: common_field("skc_dport")?,
+            protocol: self
+                .u16_field(sock, "sk_protocol")
+                .ok_or(BtfError::MissingField("struct sock", "sk_protocol"))?,
+        })
+    }
+
+    /// Fails unless the kernel has the tracepoint (its BTF names `btf_trace_<name>`).
+    pub fn require_tracepoint(&self, name: &str) -> Result<(), BtfError> {
+        let typedef = format!("btf_trace_{name}");
+        match self.id(KIND_TYPEDEF, &typedef) {
+            Some(_) => Ok(()),
+            None => Err(BtfError::MissingTracepoint(typedef)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny BTF blob: u16 (id 1), struct inner { u16 a; u16 b; } anonymous (id 2),
+    /// struct outer { u32-size int pad; <anon inner> at byte 4; u16 c at byte 8 } (id 3),
+    /// u32 (id 4), and a bitfield struct (id 5).
+    fn blob() -> Vec<u8> {
+        let mut strings = b"\0u16\0a\0b\0outer\0c\0u32\0pad\0bits\0d\0".to_vec();
+        let name = |s: &str, strings: &[u8]| -> u32 {
+            let needle = format!("\0{s}\0");
+            strings
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+                .unwrap() as u32
+                + 1
+        };
+        let mut types = Vec::new();
+        let mut push = |words: &[u32]| words.iter().for_each(|w| types.extend(w.to_le_bytes()));
+        // 1: int u16
+        push(&[name("u16", &strings), KIND_INT << 24, 2, 16]);
+        // 2: anonymous struct { a @0, b @16 bits }
+        push(&[0, KIND_STRUCT << 24 | 2, 4]);
+        push(&[name("a", &strings), 1, 0]);
+        push(&[name("b", &strings), 1, 16]);
+        // 3: struct outer { pad: u32 @0, anon @32, c @64 }
+        push(&[name("outer", &strings), KIND_STRUCT << 24 | 3, 12]);
+        push(&[name("pad", &strings), 4, 0]);
+        push(&[0, 2, 32]);
+        push(&[name("c", &strings), 1, 64]);
+        // 4: int u32
+        push(&[name("u32", &strings), KIND_INT << 24, 4, 32]);
+        // 5: struct bits { d: u16 bitfield of 8 bits @8 } (kind_flag set)
+        push(&[name("bits", &strings), 1 << 31 | KIND_STRUCT << 24 | 1, 2]);
+        push(&[name("d", &strings), 1, 8 << 24 | 8]);
+        let mut data = Vec::new();
+        data.extend(0xeb9fu16.to_le_bytes());
+        data.extend([1u8, 0]);
+        for word in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
+            data.extend(word.to_le_bytes());
+        }
+        data.append(&mut types);
+        data.append(&mut strings);
+        data
+    }
+
+    #[test]
+    fn finds_fields_through_anonymous_members() {
+        let btf = KernelBtf::parse(&blob()).unwrap();
+        let outer = btf.id(KIND_STRUCT, "outer").unwrap();
+        assert_eq!(btf.u16_field(outer, "a"), Some(4));
+        assert_eq!(btf.u16_field(outer, "b"), Some(6));
+        assert_eq!(btf.u16_field(outer, "c"), Some(8));
+        assert_eq!(
+            btf.u16_field(outer, "pad"),
+            None,
+            "a u32 is not a u16 field"
+        );
+        assert_eq!(btf.u16_field(outer, "missing"), None);
+        let bits = btf.id(KIND_STRUCT, "bits").unwrap();
+        assert_eq!(
+            btf.u16_field(bits, "d"),
+            None,
+            "8-bit bitfields cannot be read as u16"
+        );
+    }
+
+    #[test]
+    fn rejects_garbage_without_panicking() {
+        assert!(KernelBtf::parse(&[]).is_err());
+        assert!(KernelBtf::parse(&[0x9f, 0xeb, 1, 0, 24, 0]).is_err());
+        let mut truncated = blob();
+        truncated.truncate(40);
+        assert!(KernelBtf::parse(&truncated).is_err());
+        assert!(KernelBtf::parse(&blob()).unwrap().socket_layout().is_err());
+    }
+
+    /// The running kernel's layout, when the test machine has BTF (every machine this project
+    /// supports does). The sock_common offsets have been the same since Linux 4.x.
+    #[test]
+    fn reads_this_kernels_struct_sock() {
+        let btf = match KernelBtf::from_sys_fs() {
+            Ok(btf) => btf,
+            Err(BtfError::Unreadable(_)) => return,
+            Err(err) => panic!("{err}"),
+        };
+        let layout = btf.socket_layout().unwrap();
+        assert_eq!(
+            (layout.remote_port, layout.local_port, layout.family),
+            (12, 14, 16)
+        );
+        assert!(layout.protocol > 16);
+        btf.require_tracepoint("inet_sock_set_state").unwrap();
+        assert!(matches!(
+            btf.require_tracepoint("no_such_tracepoint"),
+            Err(BtfError::MissingTracepoint(_))
+        ));
+    }
+}

@@ -1,0 +1,19 @@
+//! tcpstated: follows every TCP socket through its states with eBPF and serves Prometheus metrics.
+//!
+//! Where things are: `loader` loads and attaches the kernel programs; `kernel_maps` reads their
+//! maps at scrape time; `aggregate` merges the raw entries; `labels` decodes numbers to label
+//! values; `collector` builds the metric families; `http` serves them; `config` is the flags;
+//! `kernel_btf` reads the kernel's type information; `preflight` checks privileges; `sys` holds
+//! the raw syscalls.
+#![deny(unsafe_code)]
+
+pub mod aggregate;
+pub mod collector;
+pub mod config;
+pub mod http;
+pub mod kernel_btf;
+pub mod kernel_maps;
+pub mod labels;
+pub mod loader;
+pub mod preflight;
+pub mod sys;

@@ -1,0 +1,162 @@
+//! Loads the embedded eBPF object with this host's configuration and attaches its programs.
+
+use anyhow::{Context as _, anyhow};
+use aya::{
+    Btf, Ebpf, EbpfError, EbpfLoader,
+    maps::{MapError, PerCpuArray, PerCpuHashMap},
+    programs::{BtfTracePoint, ProgramError},
+};
+use tcpstate_common::{DurationBuckets, PortSet, global, map, program};
+
+use crate::{config::Buckets, kernel_btf::KernelBtf, kernel_maps::KernelMaps};
+
+/// The object `build.rs` compiled from `tcpstate-ebpf`, embedded so one binary is all a host needs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpstate"));
+
+/// Loaded and attached programs. Dropping it detaches them.
+pub struct Tracer {
+    pub ebpf: Ebpf,
+    pub maps: KernelMaps,
+}
+
+pub struct TracerConfig<'a> {
+    pub buckets: &'a Buckets,
+    pub ports: &'a [u16],
+}
+
+impl Tracer {
+    pub fn attach(config: &TracerConfig<'_>) -> anyhow::Result<Self> {
+        let kernel_btf = KernelBtf::from_sys_fs()?;
+        kernel_btf.require_tracepoint(program::TRACEPOINT)?;
+        let layout = kernel_btf.socket_layout()?;
+        let buckets = duration_buckets(config.buckets);
+        let ports = port_set(config.ports);
+        let btf = Btf::from_sys_fs().context("cannot parse the kernel's BTF")?;
+
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .override_global(global::SOCKET_LAYOUT, &layout, true)
+            .override_global(global::DURATION_BUCKETS, &buckets, true)
+            .override_global(global::SERVICE_PORTS, &ports, true)
+            .load(EBPF_OBJECT)
+            .map_err(explain_load_error)?;
+
+        // Primary first: on each event the kernel runs them in attach order; the nested-event
+        // program only acts while the primary one is mid-run on the CPU, so order is not
+        // essential, but this keeps the common case's second call a cheap no-op.
+        for name in [
+            program::RECORD_STATE_CHANGE,
+            program::RECORD_NESTED_STATE_CHANGE,
+        ] {
+            let tracepoint: &mut BtfTracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} is missing from the eBPF object"))?
+                .try_into()?;
+            tracepoint
+                .load(program::TRACEPOINT, &btf)
+                .map_err(|err| explain_program_error(name, err))?;
+            tracepoint
+                .attach()
+                .map_err(|err| explain_program_error(name, err))?;
+        }
+
+        let program_fd = |ebpf: &Ebpf, name: &str| -> anyhow::Result<_> {
+            let program = ebpf
+                .program(name)
+                .ok_or_else(|| anyhow!("program {name} vanished"))?;
+            Ok(program.fd()?.try_clone()?)
+        };
+        let maps = KernelMaps {
+            transitions: PerCpuHashMap::try_from(take_map(&mut ebpf, map::TRANSITIONS)?)?,
+            counters: PerCpuArray::try_from(take_map(&mut ebpf, map::COUNTERS)?)?,
+            primary_program: program_fd(&ebpf, program::RECORD_STATE_CHANGE)?,
+            nested_program: program_fd(&ebpf, program::RECORD_NESTED_STATE_CHANGE)?,
+        };
+        Ok(Tracer { ebpf, maps })
+    }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
+    ebpf.take_map(name)
+        .ok_or_else(|| anyhow!("map {name} is missing from the eBPF object"))
+}
+
+pub fn duration_buckets(buckets: &Buckets) -> DurationBuckets {
+    let mut kernel = DurationBuckets::EMPTY;
+    for (slot, bound) in kernel.bounds_ns.iter_mut().zip(buckets.nanoseconds()) {
+        *slot = bound;
+    }
+    kernel
+}
+
+pub fn port_set(ports: &[u16]) -> PortSet {
+    let mut set = PortSet::EMPTY;
+    ports.iter().for_each(|port| set.insert(*port));
+    set
+}
+
+const PRIVILEGE_HINT: &str = "loading eBPF programs needs root, or the capabilities CAP_BPF and \
+     CAP_PERFMON (CAP_SYS_ADMIN on kernels older than 5.8): run as root, or grant them (systemd: \
+     AmbientCapabilities=CAP_BPF CAP_PERFMON; Kubernetes: securityContext.capabilities.add)";
+
+fn is_permission_error(error: &std::io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
+}
+
+fn explain_load_error(error: EbpfError) -> anyhow::Error {
+    let denied = match &error {
+        EbpfError::MapError(MapError::CreateError { io_error, .. }) => {
+            is_permission_error(io_error)
+        }
+        EbpfError::BtfError(_) => false,
+        _ => false,
+    };
+    if denied {
+        anyhow::Error::new(error).context(PRIVILEGE_HINT)
+    } else {
+        anyhow::Error::new(error).context("cannot load the eBPF object")
+    }
+}
+
+fn explain_program_error(name: &str, error: ProgramError) -> anyhow::Error {
+    let denied = match &error {
+        ProgramError::LoadError { io_error, .. } => is_permission_error(io_error),
+        ProgramError::SyscallError(syscall) => is_permission_error(&syscall.io_error),
+        _ => false,
+    };
+    if denied {
+        return anyhow::Error::new(error).context(PRIVILEGE_HINT);
+    }
+    // A verifier rejection carries the verifier's log: show it whole, it says what failed.
+    if let ProgramError::LoadError { verifier_log, .. } = &error {
+        return anyhow!("the kernel's verifier rejected program {name}:\n{verifier_log}");
+    }
+    anyhow::Error::new(error).context(format!("cannot load or attach program {name}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_buckets_hold_the_configured_bounds_then_unused_slots() {
+        let buckets = Buckets::new(vec![0.001, 1.0]).unwrap();
+        let kernel = duration_buckets(&buckets);
+        assert_eq!(
+            &kernel.bounds_ns[..3],
+            &[1_000_000, 1_000_000_000, DurationBuckets::UNUSED]
+        );
+        assert_eq!(
+            kernel.bucket_index(2_000_000_000),
+            2,
+            "above the last bound: ignored slot"
+        );
+    }
+
+    #[test]
+    fn port_set_holds_exactly_the_configured_ports() {
+        let set = port_set(&[22, 65535]);
+        assert!(set.contains(22) && set.contains(65535));
+        assert!(!set.contains(23) && !set.contains(0));
+    }
+}

@@ -1,0 +1,68 @@
+//! The few system calls the daemon makes itself (aya covers the rest): the only module that
+//! touches raw memory, so the only one allowed `unsafe`.
+#![allow(unsafe_code)]
+
+use std::{io, mem, os::fd::AsRawFd};
+
+use aya_obj::generated::{bpf_cmd, bpf_prog_info};
+
+/// Raises RLIMIT_MEMLOCK to infinity. Kernels since 5.11 account BPF memory to the memory cgroup
+/// and ignore this limit, and raising it needs CAP_SYS_RESOURCE: callers treat failure as a note.
+pub fn raise_memlock_rlimit() -> io::Result<()> {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: `unlimited` is a valid rlimit that outlives the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// What the kernel counts for a loaded program.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ProgramStats {
+    /// Time spent running it (only while `kernel.bpf_stats_enabled` = 1).
+    pub run_time_ns: u64,
+    /// Runs (only while `kernel.bpf_stats_enabled` = 1).
+    pub run_count: u64,
+    /// Events the kernel skipped because the program was already running on that CPU.
+    pub recursion_misses: u64,
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` for a program (aya's `ProgramInfo` does not expose these counters).
+pub fn program_stats(program: &impl AsRawFd) -> io::Result<ProgramStats> {
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // SAFETY: `bpf_prog_info` is plain integers; all-zero is a valid value.
+    let mut info: bpf_prog_info = unsafe { mem::zeroed() };
+    let mut attr = InfoByFd {
+        bpf_fd: program.as_raw_fd() as u32,
+        info_len: mem::size_of::<bpf_prog_info>() as u32,
+        info: &raw mut info as u64,
+    };
+    // SAFETY: `attr` is the `info` member of `union bpf_attr` for this command, its size is
+    // passed, and `info` points to a writable buffer of `info_len` bytes that outlives the call.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
+            &raw mut attr,
+            mem::size_of::<InfoByFd>(),
+        )
+    };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ProgramStats {
+        run_time_ns: info.run_time_ns,
+        run_count: info.run_cnt,
+        recursion_misses: info.recursion_misses,
+    })
+}

@@ -1,0 +1,48 @@
+//! tcpstate's kernel side: entry points only. The work is in `state_change`.
+#![no_std]
+#![no_main]
+
+mod kernel;
+mod maps;
+mod state_change;
+
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use tcpstate_common::recorder;
+
+/// Every TCP state change of a full socket (`tcp_set_state` -> `inet_sock_set_state`).
+/// The BTF tracepoint gives the typed `struct sock *` (readable at BTF-checked offsets, accepted
+/// by `bpf_sk_storage_get`) and is cheaper per event than the classic tracepoint.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn record_state_change(ctx: BtfTracePointContext) -> i32 {
+    maps::set_primary_running(true);
+    state_change::record(&ctx, recorder::PRIMARY);
+    maps::set_primary_running(false);
+    0
+}
+
+/// The same tracepoint, second program. The kernel runs a BTF tracepoint program at most once
+/// per CPU at a time and silently skips an event that arrives while it runs (a softirq state
+/// change interrupting a process-context one; counted in the program's `recursion_misses`).
+/// Its guard is per program, so this one still runs then: it records exactly the events the
+/// primary program was denied, into its own slots.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn record_nested_state_change(ctx: BtfTracePointContext) -> i32 {
+    if maps::primary_running() {
+        state_change::record(&ctx, recorder::NESTED);
+        maps::count(
+            recorder::NESTED,
+            tcpstate_common::counter::NESTED_EVENTS_RECORDED,
+        );
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
