@@ -316,6 +316,11 @@ pub fn exposition(
             vec![gauge_metric(pairs(&[("version", VERSION)]), 1.0)],
         ),
     ]
+    .into_iter()
+    // A family without samples (no transition yet) is omitted: the text format has no way to
+    // write it, and the encoder rejects it.
+    .filter(|family| !family.get_metric().is_empty())
+    .collect()
 }
 
 fn pairs(items: &[(&str, &str)]) -> Vec<LabelPair> {

@@ -11,7 +11,7 @@ pub const DEFAULT_BUCKETS: [f64; 18] = [
     600.0, 1800.0, 3600.0,
 ];
 
-/// Default `--web.listen-address`. 9816 is free in Prometheus's default port allocations.
+/// Default `--web.listen-address`: 9816, in the exporter range and not used by common exporters.
 pub const DEFAULT_LISTEN_ADDRESS: &str = "0.0.0.0:9816";
 
 /// Follows every TCP socket through its states with eBPF and serves Prometheus metrics:
@@ -42,6 +42,7 @@ pub struct Flags {
     /// strictly increasing, positive, at most 32 bounds (`+Inf` is implicit). The kernel
     /// program counts into exactly these buckets.
     #[arg(long = "buckets", value_name = "SECONDS,...", value_parser = parse_buckets,
+          allow_hyphen_values = true,
           default_value = "0.0001,0.0005,0.001,0.005,0.01,0.05,0.1,0.5,1,5,10,30,60,120,300,600,1800,3600")]
     pub buckets: Buckets,
 }

@@ -199,10 +199,11 @@ impl KernelBtf {
                 let plain = member.bitfield_size == 0 || member.bitfield_size == 16;
                 return (is_u16 && byte_aligned && plain).then_some(member.bit_offset / 8);
             }
-            if member.name.is_empty() && matches!(ty.kind, KIND_STRUCT | KIND_UNION) {
-                if let Some(inner) = self.u16_field(member.type_id, name) {
-                    return Some(member.bit_offset / 8 + inner);
-                }
+            if member.name.is_empty()
+                && matches!(ty.kind, KIND_STRUCT | KIND_UNION)
+                && let Some(inner) = self.u16_field(member.type_id, name)
+            {
+                return Some(member.bit_offset / 8 + inner);
             }
         }
         None

@@ -1,0 +1,466 @@
+//! The real program in the real kernel: each test starts `tcpstated`, makes real connections on
+//! loopback to a port of its own (in the daemon's port set), and checks the exact changes of the
+//! real `/metrics`. They need root: `cargo xtask test` runs them (`--ignored`, one at a time).
+
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use support::{Daemon, Metrics, eventually};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// `(role, from, to) -> count` of every transition exported for `port` since `before`.
+fn transitions_for(
+    after: &Metrics,
+    before: &Metrics,
+    port: u16,
+) -> BTreeMap<(String, String, String), u64> {
+    let port = port.to_string();
+    let mut out = BTreeMap::new();
+    for (series, value) in after.series() {
+        let Some(labels) = series.strip_prefix("tcpstate_transitions_total") else {
+            continue;
+        };
+        let labels = support::parse_labels(labels);
+        if labels.get("port") != Some(&port) {
+            continue;
+        }
+        let grown = value - before.value(series).unwrap_or(0.0);
+        if grown != 0.0 {
+            out.insert(
+                (
+                    labels["role"].clone(),
+                    labels["from"].clone(),
+                    labels["to"].clone(),
+                ),
+                grown as u64,
+            );
+        }
+    }
+    out
+}
+
+fn expected(items: &[(&str, &str, &str)]) -> BTreeMap<(String, String, String), u64> {
+    let mut out = BTreeMap::new();
+    for (role, from, to) in items {
+        *out.entry((role.to_string(), from.to_string(), to.to_string()))
+            .or_default() += 1;
+    }
+    out
+}
+
+/// Waits until the transitions for `port` equal `want`, then asserts it (with the difference).
+fn assert_transitions(
+    daemon: &Daemon,
+    before: &Metrics,
+    port: u16,
+    want: &BTreeMap<(String, String, String), u64>,
+) -> Metrics {
+    let mut last = daemon.scrape();
+    eventually(WAIT, || {
+        last = daemon.scrape();
+        transitions_for(&last, before, port) == *want
+    });
+    assert_eq!(
+        &transitions_for(&last, before, port),
+        want,
+        "transitions for port {port}"
+    );
+    last
+}
+
+fn sockets(metrics: &Metrics, port: u16, state: &str, role: &str) -> f64 {
+    metrics.sum(
+        "tcpstate_sockets",
+        &[
+            ("state", state),
+            ("role", role),
+            ("port", &port.to_string()),
+        ],
+    )
+}
+
+fn port_args(port: u16) -> Vec<String> {
+    vec!["--port".into(), port.to_string()]
+}
+
+fn start(port: u16) -> Daemon {
+    let args = port_args(port);
+    Daemon::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Reads until the peer's FIN (read returns 0).
+fn read_to_eof(stream: &mut TcpStream) {
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut sink = Vec::new();
+    stream.read_to_end(&mut sink).expect("peer closes");
+}
+
+const CLIENT_CLOSES: [(&str, &str, &str); 12] = [
+    ("listener", "CLOSE", "LISTEN"),
+    ("client", "CLOSE", "SYN_SENT"),
+    ("client", "SYN_SENT", "ESTABLISHED"),
+    ("server", "LISTEN", "SYN_RECV"),
+    ("server", "SYN_RECV", "ESTABLISHED"),
+    ("client", "ESTABLISHED", "FIN_WAIT1"),
+    ("server", "ESTABLISHED", "CLOSE_WAIT"),
+    ("client", "FIN_WAIT1", "FIN_WAIT2"),
+    ("server", "CLOSE_WAIT", "LAST_ACK"),
+    // The peer's FIN: the full socket leaves for a timewait socket.
+    ("client", "FIN_WAIT2", "CLOSE"),
+    ("server", "LAST_ACK", "CLOSE"),
+    ("listener", "LISTEN", "CLOSE"),
+];
+
+/// Client shuts down first, waits for the server's FIN; the server holds CLOSE_WAIT for `hold`.
+fn client_closes_first(listen: SocketAddr, hold: Duration) {
+    let listener = TcpListener::bind(listen).expect("bind test port");
+    let mut client = TcpStream::connect(listen).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    client.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    server.read_exact(&mut buf).unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    read_to_eof(&mut server); // server now in CLOSE_WAIT, client in FIN_WAIT2
+    thread::sleep(hold);
+    drop(server); // CLOSE_WAIT -> LAST_ACK; the client's FIN_WAIT2 ends
+    read_to_eof(&mut client);
+    drop(client);
+    drop(listener);
+}
+
+#[test]
+#[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
+fn connection_closed_by_the_client() {
+    let port = 24001;
+    let daemon = start(port);
+    let before = daemon.scrape();
+    client_closes_first(([127, 0, 0, 1], port).into(), Duration::ZERO);
+    let after = assert_transitions(&daemon, &before, port, &expected(&CLIENT_CLOSES));
+    assert_eq!(
+        after.sum(
+            "tcpstate_transitions_total",
+            &[("port", "24001"), ("family", "ipv4")]
+        ),
+        12.0
+    );
+}
+
+#[test]
+#[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
+fn connection_closed_by_the_server() {
+    let port = 24002;
+    let daemon = start(port);
+    let before = daemon.scrape();
+    let listen: SocketAddr = ([127, 0, 0, 1], port).into();
+    let listener = TcpListener::bind(listen).unwrap();
+    let mut client = TcpStream::connect(listen).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    server.shutdown(Shutdown::Write).unwrap();
+    read_to_eof(&mut client); // client in CLOSE_WAIT
+    drop(client);
+    read_to_eof(&mut server);
+    drop(server);
+    drop(listener);
+    let want = expected(&[
+        ("listener", "CLOSE", "LISTEN"),
+        ("client", "CLOSE", "SYN_SENT"),
+        ("client", "SYN_SENT", "ESTABLISHED"),
+        ("server", "LISTEN", "SYN_RECV"),
+        ("server", "SYN_RECV", "ESTABLISHED"),
+        ("server", "ESTABLISHED", "FIN_WAIT1"),
+        ("client", "ESTABLISHED", "CLOSE_WAIT"),
+        ("server", "FIN_WAIT1", "FIN_WAIT2"),
+        ("client", "CLOSE_WAIT", "LAST_ACK"),
+        ("server", "FIN_WAIT2", "CLOSE"),
+        ("client", "LAST_ACK", "CLOSE"),
+        ("listener", "LISTEN", "CLOSE"),
+    ]);
+    assert_transitions(&daemon, &before, port, &want);
+}
+
+#[test]
+#[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
+fn abort_with_linger_zero_resets_both_sides() {
+    let port = 24003;
+    let daemon = start(port);
+    let before = daemon.scrape();
+    let listen: SocketAddr = ([127, 0, 0, 1], port).into();
+    let listener = TcpListener::bind(listen).unwrap();
+    let client = TcpStream::connect(listen).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    socket2::SockRef::from(&client)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(client); // RST
+    server.set_read_timeout(Some(WAIT)).unwrap();
+    let reset = server.read(&mut [0u8; 1]);
+    assert!(
+        reset.is_err() || reset.is_ok_and(|n| n == 0),
+        "server sees the reset"
+    );
+    drop(server);
+    drop(listener);
+    let want = expected(&[
+        ("listener", "CLOSE", "LISTEN"),
+        ("client", "CLOSE", "SYN_SENT"),
+        ("client", "SYN_SENT", "ESTABLISHED"),
+        ("server", "LISTEN", "SYN_RECV"),
+        ("server", "SYN_RECV", "ESTABLISHED"),
+        ("client", "ESTABLISHED", "CLOSE"),
+        ("server", "ESTABLISHED", "CLOSE"),
+        ("listener", "LISTEN", "CLOSE"),
+    ]);
+    assert_transitions(&daemon, &before, port, &want);
+}
+
+#[test]
+#[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
+fn refused_connect() {
+    let port = 24004;
+    let daemon = start(port);
+    let before = daemon.scrape();
+    let refused = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)));
+    assert_eq!(
+        refused.unwrap_err().kind(),
+        std::io::ErrorKind::ConnectionRefused
+    );
+    let want = expected(&[
+        ("client", "CLOSE", "SYN_SENT"),
+        ("client", "SYN_SENT", "CLOSE"),
+    ]);
+    let after = assert_transitions(&daemon, &before, port, &want);
+    let refused_attempt = after.delta(
+        &before,
+        "tcpstate_state_duration_seconds_count",
+        &[("state", "SYN_SENT"), ("next", "CLOSE"), ("port", "24004")],
+    );
+    assert_eq!(
+        refused_attempt, 1.0,
+        "the SYN_SENT time of the refused connect is observed"
+    );
+}
+
+#[test]
+#[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
+fn ipv6_on_loopback() {
+    let port = 24005;
+    let daemon = start(port);
+    let before = daemon.scrape();
+    client_closes_first(
+        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+        Duration::ZERO,
+    );
+    let after = assert_transitions(&daemon, &before, port, &expected(&CLIENT_CLOSES));
+    assert_eq!(
+        after.delta(
+            &before,
+            "tcpstate_transitions_total",
+            &[("port", "24005"), ("family", "ipv6")]
+        ),
+        12.0
+    );
+    assert_eq!(
+        after.delta(
+            &before,
+            "tcpstate_transitions_total",
+            &[("port", "24005"), ("family", "ipv4")]
+        ),
+        0.0
+    );
+}
+
+#[test]
+#[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
+fn close_wait_held_300ms_is_measured_in_the_right_bucket() {
+    let port = 24006;
+    let daemon = start(port);
+    let before = daemon.scrape();
+    client_closes_first(([127, 0, 0, 1], port).into(), Duration::from_millis(300));
+    let after = assert_transitions(&daemon, &before, port, &expected(&CLIENT_CLOSES));
+    let labels = |le: &'static str| {
+        [
+            ("state", "CLOSE_WAIT"),
+            ("next", "LAST_ACK"),
+            ("role", "server"),
+            ("port", "24006"),
+            ("le", le),
+        ]
+    };
+    let bucket = |le| {
+        after.delta(
+            &before,
+            "tcpstate_state_duration_seconds_bucket",
+            &labels(le),
+        )
+    };
+    assert_eq!(bucket("0.1"), 0.0, "300 ms is above the 0.1 s bucket");
+    assert_eq!(bucket("0.5"), 1.0, "and within the 0.5 s bucket");
+    assert_eq!(bucket("+Inf"), 1.0);
+    let sum = after.delta(
+        &before,
+        "tcpstate_state_duration_seconds_sum",
+        &labels("")[..4],
+    );
+    assert!(
+        (0.3..0.4).contains(&sum),
+        "CLOSE_WAIT lasted {sum} s, expected 0.3-0.4 s"
+    );
+}
+
+#[test]
+#[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
+fn gauges_follow_open_connections_and_return_to_zero() {
+    let port = 24007;
+    let daemon = start(port);
+    let listen: SocketAddr = ([127, 0, 0, 1], port).into();
+    let listener = TcpListener::bind(listen).unwrap();
+    let clients: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(listen).unwrap())
+        .collect();
+    let servers: Vec<TcpStream> = (0..3).map(|_| listener.accept().unwrap().0).collect();
+    let open = |m: &Metrics| {
+        (
+            sockets(m, port, "ESTABLISHED", "client"),
+            sockets(m, port, "ESTABLISHED", "server"),
+            sockets(m, port, "LISTEN", "listener"),
+        )
+    };
+    let mut metrics = daemon.scrape();
+    eventually(WAIT, || {
+        metrics = daemon.scrape();
+        open(&metrics) == (3.0, 3.0, 1.0)
+    });
+    assert_eq!(open(&metrics), (3.0, 3.0, 1.0));
+    assert!(metrics.sum("tcpstate_tracked_sockets", &[]) >= 7.0);
+
+    for client in &clients {
+        client.shutdown(Shutdown::Write).unwrap();
+    }
+    // The server may delay its ACK of the FINs (delayed ACK), so FIN_WAIT2 can come later.
+    eventually(WAIT, || {
+        metrics = daemon.scrape();
+        sockets(&metrics, port, "CLOSE_WAIT", "server") == 3.0
+            && sockets(&metrics, port, "FIN_WAIT2", "client") == 3.0
+    });
+    assert_eq!(
+        sockets(&metrics, port, "CLOSE_WAIT", "server"),
+        3.0,
+        "servers have not closed"
+    );
+    assert_eq!(sockets(&metrics, port, "FIN_WAIT2", "client"), 3.0);
+
+    drop(servers);
+    drop(clients);
+    drop(listener);
+    let all_zero = |m: &Metrics| {
+        m.series()
+            .filter(|(s, _)| s.starts_with("tcpstate_sockets{") && s.contains("port=\"24007\""))
+            .all(|(_, v)| *v == 0.0)
+    };
+    eventually(WAIT, || {
+        metrics = daemon.scrape();
+        all_zero(&metrics)
+    });
+    assert!(all_zero(&metrics), "every gauge of the port back to 0");
+}
+
+#[test]
+#[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
+fn metrics_pass_promtool_and_report_no_failures() {
+    let port = 24008;
+    let daemon = start(port);
+    client_closes_first(([127, 0, 0, 1], port).into(), Duration::ZERO);
+    let body = daemon.scrape_text();
+    for needle in [
+        "tcpstate_transitions_total{",
+        "tcpstate_state_duration_seconds_bucket{",
+        "tcpstate_sockets{",
+        "tcpstate_tracked_sockets ",
+        "tcpstate_map_capacity{",
+        "tcpstate_recording_failures_total{reason=\"event_lost\"}",
+        "tcpstate_build_info{version=",
+        "process_resident_memory_bytes ",
+    ] {
+        assert!(body.contains(needle), "missing {needle}");
+    }
+    let metrics = Metrics::parse(&body);
+    assert_eq!(
+        metrics.sum("tcpstate_recording_failures_total", &[]),
+        0.0,
+        "{body}"
+    );
+
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (Debian package prometheus; cargo xtask setup installs it)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let output = promtool.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+#[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
+fn landing_page_health_and_clean_shutdown() {
+    let daemon = Daemon::start(&["--web.telemetry-path=/custom"]);
+    let (status, page) = support::http_get(daemon.address, "/").unwrap();
+    assert_eq!(status, 200);
+    assert!(page.contains("href=\"/custom\""), "{page}");
+    let (status, health) = support::http_get(daemon.address, "/healthz").unwrap();
+    assert_eq!((status, health.starts_with("ok")), (200, true), "{health}");
+    assert_eq!(support::http_get(daemon.address, "/custom").unwrap().0, 200);
+    assert_eq!(
+        support::http_get(daemon.address, "/metrics").unwrap().0,
+        404
+    );
+    let status = daemon.stop();
+    assert!(status.success(), "SIGTERM ends tcpstated cleanly: {status}");
+}
+
+#[test]
+#[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
+fn errors_say_what_to_do_and_exit_codes_tell_usage_from_runtime() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tcpstated"))
+            .args(args)
+            .output()
+            .expect("run tcpstated")
+    };
+    let usage = run(&["--buckets", "1,0.5"]);
+    assert_eq!(usage.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&usage.stderr).contains("strictly increasing"));
+    let usage = run(&["--port", "70000"]);
+    assert_eq!(usage.status.code(), Some(2));
+
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let in_use = run(&["--web.listen-address", &address]);
+    assert_eq!(in_use.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&in_use.stderr);
+    assert!(
+        stderr.contains("already in use") && stderr.contains("--web.listen-address"),
+        "{stderr}"
+    );
+}
