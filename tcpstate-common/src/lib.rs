@@ -17,6 +17,9 @@ pub mod program {
     /// Records the events the kernel does not give to `RECORD_STATE_CHANGE` because that program
     /// is already running on the CPU (a softirq state change interrupting a process-context one).
     pub const RECORD_NESTED_STATE_CHANGE: &str = "record_nested_state_change";
+    /// An empty program on the same tracepoint, for the benchmark's floor; never loaded by the
+    /// daemon.
+    pub const EMPTY_HOOK_FLOOR: &str = "empty_hook_floor";
     /// The kernel function whose BTF tracepoint both programs attach to.
     pub const TRACEPOINT: &str = "inet_sock_set_state";
 }

@@ -11,7 +11,7 @@ use tcpstate_common::{DurationBuckets, PortSet, global, map, program};
 use crate::{config::Buckets, kernel_btf::KernelBtf, kernel_maps::KernelMaps};
 
 /// The object `build.rs` compiled from `tcpstate-ebpf`, embedded so one binary is all a host needs.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpstate"));
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpstate"));
 
 /// Loaded and attached programs. Dropping it detaches them.
 pub struct Tracer {

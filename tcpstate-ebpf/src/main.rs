@@ -37,6 +37,13 @@ pub fn record_nested_state_change(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// Does nothing: attached alone by the benchmark (`cargo xtask bench`) to measure the cost of
+/// the hook itself, the floor every program on this tracepoint pays. The daemon never loads it.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn empty_hook_floor(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
