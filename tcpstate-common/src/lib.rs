@@ -17,6 +17,13 @@ pub mod program {
     /// Records the events the kernel does not give to `RECORD_STATE_CHANGE` because that program
     /// is already running on the CPU (a softirq state change interrupting a process-context one).
     pub const RECORD_NESTED_STATE_CHANGE: &str = "record_nested_state_change";
+    /// `tcp:tcp_send_reset`: resets sent, by the socket's state.
+    pub const RECORD_RESET_SENT: &str = "record_reset_sent";
+    /// `tcp:tcp_receive_reset`: resets received, by the socket's state.
+    pub const RECORD_RESET_RECEIVED: &str = "record_reset_received";
+    /// `tcp:tcp_retransmit_synack`: SYN-ACKs retransmitted by a listener (the half-open queue's
+    /// troubles, which `inet_sock_set_state` never shows).
+    pub const RECORD_SYNACK_RETRANSMIT: &str = "record_synack_retransmit";
     /// An empty program on the same tracepoint, for the benchmark's floor; never loaded by the
     /// daemon.
     pub const EMPTY_HOOK_FLOOR: &str = "empty_hook_floor";
@@ -34,6 +41,13 @@ pub mod map {
     pub const COUNTERS: &str = "COUNTERS";
     /// `PERCPU_ARRAY` of one `u32`: 1 while the primary program's body runs on that CPU.
     pub const PRIMARY_RUNNING: &str = "PRIMARY_RUNNING";
+    /// `PERCPU_HASH`: [`crate::EventKey`] -> `u64` count (resets, SYN-ACK retransmits).
+    pub const EVENTS: &str = "EVENTS";
+    /// `HASH`: socket cookie -> [`crate::OrphanFinWait2`], for sockets the kernel handed to a
+    /// timewait socket in FIN_WAIT2 (closed by the application before the peer's FIN).
+    pub const ORPHAN_FIN_WAIT2: &str = "ORPHAN_FIN_WAIT2";
+    /// `PERCPU_ARRAY`: recorder -> [`crate::ClosedSocket`].
+    pub const LAST_CLOSED: &str = "LAST_CLOSED";
 }
 
 /// Names of the load-time globals (`.rodata`), set by the daemon before the verifier sees them.
@@ -50,6 +64,14 @@ pub mod global {
 /// preallocation), so the capacity costs nothing until used; one entry exists per distinct
 /// (labels, from, to) seen.
 pub const TRANSITIONS_CAPACITY: u32 = 16384;
+
+/// Capacity of the `EVENTS` map (one entry per event kind, state and label set).
+pub const EVENTS_CAPACITY: u32 = 4096;
+
+/// Default capacity of the `ORPHAN_FIN_WAIT2` map: orphaned sockets waiting in FIN_WAIT2 for the
+/// peer's FIN at once (each entry lives from the handoff until the daemon's next poll sees the
+/// timewait socket move on).
+pub const ORPHAN_FIN_WAIT2_CAPACITY: u32 = 65536;
 
 /// Largest number of histogram bounds the kernel program can hold.
 pub const MAX_BUCKETS: usize = 32;
@@ -99,11 +121,80 @@ pub struct SocketRecord {
     /// `bpf_ktime_get_ns()` when the socket entered `state`.
     pub entered_ns: u64,
     pub labels: Labels,
+    /// The socket's cookie, fetched when it starts closing (entering FIN_WAIT1). Fetching makes
+    /// the kernel assign it now, so the timewait socket that later replaces this one inherits
+    /// it and the daemon can match the two; 0 until then.
+    pub cookie: u64,
     /// The kernel state the socket is in, as far as this program saw.
     pub state: u8,
     pub _padding: [u8; 7],
 }
-const _: () = assert!(size_of::<SocketRecord>() == 24);
+const _: () = assert!(size_of::<SocketRecord>() == 32);
+
+/// Value of `ORPHAN_FIN_WAIT2`: what the daemon needs to finish a handed-off FIN_WAIT2.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrphanFinWait2 {
+    /// `bpf_ktime_get_ns()` when the socket entered FIN_WAIT2 (CLOCK_MONOTONIC).
+    pub entered_ns: u64,
+    pub labels: Labels,
+}
+const _: () = assert!(size_of::<OrphanFinWait2>() == 16);
+
+/// The socket that last reached CLOSE on a CPU, per recorder (`LAST_CLOSED` map): an abort
+/// moves the socket to CLOSE *before* sending its reset, so the reset program finds here the
+/// state the socket was in and its labels.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClosedSocket {
+    /// The `struct sock` address, only compared, never dereferenced.
+    pub socket: u64,
+    pub labels: Labels,
+    /// The state it left for CLOSE.
+    pub state: u8,
+    pub _padding: [u8; 7],
+}
+const _: () = assert!(size_of::<ClosedSocket>() == 24);
+
+/// Kinds of [`EventKey`].
+pub mod event_kind {
+    pub const RESET_SENT: u8 = 0;
+    pub const RESET_RECEIVED: u8 = 1;
+    pub const SYNACK_RETRANSMIT: u8 = 2;
+}
+
+/// Key of the `EVENTS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventKey {
+    pub labels: Labels,
+    /// [`event_kind`] constant.
+    pub kind: u8,
+    /// The socket's state when the event happened (kernel number).
+    pub state: u8,
+    pub _padding: [u8; 6],
+}
+const _: () = assert!(size_of::<EventKey>() == 16);
+
+/// Why a socket reached CLOSE, where the kernel's own transition does not say
+/// ([`TransitionKey::detail`]). Decided from `sk_err` and the socket's flags at the event.
+pub mod transition_detail {
+    pub const NONE: u8 = 0;
+    /// FIN_WAIT1/FIN_WAIT2/CLOSING -> CLOSE after the peer's FIN: the connection lives on in a
+    /// timewait socket in TIME_WAIT. The logical view shows `... -> TIME_WAIT`.
+    pub const TIME_WAIT_HANDOFF: u8 = 1;
+    /// FIN_WAIT1/FIN_WAIT2 -> CLOSE of an orphaned socket before the peer's FIN: the connection
+    /// lives on in a timewait socket in FIN_WAIT2, waiting for that FIN.
+    pub const FIN_WAIT2_HANDOFF: u8 = 2;
+    /// SYN_SENT -> CLOSE: connection refused (RST in answer to the SYN).
+    pub const CONNECT_REFUSED: u8 = 3;
+    /// SYN_SENT -> CLOSE: SYN retransmissions exhausted.
+    pub const CONNECT_TIMEOUT: u8 = 4;
+    /// SYN_SENT -> CLOSE: reset (other than a refusal).
+    pub const CONNECT_RESET: u8 = 5;
+    /// SYN_SENT -> CLOSE for any other reason (unreachable, closed by the application).
+    pub const CONNECT_OTHER: u8 = 6;
+}
 
 /// Bits of [`TransitionKey::flags`]: what an aggregated transition means for the gauges and the
 /// duration histogram. Keeping these in the key (rather than separate maps) keeps the kernel at
@@ -126,7 +217,9 @@ pub mod transition_flag {
 pub mod recorder {
     pub const PRIMARY: u8 = 0;
     pub const NESTED: u8 = 1;
-    pub const COUNT: usize = 2;
+    /// The reset and SYN-ACK programs (each counts only its own event kind).
+    pub const EVENTS: u8 = 2;
+    pub const COUNT: usize = 3;
 }
 
 /// Key of the `TRANSITIONS` map.
@@ -141,7 +234,9 @@ pub struct TransitionKey {
     pub flags: u8,
     /// [`recorder`] constant.
     pub recorder: u8,
-    pub _padding: [u8; 4],
+    /// [`transition_detail`] constant.
+    pub detail: u8,
+    pub _padding: [u8; 3],
 }
 const _: () = assert!(size_of::<TransitionKey>() == 16);
 
@@ -184,7 +279,11 @@ pub mod counter {
     pub const FAILED_UNKNOWN_STATE: u32 = 5;
     /// Failure: deleting a socket record at CLOSE failed.
     pub const FAILED_RECORD_DELETE: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// Failure: the `EVENTS` map was full, a reset or SYN-ACK retransmit was not counted.
+    pub const FAILED_EVENTS_MAP_FULL: u32 = 7;
+    /// Failure: the `ORPHAN_FIN_WAIT2` map was full; that FIN_WAIT2 gets no duration.
+    pub const FAILED_ORPHAN_MAP_FULL: u32 = 8;
+    pub const COUNT: u32 = 9;
     /// Entries in the `COUNTERS` map.
     pub const SLOTS: u32 = COUNT * super::recorder::COUNT as u32;
 }
@@ -201,8 +300,15 @@ pub struct SocketLayout {
     pub remote_port: u32,
     /// `sk_protocol` (u16).
     pub protocol: u32,
+    /// `__sk_common.skc_state` (u8): also right for timewait and request sockets.
+    pub state: u32,
+    /// `__sk_common.skc_flags` (unsigned long): `SOCK_DEAD`, `SOCK_DONE`, ...
+    pub flags: u32,
+    /// `sk_err` (int): the error a closing socket reports.
+    pub error: u32,
+    pub _padding: u32,
 }
-const _: () = assert!(size_of::<SocketLayout>() == 16);
+const _: () = assert!(size_of::<SocketLayout>() == 32);
 
 /// Histogram upper bounds in nanoseconds, ascending; unused slots hold `u64::MAX`.
 #[repr(C)]
@@ -301,6 +407,12 @@ mod pod {
     unsafe impl aya::Pod for super::DurationBuckets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PortSet {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OrphanFinWait2 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::EventKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ClosedSocket {}
 }
 
 #[cfg(test)]

@@ -7,7 +7,28 @@
 
 use std::collections::BTreeMap;
 
-use tcpstate_common::{Labels, TransitionKey, TransitionStats, counter, recorder, transition_flag};
+use tcpstate_common::{
+    EventKey, Labels, TcpState, TransitionKey, TransitionStats, counter, event_kind, recorder,
+    transition_detail, transition_flag,
+};
+
+/// Which sequence `tcpstate_transitions_total` shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    /// TCP's state machine (RFC 9293): the active closer goes `... -> TIME_WAIT`, then
+    /// `TIME_WAIT -> CLOSE` when its timewait socket ends; an orphaned FIN_WAIT2 lasts until the
+    /// peer's FIN.
+    Logical,
+    /// The kernel's own `inet_sock_set_state` sequence (full sockets only): the active closer
+    /// goes `... -> CLOSE` when a timewait socket takes over.
+    Raw,
+}
+
+const CLOSE: u8 = TcpState::Close as u8;
+const SYN_SENT: u8 = TcpState::SynSent as u8;
+const FIN_WAIT1: u8 = TcpState::FinWait1 as u8;
+const FIN_WAIT2: u8 = TcpState::FinWait2 as u8;
+const TIME_WAIT: u8 = TcpState::TimeWait as u8;
 
 /// A transition edge: kernel state numbers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -47,18 +68,40 @@ pub struct Aggregates {
     pub sockets: BTreeMap<(Labels, u8), i64>,
     /// Transitions the kernel inferred because an event of the socket was missed.
     pub inferred_transitions: u64,
+    /// SYN_SENT -> CLOSE by labels and `transition_detail` (the reason).
+    pub connect_failures: BTreeMap<(Labels, u8), u64>,
+    /// Transitions out of a state by sockets first seen then (they existed before the program):
+    /// what the start-up baseline of untracked sockets loses.
+    pub first_seen_out: BTreeMap<(Labels, u8), u64>,
+}
+
+/// The logical edge of a kernel transition, or `None` when the logical view has no transition
+/// there (an orphaned FIN_WAIT2 handed to a timewait socket stays in FIN_WAIT2).
+pub fn logical_edge(key: &TransitionKey) -> Option<Edge> {
+    match (key.detail, key.from) {
+        (transition_detail::TIME_WAIT_HANDOFF, from) => Some(Edge {
+            from,
+            to: TIME_WAIT,
+        }),
+        (transition_detail::FIN_WAIT2_HANDOFF, FIN_WAIT1) => Some(Edge {
+            from: FIN_WAIT1,
+            to: FIN_WAIT2,
+        }),
+        (transition_detail::FIN_WAIT2_HANDOFF, _) => None,
+        (_, from) => Some(Edge { from, to: key.to }),
+    }
 }
 
 /// Merges the kernel's entries (already summed over CPUs). `bucket_count` is the number of
 /// configured bounds; the kernel's slots past it are never filled for real bounds.
-pub fn aggregate(entries: &[(TransitionKey, TransitionStats)], bucket_count: usize) -> Aggregates {
+pub fn aggregate(
+    entries: &[(TransitionKey, TransitionStats)],
+    bucket_count: usize,
+    view: View,
+) -> Aggregates {
     let mut out = Aggregates::default();
     for (key, stats) in entries {
         let flags = key.flags;
-        let edge = Edge {
-            from: key.from,
-            to: key.to,
-        };
         let labels = key.labels;
         if flags & transition_flag::FROM_TRACKED != 0 {
             *out.sockets.entry((labels, key.from)).or_default() -= stats.count as i64;
@@ -70,6 +113,24 @@ pub fn aggregate(entries: &[(TransitionKey, TransitionStats)], bucket_count: usi
             out.inferred_transitions += stats.count;
             continue;
         }
+        if flags & transition_flag::FROM_TRACKED == 0 {
+            *out.first_seen_out.entry((labels, key.from)).or_default() += stats.count;
+        }
+        if key.from == SYN_SENT && key.to == CLOSE {
+            *out.connect_failures
+                .entry((labels, key.detail))
+                .or_default() += stats.count;
+        }
+        let edge = match view {
+            View::Raw => Edge {
+                from: key.from,
+                to: key.to,
+            },
+            View::Logical => match logical_edge(key) {
+                Some(edge) => edge,
+                None => continue,
+            },
+        };
         *out.transitions.entry((labels, edge)).or_default() += stats.count;
         if flags & transition_flag::DURATION_OBSERVED != 0 {
             let histogram = out
@@ -111,6 +172,8 @@ pub fn sum_over_cpus<'a>(values: impl IntoIterator<Item = &'a TransitionStats>) 
 /// The kernel's `COUNTERS`, summed over CPUs and recorders.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
+    pub failed_events_map_full: u64,
+    pub failed_orphan_map_full: u64,
     pub records_created: u64,
     pub records_deleted: u64,
     pub nested_events_recorded: u64,
@@ -136,12 +199,107 @@ impl Counters {
             failed_socket_storage: total(counter::FAILED_SOCKET_STORAGE),
             failed_unknown_state: total(counter::FAILED_UNKNOWN_STATE),
             failed_record_delete: total(counter::FAILED_RECORD_DELETE),
+            failed_events_map_full: total(counter::FAILED_EVENTS_MAP_FULL),
+            failed_orphan_map_full: total(counter::FAILED_ORPHAN_MAP_FULL),
         }
     }
 
     /// Sockets with a record in the kernel now.
     pub fn tracked_sockets(&self) -> u64 {
         self.records_created.saturating_sub(self.records_deleted)
+    }
+}
+
+/// Resets and SYN-ACK retransmits, summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Events {
+    /// By socket labels and state.
+    pub resets_sent: BTreeMap<(Labels, u8), u64>,
+    pub resets_received: BTreeMap<(Labels, u8), u64>,
+    /// By the listener's labels.
+    pub synack_retransmits: BTreeMap<Labels, u64>,
+}
+
+pub fn events(entries: &[(EventKey, u64)]) -> Events {
+    let mut out = Events::default();
+    for (key, count) in entries {
+        match key.kind {
+            event_kind::RESET_SENT => {
+                *out.resets_sent.entry((key.labels, key.state)).or_default() += count
+            }
+            event_kind::RESET_RECEIVED => {
+                *out.resets_received
+                    .entry((key.labels, key.state))
+                    .or_default() += count
+            }
+            event_kind::SYNACK_RETRANSMIT => {
+                *out.synack_retransmits.entry(key.labels).or_default() += count
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The `reason` label of a connect failure.
+pub fn connect_failure_reason(detail: u8) -> &'static str {
+    match detail {
+        transition_detail::CONNECT_REFUSED => "refused",
+        transition_detail::CONNECT_TIMEOUT => "timeout",
+        transition_detail::CONNECT_RESET => "reset",
+        _ => "other",
+    }
+}
+
+/// Sockets now in each state: the kernel's tracked ones, the start-up baseline of untracked
+/// ones minus those that have since moved (`first_seen_out` less what had moved before the
+/// baseline was taken), and what the census counts (timewait and request sockets).
+pub fn sockets_now(
+    kernel: &Aggregates,
+    baseline: &BTreeMap<(Labels, u8), i64>,
+    moved_before_baseline: &BTreeMap<(Labels, u8), u64>,
+    census: &BTreeMap<(Labels, u8), i64>,
+) -> BTreeMap<(Labels, u8), i64> {
+    let mut sockets = kernel.sockets.clone();
+    for (key, count) in baseline {
+        let moved_since = kernel
+            .first_seen_out
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(moved_before_baseline.get(key).copied().unwrap_or(0));
+        *sockets.entry(*key).or_default() += (count - moved_since as i64).max(0);
+    }
+    for (key, count) in census {
+        *sockets.entry(*key).or_default() += count;
+    }
+    sockets
+}
+
+/// Adds `extra` (the census's transitions or durations) into `into`.
+pub fn merge_transitions(
+    into: &mut BTreeMap<(Labels, Edge), u64>,
+    extra: &BTreeMap<(Labels, Edge), u64>,
+) {
+    for (key, count) in extra {
+        *into.entry(*key).or_default() += count;
+    }
+}
+
+pub fn merge_durations(
+    into: &mut BTreeMap<(Labels, Edge), Histogram>,
+    extra: &BTreeMap<(Labels, Edge), Histogram>,
+) {
+    for (key, histogram) in extra {
+        let total = into.entry(*key).or_insert_with(|| Histogram {
+            buckets: vec![0; histogram.buckets.len()],
+            ..Histogram::default()
+        });
+        total.count += histogram.count;
+        total.sum_ns += histogram.sum_ns;
+        for (total, count) in total.buckets.iter_mut().zip(&histogram.buckets) {
+            *total += count;
+        }
     }
 }
 
@@ -185,7 +343,8 @@ mod tests {
             to: to as u8,
             flags,
             recorder: rec,
-            _padding: [0; 4],
+            detail: 0,
+            _padding: [0; 3],
         };
         (key, stats)
     }
@@ -216,7 +375,7 @@ mod tests {
                 2,
             ),
         ];
-        let out = aggregate(&entries, 3);
+        let out = aggregate(&entries, 3, View::Raw);
         assert_eq!(
             out.transitions[&edge(SynSent, Established)],
             3,
@@ -247,7 +406,7 @@ mod tests {
             recorder::PRIMARY,
             5,
         )];
-        let out = aggregate(&entries, MAX_BUCKETS);
+        let out = aggregate(&entries, MAX_BUCKETS, View::Raw);
         assert_eq!(out.transitions[&edge(Established, FinWait1)], 5);
         assert!(out.durations.is_empty());
         assert_eq!(out.sockets[&(CLIENT, FinWait1 as u8)], 5);
@@ -277,7 +436,7 @@ mod tests {
                 1,
             ),
         ];
-        let out = aggregate(&entries, 3);
+        let out = aggregate(&entries, 3, View::Raw);
         assert_eq!(out.inferred_transitions, 1);
         assert!(!out.transitions.contains_key(&edge(SynSent, Established)));
         assert_eq!(out.sockets[&(CLIENT, SynSent as u8)], 0);
@@ -310,5 +469,128 @@ mod tests {
         assert_eq!(counters.nested_events_recorded, 4);
         assert_eq!(events_lost(6, counters.nested_events_recorded), 2);
         assert_eq!(events_lost(3, 4), 0);
+    }
+
+    fn with_detail(
+        mut entry: (TransitionKey, TransitionStats),
+        detail: u8,
+    ) -> (TransitionKey, TransitionStats) {
+        entry.0.detail = detail;
+        entry
+    }
+
+    #[test]
+    fn logical_view_hands_active_closes_to_time_wait() {
+        use transition_detail::*;
+        let entries = [
+            with_detail(
+                entry(FinWait2, Close, FROM_TRACKED | DURATION_OBSERVED, 0, 4),
+                TIME_WAIT_HANDOFF,
+            ),
+            with_detail(
+                entry(Closing, Close, FROM_TRACKED | DURATION_OBSERVED, 0, 1),
+                TIME_WAIT_HANDOFF,
+            ),
+            // Orphans: FIN_WAIT1 -> (timewait FIN_WAIT2) is FIN_WAIT1 -> FIN_WAIT2; FIN_WAIT2 ->
+            // (timewait FIN_WAIT2) is no transition at all.
+            with_detail(
+                entry(FinWait1, Close, FROM_TRACKED | DURATION_OBSERVED, 0, 2),
+                FIN_WAIT2_HANDOFF,
+            ),
+            with_detail(
+                entry(FinWait2, Close, FROM_TRACKED | DURATION_OBSERVED, 0, 3),
+                FIN_WAIT2_HANDOFF,
+            ),
+            with_detail(
+                entry(Established, Close, FROM_TRACKED | DURATION_OBSERVED, 0, 5),
+                NONE,
+            ),
+        ];
+        let logical = aggregate(&entries, 3, View::Logical);
+        assert_eq!(logical.transitions[&edge(FinWait2, TimeWait)], 4);
+        assert_eq!(logical.transitions[&edge(Closing, TimeWait)], 1);
+        assert_eq!(logical.transitions[&edge(FinWait1, FinWait2)], 2);
+        assert_eq!(logical.transitions[&edge(Established, Close)], 5);
+        assert!(!logical.transitions.contains_key(&edge(FinWait2, Close)));
+        assert_eq!(logical.durations[&edge(FinWait2, TimeWait)].count, 4);
+        assert!(
+            !logical.durations.contains_key(&edge(FinWait2, Close)),
+            "near-zero handoff time dropped"
+        );
+
+        let raw = aggregate(&entries, 3, View::Raw);
+        assert_eq!(raw.transitions[&edge(FinWait2, Close)], 7);
+        assert_eq!(raw.transitions[&edge(FinWait1, Close)], 2);
+        assert!(!raw.transitions.contains_key(&edge(FinWait2, TimeWait)));
+        // Gauges do not depend on the view.
+        assert_eq!(raw.sockets, logical.sockets);
+    }
+
+    #[test]
+    fn connect_failures_by_reason() {
+        use transition_detail::*;
+        let entries = [
+            with_detail(
+                entry(SynSent, Close, FROM_TRACKED | DURATION_OBSERVED, 0, 2),
+                CONNECT_REFUSED,
+            ),
+            with_detail(
+                entry(SynSent, Close, FROM_TRACKED | DURATION_OBSERVED, 1, 1),
+                CONNECT_REFUSED,
+            ),
+            with_detail(
+                entry(SynSent, Close, FROM_TRACKED | DURATION_OBSERVED, 0, 3),
+                CONNECT_TIMEOUT,
+            ),
+        ];
+        let out = aggregate(&entries, 3, View::Logical);
+        assert_eq!(out.connect_failures[&(CLIENT, CONNECT_REFUSED)], 3);
+        assert_eq!(out.connect_failures[&(CLIENT, CONNECT_TIMEOUT)], 3);
+        assert_eq!(out.transitions[&edge(SynSent, Close)], 6);
+        assert_eq!(
+            [
+                CONNECT_REFUSED,
+                CONNECT_TIMEOUT,
+                CONNECT_RESET,
+                CONNECT_OTHER,
+                NONE
+            ]
+            .map(connect_failure_reason),
+            ["refused", "timeout", "reset", "other", "other"]
+        );
+    }
+
+    #[test]
+    fn baseline_sockets_leave_as_they_are_first_seen() {
+        let key = (CLIENT, Established as u8);
+        // 10 sockets older than the daemon; 1 had moved before the baseline was taken (it is
+        // not in the baseline), 3 more moved since.
+        let entries = [entry(Established, FinWait1, TO_TRACKED, 0, 4)];
+        let kernel = aggregate(&entries, 3, View::Logical);
+        let baseline = BTreeMap::from([(key, 10)]);
+        let before = BTreeMap::from([(key, 1)]);
+        let census = BTreeMap::from([((CLIENT, TimeWait as u8), 2)]);
+        let sockets = sockets_now(&kernel, &baseline, &before, &census);
+        assert_eq!(sockets[&key], 7);
+        assert_eq!(sockets[&(CLIENT, FinWait1 as u8)], 4);
+        assert_eq!(sockets[&(CLIENT, TimeWait as u8)], 2);
+    }
+
+    #[test]
+    fn events_split_by_kind() {
+        let key = |kind, state| EventKey {
+            labels: CLIENT,
+            kind,
+            state,
+            _padding: [0; 6],
+        };
+        let out = events(&[
+            (key(event_kind::RESET_SENT, 1), 2),
+            (key(event_kind::RESET_RECEIVED, 1), 3),
+            (key(event_kind::SYNACK_RETRANSMIT, 12), 4),
+        ]);
+        assert_eq!(out.resets_sent[&(CLIENT, 1)], 2);
+        assert_eq!(out.resets_received[&(CLIENT, 1)], 3);
+        assert_eq!(out.synack_retransmits[&CLIENT], 4);
     }
 }

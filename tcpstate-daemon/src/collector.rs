@@ -1,18 +1,28 @@
 //! The Prometheus collector: at each scrape, reads the kernel's maps once and turns them into
 //! metric families. Every metric the daemon exports about TCP is born here.
 
-use std::{sync::Mutex, time::Instant};
+use std::{
+    collections::BTreeMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use prometheus::{
     core::{Collector, Desc},
     proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType},
 };
-use tcpstate_common::Labels;
+use tcpstate_common::{Labels, TcpState, program};
 
 use crate::{
-    aggregate::{Aggregates, aggregate, events_lost},
+    aggregate::{
+        View, aggregate, connect_failure_reason, events, merge_durations, merge_transitions,
+        sockets_now,
+    },
+    census::{Census, ListenQueue},
     kernel_maps::{KernelMaps, Snapshot, TRANSITIONS_MAP_CAPACITY},
     labels,
+    netstat::{self, ListenCounters},
+    sock_diag, sys,
 };
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -110,7 +120,71 @@ const BUILD_INFO: Family = Family {
     labels: &["version"],
 };
 
-const FAMILIES: [&Family; 13] = [
+const CONNECT_FAILURES: Family = Family {
+    name: "tcpstate_connect_failures_total",
+    help: "Client connects that ended SYN_SENT -> CLOSE, by reason: refused (RST to the SYN), \
+           timeout (SYN retransmissions exhausted), reset, other (unreachable, aborted).",
+    kind: MetricType::COUNTER,
+    labels: &["reason", "family", "port"],
+};
+const RESETS_SENT: Family = Family {
+    name: "tcpstate_resets_sent_total",
+    help: "Resets sent, by the state of the socket that sent them.",
+    kind: MetricType::COUNTER,
+    labels: &["state", "family", "role", "port"],
+};
+const RESETS_RECEIVED: Family = Family {
+    name: "tcpstate_resets_received_total",
+    help: "Resets received, by the state of the socket that received them.",
+    kind: MetricType::COUNTER,
+    labels: &["state", "family", "role", "port"],
+};
+const SYNACK_RETRANSMITS: Family = Family {
+    name: "tcpstate_synack_retransmits_total",
+    help: "SYN-ACKs retransmitted by listeners because the handshake's final ACK did not come.",
+    kind: MetricType::COUNTER,
+    labels: &["family", "port"],
+};
+const LISTEN_QUEUE_LENGTH: Family = Family {
+    name: "tcpstate_listen_queue_length",
+    help: "Connections waiting in listeners' accept queues (sock_diag, at the last poll).",
+    kind: MetricType::GAUGE,
+    labels: &["port"],
+};
+const LISTEN_QUEUE_LIMIT: Family = Family {
+    name: "tcpstate_listen_queue_limit",
+    help: "Listeners' accept queue limits (the listen() backlog, capped by net.core.somaxconn).",
+    kind: MetricType::GAUGE,
+    labels: &["port"],
+};
+const LISTEN_OVERFLOWS: Family = Family {
+    name: "tcpstate_listen_overflows_total",
+    help: "Handshakes completed while the accept queue was full (TcpExt ListenOverflows of the \
+           daemon's network namespace).",
+    kind: MetricType::COUNTER,
+    labels: &[],
+};
+const LISTEN_DROPS: Family = Family {
+    name: "tcpstate_listen_drops_total",
+    help: "SYNs and handshake ACKs dropped by listeners, overflows included (TcpExt ListenDrops \
+           of the daemon's network namespace).",
+    kind: MetricType::COUNTER,
+    labels: &[],
+};
+const POLL_DURATION: Family = Family {
+    name: "tcpstate_poll_duration_seconds",
+    help: "Time the last sock_diag poll took (timewait, request and listening sockets).",
+    kind: MetricType::GAUGE,
+    labels: &[],
+};
+const POLL_INTERVAL: Family = Family {
+    name: "tcpstate_poll_interval_seconds",
+    help: "Least time between sock_diag polls (--sockdiag.min-interval); polls run at scrape time.",
+    kind: MetricType::GAUGE,
+    labels: &[],
+};
+
+const FAMILIES: [&Family; 23] = [
     &TRANSITIONS,
     &DURATIONS,
     &SOCKETS,
@@ -124,16 +198,91 @@ const FAMILIES: [&Family; 13] = [
     &PROGRAM_RECURSION_MISSES,
     &COLLECT_SECONDS,
     &BUILD_INFO,
+    &CONNECT_FAILURES,
+    &RESETS_SENT,
+    &RESETS_RECEIVED,
+    &SYNACK_RETRANSMITS,
+    &LISTEN_QUEUE_LENGTH,
+    &LISTEN_QUEUE_LIMIT,
+    &LISTEN_OVERFLOWS,
+    &LISTEN_DROPS,
+    &POLL_DURATION,
+    &POLL_INTERVAL,
 ];
 
+/// How the collector reads and presents.
+#[derive(Clone, Debug)]
+pub struct CollectorConfig {
+    pub bucket_bounds: Vec<f64>,
+    pub view: View,
+    pub poll_min_interval: Duration,
+}
+
+/// What the collector keeps between scrapes.
+pub struct KernelState {
+    pub maps: KernelMaps,
+    pub census: Census,
+    /// First-seen transitions already counted when the baseline was taken.
+    pub moved_before_baseline: BTreeMap<(Labels, u8), u64>,
+    last_poll: Option<(Instant, Duration)>,
+    poll_errors: u64,
+}
+
+impl KernelState {
+    pub fn new(
+        maps: KernelMaps,
+        census: Census,
+        moved_before_baseline: BTreeMap<(Labels, u8), u64>,
+    ) -> Self {
+        KernelState {
+            maps,
+            census,
+            moved_before_baseline,
+            last_poll: None,
+            poll_errors: 0,
+        }
+    }
+
+    /// Polls sock_diag unless the last poll is recent, and folds the result into the census.
+    fn poll_if_due(&mut self, min_interval: Duration) {
+        if self
+            .last_poll
+            .is_some_and(|(at, _)| at.elapsed() < min_interval)
+        {
+            return;
+        }
+        let started = Instant::now();
+        let listeners_and_timewait = sock_diag::dump(
+            sock_diag::state_mask(&[
+                TcpState::Listen as u8,
+                TcpState::TimeWait as u8,
+                TcpState::FinWait2 as u8,
+            ]),
+            None,
+        );
+        let requests = sock_diag::dump(sock_diag::state_mask(&[TcpState::NewSynRecv as u8]), None);
+        match (listeners_and_timewait, requests) {
+            (Ok(listeners_and_timewait), Ok(requests)) => {
+                self.census
+                    .observe(&listeners_and_timewait, &requests, sys::monotonic_ns());
+            }
+            (Err(error), _) | (_, Err(error)) => {
+                self.poll_errors += 1;
+                log::warn!("sock_diag poll failed: {error}");
+            }
+        }
+        self.last_poll = Some((started, started.elapsed()));
+    }
+}
+
 pub struct TcpStateCollector {
-    maps: Mutex<KernelMaps>,
-    bucket_bounds: Vec<f64>,
+    state: Mutex<KernelState>,
+    config: CollectorConfig,
     descs: Vec<Desc>,
 }
 
 impl TcpStateCollector {
-    pub fn new(maps: KernelMaps, bucket_bounds: Vec<f64>) -> Self {
+    pub fn new(state: KernelState, config: CollectorConfig) -> Self {
         let descs = FAMILIES
             .iter()
             .map(|family| {
@@ -147,19 +296,19 @@ impl TcpStateCollector {
             })
             .collect();
         TcpStateCollector {
-            maps: Mutex::new(maps),
-            bucket_bounds,
+            state: Mutex::new(state),
+            config,
             descs,
         }
     }
 
     pub fn programs_alive(&self) -> bool {
-        self.lock().programs_alive()
+        self.lock().maps.programs_alive()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, KernelMaps> {
-        // A panic while holding the lock cannot leave the maps inconsistent: they are read-only here.
-        self.maps
+    fn lock(&self) -> std::sync::MutexGuard<'_, KernelState> {
+        // A panic while holding the lock leaves at worst a partly updated census.
+        self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -172,25 +321,56 @@ impl Collector for TcpStateCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let started = Instant::now();
-        let snapshot = self.lock().read();
+        let mut state = self.lock();
+        let snapshot = state.maps.read();
+        let orphans = state.maps.drain_orphans();
+        state.census.add_orphans(orphans, sys::monotonic_ns());
         let read_seconds = started.elapsed().as_secs_f64();
-        exposition(&snapshot, &self.bucket_bounds, read_seconds)
+        state.poll_if_due(self.config.poll_min_interval);
+        let scrape = Scrape {
+            snapshot: &snapshot,
+            census: Some(&state.census),
+            moved_before_baseline: &state.moved_before_baseline,
+            netstat: netstat::read().ok(),
+            read_seconds,
+            poll_seconds: state.last_poll.map(|(_, took)| took.as_secs_f64()),
+            poll_errors: state.poll_errors,
+        };
+        exposition(&scrape, &self.config)
     }
 }
 
-/// The metric families of one snapshot. Pure: unit-tested without a kernel.
-pub fn exposition(
-    snapshot: &Snapshot,
-    bucket_bounds: &[f64],
-    read_seconds: f64,
-) -> Vec<MetricFamily> {
-    let Aggregates {
-        transitions,
-        durations,
-        sockets,
-        inferred_transitions,
-    } = aggregate(&snapshot.transitions, bucket_bounds.len());
+/// Everything one scrape shows.
+pub struct Scrape<'a> {
+    pub snapshot: &'a Snapshot,
+    pub census: Option<&'a Census>,
+    pub moved_before_baseline: &'a BTreeMap<(Labels, u8), u64>,
+    pub netstat: Option<ListenCounters>,
+    pub read_seconds: f64,
+    pub poll_seconds: Option<f64>,
+    pub poll_errors: u64,
+}
+
+/// The metric families of one scrape. Pure: unit-tested without a kernel.
+pub fn exposition(scrape: &Scrape<'_>, config: &CollectorConfig) -> Vec<MetricFamily> {
+    let snapshot = scrape.snapshot;
+    let bucket_bounds = &config.bucket_bounds;
+    let kernel = aggregate(&snapshot.transitions, bucket_bounds.len(), config.view);
+    let empty = BTreeMap::new();
+    let sockets = sockets_now(
+        &kernel,
+        scrape.census.map_or(&empty, |c| c.baseline()),
+        scrape.moved_before_baseline,
+        scrape.census.map_or(&empty, |c| &c.sockets),
+    );
+    let mut transitions = kernel.transitions.clone();
+    let mut durations = kernel.durations.clone();
+    if let (View::Logical, Some(census)) = (config.view, scrape.census) {
+        merge_transitions(&mut transitions, &census.transitions);
+        merge_durations(&mut durations, &census.durations);
+    }
     let counters = &snapshot.counters;
+    let events = events(&snapshot.events);
 
     let transitions = transitions
         .iter()
@@ -242,43 +422,111 @@ pub fn exposition(
         })
         .collect();
 
-    let lost = events_lost(
-        snapshot.primary_program.recursion_misses,
-        counters.nested_events_recorded,
-    );
+    let connect_failures = kernel
+        .connect_failures
+        .iter()
+        .fold(
+            BTreeMap::<(&str, &str, String), u64>::new(),
+            |mut merged, ((socket, detail), count)| {
+                let key = (
+                    connect_failure_reason(*detail),
+                    labels::family(socket.family),
+                    labels::port(socket.port),
+                );
+                *merged.entry(key).or_default() += count;
+                merged
+            },
+        )
+        .into_iter()
+        .map(|((reason, family, port), count)| {
+            counter_metric(
+                pairs(&[("reason", reason), ("family", family), ("port", &port)]),
+                count as f64,
+            )
+        })
+        .collect();
+
+    let resets = |by_state: &BTreeMap<(Labels, u8), u64>| -> Vec<Metric> {
+        by_state
+            .iter()
+            .filter_map(|((socket, state), count)| {
+                let state = labels::state(*state)?;
+                Some(counter_metric(
+                    with_socket(&[("state", state)], socket),
+                    *count as f64,
+                ))
+            })
+            .collect()
+    };
+    let synack_retransmits = events
+        .synack_retransmits
+        .iter()
+        .fold(
+            BTreeMap::<(&str, String), u64>::new(),
+            |mut merged, (listener, count)| {
+                *merged
+                    .entry((labels::family(listener.family), labels::port(listener.port)))
+                    .or_default() += count;
+                merged
+            },
+        )
+        .into_iter()
+        .map(|((family, port), count)| {
+            counter_metric(pairs(&[("family", family), ("port", &port)]), count as f64)
+        })
+        .collect();
+    let queues = |value: fn(&ListenQueue) -> u64| -> Vec<Metric> {
+        scrape
+            .census
+            .map(|census| {
+                census
+                    .listen_queues
+                    .iter()
+                    .map(|(port, queue)| {
+                        gauge_metric(
+                            pairs(&[("port", &labels::port(*port))]),
+                            value(queue) as f64,
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
     let failures = [
         ("transitions_map_full", counters.failed_transitions_map_full),
+        ("events_map_full", counters.failed_events_map_full),
+        ("orphan_map_full", counters.failed_orphan_map_full),
         ("socket_storage_unavailable", counters.failed_socket_storage),
         ("unknown_state", counters.failed_unknown_state),
         ("record_delete_failed", counters.failed_record_delete),
-        ("event_lost", lost),
-        ("out_of_sequence", inferred_transitions),
+        ("event_lost", snapshot.events_lost()),
+        ("out_of_sequence", kernel.inferred_transitions),
         ("map_read_error", snapshot.read_errors),
+        ("poll_error", scrape.poll_errors),
     ]
     .into_iter()
     .map(|(reason, count)| counter_metric(pairs(&[("reason", reason)]), count as f64))
     .collect();
 
-    let programs = [
-        ("primary", &snapshot.primary_program),
-        ("nested", &snapshot.nested_program),
-    ];
     let per_program = |value: fn(&crate::sys::ProgramStats) -> f64| -> Vec<Metric> {
-        programs
+        snapshot
+            .programs
             .iter()
-            .map(|(name, stats)| counter_metric(pairs(&[("program", name)]), value(stats)))
+            .map(|(name, stats)| {
+                counter_metric(pairs(&[("program", program_label(name))]), value(stats))
+            })
             .collect()
     };
     let transitions_map = || pairs(&[("map", tcpstate_common::map::TRANSITIONS)]);
+    let single = |value: f64| vec![gauge_metric(vec![], value)];
+    let single_counter = |value: f64| vec![counter_metric(vec![], value)];
 
-    vec![
+    let mut families = vec![
         family(&TRANSITIONS, transitions),
         family(&DURATIONS, durations),
         family(&SOCKETS, sockets),
-        family(
-            &TRACKED_SOCKETS,
-            vec![gauge_metric(vec![], counters.tracked_sockets() as f64)],
-        ),
+        family(&TRACKED_SOCKETS, single(counters.tracked_sockets() as f64)),
         family(
             &MAP_ENTRIES,
             vec![gauge_metric(
@@ -296,10 +544,7 @@ pub fn exposition(
         family(&FAILURES, failures),
         family(
             &NESTED_EVENTS,
-            vec![counter_metric(
-                vec![],
-                counters.nested_events_recorded as f64,
-            )],
+            single_counter(counters.nested_events_recorded as f64),
         ),
         family(&PROGRAM_RUNS, per_program(|s| s.run_count as f64)),
         family(
@@ -310,17 +555,50 @@ pub fn exposition(
             &PROGRAM_RECURSION_MISSES,
             per_program(|s| s.recursion_misses as f64),
         ),
-        family(&COLLECT_SECONDS, vec![gauge_metric(vec![], read_seconds)]),
+        family(&COLLECT_SECONDS, single(scrape.read_seconds)),
         family(
             &BUILD_INFO,
             vec![gauge_metric(pairs(&[("version", VERSION)]), 1.0)],
         ),
-    ]
-    .into_iter()
-    // A family without samples (no transition yet) is omitted: the text format has no way to
-    // write it, and the encoder rejects it.
-    .filter(|family| !family.get_metric().is_empty())
-    .collect()
+        family(&CONNECT_FAILURES, connect_failures),
+        family(&RESETS_SENT, resets(&events.resets_sent)),
+        family(&RESETS_RECEIVED, resets(&events.resets_received)),
+        family(&SYNACK_RETRANSMITS, synack_retransmits),
+        family(&LISTEN_QUEUE_LENGTH, queues(|q| q.length)),
+        family(&LISTEN_QUEUE_LIMIT, queues(|q| q.limit)),
+        family(
+            &POLL_INTERVAL,
+            single(config.poll_min_interval.as_secs_f64()),
+        ),
+    ];
+    if let Some(netstat) = scrape.netstat {
+        families.push(family(
+            &LISTEN_OVERFLOWS,
+            single_counter(netstat.overflows as f64),
+        ));
+        families.push(family(&LISTEN_DROPS, single_counter(netstat.drops as f64)));
+    }
+    if let Some(seconds) = scrape.poll_seconds {
+        families.push(family(&POLL_DURATION, single(seconds)));
+    }
+    families
+        .into_iter()
+        // A family without samples (no transition yet) is omitted: the text format has no way
+        // to write it, and the encoder rejects it.
+        .filter(|family| !family.get_metric().is_empty())
+        .collect()
+}
+
+/// The `program` label of a kernel program.
+fn program_label(name: &str) -> &'static str {
+    match name {
+        program::RECORD_STATE_CHANGE => "primary",
+        program::RECORD_NESTED_STATE_CHANGE => "nested",
+        program::RECORD_RESET_SENT => "reset_sent",
+        program::RECORD_RESET_RECEIVED => "reset_received",
+        program::RECORD_SYNACK_RETRANSMIT => "synack_retransmit",
+        _ => "other",
+    }
 }
 
 fn pairs(items: &[(&str, &str)]) -> Vec<LabelPair> {
@@ -378,7 +656,25 @@ mod tests {
     use super::*;
 
     fn text(snapshot: &Snapshot, bounds: &[f64]) -> String {
-        let families = exposition(snapshot, bounds, 0.001);
+        let config = CollectorConfig {
+            bucket_bounds: bounds.to_vec(),
+            view: View::Logical,
+            poll_min_interval: Duration::from_secs(1),
+        };
+        let none = BTreeMap::new();
+        let scrape = Scrape {
+            snapshot,
+            census: None,
+            moved_before_baseline: &none,
+            netstat: Some(ListenCounters {
+                overflows: 4,
+                drops: 5,
+            }),
+            read_seconds: 0.001,
+            poll_seconds: None,
+            poll_errors: 0,
+        };
+        let families = exposition(&scrape, &config);
         let mut out = Vec::new();
         TextEncoder::new().encode(&families, &mut out).unwrap();
         String::from_utf8(out).unwrap()
@@ -402,7 +698,8 @@ mod tests {
             to: TcpState::LastAck as u8,
             flags: FROM_TRACKED | TO_TRACKED | DURATION_OBSERVED,
             recorder: 0,
-            _padding: [0; 4],
+            detail: 0,
+            _padding: [0; 3],
         };
         let snapshot = Snapshot {
             transitions: vec![(key, stats)],
@@ -431,13 +728,21 @@ mod tests {
     #[test]
     fn lost_events_are_recursion_misses_not_recovered() {
         let mut snapshot = Snapshot::default();
-        snapshot.primary_program.recursion_misses = 10;
+        let misses = |recursion_misses| crate::sys::ProgramStats {
+            recursion_misses,
+            ..Default::default()
+        };
+        snapshot.programs = vec![
+            (program::RECORD_STATE_CHANGE, misses(10)),
+            (program::RECORD_RESET_SENT, misses(1)),
+        ];
         snapshot.counters.nested_events_recorded = 7;
         let body = text(&snapshot, &[1.0]);
         assert!(
-            body.contains(r#"tcpstate_recording_failures_total{reason="event_lost"} 3"#),
-            "{body}"
+            body.contains(r#"tcpstate_recording_failures_total{reason="event_lost"} 4"#),
+            "(10 - 7) + 1: {body}"
         );
+        assert!(body.contains("tcpstate_listen_overflows_total 4"), "{body}");
         assert!(
             body.contains("tcpstate_nested_events_recorded_total 7"),
             "{body}"

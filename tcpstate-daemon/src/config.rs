@@ -5,6 +5,8 @@ use std::{net::SocketAddr, time::Duration};
 use clap::Parser;
 use tcpstate_common::MAX_BUCKETS;
 
+use crate::aggregate::View;
+
 /// The default histogram bounds, in seconds.
 pub const DEFAULT_BUCKETS: [f64; 18] = [
     0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
@@ -45,6 +47,40 @@ pub struct Flags {
           allow_hyphen_values = true,
           default_value = "0.0001,0.0005,0.001,0.005,0.01,0.05,0.1,0.5,1,5,10,30,60,120,300,600,1800,3600")]
     pub buckets: Buckets,
+
+    /// Which sequence `tcpstate_transitions_total` shows: `logical` (TCP's state machine:
+    /// the active closer goes `... -> TIME_WAIT` then `TIME_WAIT -> CLOSE`, an orphaned
+    /// FIN_WAIT2 lasts until the peer's FIN) or `raw` (the kernel's own `inet_sock_set_state`
+    /// sequence, as bcc's tcpstates shows it: the active closer goes `... -> CLOSE` when a
+    /// timewait socket takes over).
+    #[arg(long = "transitions.view", value_name = "VIEW", default_value = "logical", value_parser = parse_view)]
+    pub view: View,
+
+    /// Least time between two netlink sock_diag polls, in seconds. Polls run at scrape time
+    /// (never in between) and count the timewait sockets (TIME_WAIT, orphaned FIN_WAIT2), the
+    /// request sockets (NEW_SYN_RECV) and the listeners' accept queues; they cost about 1 ms
+    /// per 10,000 such sockets.
+    #[arg(long = "sockdiag.min-interval", value_name = "SECONDS", default_value = "1", value_parser = parse_interval)]
+    pub poll_min_interval: Duration,
+}
+
+fn parse_view(text: &str) -> Result<View, String> {
+    match text {
+        "logical" => Ok(View::Logical),
+        "raw" => Ok(View::Raw),
+        _ => Err(format!("`{text}` is not a view: use `logical` or `raw`")),
+    }
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    match text.trim().parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && (0.0..=3600.0).contains(&seconds) => {
+            Ok(Duration::from_secs_f64(seconds))
+        }
+        _ => Err(format!(
+            "`{text}` is not a number of seconds between 0 and 3600"
+        )),
+    }
 }
 
 /// Validated histogram bounds, in seconds and in the kernel's nanoseconds.

@@ -26,7 +26,7 @@ pub enum BtfError {
          Linux 4.16 or newer is needed"
     )]
     MissingTracepoint(String),
-    #[error("this kernel's `{0}` has no usable field `{1}` (a u16 at a byte offset)")]
+    #[error("this kernel's `{0}` has no usable field `{1}` (an integer of the expected size)")]
     MissingField(&'static str, &'static str),
 }
 
@@ -187,26 +187,31 @@ impl KernelBtf {
         None
     }
 
-    /// Byte offset of the 2-byte field `name` in the struct `struct_id`, looking through
-    /// anonymous structs and unions (where `sock_common` keeps its ports).
-    fn u16_field(&self, struct_id: u32, name: &str) -> Option<u32> {
+    /// Byte offset of the integer field `name`, of `size` bytes, in the struct `struct_id`,
+    /// looking through anonymous structs and unions (where `sock_common` keeps its ports).
+    fn int_field(&self, struct_id: u32, name: &str, size: u32) -> Option<u32> {
         let container = self.resolve(struct_id)?;
         for member in &container.members {
             let ty = self.resolve(member.type_id)?;
             if member.name == name {
-                let is_u16 = matches!(ty.kind, KIND_INT | KIND_ENUM) && ty.size_or_type == 2;
+                let is_int = matches!(ty.kind, KIND_INT | KIND_ENUM) && ty.size_or_type == size;
                 let byte_aligned = member.bit_offset % 8 == 0;
-                let plain = member.bitfield_size == 0 || member.bitfield_size == 16;
-                return (is_u16 && byte_aligned && plain).then_some(member.bit_offset / 8);
+                let plain = member.bitfield_size == 0 || member.bitfield_size == size * 8;
+                return (is_int && byte_aligned && plain).then_some(member.bit_offset / 8);
             }
             if member.name.is_empty()
                 && matches!(ty.kind, KIND_STRUCT | KIND_UNION)
-                && let Some(inner) = self.u16_field(member.type_id, name)
+                && let Some(inner) = self.int_field(member.type_id, name, size)
             {
                 return Some(member.bit_offset / 8 + inner);
             }
         }
         None
+    }
+
+    #[cfg(test)]
+    fn u16_field(&self, struct_id: u32, name: &str) -> Option<u32> {
+        self.int_field(struct_id, name, 2)
     }
 
     /// Byte offset of the member `name` (any type) of a struct.
@@ -226,18 +231,24 @@ impl KernelBtf {
         let (common, common_type) = self
             .member_offset(sock, "__sk_common")
             .ok_or(BtfError::MissingField("struct sock", "__sk_common"))?;
-        let common_field = |name: &'static str| {
-            self.u16_field(common_type, name)
+        let common_field = |name: &'static str, size: u32| {
+            self.int_field(common_type, name, size)
                 .map(|offset| common + offset)
                 .ok_or(BtfError::MissingField("struct sock_common", name))
         };
+        let sock_field = |name: &'static str, size: u32| {
+            self.int_field(sock, name, size)
+                .ok_or(BtfError::MissingField("struct sock", name))
+        };
         Ok(SocketLayout {
-            family: common_field("skc_family")?,
-            local_port: common_field("skc_num")?,
-            remote_port: common_field("skc_dport")?,
-            protocol: self
-                .u16_field(sock, "sk_protocol")
-                .ok_or(BtfError::MissingField("struct sock", "sk_protocol"))?,
+            family: common_field("skc_family", 2)?,
+            local_port: common_field("skc_num", 2)?,
+            remote_port: common_field("skc_dport", 2)?,
+            state: common_field("skc_state", 1)?,
+            flags: common_field("skc_flags", 8)?,
+            protocol: sock_field("sk_protocol", 2)?,
+            error: sock_field("sk_err", 4)?,
+            _padding: 0,
         })
     }
 

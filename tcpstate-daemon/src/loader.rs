@@ -1,9 +1,11 @@
 //! Loads the embedded eBPF object with this host's configuration and attaches its programs.
 
 use anyhow::{Context as _, anyhow};
+use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
+
 use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
-    maps::{MapError, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, Map, MapError, PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePoint, ProgramError},
 };
 use tcpstate_common::{DurationBuckets, PortSet, global, map, program};
@@ -27,7 +29,9 @@ pub struct TracerConfig<'a> {
 impl Tracer {
     pub fn attach(config: &TracerConfig<'_>) -> anyhow::Result<Self> {
         let kernel_btf = KernelBtf::from_sys_fs()?;
-        kernel_btf.require_tracepoint(program::TRACEPOINT)?;
+        for (_, tracepoint) in PROGRAMS {
+            kernel_btf.require_tracepoint(tracepoint)?;
+        }
         let layout = kernel_btf.socket_layout()?;
         let buckets = duration_buckets(config.buckets);
         let ports = port_set(config.ports);
@@ -44,16 +48,13 @@ impl Tracer {
         // Primary first: on each event the kernel runs them in attach order; the nested-event
         // program only acts while the primary one is mid-run on the CPU, so order is not
         // essential, but this keeps the common case's second call a cheap no-op.
-        for name in [
-            program::RECORD_STATE_CHANGE,
-            program::RECORD_NESTED_STATE_CHANGE,
-        ] {
+        for (name, tracepoint_name) in PROGRAMS {
             let tracepoint: &mut BtfTracePoint = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} is missing from the eBPF object"))?
                 .try_into()?;
             tracepoint
-                .load(program::TRACEPOINT, &btf)
+                .load(tracepoint_name, &btf)
                 .map_err(|err| explain_program_error(name, err))?;
             tracepoint
                 .attach()
@@ -66,15 +67,37 @@ impl Tracer {
                 .ok_or_else(|| anyhow!("program {name} vanished"))?;
             Ok(program.fd()?.try_clone()?)
         };
+        let programs = PROGRAMS
+            .iter()
+            .map(|(name, _)| Ok((*name, program_fd(&ebpf, name)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let maps = KernelMaps {
             transitions: PerCpuHashMap::try_from(take_map(&mut ebpf, map::TRANSITIONS)?)?,
             counters: PerCpuArray::try_from(take_map(&mut ebpf, map::COUNTERS)?)?,
-            primary_program: program_fd(&ebpf, program::RECORD_STATE_CHANGE)?,
-            nested_program: program_fd(&ebpf, program::RECORD_NESTED_STATE_CHANGE)?,
+            events: PerCpuHashMap::try_from(take_map(&mut ebpf, map::EVENTS)?)?,
+            orphan_fin_wait2: HashMap::try_from(take_map(&mut ebpf, map::ORPHAN_FIN_WAIT2)?)?,
+            programs,
         };
         Ok(Tracer { ebpf, maps })
     }
+
+    /// The socket-storage map, for sock_diag to tell tracked sockets from untracked ones.
+    pub fn socket_records_fd(&self) -> Option<RawFd> {
+        match self.ebpf.map(map::SOCKET_RECORDS)? {
+            Map::SkStorage(data) => Some(data.fd().as_fd().as_raw_fd()),
+            _ => None,
+        }
+    }
 }
+
+/// The programs, each with the tracepoint it attaches to, in attach order.
+pub const PROGRAMS: [(&str, &str); 5] = [
+    (program::RECORD_STATE_CHANGE, program::TRACEPOINT),
+    (program::RECORD_NESTED_STATE_CHANGE, program::TRACEPOINT),
+    (program::RECORD_RESET_SENT, "tcp_send_reset"),
+    (program::RECORD_RESET_RECEIVED, "tcp_receive_reset"),
+    (program::RECORD_SYNACK_RETRANSMIT, "tcp_retransmit_synack"),
+];
 
 fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
     ebpf.take_map(name)

@@ -3,11 +3,13 @@ use std::{process::ExitCode, sync::Arc};
 use clap::Parser as _;
 use prometheus::{Registry, core::Collector};
 use tcpstate_daemon::{
-    collector::TcpStateCollector,
+    aggregate,
+    census::Census,
+    collector::{CollectorConfig, KernelState, TcpStateCollector},
     config::Flags,
     http::{self, WebState},
-    loader::{Tracer, TracerConfig},
-    preflight, sys,
+    loader::{self, Tracer, TracerConfig},
+    preflight, sock_diag, sys,
 };
 
 /// Exit status for runtime failures; usage errors exit with clap's 2.
@@ -45,11 +47,35 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         buckets: &flags.buckets,
         ports: &flags.ports,
     })?;
+    let started_ns = sys::monotonic_ns();
+
+    // Sockets older than the programs: counted once now, then as they move (first seen).
+    let mut census = Census::new(
+        loader::port_set(&flags.ports),
+        flags.buckets.nanoseconds(),
+        started_ns,
+    );
+    let moved_before_baseline =
+        aggregate::aggregate(&tracer.maps.read().transitions, 0, aggregate::View::Raw)
+            .first_seen_out;
+    let full_socket_states: Vec<u8> = (1..=11).filter(|state| *state != 6).collect();
+    let full_sockets = sock_diag::state_mask(&full_socket_states);
+    match sock_diag::dump(full_sockets, tracer.socket_records_fd()) {
+        Ok(sockets) => census.set_baseline(&sockets),
+        Err(error) => log::warn!(
+            "cannot list existing sockets with sock_diag ({error}): sockets older than tcpstated \
+             are not counted until they change state"
+        ),
+    }
+
     let Tracer { ebpf, maps } = tracer;
-    let collector = Arc::new(TcpStateCollector::new(
-        maps,
-        flags.buckets.seconds().to_vec(),
-    ));
+    let config = CollectorConfig {
+        bucket_bounds: flags.buckets.seconds().to_vec(),
+        view: flags.view,
+        poll_min_interval: flags.poll_min_interval,
+    };
+    let state = KernelState::new(maps, census, moved_before_baseline);
+    let collector = Arc::new(TcpStateCollector::new(state, config));
 
     let registry = Registry::new();
     registry.register(Box::new(SharedCollector(collector.clone())))?;

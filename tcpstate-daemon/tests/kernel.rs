@@ -114,8 +114,8 @@ const CLIENT_CLOSES: [(&str, &str, &str); 12] = [
     ("server", "ESTABLISHED", "CLOSE_WAIT"),
     ("client", "FIN_WAIT1", "FIN_WAIT2"),
     ("server", "CLOSE_WAIT", "LAST_ACK"),
-    // The peer's FIN: the full socket leaves for a timewait socket.
-    ("client", "FIN_WAIT2", "CLOSE"),
+    // The peer's FIN: the connection moves to a timewait socket (logical view).
+    ("client", "FIN_WAIT2", "TIME_WAIT"),
     ("server", "LAST_ACK", "CLOSE"),
     ("listener", "LISTEN", "CLOSE"),
 ];
@@ -156,6 +156,26 @@ fn connection_closed_by_the_client() {
 
 #[test]
 #[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
+fn raw_view_shows_the_kernels_own_sequence() {
+    let port = 24009;
+    let daemon = Daemon::start(&["--port", "24009", "--transitions.view=raw"]);
+    let before = daemon.scrape();
+    client_closes_first(([127, 0, 0, 1], port).into(), Duration::ZERO);
+    let raw: Vec<_> = CLIENT_CLOSES
+        .iter()
+        .map(|&(role, from, to)| {
+            if to == "TIME_WAIT" {
+                (role, from, "CLOSE")
+            } else {
+                (role, from, to)
+            }
+        })
+        .collect();
+    assert_transitions(&daemon, &before, port, &expected(&raw));
+}
+
+#[test]
+#[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
 fn connection_closed_by_the_server() {
     let port = 24002;
     let daemon = start(port);
@@ -180,7 +200,7 @@ fn connection_closed_by_the_server() {
         ("client", "ESTABLISHED", "CLOSE_WAIT"),
         ("server", "FIN_WAIT1", "FIN_WAIT2"),
         ("client", "CLOSE_WAIT", "LAST_ACK"),
-        ("server", "FIN_WAIT2", "CLOSE"),
+        ("server", "FIN_WAIT2", "TIME_WAIT"),
         ("client", "LAST_ACK", "CLOSE"),
         ("listener", "LISTEN", "CLOSE"),
     ]);
@@ -219,7 +239,16 @@ fn abort_with_linger_zero_resets_both_sides() {
         ("server", "ESTABLISHED", "CLOSE"),
         ("listener", "LISTEN", "CLOSE"),
     ]);
-    assert_transitions(&daemon, &before, port, &want);
+    let after = assert_transitions(&daemon, &before, port, &want);
+    let resets = |name, role| {
+        after.delta(
+            &before,
+            name,
+            &[("state", "ESTABLISHED"), ("role", role), ("port", "24003")],
+        )
+    };
+    assert_eq!(resets("tcpstate_resets_sent_total", "client"), 1.0);
+    assert_eq!(resets("tcpstate_resets_received_total", "server"), 1.0);
 }
 
 #[test]
@@ -247,6 +276,14 @@ fn refused_connect() {
         refused_attempt, 1.0,
         "the SYN_SENT time of the refused connect is observed"
     );
+    let failures = |reason| {
+        after.delta(
+            &before,
+            "tcpstate_connect_failures_total",
+            &[("reason", reason), ("port", "24004")],
+        )
+    };
+    assert_eq!((failures("refused"), failures("timeout")), (1.0, 0.0));
 }
 
 #[test]
@@ -321,6 +358,8 @@ fn close_wait_held_300ms_is_measured_in_the_right_bucket() {
 fn gauges_follow_open_connections_and_return_to_zero() {
     let port = 24007;
     let daemon = start(port);
+    // TIME_WAIT sockets of an earlier run (they last 60 s) are counted too.
+    let earlier_time_wait = sockets(&daemon.scrape(), port, "TIME_WAIT", "client");
     let listen: SocketAddr = ([127, 0, 0, 1], port).into();
     let listener = TcpListener::bind(listen).unwrap();
     let clients: Vec<TcpStream> = (0..3)
@@ -361,16 +400,22 @@ fn gauges_follow_open_connections_and_return_to_zero() {
     drop(servers);
     drop(clients);
     drop(listener);
+    // Everything closed; the clients closed first, so their connections wait in TIME_WAIT.
     let all_zero = |m: &Metrics| {
         m.series()
             .filter(|(s, _)| s.starts_with("tcpstate_sockets{") && s.contains("port=\"24007\""))
+            .filter(|(s, _)| !s.contains("state=\"TIME_WAIT\""))
             .all(|(_, v)| *v == 0.0)
+            && sockets(m, port, "TIME_WAIT", "client") == earlier_time_wait + 3.0
     };
     eventually(WAIT, || {
         metrics = daemon.scrape();
         all_zero(&metrics)
     });
-    assert!(all_zero(&metrics), "every gauge of the port back to 0");
+    assert!(
+        all_zero(&metrics),
+        "every gauge of the port back to 0 but TIME_WAIT (3)"
+    );
 }
 
 #[test]

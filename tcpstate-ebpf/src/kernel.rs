@@ -4,7 +4,9 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::BPF_SK_STORAGE_GET_F_CREATE,
-    helpers::generated::{bpf_ktime_get_ns, bpf_sk_storage_delete, bpf_sk_storage_get},
+    helpers::generated::{
+        bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_sk_storage_delete, bpf_sk_storage_get,
+    },
 };
 use tcpstate_common::{SocketLayout, SocketRecord};
 
@@ -26,20 +28,31 @@ impl Sock {
         Self { sk, layout }
     }
 
-    #[inline(always)]
-    fn read_u16(&self, offset: u32) -> u16 {
-        // SAFETY: `offset` comes from the kernel's BTF description of `struct sock` (see
-        // `SocketLayout`), it is a load-time constant, and the verifier rejects the program if
-        // it is not a u16 field of `struct sock`.
-        unsafe {
-            self.sk
-                .cast::<u8>()
-                .add(offset as usize)
-                .cast::<u16>()
-                .read()
-        }
+    pub fn is_null(&self) -> bool {
+        self.sk.is_null()
     }
 
+    /// The socket's address, to compare sockets (never dereferenced from the number).
+    pub fn address(&self) -> u64 {
+        self.sk as u64
+    }
+
+    /// Reads a `T` field of `struct sock` at `offset`.
+    #[inline(always)]
+    fn read<T: Copy>(&self, offset: u32) -> T {
+        // SAFETY: `offset` comes from the kernel's BTF description of `struct sock` (see
+        // `SocketLayout`) with the field's size checked there, it is a load-time constant, and
+        // the verifier rejects the program unless it is a field of that size in `struct sock`;
+        // the load itself is fault-safe (BPF_PROBE_MEM).
+        unsafe { self.sk.cast::<u8>().add(offset as usize).cast::<T>().read() }
+    }
+
+    fn read_u16(&self, offset: u32) -> u16 {
+        self.read(offset)
+    }
+
+    /// Only for full sockets: `sk_protocol` is past the `sock_common` that timewait and
+    /// request sockets share.
     pub fn is_tcp(&self) -> bool {
         self.read_u16(self.layout.protocol) == IPPROTO_TCP
     }
@@ -54,6 +67,27 @@ impl Sock {
 
     pub fn remote_port(&self) -> u16 {
         u16::from_be(self.read_u16(self.layout.remote_port))
+    }
+
+    /// `skc_state`: valid for full, timewait and request sockets alike.
+    pub fn state(&self) -> u8 {
+        self.read(self.layout.state)
+    }
+
+    /// `sk_err`. Full sockets only.
+    pub fn error(&self) -> i32 {
+        self.read(self.layout.error)
+    }
+
+    /// `sk_flags` (`SOCK_DEAD`, `SOCK_DONE`, ...). Full sockets only.
+    pub fn flags(&self) -> u64 {
+        self.read(self.layout.flags)
+    }
+
+    /// The socket's cookie, assigned now if it had none (what `ss -e` and sock_diag show).
+    pub fn cookie(&self) -> u64 {
+        // SAFETY: `sk` is the tracepoint's live socket.
+        unsafe { bpf_get_socket_cookie(self.sk) }
     }
 
     /// This socket's record, if it has one.

@@ -2,12 +2,14 @@
 #![no_std]
 #![no_main]
 
+mod events;
 mod kernel;
+mod labels;
 mod maps;
 mod state_change;
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use tcpstate_common::recorder;
+use tcpstate_common::{event_kind, recorder};
 
 /// Every TCP state change of a full socket (`tcp_set_state` -> `inet_sock_set_state`).
 /// The BTF tracepoint gives the typed `struct sock *` (readable at BTF-checked offsets, accepted
@@ -34,6 +36,27 @@ pub fn record_nested_state_change(ctx: BtfTracePointContext) -> i32 {
             tcpstate_common::counter::NESTED_EVENTS_RECORDED,
         );
     }
+    0
+}
+
+/// Resets this host sends (`tcp_v4_send_reset`/`tcp_v6_send_reset`, `tcp_send_active_reset`).
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn record_reset_sent(ctx: BtfTracePointContext) -> i32 {
+    events::record_reset(&ctx, event_kind::RESET_SENT);
+    0
+}
+
+/// Resets this host receives (`tcp_reset`).
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn record_reset_received(ctx: BtfTracePointContext) -> i32 {
+    events::record_reset(&ctx, event_kind::RESET_RECEIVED);
+    0
+}
+
+/// SYN-ACKs a listener retransmits because the handshake's final ACK did not come.
+#[btf_tracepoint(function = "tcp_retransmit_synack")]
+pub fn record_synack_retransmit(ctx: BtfTracePointContext) -> i32 {
+    events::record_synack_retransmit(&ctx);
     0
 }
 

@@ -1,13 +1,15 @@
 //! The program's maps and load-time globals, and small typed accessors over them.
 
+use crate::kernel::Sock;
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    btf_maps::{PerCpuArray, PerCpuHashMap, SkStorage},
+    bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    btf_maps::{HashMap, PerCpuArray, PerCpuHashMap, SkStorage},
     macros::btf_map,
 };
 use tcpstate_common::{
-    DurationBuckets, MAX_BUCKETS, PortSet, SocketLayout, SocketRecord, TRANSITIONS_CAPACITY,
-    TransitionKey, TransitionStats, counter,
+    ClosedSocket, DurationBuckets, EVENTS_CAPACITY, EventKey, MAX_BUCKETS,
+    ORPHAN_FIN_WAIT2_CAPACITY, OrphanFinWait2, PortSet, SocketLayout, SocketRecord,
+    TRANSITIONS_CAPACITY, TransitionKey, TransitionStats, counter, recorder,
 };
 
 /// Per-socket record, in socket-local storage: no capacity to size, freed with the socket, and
@@ -22,11 +24,51 @@ static TRANSITIONS: PerCpuHashMap<
     TransitionKey,
     TransitionStats,
     { TRANSITIONS_CAPACITY as usize },
-    { aya_ebpf::bindings::BPF_F_NO_PREALLOC as usize },
+    { BPF_F_NO_PREALLOC as usize },
 > = PerCpuHashMap::new();
+
+/// Resets and SYN-ACK retransmits, by kind, state and labels.
+#[btf_map]
+static EVENTS: PerCpuHashMap<
+    EventKey,
+    u64,
+    { EVENTS_CAPACITY as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = PerCpuHashMap::new();
+
+/// Orphaned sockets handed to a timewait socket in FIN_WAIT2, by cookie: the daemon finishes
+/// their FIN_WAIT2 (which no tracepoint reports) when its poll sees the timewait socket move on,
+/// and deletes the entry.
+#[btf_map]
+static ORPHAN_FIN_WAIT2: HashMap<
+    u64,
+    OrphanFinWait2,
+    { ORPHAN_FIN_WAIT2_CAPACITY as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();
 
 #[btf_map]
 static COUNTERS: PerCpuArray<u64, { counter::SLOTS as usize }> = PerCpuArray::new();
+
+/// Sockets that recently reached CLOSE on this CPU (see `ClosedSocket`), in `CLOSED_SLOTS`
+/// slots per recorder chosen by a hash of the socket's address: on loopback the peer's own
+/// CLOSE (its softirq handling our reset) runs between our CLOSE and our reset's tracepoint, so
+/// one slot is not enough.
+#[btf_map]
+static LAST_CLOSED: PerCpuArray<ClosedSocket, { recorder::COUNT * CLOSED_SLOTS as usize }> =
+    PerCpuArray::new();
+const CLOSED_SLOTS: u32 = 64;
+
+/// The slot of a socket: a hash of its ports (a pointer cannot be hashed: the verifier allows
+/// no arithmetic on it). The two ends of a connection have their ports swapped, so they land
+/// in different slots.
+#[inline(always)]
+fn closed_slot(recorder: u8, sock: &Sock) -> u32 {
+    let ports = u32::from(sock.local_port()) << 16 | u32::from(sock.remote_port());
+    // Fibonacci hashing: the top 6 bits of the product.
+    let hash = ports.wrapping_mul(0x9E37_79B1) >> 26;
+    u32::from(recorder) * CLOSED_SLOTS + hash
+}
 
 /// 1 while `record_state_change` runs on this CPU.
 #[btf_map]
@@ -41,6 +83,10 @@ static SOCKET_LAYOUT: SocketLayout = SocketLayout {
     local_port: 0,
     remote_port: 0,
     protocol: 0,
+    state: 0,
+    flags: 0,
+    error: 0,
+    _padding: 0,
 };
 #[unsafe(no_mangle)]
 static DURATION_BUCKETS: DurationBuckets = DurationBuckets::EMPTY;
@@ -118,4 +164,51 @@ pub fn transition_stats(key: &TransitionKey) -> Option<*mut TransitionStats> {
     // harmlessly and the second lookup finds its entry.
     let _ = TRANSITIONS.insert(key, &ZERO_STATS, BPF_NOEXIST.into());
     TRANSITIONS.get_ptr_mut(key)
+}
+
+/// Adds one to an `EVENTS` entry; false when the map is full (counted by the caller).
+#[inline(always)]
+pub fn count_event(key: &EventKey) -> bool {
+    if let Some(count) = EVENTS.get_ptr_mut(key) {
+        // SAFETY: a per-CPU map value valid for this run; each event kind has its own program
+        // and its own keys, so no other writer interleaves on this CPU.
+        unsafe { *count += 1 };
+        return true;
+    }
+    EVENTS.insert(key, 1, BPF_NOEXIST.into()).is_ok()
+        || EVENTS.get_ptr_mut(key).is_some_and(|count| {
+            // SAFETY: as above (another CPU inserted the key first).
+            unsafe { *count += 1 };
+            true
+        })
+}
+
+/// Remembers an orphaned socket's FIN_WAIT2 for the daemon; false when the map is full.
+#[inline(always)]
+pub fn remember_orphan_fin_wait2(cookie: u64, orphan: &OrphanFinWait2) -> bool {
+    ORPHAN_FIN_WAIT2
+        .insert(cookie, orphan, BPF_ANY.into())
+        .is_ok()
+}
+
+/// Notes that `sock` just reached CLOSE (see `ClosedSocket`).
+#[inline(always)]
+pub fn note_closed(recorder: u8, sock: &Sock, closed: ClosedSocket) {
+    if let Some(slot) = LAST_CLOSED.get_ptr_mut(closed_slot(recorder, sock)) {
+        // SAFETY: a per-CPU array slot, only written by `recorder` on this CPU.
+        unsafe { *slot = closed };
+    }
+}
+
+/// The socket's entry among those that recently reached CLOSE on this CPU, if any.
+#[inline(always)]
+pub fn recently_closed(sock: &Sock) -> Option<ClosedSocket> {
+    for recorder in [recorder::PRIMARY, recorder::NESTED] {
+        if let Some(closed) = LAST_CLOSED.get(closed_slot(recorder, sock))
+            && closed.socket == sock.address()
+        {
+            return Some(*closed);
+        }
+    }
+    None
 }

@@ -6,19 +6,29 @@
 
 use aya_ebpf::programs::BtfTracePointContext;
 use tcpstate_common::{
-    Labels, OTHER_PORT, SocketRecord, TcpState, TransitionKey, bucket_index, counter, role,
-    transition_flag,
+    ClosedSocket, Labels, OrphanFinWait2, SocketRecord, TcpState, TransitionKey, bucket_index,
+    counter, transition_detail, transition_flag,
 };
 
 use crate::{
     kernel::{Sock, now_ns},
+    labels::{first_seen_role, untracked_labels},
     maps,
 };
 
 const CLOSE: u8 = TcpState::Close as u8;
-const LISTEN: u8 = TcpState::Listen as u8;
 const SYN_SENT: u8 = TcpState::SynSent as u8;
-const SYN_RECV: u8 = TcpState::SynRecv as u8;
+const FIN_WAIT1: u8 = TcpState::FinWait1 as u8;
+const FIN_WAIT2: u8 = TcpState::FinWait2 as u8;
+const CLOSING: u8 = TcpState::Closing as u8;
+
+// include/net/sock.h `enum sock_flags`.
+const SOCK_DEAD: u64 = 1 << 0;
+const SOCK_DONE: u64 = 1 << 1;
+// include/uapi/asm-generic/errno.h
+const ECONNRESET: i32 = 104;
+const ETIMEDOUT: i32 = 110;
+const ECONNREFUSED: i32 = 111;
 
 #[inline(always)]
 pub fn record(ctx: &BtfTracePointContext, recorder: u8) {
@@ -38,6 +48,11 @@ pub fn record(ctx: &BtfTracePointContext, recorder: u8) {
         return;
     }
     let now = now_ns();
+    let detail = if to == CLOSE {
+        close_detail(&sock, from)
+    } else {
+        transition_detail::NONE
+    };
 
     match sock.record() {
         Some(record) => {
@@ -55,11 +70,34 @@ pub fn record(ctx: &BtfTracePointContext, recorder: u8) {
                     | transition_flag::INFERRED;
                 add(
                     recorder,
-                    key(labels, record.state, from, inferred, recorder),
+                    key(
+                        labels,
+                        record.state,
+                        from,
+                        inferred,
+                        recorder,
+                        transition_detail::NONE,
+                    ),
                     None,
                 );
             }
+            if detail == transition_detail::FIN_WAIT2_HANDOFF && record.cookie != 0 {
+                // The connection waits on in a timewait socket in FIN_WAIT2, which inherited the
+                // cookie: leave the daemon what it needs to finish that FIN_WAIT2.
+                let entered_ns = if from == FIN_WAIT2 {
+                    record.entered_ns
+                } else {
+                    now
+                };
+                if !maps::remember_orphan_fin_wait2(
+                    record.cookie,
+                    &OrphanFinWait2 { entered_ns, labels },
+                ) {
+                    maps::count(recorder, counter::FAILED_ORPHAN_MAP_FULL);
+                }
+            }
             if to == CLOSE {
+                note_closed(recorder, &sock, labels, from);
                 // Every full socket's life ends with a transition to CLOSE.
                 let deleted = sock.delete_record();
                 maps::count(
@@ -74,16 +112,29 @@ pub fn record(ctx: &BtfTracePointContext, recorder: u8) {
                 flags |= transition_flag::TO_TRACKED;
                 record.state = to;
                 record.entered_ns = now;
+                if to == FIN_WAIT1 && record.cookie == 0 {
+                    record.cookie = sock.cookie();
+                }
             }
-            add(recorder, key(labels, from, to, flags, recorder), duration);
+            add(
+                recorder,
+                key(labels, from, to, flags, recorder, detail),
+                duration,
+            );
         }
         None => {
-            let labels = first_seen_labels(&sock, from, to);
+            let labels = untracked_labels(&sock, first_seen_role(from, to));
+            if to == CLOSE {
+                note_closed(recorder, &sock, labels, from);
+            }
             let mut flags = 0;
             if to != CLOSE {
                 let mut initial = SocketRecord {
                     entered_ns: now,
                     labels,
+                    // Fetching the cookie makes the kernel assign it, before any timewait
+                    // socket copies it (see `SocketRecord::cookie`).
+                    cookie: if to == FIN_WAIT1 { sock.cookie() } else { 0 },
                     state: to,
                     _padding: [0; 7],
                 };
@@ -94,56 +145,66 @@ pub fn record(ctx: &BtfTracePointContext, recorder: u8) {
                     maps::count(recorder, counter::FAILED_SOCKET_STORAGE);
                 }
             }
-            add(recorder, key(labels, from, to, flags, recorder), None);
+            add(
+                recorder,
+                key(labels, from, to, flags, recorder, detail),
+                None,
+            );
         }
     }
 }
 
-/// Labels of a socket without a record: its role follows from the transition where the kernel
-/// makes one (connect, accept, listen), otherwise it is unknown.
+/// Leaves the reset programs what they need about a socket that just reached CLOSE.
 #[inline(always)]
-fn first_seen_labels(sock: &Sock, from: u8, to: u8) -> Labels {
-    let role = match (from, to) {
-        (CLOSE, SYN_SENT) | (SYN_SENT, _) => role::CLIENT,
-        // A child socket is cloned from its listener, so its first event is LISTEN -> SYN_RECV.
-        (LISTEN, SYN_RECV) | (SYN_RECV, _) => role::SERVER,
-        (CLOSE, LISTEN) | (LISTEN, _) => role::LISTENER,
-        _ => role::UNKNOWN,
+fn note_closed(recorder: u8, sock: &Sock, labels: Labels, from: u8) {
+    let closed = ClosedSocket {
+        socket: sock.address(),
+        labels,
+        state: from,
+        _padding: [0; 7],
     };
-    let port = match role {
-        role::CLIENT => service_port(sock.remote_port()),
-        role::SERVER | role::LISTENER => service_port(sock.local_port()),
-        _ => match service_port(sock.local_port()) {
-            OTHER_PORT => service_port(sock.remote_port()),
-            local => local,
+    maps::note_closed(recorder, sock, closed);
+}
+
+/// Why a socket reaches CLOSE, from what the kernel left on it just before: `sk_err` is set
+/// before `tcp_done()` on a reset or timeout; `SOCK_DONE` once the peer's FIN arrived
+/// (`tcp_fin()`); `SOCK_DEAD` once the application closed it. `tcp_time_wait()` calls
+/// `tcp_done()` with neither an error nor a reset:
+/// https://elixir.bootlin.com/linux/v6.18/source/net/ipv4/tcp_minisocks.c#L262
+#[inline(always)]
+fn close_detail(sock: &Sock, from: u8) -> u8 {
+    let error = sock.error();
+    match from {
+        SYN_SENT => match error {
+            ECONNREFUSED => transition_detail::CONNECT_REFUSED,
+            ETIMEDOUT => transition_detail::CONNECT_TIMEOUT,
+            ECONNRESET => transition_detail::CONNECT_RESET,
+            _ => transition_detail::CONNECT_OTHER,
         },
-    };
-    Labels {
-        port,
-        family: sock.family(),
-        role,
-        _padding: [0; 4],
+        FIN_WAIT1 | FIN_WAIT2 | CLOSING if error == 0 => {
+            let flags = sock.flags();
+            if flags & SOCK_DONE != 0 {
+                transition_detail::TIME_WAIT_HANDOFF
+            } else if flags & SOCK_DEAD != 0 {
+                transition_detail::FIN_WAIT2_HANDOFF
+            } else {
+                transition_detail::NONE
+            }
+        }
+        _ => transition_detail::NONE,
     }
 }
 
 #[inline(always)]
-fn service_port(port: u16) -> u16 {
-    if maps::is_service_port(port) {
-        port
-    } else {
-        OTHER_PORT
-    }
-}
-
-#[inline(always)]
-fn key(labels: Labels, from: u8, to: u8, flags: u8, recorder: u8) -> TransitionKey {
+fn key(labels: Labels, from: u8, to: u8, flags: u8, recorder: u8, detail: u8) -> TransitionKey {
     TransitionKey {
         labels,
         from,
         to,
         flags,
         recorder,
-        _padding: [0; 4],
+        detail,
+        _padding: [0; 3],
     }
 }
 

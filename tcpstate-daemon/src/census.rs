@@ -1,0 +1,539 @@
+//! The sockets `inet_sock_set_state` never reports, counted from sock_diag polls: timewait
+//! sockets (TIME_WAIT, and the FIN_WAIT2 of orphaned connections), request sockets (the
+//! half-open queue), listeners' accept queues, and the sockets that existed before the daemon
+//! started. Pure logic: the polls and the kernel's orphan records are handed in.
+//!
+//! Resolution: a timewait socket's end is found at the first poll after it (polls run at scrape
+//! time), but its durations come from the kernel's timers (millisecond resolution): a timewait
+//! socket's timer is set to TCP_TIMEWAIT_LEN when it enters TIME_WAIT, so `expires` tells when
+//! it entered and when it will end. Only a timewait socket killed early (RST, port reuse) has
+//! its end known to within one poll.
+
+use std::collections::{BTreeMap, HashMap};
+
+use tcpstate_common::{Labels, OTHER_PORT, OrphanFinWait2, PortSet, TcpState, bucket_index, role};
+
+use crate::{
+    aggregate::{Edge, Histogram},
+    sock_diag::DiagSocket,
+};
+
+/// TCP_TIMEWAIT_LEN (include/net/tcp.h): 60 s, fixed at compile time.
+pub const TIMEWAIT_LEN_NS: u64 = 60_000_000_000;
+/// How long an orphan record waits for its timewait socket to be seen (it may live in another
+/// network namespace, which this daemon's polls do not see).
+const ORPHAN_RETENTION_NS: u64 = 3 * TIMEWAIT_LEN_NS;
+
+const TIME_WAIT: u8 = TcpState::TimeWait as u8;
+const FIN_WAIT2: u8 = TcpState::FinWait2 as u8;
+const CLOSE: u8 = TcpState::Close as u8;
+const LISTEN: u8 = TcpState::Listen as u8;
+const SYN_SENT: u8 = TcpState::SynSent as u8;
+const SYN_RECV: u8 = TcpState::SynRecv as u8;
+const NEW_SYN_RECV: u8 = TcpState::NewSynRecv as u8;
+
+/// The role the kernel program gives a socket it first sees in `state` (see
+/// `tcpstate-ebpf/src/labels.rs`): both sides must agree.
+pub fn role_in_state(state: u8) -> u8 {
+    match state {
+        SYN_SENT => role::CLIENT,
+        SYN_RECV | NEW_SYN_RECV => role::SERVER,
+        LISTEN => role::LISTENER,
+        _ => role::UNKNOWN,
+    }
+}
+
+/// Labels of an untracked socket, by the kernel program's rule (`untracked_labels`).
+pub fn untracked_labels(ports: &PortSet, socket: &DiagSocket, socket_role: u8) -> Labels {
+    let port = match socket_role {
+        role::CLIENT => ports.label(socket.remote_port),
+        role::SERVER | role::LISTENER => ports.label(socket.local_port),
+        _ => match ports.label(socket.local_port) {
+            OTHER_PORT => ports.label(socket.remote_port),
+            local => local,
+        },
+    };
+    Labels {
+        port,
+        family: socket.family,
+        role: socket_role,
+        _padding: [0; 4],
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct TimewaitSocket {
+    labels: Labels,
+    /// TIME_WAIT or FIN_WAIT2.
+    substate: u8,
+    /// When it entered `substate`, if known (and after the daemon started).
+    entered_ns: Option<u64>,
+    /// When its timer will end it.
+    ends_ns: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Orphan {
+    record: OrphanFinWait2,
+    received_ns: u64,
+}
+
+/// An accept queue: its length now and its limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenQueue {
+    pub length: u64,
+    pub limit: u64,
+}
+
+pub struct Census {
+    ports: PortSet,
+    bounds_ns: Vec<u64>,
+    started_ns: u64,
+    timewait: HashMap<u64, TimewaitSocket>,
+    orphans: HashMap<u64, Orphan>,
+    /// Untracked full sockets at start-up, by labels and state.
+    baseline: BTreeMap<(Labels, u8), i64>,
+    /// Transitions the polls saw (timewait substate changes and ends), cumulative.
+    pub transitions: BTreeMap<(Labels, Edge), u64>,
+    pub durations: BTreeMap<(Labels, Edge), Histogram>,
+    /// Timewait and request sockets at the last poll, by labels and state.
+    pub sockets: BTreeMap<(Labels, u8), i64>,
+    pub listen_queues: BTreeMap<u16, ListenQueue>,
+    pub polls: u64,
+}
+
+impl Census {
+    pub fn new(ports: PortSet, bounds_ns: Vec<u64>, started_ns: u64) -> Self {
+        Census {
+            ports,
+            bounds_ns,
+            started_ns,
+            timewait: HashMap::new(),
+            orphans: HashMap::new(),
+            baseline: BTreeMap::new(),
+            transitions: BTreeMap::new(),
+            durations: BTreeMap::new(),
+            sockets: BTreeMap::new(),
+            listen_queues: BTreeMap::new(),
+            polls: 0,
+        }
+    }
+
+    /// Counts the full sockets the kernel program does not track (they existed before it was
+    /// attached and have not changed state since): `has_storage` false.
+    pub fn set_baseline(&mut self, sockets: &[DiagSocket]) {
+        self.baseline.clear();
+        for socket in sockets.iter().filter(|s| !s.timewait && !s.has_storage) {
+            if socket.state == SYN_RECV && socket.receive_queue == 0 && socket.send_queue == 0 {
+                // Request sockets (reported as SYN_RECV) are the polls' business.
+                continue;
+            }
+            let labels = untracked_labels(&self.ports, socket, role_in_state(socket.state));
+            *self.baseline.entry((labels, socket.state)).or_default() += 1;
+        }
+    }
+
+    pub fn baseline(&self) -> &BTreeMap<(Labels, u8), i64> {
+        &self.baseline
+    }
+
+    /// Takes the kernel's records of orphaned sockets handed to timewait sockets in FIN_WAIT2.
+    pub fn add_orphans(
+        &mut self,
+        records: impl IntoIterator<Item = (u64, OrphanFinWait2)>,
+        now_ns: u64,
+    ) {
+        for (cookie, record) in records {
+            self.orphans.insert(
+                cookie,
+                Orphan {
+                    record,
+                    received_ns: now_ns,
+                },
+            );
+        }
+    }
+
+    /// Folds in one poll: `listeners_and_timewait` are the LISTEN, FIN_WAIT2 and TIME_WAIT
+    /// sockets, `requests` the request sockets, all seen at `now_ns`.
+    pub fn observe(
+        &mut self,
+        listeners_and_timewait: &[DiagSocket],
+        requests: &[DiagSocket],
+        now_ns: u64,
+    ) {
+        self.polls += 1;
+        self.sockets.clear();
+        self.listen_queues.clear();
+        let listeners: Vec<&DiagSocket> = listeners_and_timewait
+            .iter()
+            .filter(|s| s.state == LISTEN && !s.timewait)
+            .collect();
+        for listener in &listeners {
+            let queue = self
+                .listen_queues
+                .entry(self.ports.label(listener.local_port))
+                .or_default();
+            queue.length += u64::from(listener.receive_queue);
+            queue.limit += u64::from(listener.send_queue);
+        }
+        for request in requests {
+            let labels = untracked_labels(&self.ports, request, role::SERVER);
+            *self.sockets.entry((labels, NEW_SYN_RECV)).or_default() += 1;
+        }
+
+        let mut seen = HashMap::with_capacity(self.timewait.len());
+        for socket in listeners_and_timewait.iter().filter(|s| s.timewait) {
+            let ends_ns = now_ns + u64::from(socket.expires_ms) * 1_000_000;
+            // The timer restarts at TCP_TIMEWAIT_LEN when a timewait socket enters TIME_WAIT.
+            let timer_start =
+                (now_ns + u64::from(socket.expires_ms) * 1_000_000).checked_sub(TIMEWAIT_LEN_NS);
+            let started_ns = self.started_ns;
+            let known = move |at: Option<u64>| at.filter(|at| *at >= started_ns);
+            let entry = match self.timewait.get(&socket.cookie).copied() {
+                Some(mut entry) => {
+                    if entry.substate == FIN_WAIT2 && socket.state == TIME_WAIT {
+                        // The peer's FIN arrived: FIN_WAIT2 -> TIME_WAIT at the timer's restart.
+                        let at = timer_start.unwrap_or(now_ns).min(now_ns);
+                        self.count(
+                            entry.labels,
+                            FIN_WAIT2,
+                            TIME_WAIT,
+                            entry.entered_ns.map(|start| at.saturating_sub(start)),
+                        );
+                        entry.substate = TIME_WAIT;
+                        entry.entered_ns = known(Some(at));
+                    }
+                    entry.ends_ns = ends_ns;
+                    entry
+                }
+                None => {
+                    let orphan = self.orphans.remove(&socket.cookie);
+                    let labels = match orphan {
+                        Some(orphan) => orphan.record.labels,
+                        None => self.timewait_labels(socket, &listeners),
+                    };
+                    let fin_wait2_start = orphan.map(|o| o.record.entered_ns);
+                    match (socket.state, orphan) {
+                        (TIME_WAIT, Some(_)) => {
+                            // An orphan whose peer's FIN came before this first sighting.
+                            let at = timer_start.unwrap_or(now_ns).min(now_ns);
+                            self.count(
+                                labels,
+                                FIN_WAIT2,
+                                TIME_WAIT,
+                                fin_wait2_start.map(|start| at.saturating_sub(start)),
+                            );
+                            TimewaitSocket {
+                                labels,
+                                substate: TIME_WAIT,
+                                entered_ns: known(Some(at)),
+                                ends_ns,
+                            }
+                        }
+                        (TIME_WAIT, None) => TimewaitSocket {
+                            labels,
+                            substate: TIME_WAIT,
+                            entered_ns: known(timer_start.map(|at| at.min(now_ns))),
+                            ends_ns,
+                        },
+                        _ => TimewaitSocket {
+                            labels,
+                            substate: FIN_WAIT2,
+                            entered_ns: known(fin_wait2_start),
+                            ends_ns,
+                        },
+                    }
+                }
+            };
+            *self
+                .sockets
+                .entry((entry.labels, entry.substate))
+                .or_default() += 1;
+            seen.insert(socket.cookie, entry);
+        }
+        // Those not seen again have ended: when their timer said, or (killed early) by now.
+        let ended: Vec<TimewaitSocket> = self
+            .timewait
+            .iter()
+            .filter(|(cookie, _)| !seen.contains_key(cookie))
+            .map(|(_, entry)| *entry)
+            .collect();
+        for entry in ended {
+            let end = entry.ends_ns.min(now_ns);
+            self.count(
+                entry.labels,
+                entry.substate,
+                CLOSE,
+                entry.entered_ns.map(|start| end.saturating_sub(start)),
+            );
+        }
+        self.timewait = seen;
+        self.orphans
+            .retain(|_, orphan| now_ns.saturating_sub(orphan.received_ns) < ORPHAN_RETENTION_NS);
+    }
+
+    /// A timewait socket without an orphan record: whoever closed first holds it; it is the
+    /// server's if its local port is listening.
+    fn timewait_labels(&self, socket: &DiagSocket, listeners: &[&DiagSocket]) -> Labels {
+        let is_server = listeners
+            .iter()
+            .any(|l| l.local_port == socket.local_port && l.family == socket.family);
+        untracked_labels(
+            &self.ports,
+            socket,
+            if is_server {
+                role::SERVER
+            } else {
+                role::CLIENT
+            },
+        )
+    }
+
+    fn count(&mut self, labels: Labels, from: u8, to: u8, duration_ns: Option<u64>) {
+        let edge = Edge { from, to };
+        *self.transitions.entry((labels, edge)).or_default() += 1;
+        if let Some(duration_ns) = duration_ns {
+            let bounds = &self.bounds_ns;
+            let histogram = self
+                .durations
+                .entry((labels, edge))
+                .or_insert_with(|| Histogram {
+                    buckets: vec![0; bounds.len()],
+                    ..Histogram::default()
+                });
+            histogram.count += 1;
+            histogram.sum_ns += duration_ns;
+            let index = bucket_index(|i| bounds.get(i).copied().unwrap_or(u64::MAX), duration_ns);
+            if let Some(bucket) = histogram.buckets.get_mut(index) {
+                *bucket += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: u64 = 1_000_000_000;
+    const START: u64 = 1_000 * SECOND;
+
+    fn ports() -> PortSet {
+        let mut ports = PortSet::EMPTY;
+        ports.insert(443);
+        ports
+    }
+
+    fn census() -> Census {
+        Census::new(
+            ports(),
+            vec![SECOND / 10, SECOND / 2, SECOND, 30 * SECOND, 61 * SECOND],
+            START,
+        )
+    }
+
+    fn tw(state: u8, cookie: u64, expires_ms: u32) -> DiagSocket {
+        DiagSocket {
+            family: 2,
+            state,
+            timewait: true,
+            local_port: 40000,
+            remote_port: 443,
+            cookie,
+            expires_ms,
+            receive_queue: 0,
+            send_queue: 0,
+            has_storage: false,
+        }
+    }
+
+    fn listener(port: u16, queue: u32, limit: u32) -> DiagSocket {
+        DiagSocket {
+            state: LISTEN,
+            timewait: false,
+            local_port: port,
+            remote_port: 0,
+            receive_queue: queue,
+            send_queue: limit,
+            ..tw(LISTEN, 1, 0)
+        }
+    }
+
+    fn client() -> Labels {
+        Labels {
+            port: 443,
+            family: 2,
+            role: role::CLIENT,
+            _padding: [0; 4],
+        }
+    }
+
+    fn edge(from: u8, to: u8) -> (Labels, Edge) {
+        (client(), Edge { from, to })
+    }
+
+    #[test]
+    fn time_wait_is_counted_and_its_end_timed_by_the_timer() {
+        let mut census = census();
+        // Entered TIME_WAIT 2 s after start (58 s left on a 60 s timer at START + 2 s + 0).
+        census.observe(&[tw(TIME_WAIT, 7, 58_000)], &[], START + 2 * SECOND);
+        assert_eq!(census.sockets[&(client(), TIME_WAIT)], 1);
+        census.observe(&[tw(TIME_WAIT, 7, 30_000)], &[], START + 30 * SECOND);
+        // Gone at START + 90 s; its timer said it would end at START + 60 s.
+        census.observe(&[], &[], START + 90 * SECOND);
+        assert_eq!(census.transitions[&edge(TIME_WAIT, CLOSE)], 1);
+        let histogram = &census.durations[&edge(TIME_WAIT, CLOSE)];
+        assert_eq!((histogram.count, histogram.sum_ns), (1, 60 * SECOND));
+        assert_eq!(histogram.buckets, [0, 0, 0, 0, 1]);
+        assert!(!census.sockets.contains_key(&(client(), TIME_WAIT)));
+    }
+
+    #[test]
+    fn orphaned_fin_wait2_ends_when_the_timer_restarts() {
+        let mut census = census();
+        let entered = START + 10 * SECOND;
+        let orphan = OrphanFinWait2 {
+            entered_ns: entered,
+            labels: client(),
+        };
+        census.add_orphans([(9, orphan)], entered);
+        // Seen in FIN_WAIT2, then in TIME_WAIT with 59.7 s left: the FIN came 300 ms after entry.
+        census.observe(&[tw(FIN_WAIT2, 9, 59_990)], &[], entered + SECOND / 100);
+        assert_eq!(census.sockets[&(client(), FIN_WAIT2)], 1);
+        census.observe(&[tw(TIME_WAIT, 9, 59_700)], &[], entered + 6 * SECOND / 10);
+        assert_eq!(census.transitions[&edge(FIN_WAIT2, TIME_WAIT)], 1);
+        let histogram = &census.durations[&edge(FIN_WAIT2, TIME_WAIT)];
+        assert_eq!(histogram.sum_ns, 3 * SECOND / 10);
+        assert_eq!(histogram.buckets, [0, 1, 0, 0, 0]);
+        assert_eq!(census.sockets[&(client(), TIME_WAIT)], 1);
+    }
+
+    #[test]
+    fn an_orphan_first_seen_in_time_wait_still_gets_its_fin_wait2() {
+        let mut census = census();
+        let entered = START + SECOND;
+        census.add_orphans(
+            [(
+                5,
+                OrphanFinWait2 {
+                    entered_ns: entered,
+                    labels: client(),
+                },
+            )],
+            entered,
+        );
+        census.observe(&[tw(TIME_WAIT, 5, 59_000)], &[], entered + 2 * SECOND);
+        let histogram = &census.durations[&edge(FIN_WAIT2, TIME_WAIT)];
+        assert_eq!(histogram.sum_ns, SECOND);
+    }
+
+    #[test]
+    fn sockets_older_than_the_daemon_get_no_duration() {
+        let mut census = census();
+        // 10 s left at START + 1 s: entered TIME_WAIT 49 s before the daemon started.
+        census.observe(&[tw(TIME_WAIT, 3, 10_000)], &[], START + SECOND);
+        census.observe(&[], &[], START + 20 * SECOND);
+        assert_eq!(census.transitions[&edge(TIME_WAIT, CLOSE)], 1);
+        assert!(census.durations.is_empty());
+    }
+
+    #[test]
+    fn listeners_queues_and_request_sockets_by_port() {
+        let mut census = census();
+        let request = DiagSocket {
+            state: SYN_RECV,
+            timewait: false,
+            local_port: 443,
+            remote_port: 50000,
+            ..tw(SYN_RECV, 4, 900)
+        };
+        census.observe(
+            &[
+                listener(443, 2, 2),
+                listener(443, 1, 2),
+                listener(8080, 0, 4096),
+            ],
+            &[request, request],
+            START,
+        );
+        assert_eq!(
+            census.listen_queues[&443],
+            ListenQueue {
+                length: 3,
+                limit: 4
+            }
+        );
+        assert_eq!(
+            census.listen_queues[&OTHER_PORT],
+            ListenQueue {
+                length: 0,
+                limit: 4096
+            }
+        );
+        let server = Labels {
+            port: 443,
+            family: 2,
+            role: role::SERVER,
+            _padding: [0; 4],
+        };
+        assert_eq!(census.sockets[&(server, NEW_SYN_RECV)], 2);
+    }
+
+    #[test]
+    fn timewait_of_a_listening_port_is_the_servers() {
+        let mut census = census();
+        let server_tw = DiagSocket {
+            local_port: 443,
+            remote_port: 50000,
+            ..tw(TIME_WAIT, 8, 59_000)
+        };
+        census.observe(&[listener(443, 0, 128), server_tw], &[], START + SECOND);
+        let server = Labels {
+            port: 443,
+            family: 2,
+            role: role::SERVER,
+            _padding: [0; 4],
+        };
+        assert_eq!(census.sockets[&(server, TIME_WAIT)], 1);
+    }
+
+    #[test]
+    fn baseline_counts_untracked_full_sockets_only() {
+        let mut census = census();
+        let established = DiagSocket {
+            state: 1,
+            timewait: false,
+            local_port: 50000,
+            remote_port: 443,
+            send_queue: 1,
+            ..tw(1, 1, 0)
+        };
+        let tracked = DiagSocket {
+            has_storage: true,
+            ..established
+        };
+        census.set_baseline(&[
+            established,
+            established,
+            tracked,
+            tw(TIME_WAIT, 2, 1),
+            listener(443, 0, 128),
+        ]);
+        let unknown = Labels {
+            port: 443,
+            family: 2,
+            role: role::UNKNOWN,
+            _padding: [0; 4],
+        };
+        assert_eq!(census.baseline()[&(unknown, 1)], 2);
+        let listening = Labels {
+            port: 443,
+            family: 2,
+            role: role::LISTENER,
+            _padding: [0; 4],
+        };
+        assert_eq!(census.baseline()[&(listening, LISTEN)], 1);
+        assert_eq!(census.baseline().len(), 2);
+    }
+}

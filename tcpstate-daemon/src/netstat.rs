@@ -1,0 +1,61 @@
+//! Listen-queue counters of the daemon's network namespace, from /proc/net/netstat (`TcpExt`):
+//! the kernel counts them where no tracepoint fires.
+
+use std::collections::HashMap;
+
+pub const PATH: &str = "/proc/net/netstat";
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenCounters {
+    /// Handshakes completed while the accept queue was full (`ListenOverflows`).
+    pub overflows: u64,
+    /// SYNs or final ACKs dropped by a listener, overflows included (`ListenDrops`).
+    pub drops: u64,
+}
+
+/// Parses the file's header/value line pairs; missing fields read as 0.
+pub fn parse(text: &str) -> ListenCounters {
+    let mut fields = HashMap::new();
+    let lines: Vec<&str> = text.lines().collect();
+    for pair in lines.chunks(2) {
+        let [names, values] = pair else { continue };
+        let (Some(("TcpExt", names)), Some(("TcpExt", values))) =
+            (names.split_once(':'), values.split_once(':'))
+        else {
+            continue;
+        };
+        for (name, value) in names.split_whitespace().zip(values.split_whitespace()) {
+            if let Ok(value) = value.parse::<u64>() {
+                fields.insert(name, value);
+            }
+        }
+    }
+    ListenCounters {
+        overflows: fields.get("ListenOverflows").copied().unwrap_or(0),
+        drops: fields.get("ListenDrops").copied().unwrap_or(0),
+    }
+}
+
+pub fn read() -> std::io::Result<ListenCounters> {
+    Ok(parse(&std::fs::read_to_string(PATH)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_tcpext_fields() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 0 12 15\n\
+                    IpExt: InNoRoutes\nIpExt: 3\n";
+        assert_eq!(
+            parse(text),
+            ListenCounters {
+                overflows: 12,
+                drops: 15
+            }
+        );
+        assert_eq!(parse("garbage\n"), ListenCounters::default());
+        assert!(read().is_ok());
+    }
+}

@@ -1,0 +1,293 @@
+//! Netlink sock_diag (INET_DIAG), the interface `ss` uses: lists the TCP sockets of the daemon's
+//! network namespace, including the timewait sockets (TIME_WAIT, and FIN_WAIT2 of orphaned
+//! connections) and request sockets (the half-open queue) that `inet_sock_set_state` never
+//! reports. Requests are built and answers parsed here; `sys::SockDiagSocket` moves the bytes.
+//! Format: include/uapi/linux/inet_diag.h, include/uapi/linux/sock_diag.h.
+
+use std::{io, os::fd::RawFd};
+
+use crate::sys::SockDiagSocket;
+
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_DUMP: u16 = 0x300;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const IPPROTO_TCP: u8 = 6;
+const NLMSG_HEADER_LEN: usize = 16;
+/// `struct inet_diag_req_v2`.
+const REQUEST_LEN: usize = 56;
+/// `struct inet_diag_msg`.
+const MESSAGE_LEN: usize = 72;
+const INET_DIAG_REQ_SK_BPF_STORAGES: u16 = 2;
+const SK_DIAG_BPF_STORAGE_REQ_MAP_FD: u16 = 1;
+const INET_DIAG_SK_BPF_STORAGES: u16 = 20;
+/// `idiag_timer` of a timewait socket.
+const TIMER_TIMEWAIT: u8 = 3;
+
+/// Bit masks of `idiag_states`: `1 << state`.
+pub fn state_mask(states: &[u8]) -> u32 {
+    states.iter().fold(0, |mask, state| mask | 1 << state)
+}
+
+/// One socket as sock_diag reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiagSocket {
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u8,
+    /// Kernel state number; for timewait sockets their substate (TIME_WAIT or FIN_WAIT2); for
+    /// request sockets SYN_RECV.
+    pub state: u8,
+    pub timewait: bool,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub cookie: u64,
+    /// Time left on the socket's timer, in milliseconds (for a timewait socket: until it ends).
+    pub expires_ms: u32,
+    /// For listeners: the accept queue now. Otherwise the receive queue.
+    pub receive_queue: u32,
+    /// For listeners: the accept queue's limit (backlog). Otherwise the send queue.
+    pub send_queue: u32,
+    /// Whether the socket has an entry in the BPF socket-storage map the dump asked about.
+    pub has_storage: bool,
+}
+
+/// Builds a dump request for TCP sockets of `family` in `states`, optionally asking whether each
+/// socket has storage in the socket-storage map `storage_map`.
+pub fn dump_request(family: u8, states: u32, storage_map: Option<RawFd>, sequence: u32) -> Vec<u8> {
+    let mut attributes = Vec::new();
+    if let Some(fd) = storage_map {
+        // Nested: INET_DIAG_REQ_SK_BPF_STORAGES { SK_DIAG_BPF_STORAGE_REQ_MAP_FD: u32 fd }.
+        attributes.extend(12u16.to_ne_bytes());
+        attributes.extend(INET_DIAG_REQ_SK_BPF_STORAGES.to_ne_bytes());
+        attributes.extend(8u16.to_ne_bytes());
+        attributes.extend(SK_DIAG_BPF_STORAGE_REQ_MAP_FD.to_ne_bytes());
+        attributes.extend((fd as u32).to_ne_bytes());
+    }
+    let length = NLMSG_HEADER_LEN + REQUEST_LEN + attributes.len();
+    let mut message = Vec::with_capacity(length);
+    message.extend((length as u32).to_ne_bytes());
+    message.extend(SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    message.extend((NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    message.extend(sequence.to_ne_bytes());
+    message.extend(0u32.to_ne_bytes()); // pid: the kernel fills it in
+    message.extend([family, IPPROTO_TCP, 0, 0]); // family, protocol, extensions, pad
+    message.extend(states.to_ne_bytes());
+    message.extend([0u8; 48]); // inet_diag_sockid: no filter
+    message.extend(attributes);
+    message
+}
+
+/// What one received datagram held.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub sockets: Vec<DiagSocket>,
+    pub done: bool,
+}
+
+/// Parses one datagram of dump answers. Malformed input is an error, never a panic.
+pub fn parse_batch(mut data: &[u8]) -> io::Result<Batch> {
+    let malformed =
+        |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("sock_diag: {what}"));
+    let mut batch = Batch::default();
+    while data.len() >= NLMSG_HEADER_LEN {
+        let length = u32::from_ne_bytes(data[0..4].try_into().unwrap()) as usize;
+        let kind = u16::from_ne_bytes(data[4..6].try_into().unwrap());
+        if length < NLMSG_HEADER_LEN || length > data.len() {
+            return Err(malformed("message length out of bounds"));
+        }
+        let payload = &data[NLMSG_HEADER_LEN..length];
+        match kind {
+            NLMSG_DONE => {
+                batch.done = true;
+                return Ok(batch);
+            }
+            NLMSG_ERROR => {
+                let errno = payload
+                    .get(0..4)
+                    .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
+                    .ok_or_else(|| malformed("short error message"))?;
+                return Err(io::Error::from_raw_os_error(-errno));
+            }
+            SOCK_DIAG_BY_FAMILY => batch
+                .sockets
+                .push(parse_socket(payload).ok_or_else(|| malformed("short socket message"))?),
+            _ => {}
+        }
+        data = &data[align(length).min(data.len())..];
+    }
+    Ok(batch)
+}
+
+fn align(length: usize) -> usize {
+    (length + 3) & !3
+}
+
+fn parse_socket(payload: &[u8]) -> Option<DiagSocket> {
+    let message = payload.get(..MESSAGE_LEN)?;
+    let u32_at = |at: usize| u32::from_ne_bytes(message[at..at + 4].try_into().unwrap());
+    // inet_diag_sockid starts at 4: sport, dport (network order), src[16], dst[16], if, cookie[2].
+    let cookie = u64::from(u32_at(44)) | u64::from(u32_at(48)) << 32;
+    let mut has_storage = false;
+    let mut attributes = &payload[MESSAGE_LEN..];
+    while attributes.len() >= 4 {
+        let length = u16::from_ne_bytes([attributes[0], attributes[1]]) as usize;
+        let kind = u16::from_ne_bytes([attributes[2], attributes[3]]) & 0x3fff;
+        if length < 4 || length > attributes.len() {
+            break;
+        }
+        has_storage |= kind == INET_DIAG_SK_BPF_STORAGES;
+        attributes = &attributes[align(length).min(attributes.len())..];
+    }
+    Some(DiagSocket {
+        family: message[0],
+        state: message[1],
+        timewait: message[2] == TIMER_TIMEWAIT,
+        local_port: u16::from_be_bytes([message[4], message[5]]),
+        remote_port: u16::from_be_bytes([message[6], message[7]]),
+        cookie,
+        expires_ms: u32_at(52),
+        receive_queue: u32_at(56),
+        send_queue: u32_at(60),
+        has_storage,
+    })
+}
+
+/// Dumps the TCP sockets of both families in `states` (see [`state_mask`]).
+pub fn dump(states: u32, storage_map: Option<RawFd>) -> io::Result<Vec<DiagSocket>> {
+    let socket = SockDiagSocket::open()?;
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut sockets = Vec::new();
+    for (sequence, family) in [libc::AF_INET as u8, libc::AF_INET6 as u8]
+        .into_iter()
+        .enumerate()
+    {
+        socket.send(&dump_request(
+            family,
+            states,
+            storage_map,
+            sequence as u32 + 1,
+        ))?;
+        loop {
+            let length = socket.receive(&mut buffer)?;
+            let batch = parse_batch(&buffer[..length])?;
+            sockets.extend(batch.sockets);
+            if batch.done || length == 0 {
+                break;
+            }
+        }
+    }
+    Ok(sockets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn socket_message(
+        state: u8,
+        timer: u8,
+        local: u16,
+        remote: u16,
+        cookie: u64,
+        storage: bool,
+    ) -> Vec<u8> {
+        let mut payload = vec![0u8; MESSAGE_LEN];
+        payload[0] = 10;
+        payload[1] = state;
+        payload[2] = timer;
+        payload[4..6].copy_from_slice(&local.to_be_bytes());
+        payload[6..8].copy_from_slice(&remote.to_be_bytes());
+        payload[44..48].copy_from_slice(&(cookie as u32).to_ne_bytes());
+        payload[48..52].copy_from_slice(&((cookie >> 32) as u32).to_ne_bytes());
+        payload[52..56].copy_from_slice(&59_000u32.to_ne_bytes());
+        payload[56..60].copy_from_slice(&3u32.to_ne_bytes());
+        payload[60..64].copy_from_slice(&128u32.to_ne_bytes());
+        if storage {
+            payload.extend(8u16.to_ne_bytes());
+            payload.extend((INET_DIAG_SK_BPF_STORAGES | 0x8000).to_ne_bytes());
+            payload.extend([0u8; 4]);
+        }
+        let mut message = Vec::new();
+        message.extend(((NLMSG_HEADER_LEN + payload.len()) as u32).to_ne_bytes());
+        message.extend(SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        message.extend([0u8; 10]);
+        message.extend(payload);
+        message
+    }
+
+    fn done() -> Vec<u8> {
+        let mut message = Vec::new();
+        message.extend(20u32.to_ne_bytes());
+        message.extend(NLMSG_DONE.to_ne_bytes());
+        message.extend([0u8; 14]);
+        message
+    }
+
+    #[test]
+    fn parses_sockets_then_done() {
+        let mut data = socket_message(6, TIMER_TIMEWAIT, 443, 51000, 0x1_0000_0002, false);
+        data.extend(socket_message(10, 0, 443, 0, 7, true));
+        data.extend(done());
+        let batch = parse_batch(&data).unwrap();
+        assert!(batch.done);
+        assert_eq!(batch.sockets.len(), 2);
+        let tw = batch.sockets[0];
+        assert_eq!((tw.family, tw.state, tw.timewait), (10, 6, true));
+        assert_eq!(
+            (tw.local_port, tw.remote_port, tw.cookie),
+            (443, 51000, 0x1_0000_0002)
+        );
+        assert_eq!(
+            (
+                tw.expires_ms,
+                tw.receive_queue,
+                tw.send_queue,
+                tw.has_storage
+            ),
+            (59_000, 3, 128, false)
+        );
+        assert!(batch.sockets[1].has_storage && !batch.sockets[1].timewait);
+    }
+
+    #[test]
+    fn errors_and_garbage_are_errors_not_panics() {
+        let mut error = Vec::new();
+        error.extend(20u32.to_ne_bytes());
+        error.extend(NLMSG_ERROR.to_ne_bytes());
+        error.extend([0u8; 10]);
+        error.extend((-libc::EPERM).to_ne_bytes());
+        assert_eq!(
+            parse_batch(&error).unwrap_err().raw_os_error(),
+            Some(libc::EPERM)
+        );
+        let mut truncated = socket_message(1, 0, 1, 2, 3, false);
+        truncated.truncate(40);
+        assert!(parse_batch(&truncated).is_err());
+        let mut short = socket_message(1, 0, 1, 2, 3, false);
+        short[0..4].copy_from_slice(&20u32.to_ne_bytes());
+        assert!(parse_batch(&short).is_err());
+        assert_eq!(parse_batch(&[1, 2, 3]).unwrap(), Batch::default());
+    }
+
+    #[test]
+    fn requests_carry_states_and_the_storage_map() {
+        let plain = dump_request(2, state_mask(&[6, 10]), None, 9);
+        assert_eq!(plain.len(), NLMSG_HEADER_LEN + REQUEST_LEN);
+        assert_eq!(
+            u32::from_ne_bytes(plain[0..4].try_into().unwrap()) as usize,
+            plain.len()
+        );
+        assert_eq!(&plain[16..18], &[2, IPPROTO_TCP]);
+        assert_eq!(
+            u32::from_ne_bytes(plain[20..24].try_into().unwrap()),
+            1 << 6 | 1 << 10
+        );
+        let with_map = dump_request(10, 0, Some(42), 1);
+        assert_eq!(with_map.len(), plain.len() + 12);
+        assert_eq!(
+            u32::from_ne_bytes(with_map[with_map.len() - 4..].try_into().unwrap()),
+            42
+        );
+    }
+}

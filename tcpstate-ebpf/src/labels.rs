@@ -1,0 +1,53 @@
+//! Labels of sockets the program has no record for.
+
+use tcpstate_common::{Labels, OTHER_PORT, TcpState, role};
+
+use crate::{kernel::Sock, maps};
+
+const CLOSE: u8 = TcpState::Close as u8;
+const LISTEN: u8 = TcpState::Listen as u8;
+const SYN_SENT: u8 = TcpState::SynSent as u8;
+const SYN_RECV: u8 = TcpState::SynRecv as u8;
+const NEW_SYN_RECV: u8 = TcpState::NewSynRecv as u8;
+
+/// The role of a socket first seen moving `from` -> `to`: known where the kernel makes one
+/// (connect, accept, listen) or where its state implies it, unknown otherwise.
+#[inline(always)]
+pub fn first_seen_role(from: u8, to: u8) -> u8 {
+    match (from, to) {
+        (CLOSE, SYN_SENT) | (SYN_SENT, _) => role::CLIENT,
+        // A child socket is cloned from its listener, so its first event is LISTEN -> SYN_RECV.
+        (LISTEN, SYN_RECV) | (SYN_RECV | NEW_SYN_RECV, _) => role::SERVER,
+        (CLOSE, LISTEN) | (LISTEN, _) => role::LISTENER,
+        _ => role::UNKNOWN,
+    }
+}
+
+/// Labels of an untracked socket of `role`. The daemon applies the same rule to the sockets its
+/// netlink polls find, so both sides agree on every socket's labels.
+#[inline(always)]
+pub fn untracked_labels(sock: &Sock, role: u8) -> Labels {
+    let port = match role {
+        role::CLIENT => service_port(sock.remote_port()),
+        role::SERVER | role::LISTENER => service_port(sock.local_port()),
+        _ => match service_port(sock.local_port()) {
+            OTHER_PORT => service_port(sock.remote_port()),
+            local => local,
+        },
+    };
+    Labels {
+        port,
+        family: sock.family(),
+        role,
+        _padding: [0; 4],
+    }
+}
+
+#[inline(always)]
+fn service_port(port: u16) -> u16 {
+    if maps::is_service_port(port) {
+        port
+    } else {
+        OTHER_PORT
+    }
+}
