@@ -86,14 +86,28 @@ async fn health(State(state): State<WebState>) -> Response {
     }
 }
 
+/// The state-machine page (`web/state_machine.html`): the TCP state diagram, filled in live by
+/// its own script from the telemetry path, which is written into the page here.
 async fn landing_page(State(state): State<WebState>) -> Html<String> {
-    let path = &state.telemetry_path;
-    Html(format!(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>tcpstated</title></head>\n\
-         <body><h1>tcpstated {version}</h1>\n\
-         <p>TCP socket state transitions and state durations, from eBPF.</p>\n\
-         <ul><li><a href=\"{path}\">Metrics</a></li><li><a href=\"/healthz\">Health</a></li></ul>\n\
-         </body></html>\n",
-        version = crate::collector::VERSION
-    ))
+    const PAGE: &str = include_str!("web/state_machine.html");
+    Html(
+        PAGE.replace("__TELEMETRY_PATH__", &html_escape(&state.telemetry_path))
+            .replace("__VERSION__", &html_escape(crate::collector::VERSION)),
+    )
+}
+
+/// Escapes text for an HTML attribute or element (the telemetry path is an operator's flag).
+fn html_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for character in text.chars() {
+        match character {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            other => out.push(other),
+        }
+    }
+    out
 }

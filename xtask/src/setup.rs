@@ -23,6 +23,9 @@ const PACKAGES: &[&str] = &[
     "prometheus",
     "iproute2",
     "nftables",
+    // Tests of the state-machine page (headless) and of the systemd unit (systemd-analyze).
+    "chromium",
+    "systemd",
 ];
 
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
