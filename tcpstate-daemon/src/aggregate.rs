@@ -88,6 +88,8 @@ pub fn logical_edge(key: &TransitionKey) -> Option<Edge> {
             to: FIN_WAIT2,
         }),
         (transition_detail::FIN_WAIT2_HANDOFF, _) => None,
+        // A state set again (FIN_WAIT1 by close() after shutdown()) is no transition.
+        (_, from) if from == key.to => None,
         (_, from) => Some(Edge { from, to: key.to }),
     }
 }
@@ -524,6 +526,20 @@ mod tests {
         assert!(!raw.transitions.contains_key(&edge(FinWait2, TimeWait)));
         // Gauges do not depend on the view.
         assert_eq!(raw.sockets, logical.sockets);
+    }
+
+    #[test]
+    fn a_state_set_again_is_only_in_the_raw_view() {
+        let entries = [entry(FinWait1, FinWait1, FROM_TRACKED | TO_TRACKED, 0, 2)];
+        assert!(aggregate(&entries, 3, View::Logical).transitions.is_empty());
+        assert_eq!(
+            aggregate(&entries, 3, View::Raw).transitions[&edge(FinWait1, FinWait1)],
+            2
+        );
+        assert_eq!(
+            aggregate(&entries, 3, View::Raw).sockets[&(CLIENT, FinWait1 as u8)],
+            0
+        );
     }
 
     #[test]

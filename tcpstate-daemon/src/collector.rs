@@ -184,7 +184,16 @@ const POLL_INTERVAL: Family = Family {
     labels: &[],
 };
 
-const FAMILIES: [&Family; 23] = [
+const EPHEMERAL_PORTS: Family = Family {
+    name: "tcpstate_ephemeral_ports",
+    help: "Bounds of the ephemeral port range connect() draws local ports from \
+           (net.ipv4.ip_local_port_range of the daemon's network namespace).",
+    kind: MetricType::GAUGE,
+    labels: &["bound"],
+};
+
+const FAMILIES: [&Family; 24] = [
+    &EPHEMERAL_PORTS,
     &TRANSITIONS,
     &DURATIONS,
     &SOCKETS,
@@ -332,6 +341,7 @@ impl Collector for TcpStateCollector {
             census: Some(&state.census),
             moved_before_baseline: &state.moved_before_baseline,
             netstat: netstat::read().ok(),
+            port_range: netstat::read_port_range(),
             read_seconds,
             poll_seconds: state.last_poll.map(|(_, took)| took.as_secs_f64()),
             poll_errors: state.poll_errors,
@@ -346,6 +356,7 @@ pub struct Scrape<'a> {
     pub census: Option<&'a Census>,
     pub moved_before_baseline: &'a BTreeMap<(Labels, u8), u64>,
     pub netstat: Option<ListenCounters>,
+    pub port_range: Option<(u16, u16)>,
     pub read_seconds: f64,
     pub poll_seconds: Option<f64>,
     pub poll_errors: u64,
@@ -578,6 +589,13 @@ pub fn exposition(scrape: &Scrape<'_>, config: &CollectorConfig) -> Vec<MetricFa
         ));
         families.push(family(&LISTEN_DROPS, single_counter(netstat.drops as f64)));
     }
+    if let Some((low, high)) = scrape.port_range {
+        let bound = |name, value: u16| gauge_metric(pairs(&[("bound", name)]), value.into());
+        families.push(family(
+            &EPHEMERAL_PORTS,
+            vec![bound("low", low), bound("high", high)],
+        ));
+    }
     if let Some(seconds) = scrape.poll_seconds {
         families.push(family(&POLL_DURATION, single(seconds)));
     }
@@ -670,6 +688,7 @@ mod tests {
                 overflows: 4,
                 drops: 5,
             }),
+            port_range: Some((32768, 60999)),
             read_seconds: 0.001,
             poll_seconds: None,
             poll_errors: 0,
@@ -743,6 +762,10 @@ mod tests {
             "(10 - 7) + 1: {body}"
         );
         assert!(body.contains("tcpstate_listen_overflows_total 4"), "{body}");
+        assert!(
+            body.contains(r#"tcpstate_ephemeral_ports{bound="high"} 60999"#),
+            "{body}"
+        );
         assert!(
             body.contains("tcpstate_nested_events_recorded_total 7"),
             "{body}"

@@ -1,5 +1,5 @@
-//! Listen-queue counters of the daemon's network namespace, from /proc/net/netstat (`TcpExt`):
-//! the kernel counts them where no tracepoint fires.
+//! Figures of the daemon's network namespace the kernel keeps outside any tracepoint: the
+//! listen-queue counters of /proc/net/netstat (`TcpExt`), and the ephemeral port range.
 
 use std::collections::HashMap;
 
@@ -40,6 +40,23 @@ pub fn read() -> std::io::Result<ListenCounters> {
     Ok(parse(&std::fs::read_to_string(PATH)?))
 }
 
+pub const PORT_RANGE_PATH: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+
+/// `net.ipv4.ip_local_port_range`: the ports connect() picks local ports from (inclusive).
+pub fn parse_port_range(text: &str) -> Option<(u16, u16)> {
+    let mut bounds = text
+        .split_whitespace()
+        .map(|bound| bound.parse::<u16>().ok());
+    match (bounds.next()??, bounds.next()??) {
+        (low, high) if low <= high => Some((low, high)),
+        _ => None,
+    }
+}
+
+pub fn read_port_range() -> Option<(u16, u16)> {
+    parse_port_range(&std::fs::read_to_string(PORT_RANGE_PATH).ok()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,5 +74,13 @@ mod tests {
         );
         assert_eq!(parse("garbage\n"), ListenCounters::default());
         assert!(read().is_ok());
+    }
+
+    #[test]
+    fn reads_the_port_range() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some((32768, 60999)));
+        assert_eq!(parse_port_range("60999 32768"), None);
+        assert_eq!(parse_port_range("x"), None);
+        assert!(read_port_range().is_some());
     }
 }

@@ -58,10 +58,23 @@ pub fn record(ctx: &BtfTracePointContext, recorder: u8) {
         Some(record) => {
             let labels = record.labels;
             let mut flags = transition_flag::FROM_TRACKED;
-            let mut duration = None;
+            let mut duration = NO_DURATION;
+            if from == to && record.state == from {
+                // `tcp_close()` after `shutdown()` sets FIN_WAIT1 again on a socket already in
+                // FIN_WAIT1: counted (the raw view shows it) but the state goes on, so neither
+                // its start nor the gauges move.
+                let flags = transition_flag::FROM_TRACKED | transition_flag::TO_TRACKED;
+                add(
+                    recorder,
+                    key(labels, from, to, flags, recorder, detail),
+                    NO_DURATION,
+                );
+                return;
+            }
             if record.state == from {
                 flags |= transition_flag::DURATION_OBSERVED;
-                duration = Some(now.saturating_sub(record.entered_ns));
+                // Capped below the sentinel (a clock that went backwards gives 0).
+                duration = now.saturating_sub(record.entered_ns).min(NO_DURATION - 1);
             } else {
                 // An event of this socket never reached us: move it, for the gauges, from the
                 // state we last saw to the one this event leaves.
@@ -78,7 +91,7 @@ pub fn record(ctx: &BtfTracePointContext, recorder: u8) {
                         recorder,
                         transition_detail::NONE,
                     ),
-                    None,
+                    NO_DURATION,
                 );
             }
             if detail == transition_detail::FIN_WAIT2_HANDOFF && record.cookie != 0 {
@@ -148,7 +161,7 @@ pub fn record(ctx: &BtfTracePointContext, recorder: u8) {
             add(
                 recorder,
                 key(labels, from, to, flags, recorder, detail),
-                None,
+                NO_DURATION,
             );
         }
     }
@@ -208,9 +221,15 @@ fn key(labels: Labels, from: u8, to: u8, flags: u8, recorder: u8, detail: u8) ->
     }
 }
 
+/// `add`'s duration when the start of the state was not seen. A sentinel, not an `Option`:
+/// with an `Option`, LLVM keeps the flag and the value in different registers, and the verifier
+/// cannot follow the correlation ("math between map_value pointer and register with unbounded
+/// min value is not allowed").
+const NO_DURATION: u64 = u64::MAX;
+
 /// Counts one transition, with its duration in the histogram when the start was seen.
 #[inline(always)]
-fn add(recorder: u8, key: TransitionKey, duration_ns: Option<u64>) {
+fn add(recorder: u8, key: TransitionKey, duration_ns: u64) {
     let Some(stats) = maps::transition_stats(&key) else {
         maps::count(recorder, counter::FAILED_TRANSITIONS_MAP_FULL);
         return;
@@ -219,7 +238,7 @@ fn add(recorder: u8, key: TransitionKey, duration_ns: Option<u64>) {
     // entries, so no other writer can interleave with this read-modify-write on this CPU.
     let stats = unsafe { &mut *stats };
     stats.count += 1;
-    if let Some(duration_ns) = duration_ns {
+    if duration_ns != NO_DURATION {
         stats.duration_sum_ns += duration_ns;
         let index = bucket_index(maps::duration_bound, duration_ns);
         if let Some(bucket) = stats.duration_buckets.get_mut(index) {
