@@ -59,7 +59,7 @@ pub struct Flags {
     /// Least time between two netlink sock_diag polls, in seconds. Polls run at scrape time
     /// (never in between) and count the timewait sockets (TIME_WAIT, orphaned FIN_WAIT2), the
     /// request sockets (NEW_SYN_RECV) and the listeners' accept queues; they cost about 1 ms
-    /// per 10,000 such sockets.
+    /// per 1,000 such sockets.
     #[arg(long = "sockdiag.min-interval", value_name = "SECONDS", default_value = "1", value_parser = parse_interval)]
     pub poll_min_interval: Duration,
 }

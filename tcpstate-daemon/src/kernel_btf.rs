@@ -6,7 +6,7 @@
 //! load-time global; the verifier then checks every read against the same BTF. Format:
 //! <https://www.kernel.org/doc/html/v6.18/bpf/btf.html>.
 
-use std::{collections::HashMap, path::Path};
+use std::path::Path;
 
 use tcpstate_common::SocketLayout;
 
@@ -46,27 +46,44 @@ const KIND_DECL_TAG: u32 = 17;
 const KIND_TYPE_TAG: u32 = 18;
 const KIND_ENUM64: u32 = 19;
 
-#[derive(Debug, Clone)]
+/// A struct or union member.
+#[derive(Debug, Clone, Copy)]
 struct Member {
-    name: String,
+    name_off: u32,
     type_id: u32,
     bit_offset: u32,
     bitfield_size: u32,
 }
 
-#[derive(Debug, Clone)]
+/// A type's fixed part.
+#[derive(Debug, Clone, Copy)]
 struct Type {
-    name: String,
+    name_off: u32,
     kind: u32,
     /// Size for INT/STRUCT/UNION/ENUM, referenced type for modifiers and typedefs.
     size_or_type: u32,
-    members: Vec<Member>,
+    kind_flag: bool,
+    vlen: usize,
+    /// Where the kind-specific data starts in the type section.
+    extra: usize,
 }
 
-/// The parts of the kernel's BTF the daemon uses: every type, by id.
+/// The kernel's BTF, kept as the raw sections plus where each type starts, and decoded on
+/// demand: the daemon reads a handful of types once at start-up, and decoding all of them
+/// (tens of megabytes of small allocations) would dominate its peak memory.
 pub struct KernelBtf {
-    types: Vec<Type>, // index = type id; id 0 is void
-    by_name: HashMap<(u32, String), u32>,
+    data: Vec<u8>,
+    type_section: std::ops::Range<usize>,
+    string_section: std::ops::Range<usize>,
+    /// Offset of each type in the type section; index = type id - 1.
+    offsets: Vec<u32>,
+}
+
+fn u32_in(section: &[u8], at: usize) -> Result<u32, BtfError> {
+    section
+        .get(at..at + 4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or(BtfError::Malformed("truncated type"))
 }
 
 impl KernelBtf {
@@ -76,107 +93,113 @@ impl KernelBtf {
 
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
         let data = std::fs::read(path).map_err(BtfError::Unreadable)?;
-        Self::parse(&data)
+        Self::parse(data)
     }
 
-    pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
-        let u16_at = |at: usize| -> Result<u16, BtfError> {
-            data.get(at..at + 2)
-                .map(|b| u16::from_le_bytes([b[0], b[1]]))
-                .ok_or(BtfError::Malformed("truncated header"))
-        };
-        let u32_in = |section: &[u8], at: usize| -> Result<u32, BtfError> {
-            section
-                .get(at..at + 4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .ok_or(BtfError::Malformed("truncated type"))
-        };
-        if u16_at(0)? != 0xeb9f {
+    pub fn parse(data: Vec<u8>) -> Result<Self, BtfError> {
+        if data.len() < 24 || u16::from_le_bytes([data[0], data[1]]) != 0xeb9f {
             return Err(BtfError::Malformed("bad magic (or a big-endian kernel)"));
         }
-        let header_len = u32_in(data, 4)? as usize;
-        let type_off = u32_in(data, 8)? as usize;
-        let type_len = u32_in(data, 12)? as usize;
-        let str_off = u32_in(data, 16)? as usize;
-        let str_len = u32_in(data, 20)? as usize;
-        let section = |off: usize, len: usize| {
-            data.get(header_len + off..header_len + off + len)
+        let header_len = u32_in(&data, 4)? as usize;
+        let section = |off_at: usize, len_at: usize| -> Result<std::ops::Range<usize>, BtfError> {
+            let start = header_len + u32_in(&data, off_at)? as usize;
+            let end = start + u32_in(&data, len_at)? as usize;
+            (end <= data.len())
+                .then_some(start..end)
                 .ok_or(BtfError::Malformed("section out of bounds"))
         };
-        let type_section = section(type_off, type_len)?;
-        let strings = section(str_off, str_len)?;
-        let name_at = |offset: u32| -> String {
-            let tail = strings.get(offset as usize..).unwrap_or_default();
-            let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
-            String::from_utf8_lossy(&tail[..end]).into_owned()
-        };
-
-        let mut types = vec![Type {
-            name: String::new(),
-            kind: 0,
-            size_or_type: 0,
-            members: Vec::new(),
-        }];
+        let type_section = section(8, 12)?;
+        let string_section = section(16, 20)?;
+        let types = &data[type_section.clone()];
+        let mut offsets = Vec::new();
         let mut at = 0;
-        while at < type_section.len() {
-            let name_off = u32_in(type_section, at)?;
-            let info = u32_in(type_section, at + 4)?;
-            let size_or_type = u32_in(type_section, at + 8)?;
-            at += 12;
+        while at < types.len() {
+            offsets.push(at as u32);
+            let info = u32_in(types, at + 4)?;
+            u32_in(types, at + 8)?;
             let vlen = (info & 0xffff) as usize;
-            let kind = (info >> 24) & 0x1f;
-            let kind_flag = info >> 31 == 1;
-            let mut members = Vec::new();
-            at += match kind {
-                KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
-                KIND_ARRAY => 12,
-                KIND_STRUCT | KIND_UNION => {
-                    for i in 0..vlen {
-                        let base = at + i * 12;
-                        let offset = u32_in(type_section, base + 8)?;
-                        let (bit_offset, bitfield_size) = if kind_flag {
-                            (offset & 0xff_ffff, offset >> 24)
-                        } else {
-                            (offset, 0)
-                        };
-                        members.push(Member {
-                            name: name_at(u32_in(type_section, base)?),
-                            type_id: u32_in(type_section, base + 4)?,
-                            bit_offset,
-                            bitfield_size,
-                        });
-                    }
-                    vlen * 12
-                }
-                KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
-                KIND_DATASEC | KIND_ENUM64 => vlen * 12,
-                0 | 20.. => return Err(BtfError::Malformed("unknown type kind")),
-                _ => 0,
-            };
-            types.push(Type {
-                name: name_at(name_off),
-                kind,
-                size_or_type,
-                members,
-            });
+            at += 12
+                + match (info >> 24) & 0x1f {
+                    KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+                    KIND_ARRAY => 12,
+                    KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => vlen * 12,
+                    KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
+                    0 | 20.. => return Err(BtfError::Malformed("unknown type kind")),
+                    _ => 0,
+                };
         }
-        let by_name = types
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| !t.name.is_empty())
-            .map(|(id, t)| ((t.kind, t.name.clone()), id as u32))
-            .collect();
-        Ok(KernelBtf { types, by_name })
+        if at != types.len() {
+            return Err(BtfError::Malformed("truncated type"));
+        }
+        Ok(KernelBtf {
+            data,
+            type_section,
+            string_section,
+            offsets,
+        })
     }
 
+    fn types(&self) -> &[u8] {
+        &self.data[self.type_section.clone()]
+    }
+
+    fn name(&self, offset: u32) -> &[u8] {
+        let strings = &self.data[self.string_section.clone()];
+        let tail = strings.get(offset as usize..).unwrap_or_default();
+        &tail[..tail.iter().position(|&b| b == 0).unwrap_or(tail.len())]
+    }
+
+    fn get(&self, id: u32) -> Option<Type> {
+        let at = *self.offsets.get((id as usize).checked_sub(1)?)? as usize;
+        let types = self.types();
+        // In bounds: `parse` checked every type's fixed part.
+        let info = u32_in(types, at + 4).ok()?;
+        Some(Type {
+            name_off: u32_in(types, at).ok()?,
+            kind: (info >> 24) & 0x1f,
+            size_or_type: u32_in(types, at + 8).ok()?,
+            kind_flag: info >> 31 == 1,
+            vlen: (info & 0xffff) as usize,
+            extra: at + 12,
+        })
+    }
+
+    fn members(&self, ty: Type) -> impl Iterator<Item = Member> + '_ {
+        let types = self.types();
+        let count = if matches!(ty.kind, KIND_STRUCT | KIND_UNION) {
+            ty.vlen
+        } else {
+            0
+        };
+        (0..count).filter_map(move |i| {
+            let base = ty.extra + i * 12;
+            let offset = u32_in(types, base + 8).ok()?;
+            let (bit_offset, bitfield_size) = if ty.kind_flag {
+                (offset & 0xff_ffff, offset >> 24)
+            } else {
+                (offset, 0)
+            };
+            Some(Member {
+                name_off: u32_in(types, base).ok()?,
+                type_id: u32_in(types, base + 4).ok()?,
+                bit_offset,
+                bitfield_size,
+            })
+        })
+    }
+
+    /// The id of the type of `kind` named `name` (a scan: used a few times at start-up).
     fn id(&self, kind: u32, name: &str) -> Option<u32> {
-        self.by_name.get(&(kind, name.to_owned())).copied()
+        (1..=self.offsets.len() as u32).find(|id| {
+            self.get(*id)
+                .is_some_and(|t| t.kind == kind && self.name(t.name_off) == name.as_bytes())
+        })
     }
 
     /// Follows typedefs and modifiers to the type that has a size.
-    fn resolve(&self, mut id: u32) -> Option<&Type> {
+    fn resolve(&self, mut id: u32) -> Option<Type> {
         for _ in 0..32 {
-            let t = self.types.get(id as usize)?;
+            let t = self.get(id)?;
             match t.kind {
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
                     id = t.size_or_type
@@ -191,15 +214,16 @@ impl KernelBtf {
     /// looking through anonymous structs and unions (where `sock_common` keeps its ports).
     fn int_field(&self, struct_id: u32, name: &str, size: u32) -> Option<u32> {
         let container = self.resolve(struct_id)?;
-        for member in &container.members {
+        for member in self.members(container) {
             let ty = self.resolve(member.type_id)?;
-            if member.name == name {
+            let member_name = self.name(member.name_off);
+            if member_name == name.as_bytes() {
                 let is_int = matches!(ty.kind, KIND_INT | KIND_ENUM) && ty.size_or_type == size;
                 let byte_aligned = member.bit_offset % 8 == 0;
                 let plain = member.bitfield_size == 0 || member.bitfield_size == size * 8;
                 return (is_int && byte_aligned && plain).then_some(member.bit_offset / 8);
             }
-            if member.name.is_empty()
+            if member_name.is_empty()
                 && matches!(ty.kind, KIND_STRUCT | KIND_UNION)
                 && let Some(inner) = self.int_field(member.type_id, name, size)
             {
@@ -214,12 +238,11 @@ impl KernelBtf {
         self.int_field(struct_id, name, 2)
     }
 
-    /// Byte offset of the member `name` (any type) of a struct.
+    /// Byte offset and type of the member `name` (any type) of a struct.
     fn member_offset(&self, struct_id: u32, name: &str) -> Option<(u32, u32)> {
-        self.resolve(struct_id)?
-            .members
-            .iter()
-            .find(|m| m.name == name && m.bit_offset % 8 == 0)
+        let container = self.resolve(struct_id)?;
+        self.members(container)
+            .find(|m| self.name(m.name_off) == name.as_bytes() && m.bit_offset % 8 == 0)
             .map(|m| (m.bit_offset / 8, m.type_id))
     }
 
@@ -316,7 +339,7 @@ mod tests {
 
     #[test]
     fn finds_fields_through_anonymous_members() {
-        let btf = KernelBtf::parse(&blob()).unwrap();
+        let btf = KernelBtf::parse(blob()).unwrap();
         let outer = btf.id(KIND_STRUCT, "outer").unwrap();
         assert_eq!(btf.u16_field(outer, "a"), Some(4));
         assert_eq!(btf.u16_field(outer, "b"), Some(6));
@@ -337,12 +360,12 @@ mod tests {
 
     #[test]
     fn rejects_garbage_without_panicking() {
-        assert!(KernelBtf::parse(&[]).is_err());
-        assert!(KernelBtf::parse(&[0x9f, 0xeb, 1, 0, 24, 0]).is_err());
+        assert!(KernelBtf::parse(vec![]).is_err());
+        assert!(KernelBtf::parse(vec![0x9f, 0xeb, 1, 0, 24, 0]).is_err());
         let mut truncated = blob();
         truncated.truncate(40);
-        assert!(KernelBtf::parse(&truncated).is_err());
-        assert!(KernelBtf::parse(&blob()).unwrap().socket_layout().is_err());
+        assert!(KernelBtf::parse(truncated).is_err());
+        assert!(KernelBtf::parse(blob()).unwrap().socket_layout().is_err());
     }
 
     /// The running kernel's layout, when the test machine has BTF (every machine this project

@@ -10,7 +10,7 @@ use aya::{
 };
 use tcpstate_common::{DurationBuckets, PortSet, global, map, program};
 
-use crate::{config::Buckets, kernel_btf::KernelBtf, kernel_maps::KernelMaps};
+use crate::{config::Buckets, kernel_btf::KernelBtf, kernel_maps::KernelMaps, sys};
 
 /// The object `build.rs` compiled from `tcpstate-ebpf`, embedded so one binary is all a host needs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpstate"));
@@ -28,23 +28,29 @@ pub struct TracerConfig<'a> {
 
 impl Tracer {
     pub fn attach(config: &TracerConfig<'_>) -> anyhow::Result<Self> {
-        let kernel_btf = KernelBtf::from_sys_fs()?;
-        for (_, tracepoint) in PROGRAMS {
-            kernel_btf.require_tracepoint(tracepoint)?;
-        }
-        let layout = kernel_btf.socket_layout()?;
+        // The kernel's BTF is large: each parse below is dropped before the next one starts,
+        // and the memory is handed back at the end, so the daemon's peak stays small.
+        let layout = {
+            let kernel_btf = KernelBtf::from_sys_fs()?;
+            for (_, tracepoint) in PROGRAMS {
+                kernel_btf.require_tracepoint(tracepoint)?;
+            }
+            kernel_btf.socket_layout()?
+        };
         let buckets = duration_buckets(config.buckets);
         let ports = port_set(config.ports);
-        let btf = Btf::from_sys_fs().context("cannot parse the kernel's BTF")?;
 
+        // No CO-RE relocations to make (the offsets above replace them): no target BTF, which
+        // also drops the copy `EbpfLoader::new()` parses.
         let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
+            .btf(None)
             .override_global(global::SOCKET_LAYOUT, &layout, true)
             .override_global(global::DURATION_BUCKETS, &buckets, true)
             .override_global(global::SERVICE_PORTS, &ports, true)
             .load(EBPF_OBJECT)
             .map_err(explain_load_error)?;
 
+        let btf = Btf::from_sys_fs().context("cannot parse the kernel's BTF")?;
         // Primary first: on each event the kernel runs them in attach order; the nested-event
         // program only acts while the primary one is mid-run on the CPU, so order is not
         // essential, but this keeps the common case's second call a cheap no-op.
@@ -67,6 +73,8 @@ impl Tracer {
                 .ok_or_else(|| anyhow!("program {name} vanished"))?;
             Ok(program.fd()?.try_clone()?)
         };
+        drop(btf);
+        sys::release_free_memory();
         let programs = PROGRAMS
             .iter()
             .map(|(name, _)| Ok((*name, program_fd(&ebpf, name)?)))
