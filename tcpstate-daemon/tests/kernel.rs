@@ -499,6 +499,17 @@ fn errors_say_what_to_do_and_exit_codes_tell_usage_from_runtime() {
     let usage = run(&["--port", "70000"]);
     assert_eq!(usage.status.code(), Some(2));
 
+    // Without privileges (nobody, no capabilities): says which capabilities are missing.
+    let unprivileged = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["--inh-caps=-all", "--bounding-set=-all"])
+        .arg(env!("CARGO_BIN_EXE_tcpstated"))
+        .output()
+        .expect("setpriv (util-linux) runs");
+    assert_eq!(unprivileged.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&unprivileged.stderr);
+    assert!(stderr.contains("missing capability CAP_BPF and CAP_PERFMON"), "{stderr}");
+
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = taken.local_addr().unwrap().to_string();
     let in_use = run(&["--web.listen-address", &address]);
