@@ -2,6 +2,7 @@
 //! missing on this machine (see `setup`) and says what it is doing.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod setup;
 
 use std::{
@@ -35,6 +36,9 @@ enum Task {
         /// Only tests whose name contains this.
         filter: Option<String>,
     },
+    /// Measure tcpstated's overhead under connection churn, its exactness and its scaling;
+    /// writes docs/benchmarks.md (`--quick`: a CI smoke run in under 2 minutes).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
         Task::Build => setup::ensure().and_then(|()| build()).map(|_| ()),
         Task::Run { args } => setup::ensure().and_then(|()| run(&args)),
         Task::Test { filter } => setup::ensure().and_then(|()| test(filter.as_deref())),
+        Task::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -124,8 +129,7 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
     // Tests that load the real program into the real kernel: `#[ignore]`d for a plain
     // `cargo test`, run here one at a time so each sees only its own traffic.
     let mut kernel = cargo();
-    kernel.args(["test", "--package", "tcpstate-daemon"]);
-    kernel.args(["--test", "kernel", "--test", "operations"]);
+    kernel.args(["test", "--package", "tcpstate-daemon", "--test", "kernel"]);
     kernel
         .args(["--", "--ignored", "--test-threads=1"])
         .args(filter);

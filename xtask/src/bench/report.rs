@@ -1,0 +1,864 @@
+//! From runs to figures (medians, per-round ratios, targets met or not) and to the Markdown
+//! written to docs/benchmarks.md.
+
+use std::{collections::BTreeMap, fs, path::Path};
+
+use anyhow::Context as _;
+
+use super::{
+    Results, RunResult,
+    expect::Exactness,
+    relative,
+    stats::{median, median_paired_ratio},
+    tracer::Config,
+};
+
+/// The issue's targets (issue 4).
+pub const MIN_THROUGHPUT_RATIO: f64 = 0.95;
+pub const MAX_COST_VS_FLOOR: f64 = 2.5;
+pub const MAX_COST_VS_BPFTRACE: f64 = 1.0 / 3.0;
+pub const MAX_SCRAPE_GROWTH: f64 = 1.5;
+pub const MAX_SCRAPE_MS: f64 = 100.0;
+/// "CPU ~0 while idle under churn": under a millisecond per second (0.1% of one CPU).
+pub const MAX_IDLE_CPU_MS_PER_SECOND: f64 = 1.0;
+pub const MAX_PEAK_RSS_BYTES: u64 = 30_000_000;
+
+/// Where hand-written notes start; the benchmark keeps everything from here on when it rewrites
+/// the file.
+pub const NOTES_MARKER: &str = "<!-- Everything below this line is written by hand and kept when `cargo xtask bench` rewrites the file. -->";
+
+#[derive(Debug, Clone, Default)]
+pub struct ConfigFigures {
+    pub config: Option<Config>,
+    pub throughput_runs: usize,
+    pub median_connections_per_second: Option<f64>,
+    pub ratio_to_untraced: Option<f64>,
+    pub cost_runs: usize,
+    pub median_ns_per_event: Option<f64>,
+    pub ratio_to_floor: Option<f64>,
+    pub ratio_to_bpftrace: Option<f64>,
+    pub recursion_misses: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub what: &'static str,
+    pub measured: String,
+    /// `None`: not measured in this invocation.
+    pub met: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub configs: Vec<ConfigFigures>,
+    pub exactness: Exactness,
+    pub failures: BTreeMap<String, u64>,
+    pub load_errors: u64,
+    pub daemon_runs: usize,
+    pub daemon_cpu_ms_per_churn_second: Option<f64>,
+    pub daemon_peak_rss_bytes: Option<u64>,
+    pub nested_events: u64,
+    /// Verified instructions of tcpstated's programs, in load order (primary first).
+    pub verified_instructions: Vec<u64>,
+    pub targets: Vec<Target>,
+}
+
+/// Per round, the figure `value` gives for `config`'s runs of the given kind (`None` where the
+/// round has no such run).
+fn by_round(
+    results: &Results,
+    config: Config,
+    cost_run: bool,
+    value: impl Fn(&RunResult) -> Option<f64>,
+) -> Vec<Option<f64>> {
+    (0..results.plan.rounds)
+        .map(|round| {
+            results
+                .runs
+                .iter()
+                .find(|run| run.round == round && run.config == config && run.cost_run == cost_run)
+                .and_then(&value)
+        })
+        .collect()
+}
+
+fn present(values: &[Option<f64>]) -> Vec<f64> {
+    values.iter().flatten().copied().collect()
+}
+
+impl Summary {
+    pub fn of(results: &Results) -> Summary {
+        let throughput = |config| {
+            by_round(results, config, false, |run| {
+                Some(run.churn.connections_per_second())
+            })
+        };
+        let cost = |config| {
+            by_round(results, config, true, |run| {
+                run.kernel?.nanoseconds_per_event()
+            })
+        };
+        let untraced = throughput(Config::NoTracer);
+        let floor = cost(Config::EmptyProgram);
+        let bpftrace = cost(Config::Bpftrace);
+        let configs: Vec<ConfigFigures> = results
+            .configs
+            .iter()
+            .map(|&config| {
+                let runs = throughput(config);
+                let costs = cost(config);
+                ConfigFigures {
+                    config: Some(config),
+                    throughput_runs: present(&runs).len(),
+                    median_connections_per_second: median(&present(&runs)),
+                    ratio_to_untraced: (config != Config::NoTracer)
+                        .then(|| median_paired_ratio(&runs, &untraced))
+                        .flatten(),
+                    cost_runs: present(&costs).len(),
+                    median_ns_per_event: median(&present(&costs)),
+                    ratio_to_floor: (config != Config::EmptyProgram)
+                        .then(|| median_paired_ratio(&costs, &floor))
+                        .flatten(),
+                    ratio_to_bpftrace: (config != Config::Bpftrace)
+                        .then(|| median_paired_ratio(&costs, &bpftrace))
+                        .flatten(),
+                    recursion_misses: results
+                        .runs
+                        .iter()
+                        .filter(|run| run.config == config)
+                        .filter_map(|run| run.kernel.map(|work| work.recursion_misses))
+                        .sum(),
+                }
+            })
+            .collect();
+
+        let mut summary = Summary {
+            configs,
+            ..Summary::default()
+        };
+        let mut cpu_ns = 0u64;
+        let mut churn_seconds = 0.0;
+        for run in &results.runs {
+            summary.load_errors += run.churn.other_errors;
+            let Some(daemon) = &run.daemon else { continue };
+            summary.daemon_runs += 1;
+            summary.exactness.accumulate(&daemon.exactness);
+            for (reason, count) in &daemon.failures {
+                *summary.failures.entry(reason.clone()).or_default() += count;
+            }
+            summary.nested_events += daemon.nested_events;
+            cpu_ns += daemon.cpu_during_churn_ns;
+            churn_seconds += run.churn.seconds;
+            summary.daemon_peak_rss_bytes = Some(
+                summary
+                    .daemon_peak_rss_bytes
+                    .unwrap_or(0)
+                    .max(daemon.peak_rss_bytes),
+            );
+            if summary.verified_instructions.is_empty() {
+                summary.verified_instructions = run
+                    .programs
+                    .values()
+                    .map(|program| program.verified_instructions)
+                    .collect();
+            }
+        }
+        if churn_seconds > 0.0 {
+            summary.daemon_cpu_ms_per_churn_second = Some(cpu_ns as f64 / 1e6 / churn_seconds);
+        }
+        for level in &results.scale.levels {
+            summary.daemon_peak_rss_bytes = Some(
+                summary
+                    .daemon_peak_rss_bytes
+                    .unwrap_or(0)
+                    .max(level.peak_rss_bytes),
+            );
+        }
+        summary.targets = targets(&summary, results);
+        summary
+    }
+
+    pub fn figures(&self, config: Config) -> Option<&ConfigFigures> {
+        self.configs
+            .iter()
+            .find(|figures| figures.config == Some(config))
+    }
+
+    pub fn failure_count(&self) -> u64 {
+        self.failures.values().sum()
+    }
+
+    /// No transition lost or miscounted, no recording failure.
+    pub fn exact(&self) -> bool {
+        self.exactness.is_exact() && self.failure_count() == 0
+    }
+}
+
+fn targets(summary: &Summary, results: &Results) -> Vec<Target> {
+    let tcpstated = summary.figures(Config::Tcpstated);
+    let mut targets = Vec::new();
+
+    let ratio = tcpstated.and_then(|figures| figures.ratio_to_untraced);
+    targets.push(Target {
+        what: "Connections/s with tcpstated ≥ 95% of untraced",
+        measured: ratio.map_or("not measured".into(), percent),
+        met: ratio.map(|ratio| ratio >= MIN_THROUGHPUT_RATIO),
+    });
+
+    let tcpstated_ns = tcpstated.and_then(|figures| figures.median_ns_per_event);
+    let floor_ns = summary
+        .figures(Config::EmptyProgram)
+        .and_then(|figures| figures.median_ns_per_event);
+    let vs_floor = tcpstated.and_then(|figures| figures.ratio_to_floor);
+    targets.push(Target {
+        what: "Kernel cost per event ≤ 2.5× the empty program's",
+        measured: match (vs_floor, tcpstated_ns, floor_ns) {
+            (Some(ratio), Some(ours), Some(floor)) => {
+                format!("{ratio:.2}× ({ours:.0} ns vs {floor:.0} ns)")
+            }
+            _ => "not measured".into(),
+        },
+        met: vs_floor.map(|ratio| ratio <= MAX_COST_VS_FLOOR),
+    });
+
+    let bpftrace_ns = summary
+        .figures(Config::Bpftrace)
+        .and_then(|figures| figures.median_ns_per_event);
+    let vs_bpftrace = tcpstated.and_then(|figures| figures.ratio_to_bpftrace);
+    targets.push(Target {
+        what: "Kernel cost per event < ⅓ of the bpftrace peer's",
+        measured: match (vs_bpftrace, tcpstated_ns, bpftrace_ns) {
+            (Some(ratio), Some(ours), Some(peer)) => {
+                format!("{ratio:.2}× ({ours:.0} ns vs {peer:.0} ns)")
+            }
+            _ => "not measured (no bpftrace)".into(),
+        },
+        met: vs_bpftrace.map(|ratio| ratio < MAX_COST_VS_BPFTRACE),
+    });
+
+    let discrepancy = summary.exactness.discrepancy();
+    targets.push(Target {
+        what: "Zero lost or miscounted transitions at saturation",
+        measured: if summary.daemon_runs == 0 {
+            "not measured".into()
+        } else {
+            format!(
+                "{} wrong of {} counted over {} runs",
+                count(discrepancy),
+                count(summary.exactness.transitions_counted),
+                summary.daemon_runs
+            )
+        },
+        met: (summary.daemon_runs > 0).then_some(discrepancy == 0),
+    });
+    targets.push(Target {
+        what: "Zero recording failures",
+        measured: if summary.daemon_runs == 0 {
+            "not measured".into()
+        } else {
+            format!("{} (all reasons)", count(summary.failure_count()))
+        },
+        met: (summary.daemon_runs > 0).then_some(summary.failure_count() == 0),
+    });
+
+    let levels = &results.scale.levels;
+    let smallest = levels.first();
+    let largest = levels.iter().max_by_key(|level| level.connections);
+    let scrape = match (smallest, largest) {
+        (Some(smallest), Some(largest)) if largest.connections > smallest.connections => {
+            match (smallest.median_scrape_ms(), largest.median_scrape_ms()) {
+                (Some(small), Some(large)) => {
+                    Some((small, large, smallest.connections, largest.connections))
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    targets.push(Target {
+        what: "Scrape latency flat in tracked sockets (largest within 1.5× of 1k) and < 100 ms",
+        measured: scrape.map_or("not measured".into(), |(small, large, few, many)| {
+            format!(
+                "{large:.2} ms at {} connections vs {small:.2} ms at {} ({:.2}×)",
+                count(many),
+                count(few),
+                large / small
+            )
+        }),
+        met: scrape.map(|(small, large, _, _)| {
+            large <= MAX_SCRAPE_GROWTH * small && large < MAX_SCRAPE_MS
+        }),
+    });
+
+    let idle = summary.daemon_cpu_ms_per_churn_second;
+    targets.push(Target {
+        what: "Daemon CPU ~0 while idle under churn (no scrapes)",
+        measured: idle.map_or("not measured".into(), |ms| {
+            format!("{ms:.3} ms per second of churn")
+        }),
+        met: idle.map(|ms| ms <= MAX_IDLE_CPU_MS_PER_SECOND),
+    });
+
+    let rss = summary.daemon_peak_rss_bytes;
+    targets.push(Target {
+        what: "Daemon peak RSS ≤ 30 MB",
+        measured: rss.map_or("not measured".into(), megabytes),
+        met: rss.map(|rss| rss <= MAX_PEAK_RSS_BYTES),
+    });
+    targets
+}
+
+/// 1234567 -> "1,234,567".
+pub fn count(value: u64) -> String {
+    let digits = value.to_string();
+    let mut grouped = String::new();
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    grouped
+}
+
+pub fn percent(ratio: f64) -> String {
+    format!("{:.1}%", ratio * 100.0)
+}
+
+/// Bytes in MB (10⁶), as the targets are written.
+pub fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+fn optional(value: Option<f64>, format: impl Fn(f64) -> String) -> String {
+    value.map_or("–".into(), format)
+}
+
+fn met(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "yes",
+        Some(false) => "**no**",
+        None => "not measured",
+    }
+}
+
+pub fn render(results: &Results, summary: &Summary) -> String {
+    let plan = &results.plan;
+    let environment = &results.environment;
+    let mut text = String::new();
+    let mut line = |content: String| {
+        text.push_str(&content);
+        text.push('\n');
+    };
+
+    line("# Benchmarks".into());
+    line(String::new());
+    line(format!(
+        "Written by `cargo xtask bench{}`{}. Reproduce with `sudo -E cargo xtask bench` (the \
+         quick variant, `--quick`, is a CI smoke test). Every figure comes from interleaved runs \
+         in one invocation (each round runs every configuration once, in a rotating order) and \
+         is a median; ratios are medians of per-round ratios, which cancels the drift of a shared \
+         machine between rounds.",
+        if plan.quick { " --quick" } else { "" },
+        if plan.quick {
+            " (quick run: few, short runs; noisy)"
+        } else {
+            ""
+        },
+    ));
+    line(String::new());
+    line("| | |".into());
+    line("|---|---|".into());
+    line(format!("| Machine | {} |", environment.machine));
+    line(format!("| Kernel | {} |", environment.kernel));
+    line(format!("| Date | {} |", environment.date));
+    line(format!("| Commit | {} |", environment.commit));
+    line(format!(
+        "| Load | {} close, {} client threads, {} listener addresses (127.0.0.1-{}), {} |",
+        plan.mode.name(),
+        plan.clients,
+        plan.addresses,
+        plan.addresses,
+        if plan.exchange == 0 {
+            "no data exchanged".to_owned()
+        } else {
+            format!("{} bytes echoed per connection", plan.exchange)
+        }
+    ));
+    line(format!(
+        "| Runs | {} rounds; per round, every configuration for {} s with `kernel.bpf_stats_enabled=0` \
+         (throughput), then every tracer for {} s with it at 1 (kernel cost) |",
+        plan.rounds, plan.seconds, plan.cost_seconds
+    ));
+    let others = if results.other_programs.is_empty() {
+        "none".to_owned()
+    } else {
+        format!(
+            "{} — their cost is paid by every configuration, which shrinks the ratios",
+            results
+                .other_programs
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    line(format!("| Other programs on the hook | {others} |"));
+    line(String::new());
+
+    line("## Targets".into());
+    line(String::new());
+    line("| Target | Measured | Met |".into());
+    line("|---|---|---|".into());
+    for target in &summary.targets {
+        line(format!(
+            "| {} | {} | {} |",
+            target.what,
+            target.measured,
+            met(target.met)
+        ));
+    }
+    line(String::new());
+
+    line("## Throughput".into());
+    line(String::new());
+    line("| Configuration | Connections/s (median) | Runs | Ratio to no tracer |".into());
+    line("|---|---|---|---|".into());
+    for figures in &summary.configs {
+        let Some(config) = figures.config else {
+            continue;
+        };
+        line(format!(
+            "| {} | {} | {} | {} |",
+            config.name(),
+            optional(figures.median_connections_per_second, |cps| count(
+                cps as u64
+            )),
+            figures.throughput_runs,
+            if config == Config::NoTracer {
+                "1".into()
+            } else {
+                optional(figures.ratio_to_untraced, percent)
+            },
+        ));
+    }
+    line(String::new());
+
+    line("## Kernel cost per event".into());
+    line(String::new());
+    line(
+        "From bpf_stats: `run_time_ns / run_cnt` of the tracer's programs (for tcpstated, both \
+         programs' time over the events), read from the programs' `/proc/<pid>/fdinfo`."
+            .into(),
+    );
+    line(String::new());
+    line("| Configuration | ns per event (median) | Runs | Ratio to floor | Ratio to bpftrace | Recursion misses |".into());
+    line("|---|---|---|---|---|---|".into());
+    for figures in &summary.configs {
+        let Some(config) = figures.config else {
+            continue;
+        };
+        if config == Config::NoTracer {
+            continue;
+        }
+        line(format!(
+            "| {} | {} | {} | {} | {} | {} |",
+            config.name(),
+            optional(figures.median_ns_per_event, |ns| format!("{ns:.1}")),
+            figures.cost_runs,
+            if config == Config::EmptyProgram {
+                "1".into()
+            } else {
+                optional(figures.ratio_to_floor, |r| format!("{r:.2}×"))
+            },
+            if config == Config::Bpftrace {
+                "1".into()
+            } else {
+                optional(figures.ratio_to_bpftrace, |r| format!("{r:.2}×"))
+            },
+            count(figures.recursion_misses),
+        ));
+    }
+    line(String::new());
+
+    line("## tcpstated itself".into());
+    line(String::new());
+    line("| Figure | Value |".into());
+    line("|---|---|".into());
+    line(format!(
+        "| CPU while churning, no scrapes | {} |",
+        optional(summary.daemon_cpu_ms_per_churn_second, |ms| format!(
+            "{ms:.3} ms per second"
+        ))
+    ));
+    line(format!(
+        "| Peak RSS (VmHWM), churn and scale runs | {} |",
+        summary.daemon_peak_rss_bytes.map_or("–".into(), megabytes)
+    ));
+    line(format!(
+        "| Verified instructions (primary, nested) | {} |",
+        summary
+            .verified_instructions
+            .iter()
+            .map(|count| count.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    line(format!(
+        "| Nested events recorded by the second program | {} |",
+        count(summary.nested_events)
+    ));
+    line(String::new());
+
+    line("## Exactness".into());
+    line(String::new());
+    line(format!(
+        "What tcpstated counted on the benchmark's port (`--port`), summed over its {} runs, \
+         against what the load generator's completed connections must have produced (checked by \
+         flows: each socket enters and leaves each state once along the paths its close mode \
+         allows). Load generator errors after connect: {}.",
+        summary.daemon_runs,
+        count(summary.load_errors)
+    ));
+    line(String::new());
+    line("| Check | Expected | Counted | Holds |".into());
+    line("|---|---|---|---|".into());
+    for check in &summary.exactness.checks {
+        line(format!(
+            "| {} | {} | {} | {} |",
+            check.description,
+            count(check.expected),
+            count(check.counted),
+            if check.holds() { "yes" } else { "**no**" }
+        ));
+    }
+    for ((role, from, to), number) in &summary.exactness.unexpected {
+        line(format!(
+            "| unexpected: {role} {from}→{to} | 0 | {} | **no** |",
+            count(*number)
+        ));
+    }
+    line(String::new());
+    line("| Recording failure (`tcpstate_recording_failures_total`) | Count |".into());
+    line("|---|---|".into());
+    for (reason, number) in &summary.failures {
+        line(format!("| {reason} | {} |", count(*number)));
+    }
+    line(String::new());
+
+    line("## Scale".into());
+    line(String::new());
+    line(
+        "Connections held open (two sockets each, both tracked) while tcpstated, started before \
+         them, is scraped repeatedly. Scrape latency is the wall time of `GET /metrics`; CPU per \
+         scrape is the daemon's schedstat time over all scrapes divided by their number."
+            .into(),
+    );
+    line(String::new());
+    line("| Connections | Tracked sockets | Scrape, median (ms) | Scrape, max (ms) | Collect (ms) | CPU per scrape (ms) | Idle CPU (ms/s) | BPF map memlock | Kernel memory per connection | Setup (s) |".into());
+    line("|---|---|---|---|---|---|---|---|---|---|".into());
+    for level in &results.scale.levels {
+        line(format!(
+            "| {} | {} | {} | {} | {} | {:.2} | {:.3} | {} | {} | {:.1} |",
+            count(level.connections),
+            optional(level.tracked_sockets, |sockets| count(sockets as u64)),
+            optional(level.median_scrape_ms(), |ms| format!("{ms:.2}")),
+            optional(
+                level.scrape_ms.iter().copied().reduce(f64::max),
+                |ms| format!("{ms:.2}")
+            ),
+            optional(level.collect_ms, |ms| format!("{ms:.2}")),
+            level.cpu_per_scrape_ms,
+            level.idle_cpu_ms_per_second,
+            megabytes(level.map_memlock_bytes),
+            // Below 10k connections the holders' own memory and the machine's noise dominate.
+            optional(
+                level
+                    .memory_per_connection
+                    .filter(|_| level.connections >= 10_000),
+                |bytes| format!("{:.1} KiB", bytes / 1024.0)
+            ),
+            level.setup_seconds,
+        ));
+    }
+    line(String::new());
+    if let Some(bytes) = results.scale.storage_bytes_per_socket {
+        let most = results
+            .scale
+            .levels
+            .iter()
+            .map(|level| level.connections)
+            .max()
+            .unwrap_or(0);
+        line(format!(
+            "Socket-local storage: {bytes} bytes per tracked socket (charged to the socket: `ss -m` \
+             `o` with tcpstated minus without), so {} for the {} sockets of {} connections. It \
+             has no capacity to size: it grows and shrinks with the sockets. The map memlock above \
+             covers the maps themselves (the aggregation map grows with label sets, not sockets).",
+            megabytes(bytes * 2 * most),
+            count(2 * most),
+            count(most)
+        ));
+        line(String::new());
+    }
+    for note in &results.scale.notes {
+        line(format!("- {note}"));
+    }
+    if !results.scale.notes.is_empty() {
+        line(String::new());
+    }
+
+    line("## All runs".into());
+    line(String::new());
+    line("| Round | Configuration | Kind | Connections | Connections/s | ns per event | Daemon CPU (ms) | Exact |".into());
+    line("|---|---|---|---|---|---|---|---|".into());
+    for run in &results.runs {
+        line(format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            run.round + 1,
+            run.config.name(),
+            if run.cost_run { "cost" } else { "throughput" },
+            count(run.churn.connections),
+            count(run.churn.connections_per_second() as u64),
+            optional(
+                run.kernel.and_then(|work| work.nanoseconds_per_event()),
+                |ns| format!("{ns:.1}")
+            ),
+            run.daemon.as_ref().map_or("–".into(), |daemon| format!(
+                "{:.1}",
+                daemon.cpu_during_churn_ns as f64 / 1e6
+            )),
+            run.daemon.as_ref().map_or("–", |daemon| {
+                if daemon.exactness.is_exact() && daemon.failures.values().all(|count| *count == 0)
+                {
+                    "yes"
+                } else {
+                    "**no**"
+                }
+            }),
+        ));
+    }
+    line(String::new());
+    text
+}
+
+/// Writes `generated` to `path`, keeping the hand-written notes after [`NOTES_MARKER`] of the
+/// file already there.
+pub fn write_preserving_notes(path: &Path, generated: &str) -> anyhow::Result<()> {
+    let existing = fs::read_to_string(path).unwrap_or_default();
+    let contents = merge_notes(generated, &existing);
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    fs::write(path, contents).with_context(|| format!("cannot write {}", relative(path)))
+}
+
+pub fn merge_notes(generated: &str, existing: &str) -> String {
+    let notes = existing
+        .split_once(NOTES_MARKER)
+        .map(|(_, notes)| notes.to_owned())
+        .unwrap_or_else(|| "\n\n## Notes\n\nNone yet.\n".into());
+    format!("{}\n{NOTES_MARKER}{notes}", generated.trim_end())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::{
+        DaemonFigures, Environment, Plan, RunResult,
+        churn::{ChurnReport, CloseMode},
+        procfs::KernelWork,
+        scale::{ScaleLevel, ScaleOutcome},
+    };
+    use std::{collections::BTreeSet, path::PathBuf};
+
+    #[test]
+    fn counts_are_grouped_by_thousands() {
+        assert_eq!(count(0), "0");
+        assert_eq!(count(999), "999");
+        assert_eq!(count(1_000), "1,000");
+        assert_eq!(count(81_234_567), "81,234,567");
+    }
+
+    #[test]
+    fn notes_after_the_marker_survive_a_rewrite() {
+        let first = merge_notes("# Benchmarks\nold figures\n", "");
+        assert!(first.ends_with("## Notes\n\nNone yet.\n"), "{first}");
+        let edited = first.replace("None yet.", "Tried a per-CPU array: no change.");
+        let second = merge_notes("# Benchmarks\nnew figures\n", &edited);
+        assert!(second.contains("new figures") && !second.contains("old figures"));
+        assert!(
+            second.ends_with("Tried a per-CPU array: no change.\n"),
+            "{second}"
+        );
+        assert_eq!(second.matches(NOTES_MARKER).count(), 1);
+    }
+
+    fn plan(rounds: usize) -> Plan {
+        Plan {
+            quick: false,
+            rounds,
+            seconds: 10.0,
+            cost_seconds: 5.0,
+            clients: 2,
+            addresses: 8,
+            mode: CloseMode::ClientFirst,
+            exchange: 0,
+            scale: vec![],
+            scrapes: 10,
+            output: PathBuf::from("docs/benchmarks.md"),
+        }
+    }
+
+    fn run(
+        round: usize,
+        config: Config,
+        cost_run: bool,
+        cps: u64,
+        ns_per_event: Option<u64>,
+    ) -> RunResult {
+        RunResult {
+            round,
+            config,
+            cost_run,
+            churn: ChurnReport {
+                connections: cps * 10,
+                seconds: 10.0,
+                ..ChurnReport::default()
+            },
+            kernel: ns_per_event.map(|ns| KernelWork {
+                run_time_ns: ns * 1_000,
+                events: 1_000,
+                runs: 1_000,
+                recursion_misses: 0,
+            }),
+            programs: BTreeMap::new(),
+            daemon: (config == Config::Tcpstated).then(|| DaemonFigures {
+                cpu_during_churn_ns: 1_000_000,
+                peak_rss_bytes: 12_000_000,
+                ..DaemonFigures::default()
+            }),
+        }
+    }
+
+    /// Two rounds; the machine is 10% slower in the second, which per-round ratios cancel.
+    fn results() -> Results {
+        let mut runs = Vec::new();
+        for (round, speed) in [(0, 100), (1, 90)] {
+            runs.push(run(round, Config::NoTracer, false, 800 * speed, None));
+            runs.push(run(round, Config::Tcpstated, false, 776 * speed, None));
+            runs.push(run(round, Config::EmptyProgram, false, 792 * speed, None));
+            runs.push(run(round, Config::Tcpstated, true, 0, Some(90)));
+            runs.push(run(round, Config::EmptyProgram, true, 0, Some(40)));
+        }
+        Results {
+            plan: plan(2),
+            environment: Environment::default(),
+            configs: vec![Config::NoTracer, Config::Tcpstated, Config::EmptyProgram],
+            runs,
+            scale: ScaleOutcome {
+                levels: vec![
+                    ScaleLevel {
+                        connections: 1_000,
+                        scrape_ms: vec![2.0, 2.2, 2.1],
+                        peak_rss_bytes: 13_000_000,
+                        ..ScaleLevel::default()
+                    },
+                    ScaleLevel {
+                        connections: 1_000_000,
+                        scrape_ms: vec![2.3, 2.4, 2.2],
+                        peak_rss_bytes: 14_000_000,
+                        ..ScaleLevel::default()
+                    },
+                ],
+                ..ScaleOutcome::default()
+            },
+            other_programs: BTreeSet::new(),
+        }
+    }
+
+    fn target<'a>(summary: &'a Summary, what: &str) -> &'a Target {
+        summary
+            .targets
+            .iter()
+            .find(|target| target.what.starts_with(what))
+            .unwrap_or_else(|| panic!("no target {what}"))
+    }
+
+    #[test]
+    fn figures_are_medians_and_per_round_ratios() {
+        let summary = Summary::of(&results());
+        let tcpstated = summary.figures(Config::Tcpstated).unwrap();
+        assert_eq!(tcpstated.throughput_runs, 2);
+        assert_eq!(
+            tcpstated.median_connections_per_second,
+            Some((77_600.0 + 69_840.0) / 2.0)
+        );
+        let ratio = tcpstated.ratio_to_untraced.unwrap();
+        assert!((ratio - 0.97).abs() < 1e-9, "{ratio}");
+        assert_eq!(tcpstated.median_ns_per_event, Some(90.0));
+        assert_eq!(tcpstated.ratio_to_floor, Some(2.25));
+        assert_eq!(tcpstated.ratio_to_bpftrace, None);
+    }
+
+    #[test]
+    fn targets_say_met_missed_or_not_measured() {
+        let summary = Summary::of(&results());
+        assert_eq!(target(&summary, "Connections/s").met, Some(true));
+        assert_eq!(target(&summary, "Connections/s").measured, "97.0%");
+        assert_eq!(target(&summary, "Kernel cost per event ≤").met, Some(true));
+        assert_eq!(target(&summary, "Kernel cost per event <").met, None);
+        assert_eq!(target(&summary, "Zero lost").met, Some(true));
+        assert_eq!(target(&summary, "Scrape latency").met, Some(true));
+        // 1 ms of CPU per 10 s of churn.
+        assert_eq!(target(&summary, "Daemon CPU").met, Some(true));
+        assert_eq!(summary.daemon_peak_rss_bytes, Some(14_000_000));
+        assert_eq!(target(&summary, "Daemon peak RSS").measured, "14.0 MB");
+    }
+
+    #[test]
+    fn a_slow_program_misses_its_targets() {
+        let mut results = results();
+        for run in &mut results.runs {
+            if run.config == Config::Tcpstated {
+                if run.cost_run {
+                    run.kernel = Some(KernelWork {
+                        run_time_ns: 120_000,
+                        events: 1_000,
+                        runs: 1_000,
+                        recursion_misses: 0,
+                    });
+                } else {
+                    run.churn.connections = run.churn.connections * 90 / 97;
+                }
+            }
+        }
+        let summary = Summary::of(&results);
+        assert_eq!(target(&summary, "Connections/s").met, Some(false));
+        assert_eq!(target(&summary, "Kernel cost per event ≤").met, Some(false));
+        assert_eq!(
+            target(&summary, "Kernel cost per event ≤").measured,
+            "3.00× (120 ns vs 40 ns)"
+        );
+    }
+
+    #[test]
+    fn the_table_shows_each_target_and_each_run() {
+        let results = results();
+        let summary = Summary::of(&results);
+        let markdown = render(&results, &summary);
+        assert!(
+            markdown.contains("| Connections/s with tcpstated ≥ 95% of untraced | 97.0% | yes |"),
+            "{markdown}"
+        );
+        assert!(
+            markdown.contains("| tcpstated | 73,720 | 2 | 97.0% |"),
+            "{markdown}"
+        );
+        assert!(
+            markdown.contains("| empty program (floor) | 40.0 | 2 | 1 | – | 0 |"),
+            "{markdown}"
+        );
+        assert_eq!(markdown.matches("| throughput |").count(), 6);
+    }
+}

@@ -1,0 +1,209 @@
+//! The configurations compared: nothing on the hook, tcpstated, the empty program alone (the
+//! floor), and a bpftrace script doing the same in-kernel aggregation (the peer).
+
+use std::{
+    fs::{self, File},
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use super::{process::Process, prometheus};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Config {
+    NoTracer,
+    Tcpstated,
+    EmptyProgram,
+    Bpftrace,
+}
+
+impl Config {
+    pub fn name(self) -> &'static str {
+        match self {
+            Config::NoTracer => "no tracer",
+            Config::Tcpstated => "tcpstated",
+            Config::EmptyProgram => "empty program (floor)",
+            Config::Bpftrace => "bpftrace peer",
+        }
+    }
+}
+
+/// The bpftrace peer: what tcpstated does in the kernel, written the way a bpftrace user would
+/// (the classic tracepoint, a hash of per-socket entry times keyed by the socket's address):
+/// counts by (old, new) state and a histogram of the time spent in the old state. The filter
+/// keeps TCP only, as tcpstated does.
+pub const BPFTRACE_PEER: &str = r#"tracepoint:sock:inet_sock_set_state
+/args->protocol == 6/
+{
+  @transitions[args->oldstate, args->newstate] = count();
+  $entered = @entered_ns[args->skaddr];
+  if ($entered != 0) {
+    @duration_ns[args->oldstate, args->newstate] = hist(nsecs - $entered);
+  }
+  if (args->newstate == 7) {
+    delete(@entered_ns[args->skaddr]);
+  } else {
+    @entered_ns[args->skaddr] = nsecs;
+  }
+}
+
+END
+{
+  clear(@entered_ns);
+  clear(@transitions);
+  clear(@duration_ns);
+}
+"#;
+
+/// What the configurations run.
+pub struct Binaries {
+    pub tcpstated: PathBuf,
+    pub hook_floor: PathBuf,
+    pub bpftrace: Option<PathBuf>,
+    /// Where logs and the bpftrace script go.
+    pub work_dir: PathBuf,
+}
+
+/// A configuration in place; dropping it stops the tracer.
+pub struct Tracer {
+    pub config: Config,
+    process: Option<Process>,
+    /// tcpstated's HTTP address.
+    pub metrics: Option<SocketAddr>,
+}
+
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A loopback port free right now, for tcpstated's HTTP server.
+fn free_local_address() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn log_file(work_dir: &Path, name: &str) -> anyhow::Result<File> {
+    let path = work_dir.join(format!("{name}.log"));
+    File::create(&path).with_context(|| format!("cannot create {}", path.display()))
+}
+
+impl Tracer {
+    /// Starts `config` and returns once its programs are attached. `service_port` goes to
+    /// tcpstated's --port, `daemon_args` are more of tcpstated's flags.
+    pub fn start(
+        config: Config,
+        binaries: &Binaries,
+        service_port: u16,
+        daemon_args: &[&str],
+    ) -> anyhow::Result<Tracer> {
+        let mut tracer = Tracer {
+            config,
+            process: None,
+            metrics: None,
+        };
+        match config {
+            Config::NoTracer => {}
+            Config::Tcpstated => {
+                let address = free_local_address()?;
+                let mut command = Command::new(&binaries.tcpstated);
+                command
+                    .arg(format!("--web.listen-address={address}"))
+                    .arg(format!("--port={service_port}"))
+                    .args(daemon_args)
+                    .env("RUST_LOG", "warn")
+                    .stderr(log_file(&binaries.work_dir, "tcpstated")?);
+                let mut process = Process::spawn("tcpstated", &mut command, false)?;
+                wait_until_healthy(&mut process, address)?;
+                tracer.metrics = Some(address);
+                tracer.process = Some(process);
+            }
+            Config::EmptyProgram => {
+                let mut command = Command::new(&binaries.hook_floor);
+                command.stderr(log_file(&binaries.work_dir, "hook-floor")?);
+                let mut process = Process::spawn("tcpstate-hook-floor", &mut command, false)?;
+                process.wait_for_line("program_id=", START_TIMEOUT)?;
+                tracer.process = Some(process);
+            }
+            Config::Bpftrace => {
+                let bpftrace = binaries
+                    .bpftrace
+                    .as_ref()
+                    .context("bpftrace is not installed")?;
+                let script = binaries.work_dir.join("peer.bt");
+                fs::write(&script, BPFTRACE_PEER)?;
+                let mut command = Command::new(bpftrace);
+                command
+                    .arg(&script)
+                    // Room for every live socket's entry time, so the peer never skips work
+                    // because its hash is full (0.17's default is 4096 keys).
+                    .env("BPFTRACE_MAP_KEYS_MAX", "262144")
+                    .stderr(log_file(&binaries.work_dir, "bpftrace")?);
+                let mut process = Process::spawn("bpftrace", &mut command, false)?;
+                process.wait_for_line("Attaching", START_TIMEOUT)?;
+                // bpftrace prints that line just before it attaches.
+                thread::sleep(Duration::from_secs(1));
+                tracer.process = Some(process);
+            }
+        }
+        Ok(tracer)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Process::pid)
+    }
+
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(process) = self.process.take() {
+            let status = process.stop(STOP_TIMEOUT)?;
+            // tcpstated and the floor exit 0 on SIGTERM; bpftrace too.
+            if !status.success() {
+                bail!(
+                    "{} exited with {status} when stopped (its log is in target/bench/)",
+                    self.config.name()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+fn wait_until_healthy(process: &mut Process, address: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if prometheus::http_get(address, "/healthz").is_ok_and(|(status, _)| status == 200) {
+            return Ok(());
+        }
+        if let Some(status) = process.exit_status()? {
+            bail!("tcpstated exited with {status} at start-up: see target/bench/tcpstated.log");
+        }
+        if Instant::now() > deadline {
+            bail!("tcpstated was not healthy within {START_TIMEOUT:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// bpftrace's path, when installed.
+pub fn find_bpftrace() -> Option<PathBuf> {
+    [
+        "/usr/bin/bpftrace",
+        "/usr/local/bin/bpftrace",
+        "/usr/sbin/bpftrace",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|path| path.exists())
+    .or_else(|| {
+        let output = Command::new("sh")
+            .args(["-c", "command -v bpftrace"])
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let path = String::from_utf8(output.stdout).ok()?;
+        let path = PathBuf::from(path.trim());
+        path.exists().then_some(path)
+    })
+}
