@@ -15,6 +15,8 @@ use std::{
 pub struct Daemon {
     child: Child,
     pub address: SocketAddr,
+    /// The network namespace the daemon runs in (`None`: the test's own).
+    netns: Option<String>,
 }
 
 impl Daemon {
@@ -30,13 +32,42 @@ impl Daemon {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("tcpstated starts");
-        let mut daemon = Daemon { child, address };
+        Daemon::until_healthy(child, address, None)
+    }
+
+    /// Starts tcpstated inside `netns` (wrapped in `ip netns exec`, which execs it: the child is
+    /// the daemon itself), serving on `127.0.0.1:web_port` of that namespace, and waits (bounded)
+    /// until it is healthy. Its sock_diag figures then describe that namespace; scrapes connect
+    /// from a thread that enters the namespace.
+    pub fn start_in(netns: &Netns, web_port: u16, args: &[&str]) -> Daemon {
+        let address = SocketAddr::from(([127, 0, 0, 1], web_port));
+        let child = netns
+            .command(env!("CARGO_BIN_EXE_tcpstated"))
+            .arg(format!("--web.listen-address={address}"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("tcpstated starts");
+        Daemon::until_healthy(child, address, Some(netns.name().to_owned()))
+    }
+
+    fn until_healthy(child: Child, address: SocketAddr, netns: Option<String>) -> Daemon {
+        let mut daemon = Daemon {
+            child,
+            address,
+            netns,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = daemon.child.try_wait() {
                 panic!("tcpstated exited during start-up with {status}");
             }
-            if http_get(address, "/healthz").is_ok_and(|(status, _)| status == 200) {
+            if daemon
+                .get("/healthz")
+                .is_ok_and(|(status, _)| status == 200)
+            {
                 return daemon;
             }
             assert!(
@@ -47,8 +78,16 @@ impl Daemon {
         }
     }
 
+    /// GET `path` from the daemon, from inside its namespace if it runs in one.
+    pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        match &self.netns {
+            None => http_get(self.address, path),
+            Some(netns) => run_in_netns(netns, || http_get(self.address, path)),
+        }
+    }
+
     pub fn scrape_text(&self) -> String {
-        let (status, body) = http_get(self.address, "/metrics").expect("scrape");
+        let (status, body) = self.get("/metrics").expect("scrape");
         assert_eq!(status, 200, "{body}");
         body
     }
@@ -188,4 +227,275 @@ pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
         }
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Runs `job` on a thread that has entered the network namespace `/run/netns/<name>`, and returns
+/// its result. Sockets keep the namespace they were created in, so what `job` creates (listeners,
+/// connected streams) can then be used from any thread; only creation has to happen here.
+pub fn run_in_netns<T: Send>(name: &str, job: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/run/netns/{name}");
+    thread::scope(|scope| {
+        let worker = scope.spawn(|| {
+            let namespace =
+                std::fs::File::open(&path).unwrap_or_else(|error| panic!("open {path}: {error}"));
+            // SAFETY: setns reads the descriptor, which stays open for the call, and moves only
+            // this thread (spawned for the purpose, ended after `job`) into the namespace.
+            let entered = unsafe {
+                libc::setns(
+                    std::os::fd::AsRawFd::as_raw_fd(&namespace),
+                    libc::CLONE_NEWNET,
+                )
+            };
+            assert_eq!(
+                entered,
+                0,
+                "setns into {path}: {}",
+                std::io::Error::last_os_error()
+            );
+            job()
+        });
+        worker
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// Sets TCP_SYNCNT (SYN retransmissions before connect() gives up; socket2 has no setter).
+pub fn set_tcp_syncnt(socket: &impl std::os::fd::AsRawFd, count: i32) {
+    // SAFETY: a plain setsockopt with a pointer to a live c_int and its exact size.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_SYNCNT,
+            std::ptr::from_ref(&count).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        result,
+        0,
+        "setsockopt TCP_SYNCNT: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// A network namespace of the test's own, with loopback up: its sockets, sock_diag view,
+/// /proc/net/netstat counters and nftables rules are private to it. Deleted when dropped (with
+/// its rules; its sockets go when the test's last reference to them does).
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// `tcpstate-<tag>-<pid>`: unique per test (the tag is the test's port) and per run.
+    /// Namespaces left by an earlier run of the same test that was killed are removed first.
+    pub fn new(tag: u16) -> Netns {
+        let prefix = format!("tcpstate-{tag}-");
+        let listed = run_checked(Command::new("ip").args(["netns", "list"]));
+        for stale in listed
+            .lines()
+            .filter_map(|line| line.split_whitespace().next())
+            .filter(|name| name.starts_with(&prefix))
+        {
+            let _ = Command::new("ip").args(["netns", "delete", stale]).status();
+        }
+        let name = format!("{prefix}{}", std::process::id());
+        run_checked(Command::new("ip").args(["netns", "add", &name]));
+        let netns = Netns { name };
+        netns.exec("ip", &["link", "set", "lo", "up"]);
+        netns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// See [`run_in_netns`].
+    pub fn run<T: Send>(&self, job: impl FnOnce() -> T + Send) -> T {
+        run_in_netns(&self.name, job)
+    }
+
+    /// `ip netns exec <name> <program>`.
+    pub fn command(&self, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name, program]);
+        command
+    }
+
+    /// Runs `program args` in the namespace; panics (with its stderr) if it fails; its stdout.
+    pub fn exec(&self, program: &str, args: &[&str]) -> String {
+        run_checked(self.command(program).args(args))
+    }
+
+    /// Loads an nftables ruleset (one `nft -f` transaction) into the namespace. The returned
+    /// guard deletes `table inet <table>` when dropped or [`NftTable::remove`]d; deleting the
+    /// namespace would remove it too.
+    pub fn nft(&self, table: &str, ruleset: &str) -> NftTable<'_> {
+        let mut nft = self
+            .command("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nft runs (Debian package nftables; cargo xtask setup installs it)");
+        nft.stdin
+            .take()
+            .expect("stdin")
+            .write_all(ruleset.as_bytes())
+            .expect("write the ruleset");
+        let output = nft.wait_with_output().expect("nft");
+        assert!(
+            output.status.success(),
+            "nft rejected the ruleset:\n{ruleset}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        NftTable {
+            netns: self,
+            table: table.to_owned(),
+            removed: false,
+        }
+    }
+
+    /// Every TCP socket of the namespace, as `ss -tan` lists them.
+    pub fn sockets(&self) -> Vec<SsSocket> {
+        self.exec("ss", &["-tanH"])
+            .lines()
+            .filter_map(SsSocket::parse)
+            .collect()
+    }
+
+    /// A `TcpExt` counter of the namespace's /proc/net/netstat (e.g. `ListenOverflows`).
+    pub fn tcp_ext(&self, counter: &str) -> u64 {
+        let netstat = self.exec("cat", &["/proc/net/netstat"]);
+        let mut lines = netstat.lines().filter(|line| line.starts_with("TcpExt:"));
+        let (names, values) = (
+            lines.next().expect("TcpExt names"),
+            lines.next().expect("values"),
+        );
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(name, _)| *name == counter)
+            .unwrap_or_else(|| panic!("no TcpExt {counter} in /proc/net/netstat"))
+            .1
+            .parse()
+            .expect("a number")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
+/// An nftables table in a test namespace, deleted when dropped.
+pub struct NftTable<'a> {
+    netns: &'a Netns,
+    table: String,
+    removed: bool,
+}
+
+impl NftTable<'_> {
+    /// Deletes the table now (its rules stop at once).
+    pub fn remove(mut self) {
+        self.netns
+            .exec("nft", &["delete", "table", "inet", &self.table]);
+        self.removed = true;
+    }
+
+    /// Packets counted by the rule carrying `comment "<comment>"`.
+    pub fn packets(&self, comment: &str) -> u64 {
+        let listing = self
+            .netns
+            .exec("nft", &["list", "table", "inet", &self.table]);
+        let needle = format!("comment \"{comment}\"");
+        let rule = listing
+            .lines()
+            .find(|line| line.contains(&needle))
+            .unwrap_or_else(|| panic!("no rule {needle} in\n{listing}"));
+        rule.split_whitespace()
+            .skip_while(|word| *word != "packets")
+            .nth(1)
+            .and_then(|count| count.parse().ok())
+            .unwrap_or_else(|| panic!("no counter in {rule}"))
+    }
+}
+
+impl Drop for NftTable<'_> {
+    fn drop(&mut self) {
+        if !self.removed {
+            let _ = self
+                .netns
+                .command("nft")
+                .args(["delete", "table", "inet", &self.table])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// One line of `ss -tanH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SsSocket {
+    /// ss's name: `ESTAB`, `SYN-SENT`, `SYN-RECV`, `FIN-WAIT-1`, `TIME-WAIT`, `LISTEN`, ...
+    pub state: String,
+    /// For a listener: the accept queue now; else unread bytes.
+    pub recv_q: u64,
+    /// For a listener: the backlog limit; else unacknowledged bytes.
+    pub send_q: u64,
+    pub local_port: u16,
+    pub peer_port: u16,
+}
+
+impl SsSocket {
+    fn parse(line: &str) -> Option<SsSocket> {
+        let mut fields = line.split_whitespace();
+        let port = |address: &str| address.rsplit_once(':')?.1.parse().ok();
+        Some(SsSocket {
+            state: fields.next()?.to_owned(),
+            recv_q: fields.next()?.parse().ok()?,
+            send_q: fields.next()?.parse().ok()?,
+            local_port: port(fields.next()?)?,
+            peer_port: fields.next().and_then(port).unwrap_or(0),
+        })
+    }
+
+    /// The state as tcpstate names it (`SYN-RECV` is NEW_SYN_RECV or SYN_RECV there).
+    pub fn tcpstate_state(&self) -> &str {
+        match self.state.as_str() {
+            "ESTAB" => "ESTABLISHED",
+            "SYN-SENT" => "SYN_SENT",
+            "SYN-RECV" => "SYN_RECV",
+            "FIN-WAIT-1" => "FIN_WAIT1",
+            "FIN-WAIT-2" => "FIN_WAIT2",
+            "TIME-WAIT" => "TIME_WAIT",
+            "CLOSE-WAIT" => "CLOSE_WAIT",
+            "LAST-ACK" => "LAST_ACK",
+            "UNCONN" => "CLOSE",
+            other => other,
+        }
+    }
+
+    pub fn has_port(&self, port: u16) -> bool {
+        self.local_port == port || self.peer_port == port
+    }
+}
+
+/// Runs a command, panics with its stderr if it fails, returns its stdout.
+pub fn run_checked(command: &mut Command) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run {command:?}: {error}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed with {}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }

@@ -1,0 +1,1580 @@
+//! The whole life of TCP connections, scenario by scenario, on the real kernel (issue 3).
+//!
+//! Each test makes a network namespace of its own (`tcpstate-<port>-<pid>`, loopback only), runs
+//! `tcpstated` inside it (its sock_diag figures, TIME_WAIT, request sockets and listen queues,
+//! describe the daemon's own namespace), makes traffic there on ports 25001-25019 (in the daemon's
+//! port set; the BPF program sees every namespace, the port label keeps tests apart) and, where a
+//! scenario needs lost packets, drops them with nftables rules inside that namespace (on the
+//! input hook: the sender believes the segment left, as on a lossy wire). Everything is removed
+//! when the test ends, passing or not: the namespace (with its rules) by a drop guard.
+//!
+//! Figures polled from sock_diag are refreshed by scrapes, no more often than
+//! `--sockdiag.min-interval`: tests keep scraping while they wait for them. Durations are only
+//! asserted against delays the test itself controls (a sleep, a dropped segment's retransmission
+//! timeout), each with the tolerance stated beside it.
+//!
+//! They need root: `cargo xtask test` runs them, or
+//! `cargo test -p tcpstate-daemon --test scenarios -- --ignored --test-threads=1`.
+
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    io::{ErrorKind, Read as _, Write as _},
+    net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    thread,
+    time::{Duration, Instant},
+};
+
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use support::{Daemon, Metrics, Netns, SsSocket, eventually};
+
+/// Bound of every wait for something that happens at once or at the next poll.
+const WAIT: Duration = Duration::from_secs(10);
+/// Where each test's daemon serves inside the test's namespace (private to it).
+const WEB_PORT: u16 = 25099;
+/// The second daemon of a test that compares views.
+const RAW_VIEW_WEB_PORT: u16 = 25098;
+
+fn at(port: u16) -> SocketAddr {
+    (Ipv4Addr::LOCALHOST, port).into()
+}
+
+fn joined<T: ToString>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// tcpstated in `netns`, exporting `ports` by number, with histogram bounds `buckets` (chosen by
+/// each test at the edges of its tolerances; empty: the defaults).
+fn start(netns: &Netns, ports: &[u16], buckets: &[f64], extra: &[&str]) -> Daemon {
+    let mut args = vec![format!("--port={}", joined(ports))];
+    if !buckets.is_empty() {
+        args.push(format!("--buckets={}", joined(buckets)));
+    }
+    args.extend(extra.iter().map(ToString::to_string));
+    Daemon::start_in(
+        netns,
+        WEB_PORT,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+}
+
+// ---- transitions ---------------------------------------------------------------------------
+
+type Transitions = BTreeMap<(String, String, String), u64>;
+
+/// `(role, from, to) -> count` of the transitions exported for `port` since `before`.
+fn transitions(after: &Metrics, before: &Metrics, port: u16) -> Transitions {
+    let port = port.to_string();
+    let mut out = Transitions::new();
+    for (series, value) in after.series() {
+        let Some(labels) = series.strip_prefix("tcpstate_transitions_total") else {
+            continue;
+        };
+        let labels = support::parse_labels(labels);
+        if labels.get("port") != Some(&port) {
+            continue;
+        }
+        let grown = value - before.value(series).unwrap_or(0.0);
+        if grown != 0.0 {
+            *out.entry((
+                labels["role"].clone(),
+                labels["from"].clone(),
+                labels["to"].clone(),
+            ))
+            .or_default() += grown as u64;
+        }
+    }
+    out
+}
+
+fn expect(items: &[(&str, &str, &str, u64)]) -> Transitions {
+    let mut out = Transitions::new();
+    for (role, from, to, count) in items {
+        *out.entry((role.to_string(), from.to_string(), to.to_string()))
+            .or_default() += count;
+    }
+    out
+}
+
+/// The three-way handshake of `n` connections to a listener of this test, and the listener's
+/// own `CLOSE -> LISTEN`.
+fn handshakes(n: u64) -> Vec<(&'static str, &'static str, &'static str, u64)> {
+    vec![
+        ("listener", "CLOSE", "LISTEN", 1),
+        ("client", "CLOSE", "SYN_SENT", n),
+        ("client", "SYN_SENT", "ESTABLISHED", n),
+        ("server", "LISTEN", "SYN_RECV", n),
+        ("server", "SYN_RECV", "ESTABLISHED", n),
+    ]
+}
+
+/// Scrapes (which also drives the sock_diag poller) until the transitions for `port` since
+/// `before` equal `want`, for at most `limit`, then asserts it; returns the last scrape.
+fn until_transitions(
+    daemon: &Daemon,
+    before: &Metrics,
+    port: u16,
+    want: &Transitions,
+    limit: Duration,
+) -> Metrics {
+    let mut last = daemon.scrape();
+    eventually(limit, || {
+        last = daemon.scrape();
+        transitions(&last, before, port) == *want
+    });
+    assert_eq!(
+        &transitions(&last, before, port),
+        want,
+        "transitions for port {port} (left: exported, right: expected)"
+    );
+    last
+}
+
+// ---- durations -----------------------------------------------------------------------------
+
+/// The `tcpstate_state_duration_seconds` labels of `state -> next` for `port` and `role`.
+fn edge<'a>(
+    state: &'a str,
+    next: &'a str,
+    role: &'a str,
+    port: &'a str,
+) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("state", state),
+        ("next", next),
+        ("role", role),
+        ("port", port),
+    ]
+}
+
+/// Asserts that `count` durations were observed for `labels` since `before`, each within
+/// `(above, at_most]` seconds: none in the bucket `le=above` (skipped when `above` is 0), all in
+/// the bucket `le=at_most` (both must be bounds of the daemon's `--buckets`), and their sum in
+/// between.
+fn assert_durations(
+    after: &Metrics,
+    before: &Metrics,
+    labels: &[(&str, &str)],
+    count: u64,
+    (above, at_most): (f64, f64),
+) {
+    let name = "tcpstate_state_duration_seconds";
+    let observed = after.delta(before, &format!("{name}_count"), labels);
+    let sum = after.delta(before, &format!("{name}_sum"), labels);
+    let bucket = |le: f64| {
+        let le = le.to_string();
+        let mut with_le = labels.to_vec();
+        with_le.push(("le", &le));
+        after.delta(before, &format!("{name}_bucket"), &with_le)
+    };
+    let count = count as f64;
+    assert_eq!(observed, count, "durations observed for {labels:?}");
+    if count == 0.0 {
+        return;
+    }
+    if above > 0.0 {
+        assert_eq!(
+            bucket(above),
+            0.0,
+            "durations of {labels:?} at or below {above} s (sum {sum} s)"
+        );
+    }
+    assert_eq!(
+        bucket(at_most),
+        count,
+        "durations of {labels:?} within {at_most} s (sum {sum} s)"
+    );
+    assert!(
+        sum > count * above && sum <= count * at_most,
+        "durations of {labels:?} sum to {sum} s for {count}, expected each in ({above}, {at_most}] s"
+    );
+}
+
+// ---- gauges and ss -------------------------------------------------------------------------
+
+/// `tcpstate_sockets` for `state` and `port`, and `role` unless empty.
+fn sockets(metrics: &Metrics, state: &str, port: u16, role: &str) -> f64 {
+    let port = port.to_string();
+    let mut labels = vec![("state", state), ("port", port.as_str())];
+    if !role.is_empty() {
+        labels.push(("role", role));
+    }
+    metrics.sum("tcpstate_sockets", &labels)
+}
+
+/// `ss -tan` sockets in ss state `state` (`TIME-WAIT`, ...) with `port` at either end.
+fn ss_count(listed: &[SsSocket], state: &str, port: u16) -> usize {
+    listed
+        .iter()
+        .filter(|socket| socket.state == state && socket.has_port(port))
+        .count()
+}
+
+/// Lists the namespace's sockets until `check` accepts them, for at most `limit`; asserts it.
+fn until_ss(netns: &Netns, limit: Duration, what: &str, check: impl Fn(&[SsSocket]) -> bool) {
+    let mut listed = netns.sockets();
+    eventually(limit, || {
+        listed = netns.sockets();
+        check(&listed)
+    });
+    assert!(check(&listed), "{what}; ss -tan shows {listed:#?}");
+}
+
+/// Scrapes until `check` accepts the metrics, for at most `limit`; asserts it, with `what` and
+/// the namespace's sockets in the message; returns the last scrape.
+fn until_metrics(
+    daemon: &Daemon,
+    netns: &Netns,
+    limit: Duration,
+    what: &str,
+    mut check: impl FnMut(&Metrics) -> bool,
+) -> Metrics {
+    let mut last = daemon.scrape();
+    eventually(limit, || {
+        last = daemon.scrape();
+        check(&last)
+    });
+    assert!(
+        check(&last),
+        "{what}; ss -tan shows {:#?}\nlast scrape:\n{}",
+        netns.sockets(),
+        relevant(&last)
+    );
+    last
+}
+
+/// The samples of a scrape a failed assertion should show: this project's, not the process's.
+fn relevant(metrics: &Metrics) -> String {
+    metrics
+        .series()
+        .filter(|(series, value)| {
+            series.starts_with("tcpstate_")
+                && !series.starts_with("tcpstate_state_duration_seconds_bucket")
+                && **value != 0.0
+        })
+        .map(|(series, value)| format!("{series} {value}\n"))
+        .collect()
+}
+
+// ---- traffic -------------------------------------------------------------------------------
+
+fn listen(netns: &Netns, port: u16) -> TcpListener {
+    netns
+        .run(|| TcpListener::bind(at(port)))
+        .expect("bind the test port")
+}
+
+fn connect(netns: &Netns, port: u16) -> TcpStream {
+    netns.run(|| TcpStream::connect(at(port))).expect("connect")
+}
+
+/// A connect that does not wait: the socket stays in SYN_SENT while its SYNs go unanswered.
+fn connect_in_background(netns: &Netns, port: u16) -> Socket {
+    netns.run(|| {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        match socket.connect(&at(port).into()) {
+            Err(error) if error.raw_os_error() == Some(libc::EINPROGRESS) => socket,
+            other => panic!("non-blocking connect: {other:?}"),
+        }
+    })
+}
+
+/// Accepts one connection, waiting at most `WAIT` (a lost handshake must fail the test, not
+/// hang it).
+fn accept(listener: &TcpListener) -> TcpStream {
+    listener.set_nonblocking(true).unwrap();
+    let mut accepted = None;
+    eventually(WAIT, || match listener.accept() {
+        Ok((stream, _)) => {
+            accepted = Some(stream);
+            true
+        }
+        Err(error) if error.kind() == ErrorKind::WouldBlock => false,
+        Err(error) => panic!("accept: {error}"),
+    });
+    let stream = accepted.expect("a connection to accept within the wait");
+    stream.set_nonblocking(false).unwrap();
+    stream
+}
+
+/// Reads until the peer's FIN (read returns 0).
+fn read_to_eof(stream: &mut TcpStream) {
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut sink = Vec::new();
+    stream.read_to_end(&mut sink).expect("the peer closes");
+}
+
+// ---- 1. SYN dropped once ------------------------------------------------------------------
+
+#[test]
+#[ignore = "needs root, ip netns and nft: run with `cargo xtask test`"]
+fn syn_dropped_once_delays_the_handshake_by_the_initial_rto() {
+    let port = 25001;
+    let netns = Netns::new(port);
+    let daemon = start(&netns, &[port], &[0.5, 0.9, 1.5, 5.0], &[]);
+    // The first SYN of each connection (told apart by its client port) is lost; its
+    // retransmission, one initial RTO (1 s, RFC 6298) later, passes.
+    let rules = netns.nft(
+        "tcpstate_first_syn",
+        &format!(
+            r#"
+table inet tcpstate_first_syn {{
+    set syn_seen {{
+        type inet_service
+        timeout 10m
+    }}
+    chain input {{
+        type filter hook input priority 0; policy accept;
+        tcp dport {port} tcp flags & (syn | ack) == syn tcp sport @syn_seen accept
+        tcp dport {port} tcp flags & (syn | ack) == syn add @syn_seen {{ tcp sport }} counter drop comment "first SYN"
+    }}
+}}
+"#
+        ),
+    );
+    let before = daemon.scrape();
+    let listener = listen(&netns, port);
+    let started = Instant::now();
+    let client = connect(&netns, port);
+    let took = started.elapsed();
+    let server = accept(&listener);
+    assert_eq!(rules.packets("first SYN"), 1, "one SYN was dropped");
+    assert!(
+        took > Duration::from_millis(900),
+        "connect took {took:?}: it should have waited for the SYN's retransmission"
+    );
+
+    let after = until_transitions(&daemon, &before, port, &expect(&handshakes(1)), WAIT);
+    // The retransmission timer fires 1 s after the SYN (plus timer-wheel slack, 32 ms at
+    // HZ=250): SYN_SENT lasts 1.0-1.1 s; (0.9, 1.5] leaves room for a loaded machine.
+    assert_durations(
+        &after,
+        &before,
+        &edge("SYN_SENT", "ESTABLISHED", "client", "25001"),
+        1,
+        (0.9, 1.5),
+    );
+    assert_eq!(
+        after.delta(
+            &before,
+            "tcpstate_connect_failures_total",
+            &[("port", "25001")]
+        ),
+        0.0,
+        "a retransmitted SYN is no failure"
+    );
+    drop((client, server, listener, rules));
+}
+
+// ---- 2. SYNs always dropped: a connect timeout, told apart from a refusal --------------------
+
+#[test]
+#[ignore = "needs root, ip netns and nft: run with `cargo xtask test`"]
+fn connect_timeout_is_counted_apart_from_a_refusal() {
+    let (timeout_port, refused_port) = (25002, 25003);
+    let netns = Netns::new(timeout_port);
+    let daemon = start(
+        &netns,
+        &[timeout_port, refused_port],
+        &[1.0, 2.9, 3.6, 10.0],
+        &[],
+    );
+    let rules = netns.nft(
+        "tcpstate_no_syn",
+        &format!(
+            r#"
+table inet tcpstate_no_syn {{
+    chain input {{
+        type filter hook input priority 0; policy accept;
+        tcp dport {timeout_port} tcp flags & (syn | ack) == syn counter drop comment "SYN"
+    }}
+}}
+"#
+        ),
+    );
+    let before = daemon.scrape();
+
+    // TCP_SYNCNT=1: connect() gives up with ETIMEDOUT 3 s after the first SYN (the budget of
+    // one retransmission with exponential backoff, 1 s + 2 s; this kernel spends it on SYNs
+    // 1 s apart, net.ipv4.tcp_syn_linear_timeouts).
+    let timed_out = netns.run(|| {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+        support::set_tcp_syncnt(&socket, 1);
+        socket.connect(&at(timeout_port).into())
+    });
+    assert_eq!(
+        timed_out.map_err(|error| error.kind()),
+        Err(ErrorKind::TimedOut)
+    );
+    assert!(
+        rules.packets("SYN") >= 2,
+        "the SYN and its retransmissions were dropped"
+    );
+    // Nothing listens on the other port: the kernel answers the SYN with an RST.
+    let refused = netns.run(|| TcpStream::connect(at(refused_port)));
+    assert_eq!(
+        refused.map_err(|error| error.kind()).err(),
+        Some(ErrorKind::ConnectionRefused)
+    );
+
+    let failed_connect = expect(&[
+        ("client", "CLOSE", "SYN_SENT", 1),
+        ("client", "SYN_SENT", "CLOSE", 1),
+    ]);
+    until_transitions(&daemon, &before, timeout_port, &failed_connect, WAIT);
+    let after = until_transitions(&daemon, &before, refused_port, &failed_connect, WAIT);
+    let failures = |port: u16, reason: &str| {
+        let port = port.to_string();
+        let mut labels = vec![("port", port.as_str()), ("family", "ipv4")];
+        if !reason.is_empty() {
+            labels.push(("reason", reason));
+        }
+        after.delta(&before, "tcpstate_connect_failures_total", &labels)
+    };
+    assert_eq!(
+        (
+            failures(timeout_port, "timeout"),
+            failures(timeout_port, "")
+        ),
+        (1.0, 1.0),
+        "the unanswered connect is one timeout, nothing else\n{}",
+        relevant(&after)
+    );
+    assert_eq!(
+        (
+            failures(refused_port, "refused"),
+            failures(refused_port, "")
+        ),
+        (1.0, 1.0),
+        "the reset connect is one refusal, nothing else\n{}",
+        relevant(&after)
+    );
+    // 3 s (1 s + 2 s of retransmission timeouts, plus timer-wheel slack of tens of ms).
+    assert_durations(
+        &after,
+        &before,
+        &edge("SYN_SENT", "CLOSE", "client", "25002"),
+        1,
+        (2.9, 3.6),
+    );
+    assert_durations(
+        &after,
+        &before,
+        &edge("SYN_SENT", "CLOSE", "client", "25003"),
+        1,
+        (0.0, 1.0),
+    );
+    drop(rules);
+}
+
+// ---- 3. Final ACK of the handshake dropped ------------------------------------------------
+
+#[test]
+#[ignore = "needs root, ip netns and nft: run with `cargo xtask test`"]
+fn lost_final_ack_leaves_a_request_socket_that_retransmits_its_syn_ack() {
+    let port = 25004;
+    let netns = Netns::new(port);
+    let daemon = start(&netns, &[port], &[0.5, 5.0], &[]);
+    // Bare ACKs to the listener's port are lost: the handshake's last segment (and the
+    // client's answers to retransmitted SYN-ACKs). The client, which got the SYN-ACK, is
+    // ESTABLISHED; the server keeps a request socket (NEW_SYN_RECV) and retransmits the
+    // SYN-ACK from 1 s after the SYN on.
+    let rules = netns.nft(
+        "tcpstate_no_ack",
+        &format!(
+            r#"
+table inet tcpstate_no_ack {{
+    chain input {{
+        type filter hook input priority 0; policy accept;
+        tcp dport {port} tcp flags & (fin | syn | rst | ack) == ack counter drop comment "bare ACK"
+    }}
+}}
+"#
+        ),
+    );
+    let before = daemon.scrape();
+    let listener = listen(&netns, port);
+    let mut client = connect(&netns, port);
+
+    until_ss(&netns, WAIT, "one request socket", |listed| {
+        ss_count(listed, "SYN-RECV", port) == 1
+    });
+    let half_open = until_metrics(
+        &daemon,
+        &netns,
+        WAIT,
+        "the request socket counted as NEW_SYN_RECV and its SYN-ACK retransmission",
+        |metrics| {
+            sockets(metrics, "NEW_SYN_RECV", port, "") == 1.0
+                && metrics.delta(
+                    &before,
+                    "tcpstate_synack_retransmits_total",
+                    &[("port", "25004"), ("family", "ipv4")],
+                ) >= 1.0
+        },
+    );
+    // The namespace's TCPSynRetrans counts SYN and SYN-ACK retransmissions; no SYN is lost
+    // here. Read after the scrape: the next retransmission is 2 s away.
+    let retransmitted = netns.tcp_ext("TCPSynRetrans") as f64;
+    assert_eq!(
+        half_open.delta(
+            &before,
+            "tcpstate_synack_retransmits_total",
+            &[("port", "25004")]
+        ),
+        retransmitted,
+        "SYN-ACK retransmits, as /proc/net/netstat counts them"
+    );
+    assert_eq!(
+        sockets(&half_open, "SYN_RECV", port, ""),
+        0.0,
+        "no full socket yet on the server side"
+    );
+
+    // The ACK gets through again: the next segment from the client (data, which carries the
+    // ACK) completes the handshake.
+    rules.remove();
+    client.write_all(b"x").unwrap();
+    let mut server = accept(&listener);
+    let mut byte = [0u8; 1];
+    server.read_exact(&mut byte).unwrap();
+    until_transitions(&daemon, &before, port, &expect(&handshakes(1)), WAIT);
+    let after = until_metrics(
+        &daemon,
+        &netns,
+        WAIT,
+        "the request socket is gone",
+        |metrics| sockets(metrics, "NEW_SYN_RECV", port, "") == 0.0,
+    );
+    assert_eq!(
+        after.delta(
+            &before,
+            "tcpstate_synack_retransmits_total",
+            &[("port", "25004")]
+        ),
+        netns.tcp_ext("TCPSynRetrans") as f64
+    );
+    // The client had its SYN-ACK at once; the server's wait is in the request socket.
+    assert_durations(
+        &after,
+        &before,
+        &edge("SYN_SENT", "ESTABLISHED", "client", "25004"),
+        1,
+        (0.0, 0.5),
+    );
+}
+
+// ---- 4. A tiny backlog that never accepts -------------------------------------------------
+
+#[test]
+#[ignore = "needs root, ip netns and nft: run with `cargo xtask test`"]
+fn full_accept_queue_overflows() {
+    let port = 25005;
+    let netns = Netns::new(port);
+    let daemon = start(&netns, &[port], &[], &[]);
+    let before = daemon.scrape();
+    let listener = netns.run(|| {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+        socket.bind(&at(port).into()).unwrap();
+        socket.listen(1).unwrap();
+        socket
+    });
+    // The accept queue takes backlog + 1 connections (the kernel's sk_acceptq_is_full is
+    // `>`): two complete handshakes wait there, never accepted.
+    let queued: Vec<TcpStream> = (0..2).map(|_| connect(&netns, port)).collect();
+    until_ss(
+        &netns,
+        WAIT,
+        "two connections in the accept queue",
+        |listed| {
+            listed.iter().any(|socket| {
+                socket.state == "LISTEN" && socket.local_port == port && socket.recv_q == 2
+            })
+        },
+    );
+    // Every further SYN finds the queue full and is dropped (ListenOverflows and ListenDrops);
+    // those clients stay in SYN_SENT, retrying.
+    let waiting: Vec<Socket> = (0..4)
+        .map(|_| connect_in_background(&netns, port))
+        .collect();
+    until_ss(&netns, WAIT, "four connects waiting", |listed| {
+        ss_count(listed, "SYN-SENT", port) == 4
+    });
+
+    let full = until_metrics(
+        &daemon,
+        &netns,
+        WAIT,
+        "the accept queue at its limit, and overflows counted",
+        |metrics| {
+            metrics.sum("tcpstate_listen_queue_length", &[("port", "25005")]) == 2.0
+                && metrics.sum("tcpstate_listen_queue_limit", &[("port", "25005")]) == 1.0
+                && metrics.sum("tcpstate_listen_overflows_total", &[]) >= 4.0
+        },
+    );
+    // The counters keep growing with every retried SYN: bracket the scrape.
+    let (overflows_low, drops_low) = (
+        netns.tcp_ext("ListenOverflows"),
+        netns.tcp_ext("ListenDrops"),
+    );
+    let scraped = daemon.scrape();
+    let (overflows_high, drops_high) = (
+        netns.tcp_ext("ListenOverflows"),
+        netns.tcp_ext("ListenDrops"),
+    );
+    let overflows = scraped.sum("tcpstate_listen_overflows_total", &[]) as u64;
+    let drops = scraped.sum("tcpstate_listen_drops_total", &[]) as u64;
+    assert!(
+        (overflows_low..=overflows_high).contains(&overflows),
+        "tcpstate_listen_overflows_total {overflows}, /proc/net/netstat ListenOverflows {overflows_low}..{overflows_high}"
+    );
+    assert!(
+        (drops_low..=drops_high).contains(&drops),
+        "tcpstate_listen_drops_total {drops}, /proc/net/netstat ListenDrops {drops_low}..{drops_high}"
+    );
+    // As ss shows the listener: Recv-Q is the accept queue, Send-Q the backlog.
+    let listed = netns.sockets();
+    let ss_listener = listed
+        .iter()
+        .find(|socket| socket.state == "LISTEN" && socket.local_port == port)
+        .expect("the listener");
+    assert_eq!(
+        (ss_listener.recv_q, ss_listener.send_q),
+        (2, 1),
+        "ss: accept queue and backlog"
+    );
+
+    let gauges = |metrics: &Metrics| {
+        [
+            sockets(metrics, "LISTEN", port, "listener"),
+            sockets(metrics, "ESTABLISHED", port, "client"),
+            sockets(metrics, "ESTABLISHED", port, "server"),
+            sockets(metrics, "SYN_SENT", port, "client"),
+            sockets(metrics, "NEW_SYN_RECV", port, ""),
+        ]
+    };
+    assert_eq!(
+        gauges(&full),
+        [1.0, 2.0, 2.0, 4.0, 0.0],
+        "LISTEN, ESTABLISHED client/server, SYN_SENT, NEW_SYN_RECV\n{}",
+        relevant(&full)
+    );
+    let mut want = expect(&handshakes(2));
+    *want
+        .get_mut(&("client".into(), "CLOSE".into(), "SYN_SENT".into()))
+        .unwrap() += 4;
+    until_transitions(&daemon, &before, port, &want, WAIT);
+    drop((waiting, queued, listener));
+}
+
+// ---- 5. Simultaneous close ----------------------------------------------------------------
+
+/// Shuts both ends of a loopback connection down for writing so that their FINs cross, as in
+/// a simultaneous close on a long path: a token bucket on the namespace's loopback, emptied by
+/// one datagram first, holds each segment about 26 ms (66 bytes at 20 kbit/s), so each side's
+/// FIN leaves before the other's arrives. Timers cannot do this reliably: the two sides' RTOs
+/// differ by a jiffy when their RTT samples do, and their retransmissions drift apart. The
+/// returned guard removes the bucket (remove it before scraping: it slows every segment).
+fn shut_down_together<'a>(netns: &'a Netns, one: &TcpStream, other: &TcpStream) -> Throttle<'a> {
+    netns.exec(
+        "tc",
+        &[
+            "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "20kbit", "burst", "100", "limit",
+            "10000",
+        ],
+    );
+    let throttle = Throttle(netns);
+    netns
+        .run(|| {
+            UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?
+                .send_to(&[0; 50], (Ipv4Addr::LOCALHOST, 25097))
+        })
+        .expect("send the datagram that empties the bucket");
+    one.shutdown(Shutdown::Write).unwrap();
+    other.shutdown(Shutdown::Write).unwrap();
+    throttle
+}
+
+/// The token bucket of [`shut_down_together`], removed when dropped.
+struct Throttle<'a>(&'a Netns);
+
+impl Drop for Throttle<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .command("tc")
+            .args(["qdisc", "del", "dev", "lo", "root"])
+            .status();
+    }
+}
+
+#[test]
+#[ignore = "needs root, ip netns and nft: run with `cargo xtask test`"]
+fn simultaneous_close_goes_through_closing() {
+    let port = 25006;
+    let netns = Netns::new(port);
+    let daemon = start(&netns, &[port], &[0.01, 0.1, 0.15, 1.0], &[]);
+    let before = daemon.scrape();
+    let listener = listen(&netns, port);
+    let client = connect(&netns, port);
+    let server = accept(&listener);
+    drop(listener);
+
+    // Each side receives a FIN that does not acknowledge its own (FIN_WAIT1 -> CLOSING), then
+    // the ACK of its FIN (CLOSING -> TIME_WAIT).
+    let throttle = shut_down_together(&netns, &client, &server);
+    until_ss(&netns, WAIT, "both sides in TIME_WAIT", |listed| {
+        ss_count(listed, "TIME-WAIT", port) == 2
+    });
+    drop(throttle);
+
+    let mut want = expect(&handshakes(1));
+    want.extend(expect(&[
+        ("listener", "LISTEN", "CLOSE", 1),
+        ("client", "ESTABLISHED", "FIN_WAIT1", 1),
+        ("client", "FIN_WAIT1", "CLOSING", 1),
+        ("client", "CLOSING", "TIME_WAIT", 1),
+        ("server", "ESTABLISHED", "FIN_WAIT1", 1),
+        ("server", "FIN_WAIT1", "CLOSING", 1),
+        ("server", "CLOSING", "TIME_WAIT", 1),
+    ]));
+    let after = until_transitions(&daemon, &before, port, &want, WAIT);
+    // Each segment waits ~26 ms in the bucket: the server's FIN_WAIT1 ends with the client's
+    // FIN (~23 ms), the client's with the server's FIN (~50 ms); CLOSING lasts until the ACK
+    // behind that FIN arrives (~26 ms for the client, ~80 ms for the server).
+    for role in ["client", "server"] {
+        assert_durations(
+            &after,
+            &before,
+            &edge("FIN_WAIT1", "CLOSING", role, "25006"),
+            1,
+            (0.01, 0.1),
+        );
+        assert_durations(
+            &after,
+            &before,
+            &edge("CLOSING", "TIME_WAIT", role, "25006"),
+            1,
+            (0.01, 0.15),
+        );
+    }
+    until_metrics(&daemon, &netns, WAIT, "two TIME_WAIT sockets", |metrics| {
+        sockets(metrics, "TIME_WAIT", port, "client") == 1.0
+            && sockets(metrics, "TIME_WAIT", port, "server") == 1.0
+            && sockets(metrics, "CLOSING", port, "") == 0.0
+    });
+    drop((client, server));
+}
+
+// ---- 6. CLOSE_WAIT leak -------------------------------------------------------------------
+
+#[test]
+#[ignore = "needs root, ip netns and nft: run with `cargo xtask test`"]
+fn close_wait_leak_shows_in_the_gauge_until_the_server_closes() {
+    const N: usize = 5;
+    /// How long the server leaks its sockets after the clients closed.
+    const LEAK: Duration = Duration::from_secs(3);
+    let port = 25007;
+    let netns = Netns::new(port);
+    let daemon = start(&netns, &[port], &[0.1, 2.9, 4.0, 10.0], &[]);
+    let before = daemon.scrape();
+    let listener = listen(&netns, port);
+    let clients: Vec<TcpStream> = (0..N).map(|_| connect(&netns, port)).collect();
+    let servers: Vec<TcpStream> = (0..N).map(|_| accept(&listener)).collect();
+    drop(listener);
+
+    // The clients close (orphaned: FIN_WAIT2 in a timewait socket, waiting for the server's
+    // FIN up to tcp_fin_timeout); the servers never do: CLOSE_WAIT.
+    let closing = Instant::now();
+    drop(clients);
+    until_ss(&netns, WAIT, "the leak", |listed| {
+        ss_count(listed, "CLOSE-WAIT", port) == N && ss_count(listed, "FIN-WAIT-2", port) == N
+    });
+    let leak = |metrics: &Metrics| {
+        (
+            sockets(metrics, "CLOSE_WAIT", port, "server"),
+            sockets(metrics, "FIN_WAIT2", port, "client"),
+        )
+    };
+    until_metrics(
+        &daemon,
+        &netns,
+        WAIT,
+        "N CLOSE_WAIT and FIN_WAIT2",
+        |metrics| leak(metrics) == (N as f64, N as f64),
+    );
+    // It stays: scrape after scrape (polls included) while the leak lasts.
+    for _ in 0..5 {
+        thread::sleep(Duration::from_millis(250));
+        let metrics = daemon.scrape();
+        assert_eq!(
+            leak(&metrics),
+            (N as f64, N as f64),
+            "CLOSE_WAIT (server) and FIN_WAIT2 (client) while the servers leak\n{}",
+            relevant(&metrics)
+        );
+    }
+
+    thread::sleep(LEAK.saturating_sub(closing.elapsed()));
+    let held = closing.elapsed();
+    drop(servers);
+    let mut want = expect(&handshakes(N as u64));
+    want.extend(expect(&[
+        ("listener", "LISTEN", "CLOSE", 1),
+        ("client", "ESTABLISHED", "FIN_WAIT1", N as u64),
+        ("client", "FIN_WAIT1", "FIN_WAIT2", N as u64),
+        ("client", "FIN_WAIT2", "TIME_WAIT", N as u64),
+        ("server", "ESTABLISHED", "CLOSE_WAIT", N as u64),
+        ("server", "CLOSE_WAIT", "LAST_ACK", N as u64),
+        ("server", "LAST_ACK", "CLOSE", N as u64),
+    ]));
+    let after = until_transitions(&daemon, &before, port, &want, WAIT);
+    // CLOSE_WAIT began when each client's FIN arrived (at `closing`, within microseconds on
+    // loopback) and ended at the servers' close, 3 s later; (2.9, 4] leaves room for a slow
+    // machine, and the sum must match the hold measured here.
+    assert_durations(
+        &after,
+        &before,
+        &edge("CLOSE_WAIT", "LAST_ACK", "server", "25007"),
+        N as u64,
+        (2.9, 4.0),
+    );
+    let sum = after.delta(
+        &before,
+        "tcpstate_state_duration_seconds_sum",
+        &edge("CLOSE_WAIT", "LAST_ACK", "server", "25007"),
+    );
+    let held = held.as_secs_f64();
+    assert!(
+        (held - 0.05..=held + 0.05).contains(&(sum / N as f64)),
+        "CLOSE_WAIT lasted {} s on average, the servers held their sockets {held} s",
+        sum / N as f64
+    );
+    // The clients' FIN_WAIT2 lasted as long, in their timewait sockets (from the kernel's
+    // timer: to the millisecond).
+    assert_durations(
+        &after,
+        &before,
+        &edge("FIN_WAIT2", "TIME_WAIT", "client", "25007"),
+        N as u64,
+        (2.9, 4.0),
+    );
+    until_metrics(&daemon, &netns, WAIT, "the leak is over", |metrics| {
+        leak(metrics) == (0.0, 0.0) && sockets(metrics, "TIME_WAIT", port, "client") == N as f64
+    });
+}
+
+// ---- 7. TIME_WAIT -------------------------------------------------------------------------
+
+/// The poll interval of the test daemons whose durations depend on when a poll notices a
+/// timewait socket's early end.
+const FAST_POLL: &str = "--sockdiag.min-interval=0.1";
+
+/// Client-closed connections from fixed client ports (SO_REUSEADDR, so that a later connect
+/// can reuse them): returns the streams, still open.
+fn connect_from(netns: &Netns, ports: &[u16], to: u16) -> Vec<TcpStream> {
+    ports
+        .iter()
+        .map(|&from| {
+            netns.run(|| {
+                let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+                socket.set_reuse_address(true).unwrap();
+                socket.bind(&at(from).into()).unwrap();
+                socket.connect(&at(to).into()).unwrap();
+                TcpStream::from(socket)
+            })
+        })
+        .collect()
+}
+
+/// The client closes first and waits in FIN_WAIT2 until the server closes: the client's side
+/// ends in TIME_WAIT. Waits (ss) for each step, so that every client leaves FIN_WAIT1 for
+/// FIN_WAIT2 (not straight to TIME_WAIT on a FIN that carries the ACK): exact counts. Returns
+/// when the servers' close began and ended: the clients entered TIME_WAIT in between.
+fn close_clients_first(
+    netns: &Netns,
+    port: u16,
+    clients: Vec<TcpStream>,
+    mut servers: Vec<TcpStream>,
+) -> (Instant, Instant) {
+    let n = clients.len();
+    for client in &clients {
+        client.shutdown(Shutdown::Write).unwrap();
+    }
+    until_ss(netns, WAIT, "clients in FIN_WAIT2", |listed| {
+        ss_count(listed, "FIN-WAIT-2", port) == n && ss_count(listed, "CLOSE-WAIT", port) == n
+    });
+    for server in &mut servers {
+        read_to_eof(server);
+    }
+    let closing = Instant::now();
+    drop(servers);
+    let closed = Instant::now();
+    until_ss(netns, WAIT, "clients in TIME_WAIT", |listed| {
+        ss_count(listed, "TIME-WAIT", port) == n
+    });
+    drop(clients);
+    (closing, closed)
+}
+
+/// The natural end of TIME_WAIT takes 60 s (TCP_TIMEWAIT_LEN, not tunable): this one test pays
+/// it, because that end is read from the kernel's timer (to the millisecond), a different path
+/// from the early ends (noticed by the next poll) that every other test can use instead. The
+/// early end here is a new connect() reusing a client port (SO_REUSEADDR and a timestamped
+/// timewait socket: the kernel kills the timewait socket and hands over its 4-tuple), at a
+/// moment the test chooses.
+#[test]
+#[ignore = "needs root, ip netns and nft: run with `cargo xtask test` (takes 65 s)"]
+fn time_wait_is_counted_like_ss_and_ends_early_on_reuse_or_after_60s() {
+    const N: usize = 6;
+    const REUSED: usize = 2;
+    let port = 25008;
+    let client_ports: Vec<u16> = (25080..).take(N).collect();
+    let netns = Netns::new(port);
+    let daemon = start(
+        &netns,
+        &[port],
+        &[0.1, 0.9, 1.5, 59.9, 62.5, 120.0],
+        &[FAST_POLL],
+    );
+    let before = daemon.scrape();
+    let listener = listen(&netns, port);
+    let clients = connect_from(&netns, &client_ports, port);
+    let servers: Vec<TcpStream> = (0..N).map(|_| accept(&listener)).collect();
+    let (entering, entered) = close_clients_first(&netns, port, clients, servers);
+
+    let mut want = expect(&handshakes(N as u64));
+    want.extend(expect(&[
+        ("client", "ESTABLISHED", "FIN_WAIT1", N as u64),
+        ("client", "FIN_WAIT1", "FIN_WAIT2", N as u64),
+        ("client", "FIN_WAIT2", "TIME_WAIT", N as u64),
+        ("server", "ESTABLISHED", "CLOSE_WAIT", N as u64),
+        ("server", "CLOSE_WAIT", "LAST_ACK", N as u64),
+        ("server", "LAST_ACK", "CLOSE", N as u64),
+    ]));
+    until_transitions(&daemon, &before, port, &want, WAIT);
+    let time_wait_like_ss = |expected: usize| {
+        let mut listed = netns.sockets();
+        let metrics = until_metrics(
+            &daemon,
+            &netns,
+            WAIT,
+            "TIME_WAIT as ss lists it",
+            |metrics| {
+                listed = netns.sockets();
+                sockets(metrics, "TIME_WAIT", port, "client")
+                    == ss_count(&listed, "TIME-WAIT", port) as f64
+                    && ss_count(&listed, "TIME-WAIT", port) == expected
+            },
+        );
+        assert_eq!(sockets(&metrics, "TIME_WAIT", port, ""), expected as f64);
+    };
+    time_wait_like_ss(N);
+
+    // 1 s into TIME_WAIT, new connections from two of the client ports end those timewait
+    // sockets; they are then aborted (RST: no further TIME_WAIT).
+    thread::sleep(Duration::from_secs(1).saturating_sub(entering.elapsed()));
+    let reusing_from = Instant::now();
+    let reusing = connect_from(&netns, &client_ports[..REUSED], port);
+    let reused = Instant::now();
+    for stream in &reusing {
+        SockRef::from(stream)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+    }
+    let accepted: Vec<TcpStream> = (0..REUSED).map(|_| accept(&listener)).collect();
+    drop(reusing);
+    drop(accepted);
+    drop(listener);
+    want.extend(expect(&[
+        ("listener", "LISTEN", "CLOSE", 1),
+        ("client", "CLOSE", "SYN_SENT", (N + REUSED) as u64),
+        ("client", "SYN_SENT", "ESTABLISHED", (N + REUSED) as u64),
+        ("client", "ESTABLISHED", "CLOSE", REUSED as u64),
+        ("server", "LISTEN", "SYN_RECV", (N + REUSED) as u64),
+        ("server", "SYN_RECV", "ESTABLISHED", (N + REUSED) as u64),
+        ("server", "ESTABLISHED", "CLOSE", REUSED as u64),
+        ("client", "TIME_WAIT", "CLOSE", REUSED as u64),
+    ]));
+    let after = until_transitions(&daemon, &before, port, &want, WAIT);
+    time_wait_like_ss(N - REUSED);
+    // The early end is known to within one poll (100 ms here, driven by these scrapes every
+    // 20 ms): TIME_WAIT lasted from `entering..entered` to `reusing_from..reused` plus that.
+    let early = edge("TIME_WAIT", "CLOSE", "client", "25008");
+    let lasted = after.delta(&before, "tcpstate_state_duration_seconds_sum", &early);
+    let (shortest, longest) = (
+        (reusing_from - entered).as_secs_f64(),
+        (reused - entering).as_secs_f64() + 0.2,
+    );
+    assert!(
+        (shortest * REUSED as f64..=longest * REUSED as f64).contains(&lasted),
+        "the reused timewait sockets lasted {lasted} s in all, expected {REUSED} x {shortest}-{longest} s"
+    );
+    assert_durations(&after, &before, &early, REUSED as u64, (0.9, 1.5));
+
+    // The others expire 60 s after they began (the timer wheel may fire up to 2 s late at
+    // HZ=250). Scrape slowly meanwhile: the polls only need to see them go.
+    let expired = |metrics: &Metrics| {
+        transitions(metrics, &before, port)
+            .get(&("client".into(), "TIME_WAIT".into(), "CLOSE".into()))
+            .copied()
+            == Some(N as u64)
+    };
+    let deadline = entering + Duration::from_secs(75);
+    let mut last = daemon.scrape();
+    while !expired(&last) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(250));
+        last = daemon.scrape();
+    }
+    assert!(
+        expired(&last),
+        "every TIME_WAIT ended within 75 s; ss -tan shows {:#?}\n{}",
+        netns.sockets(),
+        relevant(&last)
+    );
+    assert_eq!(
+        transitions(&last, &before, port),
+        want.into_iter()
+            .map(|(key, count)| {
+                let natural = if key == ("client".into(), "TIME_WAIT".into(), "CLOSE".into()) {
+                    (N - REUSED) as u64
+                } else {
+                    0
+                };
+                (key, count + natural)
+            })
+            .collect::<Transitions>()
+    );
+    let bucket = |le: &str| {
+        let mut labels = early.clone();
+        labels.push(("le", le));
+        last.delta(&before, "tcpstate_state_duration_seconds_bucket", &labels)
+    };
+    assert_eq!(
+        [bucket("1.5"), bucket("59.9"), bucket("62.5")],
+        [REUSED as f64, REUSED as f64, N as f64],
+        "TIME_WAIT durations: {REUSED} within 1.5 s, the others in (59.9, 62.5] s"
+    );
+    assert_eq!(sockets(&last, "TIME_WAIT", port, ""), 0.0);
+}
+
+// ---- 8. Orphaned FIN_WAIT2 ----------------------------------------------------------------
+
+#[test]
+#[ignore = "needs root, ip netns and nft: run with `cargo xtask test`"]
+fn orphaned_fin_wait2_lasts_until_the_peers_fin() {
+    let port = 25009;
+    let netns = Netns::new(port);
+    let buckets = [0.1, 0.3, 0.4, 1.0];
+    let daemon = start(&netns, &[port], &buckets, &[]);
+    // A second daemon in the same namespace shows the kernel's own sequence.
+    let raw = Daemon::start_in(
+        &netns,
+        RAW_VIEW_WEB_PORT,
+        &[
+            "--port=25009",
+            &format!("--buckets={}", joined(&buckets)),
+            "--transitions.view=raw",
+        ],
+    );
+    let (before, raw_before) = (daemon.scrape(), raw.scrape());
+    let listener = listen(&netns, port);
+    let client = connect(&netns, port);
+    let server = accept(&listener);
+    drop(listener);
+    let client_port = client.local_addr().unwrap().port();
+
+    // close(), not shutdown(): once the server acknowledges the FIN, the kernel moves the
+    // client's connection into a timewait socket in substate FIN_WAIT2.
+    drop(client);
+    until_ss(&netns, WAIT, "the client in FIN_WAIT2", |listed| {
+        listed
+            .iter()
+            .any(|socket| socket.state == "FIN-WAIT-2" && socket.local_port == client_port)
+    });
+    // FIN_WAIT2 began before this (by up to one ss poll, ~25 ms) and ends at the server's FIN.
+    thread::sleep(Duration::from_millis(300));
+    drop(server);
+
+    let mut closed = expect(&handshakes(1));
+    closed.extend(expect(&[
+        ("listener", "LISTEN", "CLOSE", 1),
+        ("client", "ESTABLISHED", "FIN_WAIT1", 1),
+        ("client", "FIN_WAIT1", "FIN_WAIT2", 1),
+        ("server", "ESTABLISHED", "CLOSE_WAIT", 1),
+        ("server", "CLOSE_WAIT", "LAST_ACK", 1),
+        ("server", "LAST_ACK", "CLOSE", 1),
+    ]));
+    let mut logical = closed.clone();
+    logical.extend(expect(&[("client", "FIN_WAIT2", "TIME_WAIT", 1)]));
+    let after = until_transitions(&daemon, &before, port, &logical, WAIT);
+    assert_durations(
+        &after,
+        &before,
+        &edge("FIN_WAIT2", "TIME_WAIT", "client", "25009"),
+        1,
+        (0.3, 0.4),
+    );
+
+    // The raw view: the full socket leaves FIN_WAIT2 for CLOSE within microseconds.
+    let mut raw_sequence = closed;
+    raw_sequence.extend(expect(&[("client", "FIN_WAIT2", "CLOSE", 1)]));
+    let raw_after = until_transitions(&raw, &raw_before, port, &raw_sequence, WAIT);
+    assert_durations(
+        &raw_after,
+        &raw_before,
+        &edge("FIN_WAIT2", "CLOSE", "client", "25009"),
+        1,
+        (0.0, 0.1),
+    );
+}
+
+// ---- 9. Sockets older than the daemon -----------------------------------------------------
+
+#[test]
+#[ignore = "needs root, ip netns and nft: run with `cargo xtask test`"]
+fn connections_older_than_the_daemon_count_at_once_without_bogus_durations() {
+    const N: usize = 100;
+    let port = 25010;
+    let netns = Netns::new(port);
+    let listener = listen(&netns, port);
+    let clients: Vec<TcpStream> = (0..N).map(|_| connect(&netns, port)).collect();
+    let servers: Vec<TcpStream> = (0..N).map(|_| accept(&listener)).collect();
+    until_ss(&netns, WAIT, "the connections", |listed| {
+        ss_count(listed, "ESTAB", port) == 2 * N
+    });
+
+    let daemon = start(&netns, &[port], &[], &[]);
+    let first = daemon.scrape();
+    // Both ends carry the service port: the server's local port, the client's remote port
+    // (role unknown: the port label falls back to whichever end is in the set).
+    assert_eq!(
+        [
+            sockets(&first, "ESTABLISHED", port, "unknown"),
+            sockets(&first, "ESTABLISHED", port, ""),
+            sockets(&first, "LISTEN", port, "listener"),
+        ],
+        [2.0 * N as f64, 2.0 * N as f64, 1.0],
+        "the first scrape: ESTABLISHED (role unknown), ESTABLISHED (all roles), LISTEN\n{}",
+        relevant(&first)
+    );
+
+    close_clients_first(&netns, port, clients, servers);
+    drop(listener);
+    let n = N as u64;
+    let want = expect(&[
+        ("listener", "LISTEN", "CLOSE", 1),
+        ("unknown", "ESTABLISHED", "FIN_WAIT1", n),
+        ("unknown", "FIN_WAIT1", "FIN_WAIT2", n),
+        ("unknown", "FIN_WAIT2", "TIME_WAIT", n),
+        ("unknown", "ESTABLISHED", "CLOSE_WAIT", n),
+        ("unknown", "CLOSE_WAIT", "LAST_ACK", n),
+        ("unknown", "LAST_ACK", "CLOSE", n),
+    ]);
+    let after = until_transitions(&daemon, &first, port, &want, WAIT);
+    // No duration for a state whose start the daemon did not see: ESTABLISHED, LISTEN.
+    for state in ["ESTABLISHED", "LISTEN"] {
+        assert_eq!(
+            after.delta(
+                &first,
+                "tcpstate_state_duration_seconds_count",
+                &[("state", state), ("port", "25010")]
+            ),
+            0.0,
+            "durations of {state}, which began before the daemon"
+        );
+    }
+    // The states they entered afterwards are timed.
+    for (state, next) in [
+        ("FIN_WAIT1", "FIN_WAIT2"),
+        ("FIN_WAIT2", "TIME_WAIT"),
+        ("CLOSE_WAIT", "LAST_ACK"),
+        ("LAST_ACK", "CLOSE"),
+    ] {
+        assert_durations(
+            &after,
+            &first,
+            &edge(state, next, "unknown", "25010"),
+            n,
+            (0.0, 10.0),
+        );
+    }
+    until_metrics(
+        &daemon,
+        &netns,
+        WAIT,
+        "their TIME_WAIT, as ss shows it",
+        |metrics| {
+            sockets(metrics, "TIME_WAIT", port, "unknown") == N as f64
+                && sockets(metrics, "ESTABLISHED", port, "") == 0.0
+        },
+    );
+    until_ss(&netns, WAIT, "ss agrees", |listed| {
+        ss_count(listed, "TIME-WAIT", port) == N
+    });
+}
+
+// ---- tcpstate_sockets equals ss -tan ------------------------------------------------------
+
+/// Every state, as tcpstate names them; `SYN_RECV` here stands for ss's SYN-RECV, which is
+/// tcpstate's NEW_SYN_RECV (request sockets) plus SYN_RECV (full sockets).
+const STATES: [&str; 10] = [
+    "LISTEN",
+    "SYN_SENT",
+    "SYN_RECV",
+    "ESTABLISHED",
+    "FIN_WAIT1",
+    "FIN_WAIT2",
+    "CLOSE_WAIT",
+    "CLOSING",
+    "LAST_ACK",
+    "TIME_WAIT",
+];
+
+fn per_state_from_metrics(metrics: &Metrics, ports: &[u16]) -> BTreeMap<&'static str, u64> {
+    STATES
+        .iter()
+        .map(|&state| {
+            let count: f64 = ports
+                .iter()
+                .map(|&port| {
+                    sockets(metrics, state, port, "")
+                        + if state == "SYN_RECV" {
+                            sockets(metrics, "NEW_SYN_RECV", port, "")
+                        } else {
+                            0.0
+                        }
+                })
+                .sum();
+            (state, count as u64)
+        })
+        .collect()
+}
+
+fn per_state_from_ss(listed: &[SsSocket], ports: &[u16]) -> BTreeMap<&'static str, u64> {
+    STATES
+        .iter()
+        .map(|&state| {
+            let count = listed
+                .iter()
+                .filter(|socket| {
+                    socket.tcpstate_state() == state
+                        && ports.iter().any(|&port| socket.has_port(port))
+                })
+                .count();
+            (state, count as u64)
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root, ip netns and nft: run with `cargo xtask test`"]
+fn sockets_per_state_equal_ss_in_a_quiet_namespace() {
+    let ports: Vec<u16> = (25011..=25019).collect();
+    let &[
+        established,
+        half_closed,
+        orphaned,
+        time_wait,
+        syn_sent,
+        half_open,
+        last_ack,
+        fin_wait1,
+        closing,
+    ] = ports.as_slice()
+    else {
+        unreachable!()
+    };
+    let netns = Netns::new(established);
+    // The daemon's own HTTP port is in the set too, so that the scrapes' connections (which
+    // come and go, and leave TIME_WAIT on the daemon's side) are labelled apart.
+    let mut port_set = ports.clone();
+    port_set.push(WEB_PORT);
+    let daemon = start(&netns, &port_set, &[], &[]);
+    let rules = netns.nft(
+        "tcpstate_mix",
+        &format!(
+            r#"
+table inet tcpstate_mix {{
+    chain input {{
+        type filter hook input priority 0; policy accept;
+        tcp dport {syn_sent} tcp flags & (syn | ack) == syn drop
+        tcp dport {half_open} tcp flags & (fin | syn | rst | ack) == ack drop
+    }}
+}}
+"#
+        ),
+    );
+    let mut keep: Vec<TcpStream> = Vec::new();
+    let mut listeners: Vec<TcpListener> = Vec::new();
+    let pair = |port: u16, listeners: &mut Vec<TcpListener>| {
+        if !listeners
+            .iter()
+            .any(|listener| listener.local_addr().unwrap().port() == port)
+        {
+            listeners.push(listen(&netns, port));
+        }
+        let client = connect(&netns, port);
+        let server = accept(listeners.last().unwrap());
+        (client, server)
+    };
+
+    // ESTABLISHED, both ends.
+    for _ in 0..2 {
+        let (client, server) = pair(established, &mut listeners);
+        keep.extend([client, server]);
+    }
+    // Half closed: FIN_WAIT2 (a full socket: the client still holds it) and CLOSE_WAIT.
+    for _ in 0..2 {
+        let (client, server) = pair(half_closed, &mut listeners);
+        client.shutdown(Shutdown::Write).unwrap();
+        keep.extend([client, server]);
+    }
+    // Orphaned: FIN_WAIT2 in a timewait socket, and CLOSE_WAIT.
+    for _ in 0..2 {
+        let (client, server) = pair(orphaned, &mut listeners);
+        drop(client);
+        keep.push(server);
+    }
+    // TIME_WAIT.
+    let (clients, servers): (Vec<_>, Vec<_>) =
+        (0..3).map(|_| pair(time_wait, &mut listeners)).unzip();
+    close_clients_first(&netns, time_wait, clients, servers);
+    // SYN_SENT: the SYNs are lost.
+    let waiting: Vec<Socket> = (0..2)
+        .map(|_| connect_in_background(&netns, syn_sent))
+        .collect();
+    // A request socket (NEW_SYN_RECV): the handshake's last ACK is lost; the client is
+    // ESTABLISHED.
+    listeners.push(listen(&netns, half_open));
+    keep.push(connect(&netns, half_open));
+    // LAST_ACK: the client's ACK of the server's FIN is lost (the client is in TIME_WAIT).
+    // FIN_WAIT1: the client's FIN is lost (the server stays ESTABLISHED).
+    let (last_ack_client, last_ack_server) = pair(last_ack, &mut listeners);
+    let (fin_wait1_client, fin_wait1_server) = pair(fin_wait1, &mut listeners);
+    let (closing_client, closing_server) = pair(closing, &mut listeners);
+    let late_rules = netns.nft(
+        "tcpstate_mix_late",
+        &format!(
+            r#"
+table inet tcpstate_mix_late {{
+    set fin_passed {{
+        type inet_service
+    }}
+    chain input {{
+        type filter hook input priority 0; policy accept;
+        tcp dport {last_ack} tcp flags & (fin | syn | rst | ack) == ack drop
+        tcp dport {fin_wait1} tcp flags & fin == fin drop
+        tcp dport {closing} tcp sport @fin_passed drop
+        tcp sport {closing} tcp sport @fin_passed drop
+        tcp dport {closing} tcp flags & fin == fin add @fin_passed {{ tcp sport }} accept
+        tcp sport {closing} tcp flags & fin == fin add @fin_passed {{ tcp sport }} accept
+        tcp dport {closing} drop
+        tcp sport {closing} drop
+    }}
+}}
+"#
+        ),
+    );
+    last_ack_client.shutdown(Shutdown::Write).unwrap();
+    fin_wait1_client.shutdown(Shutdown::Write).unwrap();
+    let mut last_ack_server = last_ack_server;
+    read_to_eof(&mut last_ack_server);
+    drop(last_ack_server);
+    // CLOSING: the FINs cross, then every later segment of that connection is lost: neither
+    // side learns that its FIN arrived (first FIN from each side passes, nothing after).
+    let throttle = shut_down_together(&netns, &closing_client, &closing_server);
+    until_ss(&netns, WAIT, "CLOSING on both sides", |listed| {
+        ss_count(listed, "CLOSING", closing) == 2
+    });
+    drop(throttle);
+
+    let listed = netns.sockets();
+    assert!(
+        listed
+            .iter()
+            .all(|socket| socket.has_port(WEB_PORT)
+                || ports.iter().any(|&port| socket.has_port(port))),
+        "the namespace holds only this test's sockets: {listed:#?}"
+    );
+    let made = per_state_from_ss(&listed, &ports);
+    assert_eq!(
+        made,
+        BTreeMap::from([
+            ("LISTEN", 8),
+            ("SYN_SENT", 2),
+            ("SYN_RECV", 1),
+            ("ESTABLISHED", 6),
+            ("FIN_WAIT1", 1),
+            ("FIN_WAIT2", 4),
+            ("CLOSE_WAIT", 4),
+            ("CLOSING", 2),
+            ("LAST_ACK", 1),
+            ("TIME_WAIT", 4),
+        ]),
+        "the sockets this test made, as ss lists them: {listed:#?}"
+    );
+
+    let mut listed = netns.sockets();
+    let mut metrics = daemon.scrape();
+    eventually(WAIT, || {
+        metrics = daemon.scrape();
+        listed = netns.sockets();
+        per_state_from_metrics(&metrics, &ports) == per_state_from_ss(&listed, &ports)
+    });
+    assert_eq!(
+        per_state_from_metrics(&metrics, &ports),
+        per_state_from_ss(&listed, &ports),
+        "tcpstate_sockets (left) and ss -tan (right) per state\n{}",
+        relevant(&metrics)
+    );
+    assert_eq!(
+        sockets(&metrics, "SYN_RECV", half_open, "")
+            + sockets(&metrics, "NEW_SYN_RECV", half_open, ""),
+        1.0
+    );
+    assert_eq!(
+        sockets(&metrics, "NEW_SYN_RECV", half_open, ""),
+        1.0,
+        "the request socket is NEW_SYN_RECV"
+    );
+    drop((waiting, keep, listeners));
+    drop((last_ack_client, fin_wait1_client, fin_wait1_server));
+    drop((closing_client, closing_server));
+    drop((rules, late_rules));
+}
+
+// ---- Resets -------------------------------------------------------------------------------
+
+#[test]
+#[ignore = "needs root, ip netns and nft: run with `cargo xtask test`"]
+fn resets_are_counted_by_the_state_they_hit() {
+    let (abort_port, refused_port) = (25020, 25021);
+    let netns = Netns::new(abort_port);
+    let daemon = start(&netns, &[abort_port, refused_port], &[], &[]);
+    let before = daemon.scrape();
+    let listener = listen(&netns, abort_port);
+    let client = connect(&netns, abort_port);
+    let mut server = accept(&listener);
+    drop(listener);
+    // SO_LINGER 0: close() aborts the connection with an RST.
+    SockRef::from(&client)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(client);
+    server.set_read_timeout(Some(WAIT)).unwrap();
+    assert_eq!(
+        server.read(&mut [0u8; 1]).map_err(|error| error.kind()),
+        Err(ErrorKind::ConnectionReset)
+    );
+    drop(server);
+    let refused = netns.run(|| TcpStream::connect(at(refused_port)));
+    assert_eq!(
+        refused.map_err(|error| error.kind()).err(),
+        Some(ErrorKind::ConnectionRefused)
+    );
+
+    let mut want = expect(&handshakes(1));
+    want.extend(expect(&[
+        ("listener", "LISTEN", "CLOSE", 1),
+        ("client", "ESTABLISHED", "CLOSE", 1),
+        ("server", "ESTABLISHED", "CLOSE", 1),
+    ]));
+    let after = until_transitions(&daemon, &before, abort_port, &want, WAIT);
+    let resets = |name: &str, port: &str, state: &str, role: &str| {
+        let mut labels = vec![("port", port), ("family", "ipv4")];
+        if !state.is_empty() {
+            labels.extend([("state", state), ("role", role)]);
+        }
+        after.delta(&before, name, &labels)
+    };
+    let (sent, received) = (
+        "tcpstate_resets_sent_total",
+        "tcpstate_resets_received_total",
+    );
+    assert_eq!(
+        [
+            resets(sent, "25020", "ESTABLISHED", "client"),
+            resets(sent, "25020", "", ""),
+            resets(received, "25020", "ESTABLISHED", "server"),
+            resets(received, "25020", "", ""),
+        ],
+        [1.0, 1.0, 1.0, 1.0],
+        "the abort: one RST sent by the client and received by the server, both ESTABLISHED\n{}",
+        relevant(&after)
+    );
+    // The refused connect: the client receives the RST in SYN_SENT.
+    assert_eq!(
+        [
+            resets(received, "25021", "SYN_SENT", "client"),
+            resets(received, "25021", "", ""),
+        ],
+        [1.0, 1.0],
+        "the refusal: one RST received in SYN_SENT\n{}",
+        relevant(&after)
+    );
+}
+
+// ---- shutdown() then close() -------------------------------------------------------------
+
+/// A half close followed by close() before the FIN is acknowledged (what HTTP servers do): the
+/// kernel calls tcp_set_state(FIN_WAIT1) again at close(), and the tracepoint reports
+/// `FIN_WAIT1 -> FIN_WAIT1`. That is no transition of TCP's state machine: the logical view
+/// must not count it, nor restart FIN_WAIT1's clock.
+#[test]
+#[ignore = "needs root, ip netns and nft: run with `cargo xtask test`"]
+fn close_after_shutdown_keeps_one_fin_wait1() {
+    let port = 25022;
+    let netns = Netns::new(port);
+    let daemon = start(&netns, &[port], &[0.5, 0.6, 2.0, 5.0], &[]);
+    let before = daemon.scrape();
+    let listener = listen(&netns, port);
+    let client = connect(&netns, port);
+    let server = accept(&listener);
+    drop(listener);
+    let rules = netns.nft(
+        "tcpstate_no_fin",
+        &format!(
+            r#"
+table inet tcpstate_no_fin {{
+    chain input {{
+        type filter hook input priority 0; policy accept;
+        tcp dport {port} tcp flags & fin == fin drop
+    }}
+}}
+"#
+        ),
+    );
+    client.shutdown(Shutdown::Write).unwrap();
+    thread::sleep(Duration::from_millis(300));
+    drop(client);
+    thread::sleep(Duration::from_millis(300));
+    // The FIN gets through at its next retransmission (0.8 s or so after the shutdown).
+    rules.remove();
+    until_ss(&netns, WAIT, "the server got the FIN", |listed| {
+        ss_count(listed, "CLOSE-WAIT", port) == 1
+    });
+    let mut want = expect(&handshakes(1));
+    want.extend(expect(&[
+        ("listener", "LISTEN", "CLOSE", 1),
+        ("client", "ESTABLISHED", "FIN_WAIT1", 1),
+        ("client", "FIN_WAIT1", "FIN_WAIT2", 1),
+        ("server", "ESTABLISHED", "CLOSE_WAIT", 1),
+    ]));
+    let after = until_transitions(&daemon, &before, port, &want, WAIT);
+    // FIN_WAIT1 lasted from the shutdown until the FIN's acknowledgement, after the rule went.
+    assert_durations(
+        &after,
+        &before,
+        &edge("FIN_WAIT1", "FIN_WAIT2", "client", "25022"),
+        1,
+        (0.6, 2.0),
+    );
+    drop(server);
+}
