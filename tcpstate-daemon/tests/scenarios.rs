@@ -251,6 +251,20 @@ fn ss_count(listed: &[SsSocket], state: &str, port: u16) -> usize {
         .count()
 }
 
+/// `ss -tan`'s lines, less the daemon's own HTTP connections (for failure messages).
+fn shown(listed: &[SsSocket]) -> String {
+    listed
+        .iter()
+        .filter(|socket| !socket.has_port(WEB_PORT))
+        .map(|socket| {
+            format!(
+                "  {} {} {} :{} :{}\n",
+                socket.state, socket.recv_q, socket.send_q, socket.local_port, socket.peer_port
+            )
+        })
+        .collect()
+}
+
 /// Lists the namespace's sockets until `check` accepts them, for at most `limit`; asserts it.
 fn until_ss(netns: &Netns, limit: Duration, what: &str, check: impl Fn(&[SsSocket]) -> bool) {
     let mut listed = netns.sockets();
@@ -258,7 +272,7 @@ fn until_ss(netns: &Netns, limit: Duration, what: &str, check: impl Fn(&[SsSocke
         listed = netns.sockets();
         check(&listed)
     });
-    assert!(check(&listed), "{what}; ss -tan shows {listed:#?}");
+    assert!(check(&listed), "{what}; ss -tan shows\n{}", shown(&listed));
 }
 
 /// Scrapes until `check` accepts the metrics, for at most `limit`; asserts it, with `what` and
@@ -277,20 +291,23 @@ fn until_metrics(
     });
     assert!(
         check(&last),
-        "{what}; ss -tan shows {:#?}\nlast scrape:\n{}",
-        netns.sockets(),
+        "{what}; ss -tan shows\n{}last scrape:\n{}",
+        shown(&netns.sockets()),
         relevant(&last)
     );
     last
 }
 
-/// The samples of a scrape a failed assertion should show: this project's, not the process's.
+/// The samples of a scrape a failed assertion should show: this project's, not the process's,
+/// and not those of the daemon's own HTTP connections (port `other` or the web port).
 fn relevant(metrics: &Metrics) -> String {
     metrics
         .series()
         .filter(|(series, value)| {
             series.starts_with("tcpstate_")
                 && !series.starts_with("tcpstate_state_duration_seconds_bucket")
+                && !series.contains("port=\"other\"")
+                && !series.contains(&format!("port=\"{WEB_PORT}\""))
                 && **value != 0.0
         })
         .map(|(series, value)| format!("{series} {value}\n"))
@@ -1080,8 +1097,8 @@ fn time_wait_is_counted_like_ss_and_ends_early_on_reuse_or_after_60s() {
     }
     assert!(
         expired(&last),
-        "every TIME_WAIT ended within 75 s; ss -tan shows {:#?}\n{}",
-        netns.sockets(),
+        "every TIME_WAIT ended within 75 s; ss -tan shows\n{}{}",
+        shown(&netns.sockets()),
         relevant(&last)
     );
     assert_eq!(
@@ -1467,7 +1484,8 @@ table inet tcpstate_mix_late {{
             .iter()
             .all(|socket| socket.has_port(WEB_PORT)
                 || ports.iter().any(|&port| socket.has_port(port))),
-        "the namespace holds only this test's sockets: {listed:#?}"
+        "the namespace holds only this test's sockets:\n{}",
+        shown(&listed)
     );
     let made = per_state_from_ss(&listed, &ports);
     assert_eq!(
@@ -1484,7 +1502,8 @@ table inet tcpstate_mix_late {{
             ("LAST_ACK", 1),
             ("TIME_WAIT", 4),
         ]),
-        "the sockets this test made, as ss lists them: {listed:#?}"
+        "the sockets this test made, as ss lists them:\n{}",
+        shown(&listed)
     );
 
     let mut listed = netns.sockets();
