@@ -2,19 +2,23 @@
 //!
 //! Each test makes a network namespace of its own (`tcpstate-<port>-<pid>`, loopback only), runs
 //! `tcpstated` inside it (its sock_diag figures, TIME_WAIT, request sockets and listen queues,
-//! describe the daemon's own namespace), makes traffic there on ports 25001-25019 (in the daemon's
-//! port set; the BPF program sees every namespace, the port label keeps tests apart) and, where a
-//! scenario needs lost packets, drops them with nftables rules inside that namespace (on the
-//! input hook: the sender believes the segment left, as on a lossy wire). Everything is removed
-//! when the test ends, passing or not: the namespace (with its rules) by a drop guard.
+//! describe the daemon's own namespace), makes traffic there on service ports 25001-25022 (in the
+//! daemon's port set; the BPF program sees every namespace, the port label keeps tests apart;
+//! 25080-25085 are fixed client ports, 25097-25099 the datagram sink and the daemons' HTTP) and,
+//! where a scenario needs lost packets, drops them with nftables rules inside that namespace (on
+//! the input hook: the sender believes the segment left, as on a lossy wire). Everything is
+//! removed when the test ends, passing or not: the namespace (with its rules and qdisc) by a
+//! drop guard.
 //!
 //! Figures polled from sock_diag are refreshed by scrapes, no more often than
 //! `--sockdiag.min-interval`: tests keep scraping while they wait for them. Durations are only
 //! asserted against delays the test itself controls (a sleep, a dropped segment's retransmission
-//! timeout), each with the tolerance stated beside it.
+//! timeout, a token bucket), each with the tolerance stated beside it; where the machine's own
+//! speed adds to the delay (sleeps, ss listings on a loaded host), against bounds the test
+//! measured around it.
 //!
-//! They need root: `cargo xtask test` runs them, or
-//! `cargo test -p tcpstate-daemon --test scenarios -- --ignored --test-threads=1`.
+//! They need root: `cargo test -p tcpstate-daemon --test scenarios -- --ignored --test-threads=1`.
+//! One test waits for TIME_WAIT's natural end (65 s); the others take a few seconds each.
 
 mod support;
 
@@ -366,7 +370,7 @@ fn read_to_eof(stream: &mut TcpStream) {
 // ---- 1. SYN dropped once ------------------------------------------------------------------
 
 #[test]
-#[ignore = "needs root, ip netns and nft: run with `cargo xtask test`"]
+#[ignore = "needs root, ip netns and nft: see the module documentation"]
 fn syn_dropped_once_delays_the_handshake_by_the_initial_rto() {
     let port = 25001;
     let netns = Netns::new(port);
@@ -428,7 +432,7 @@ table inet tcpstate_first_syn {{
 // ---- 2. SYNs always dropped: a connect timeout, told apart from a refusal --------------------
 
 #[test]
-#[ignore = "needs root, ip netns and nft: run with `cargo xtask test`"]
+#[ignore = "needs root, ip netns and nft: see the module documentation"]
 fn connect_timeout_is_counted_apart_from_a_refusal() {
     let (timeout_port, refused_port) = (25002, 25003);
     let netns = Netns::new(timeout_port);
@@ -529,7 +533,7 @@ table inet tcpstate_no_syn {{
 // ---- 3. Final ACK of the handshake dropped ------------------------------------------------
 
 #[test]
-#[ignore = "needs root, ip netns and nft: run with `cargo xtask test`"]
+#[ignore = "needs root, ip netns and nft: see the module documentation"]
 fn lost_final_ack_leaves_a_request_socket_that_retransmits_its_syn_ack() {
     let port = 25004;
     let netns = Netns::new(port);
@@ -633,7 +637,7 @@ table inet tcpstate_no_ack {{
 // ---- 4. A tiny backlog that never accepts -------------------------------------------------
 
 #[test]
-#[ignore = "needs root, ip netns and nft: run with `cargo xtask test`"]
+#[ignore = "needs root, ip netns and nft: see the module documentation"]
 fn full_accept_queue_overflows() {
     let port = 25005;
     let netns = Netns::new(port);
@@ -775,7 +779,7 @@ impl Drop for Throttle<'_> {
 }
 
 #[test]
-#[ignore = "needs root, ip netns and nft: run with `cargo xtask test`"]
+#[ignore = "needs root, ip netns and nft: see the module documentation"]
 fn simultaneous_close_goes_through_closing() {
     let port = 25006;
     let netns = Netns::new(port);
@@ -835,7 +839,7 @@ fn simultaneous_close_goes_through_closing() {
 // ---- 6. CLOSE_WAIT leak -------------------------------------------------------------------
 
 #[test]
-#[ignore = "needs root, ip netns and nft: run with `cargo xtask test`"]
+#[ignore = "needs root, ip netns and nft: see the module documentation"]
 fn close_wait_leak_shows_in_the_gauge_until_the_server_closes() {
     const N: usize = 5;
     /// How long the server leaks its sockets after the clients closed.
@@ -991,7 +995,7 @@ fn close_clients_first(
 /// timewait socket: the kernel kills the timewait socket and hands over its 4-tuple), at a
 /// moment the test chooses.
 #[test]
-#[ignore = "needs root, ip netns and nft: run with `cargo xtask test` (takes 65 s)"]
+#[ignore = "needs root, ip netns and nft: see the module documentation (takes 65 s)"]
 fn time_wait_is_counted_like_ss_and_ends_early_on_reuse_or_after_60s() {
     const N: usize = 6;
     const REUSED: usize = 2;
@@ -1130,7 +1134,7 @@ fn time_wait_is_counted_like_ss_and_ends_early_on_reuse_or_after_60s() {
 // ---- 8. Orphaned FIN_WAIT2 ----------------------------------------------------------------
 
 #[test]
-#[ignore = "needs root, ip netns and nft: run with `cargo xtask test`"]
+#[ignore = "needs root, ip netns and nft: see the module documentation"]
 fn orphaned_fin_wait2_lasts_until_the_peers_fin() {
     let port = 25009;
     let netns = Netns::new(port);
@@ -1221,7 +1225,7 @@ fn orphaned_fin_wait2_lasts_until_the_peers_fin() {
 // ---- 9. Sockets older than the daemon -----------------------------------------------------
 
 #[test]
-#[ignore = "needs root, ip netns and nft: run with `cargo xtask test`"]
+#[ignore = "needs root, ip netns and nft: see the module documentation"]
 fn connections_older_than_the_daemon_count_at_once_without_bogus_durations() {
     const N: usize = 100;
     let port = 25010;
@@ -1357,7 +1361,7 @@ fn per_state_from_ss(listed: &[SsSocket], ports: &[u16]) -> BTreeMap<&'static st
 }
 
 #[test]
-#[ignore = "needs root, ip netns and nft: run with `cargo xtask test`"]
+#[ignore = "needs root, ip netns and nft: see the module documentation"]
 fn sockets_per_state_equal_ss_in_a_quiet_namespace() {
     let ports: Vec<u16> = (25011..=25019).collect();
     let &[
@@ -1538,7 +1542,7 @@ table inet tcpstate_mix_late {{
 // ---- Resets -------------------------------------------------------------------------------
 
 #[test]
-#[ignore = "needs root, ip netns and nft: run with `cargo xtask test`"]
+#[ignore = "needs root, ip netns and nft: see the module documentation"]
 fn resets_are_counted_by_the_state_they_hit() {
     let (abort_port, refused_port) = (25020, 25021);
     let netns = Netns::new(abort_port);
@@ -1613,7 +1617,7 @@ fn resets_are_counted_by_the_state_they_hit() {
 /// `FIN_WAIT1 -> FIN_WAIT1`. That is no transition of TCP's state machine: the logical view
 /// must not count it, nor restart FIN_WAIT1's clock.
 #[test]
-#[ignore = "needs root, ip netns and nft: run with `cargo xtask test`"]
+#[ignore = "needs root, ip netns and nft: see the module documentation"]
 fn close_after_shutdown_keeps_one_fin_wait1() {
     let port = 25022;
     let netns = Netns::new(port);

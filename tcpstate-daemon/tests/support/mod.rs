@@ -289,14 +289,19 @@ pub struct Netns {
 
 impl Netns {
     /// `tcpstate-<tag>-<pid>`: unique per test (the tag is the test's port) and per run.
-    /// Namespaces left by an earlier run of the same test that was killed are removed first.
+    /// Namespaces left by an earlier run of the same test that was killed (its process gone)
+    /// are removed first; those of a run still going are left alone.
     pub fn new(tag: u16) -> Netns {
         let prefix = format!("tcpstate-{tag}-");
         let listed = run_checked(Command::new("ip").args(["netns", "list"]));
         for stale in listed
             .lines()
             .filter_map(|line| line.split_whitespace().next())
-            .filter(|name| name.starts_with(&prefix))
+            .filter(|name| {
+                name.strip_prefix(&prefix)
+                    .and_then(|pid| pid.parse::<u32>().ok())
+                    .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+            })
         {
             let _ = Command::new("ip").args(["netns", "delete", stale]).status();
         }
