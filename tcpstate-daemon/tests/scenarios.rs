@@ -2,7 +2,7 @@
 //!
 //! Each test makes a network namespace of its own (`tcpstate-<port>-<pid>`, loopback only), runs
 //! `tcpstated` inside it (its sock_diag figures, TIME_WAIT, request sockets and listen queues,
-//! describe the daemon's own namespace), makes traffic there on service ports 25001-25022 (in the
+//! describe the daemon's own namespace), makes traffic there on service ports 25001-25023 (in the
 //! daemon's port set; the BPF program sees every namespace, the port label keeps tests apart;
 //! 25080-25085 are fixed client ports, 25097-25099 the datagram sink and the daemons' HTTP) and,
 //! where a scenario needs lost packets, drops them with nftables rules inside that namespace (on
@@ -734,7 +734,31 @@ fn full_accept_queue_overflows() {
         .get_mut(&("client".into(), "CLOSE".into(), "SYN_SENT".into()))
         .unwrap() += 4;
     until_transitions(&daemon, &before, port, &want, WAIT);
-    drop((waiting, queued, listener));
+
+    // The application gives up on the waiting connects: connect failures, neither refused nor
+    // timed out.
+    let giving_up = daemon.scrape();
+    drop(waiting);
+    want.extend(expect(&[("client", "SYN_SENT", "CLOSE", 4)]));
+    let after = until_transitions(&daemon, &before, port, &want, WAIT);
+    assert_eq!(
+        [
+            after.delta(
+                &giving_up,
+                "tcpstate_connect_failures_total",
+                &[("port", "25005"), ("reason", "other")]
+            ),
+            after.delta(
+                &giving_up,
+                "tcpstate_connect_failures_total",
+                &[("port", "25005")]
+            ),
+        ],
+        [4.0, 4.0],
+        "connects aborted by the application\n{}",
+        relevant(&after)
+    );
+    drop((queued, listener));
 }
 
 // ---- 5. Simultaneous close ----------------------------------------------------------------
@@ -1676,4 +1700,71 @@ table inet tcpstate_no_fin {{
         ),
     );
     drop(server);
+}
+
+// ---- IPv6 ---------------------------------------------------------------------------------
+
+/// The logical view on IPv6: an orphaned FIN_WAIT2 and the TIME_WAIT after it, from timewait
+/// sockets of the other family, counted as ss lists them.
+#[test]
+#[ignore = "needs root, ip netns and nft: see the module documentation"]
+fn ipv6_timewait_sockets_are_followed_too() {
+    let port = 25023;
+    let netns = Netns::new(port);
+    let daemon = start(&netns, &[port], &[], &[FAST_POLL]);
+    let before = daemon.scrape();
+    let address = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+    let listener = netns
+        .run(|| TcpListener::bind(address))
+        .expect("bind [::1]");
+    let client = netns
+        .run(|| TcpStream::connect(address))
+        .expect("connect [::1]");
+    let server = accept(&listener);
+    drop(listener);
+    drop(client);
+    until_ss(&netns, WAIT, "the client in FIN_WAIT2", |listed| {
+        ss_count(listed, "FIN-WAIT-2", port) == 1
+    });
+    let v6 = |state: &str, role: &str, metrics: &Metrics| {
+        metrics.sum(
+            "tcpstate_sockets",
+            &[
+                ("state", state),
+                ("role", role),
+                ("port", "25023"),
+                ("family", "ipv6"),
+            ],
+        )
+    };
+    until_metrics(&daemon, &netns, WAIT, "the orphan's FIN_WAIT2", |metrics| {
+        v6("FIN_WAIT2", "client", metrics) == 1.0 && v6("CLOSE_WAIT", "server", metrics) == 1.0
+    });
+    drop(server);
+    until_ss(&netns, WAIT, "the client in TIME_WAIT", |listed| {
+        ss_count(listed, "TIME-WAIT", port) == 1
+    });
+    let mut want = expect(&handshakes(1));
+    want.extend(expect(&[
+        ("listener", "LISTEN", "CLOSE", 1),
+        ("client", "ESTABLISHED", "FIN_WAIT1", 1),
+        ("client", "FIN_WAIT1", "FIN_WAIT2", 1),
+        ("client", "FIN_WAIT2", "TIME_WAIT", 1),
+        ("server", "ESTABLISHED", "CLOSE_WAIT", 1),
+        ("server", "CLOSE_WAIT", "LAST_ACK", 1),
+        ("server", "LAST_ACK", "CLOSE", 1),
+    ]));
+    let after = until_transitions(&daemon, &before, port, &want, WAIT);
+    assert_eq!(
+        after.delta(
+            &before,
+            "tcpstate_transitions_total",
+            &[("port", "25023"), ("family", "ipv4")]
+        ),
+        0.0,
+        "nothing counted as IPv4"
+    );
+    until_metrics(&daemon, &netns, WAIT, "the TIME_WAIT", |metrics| {
+        v6("TIME_WAIT", "client", metrics) == 1.0 && v6("FIN_WAIT2", "client", metrics) == 0.0
+    });
 }
