@@ -508,7 +508,10 @@ fn errors_say_what_to_do_and_exit_codes_tell_usage_from_runtime() {
         .expect("setpriv (util-linux) runs");
     assert_eq!(unprivileged.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&unprivileged.stderr);
-    assert!(stderr.contains("missing capability CAP_BPF and CAP_PERFMON"), "{stderr}");
+    assert!(
+        stderr.contains("missing capability CAP_BPF and CAP_PERFMON"),
+        "{stderr}"
+    );
 
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = taken.local_addr().unwrap().to_string();
