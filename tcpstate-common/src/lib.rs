@@ -43,9 +43,9 @@ pub mod map {
     pub const PRIMARY_RUNNING: &str = "PRIMARY_RUNNING";
     /// `PERCPU_HASH`: [`crate::EventKey`] -> `u64` count (resets, SYN-ACK retransmits).
     pub const EVENTS: &str = "EVENTS";
-    /// `HASH`: socket cookie -> [`crate::OrphanFinWait2`], for sockets the kernel handed to a
-    /// timewait socket in FIN_WAIT2 (closed by the application before the peer's FIN).
-    pub const ORPHAN_FIN_WAIT2: &str = "ORPHAN_FIN_WAIT2";
+    /// `LRU_HASH`: socket cookie -> [`crate::TimewaitHandoff`], for sockets the kernel handed
+    /// to a timewait socket (which inherits the cookie).
+    pub const TIMEWAIT_HANDOFFS: &str = "TIMEWAIT_HANDOFFS";
     /// `PERCPU_ARRAY`: recorder -> [`crate::ClosedSocket`].
     pub const LAST_CLOSED: &str = "LAST_CLOSED";
 }
@@ -68,10 +68,11 @@ pub const TRANSITIONS_CAPACITY: u32 = 16384;
 /// Capacity of the `EVENTS` map (one entry per event kind, state and label set).
 pub const EVENTS_CAPACITY: u32 = 4096;
 
-/// Default capacity of the `ORPHAN_FIN_WAIT2` map: orphaned sockets waiting in FIN_WAIT2 for the
-/// peer's FIN at once (each entry lives from the handoff until the daemon's next poll sees the
-/// timewait socket move on).
-pub const ORPHAN_FIN_WAIT2_CAPACITY: u32 = 65536;
+/// Capacity of the `TIMEWAIT_HANDOFFS` map: handoffs between two scrapes (the daemon drains it
+/// at each). Twice Linux's default `net.ipv4.tcp_max_tw_buckets` on large hosts (131072): when
+/// more connections close between two scrapes, the oldest records give way (LRU), and those
+/// timewait sockets get inferred labels.
+pub const TIMEWAIT_HANDOFFS_CAPACITY: u32 = 262144;
 
 /// Largest number of histogram bounds the kernel program can hold.
 pub const MAX_BUCKETS: usize = 32;
@@ -131,15 +132,19 @@ pub struct SocketRecord {
 }
 const _: () = assert!(size_of::<SocketRecord>() == 32);
 
-/// Value of `ORPHAN_FIN_WAIT2`: what the daemon needs to finish a handed-off FIN_WAIT2.
+/// Value of `TIMEWAIT_HANDOFFS`: what the daemon needs to follow a connection in its timewait
+/// socket with the labels and times the full socket had.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct OrphanFinWait2 {
-    /// `bpf_ktime_get_ns()` when the socket entered FIN_WAIT2 (CLOCK_MONOTONIC).
+pub struct TimewaitHandoff {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the connection entered `state`.
     pub entered_ns: u64,
     pub labels: Labels,
+    /// TIME_WAIT, or FIN_WAIT2 for an orphaned socket still waiting for the peer's FIN.
+    pub state: u8,
+    pub _padding: [u8; 7],
 }
-const _: () = assert!(size_of::<OrphanFinWait2>() == 16);
+const _: () = assert!(size_of::<TimewaitHandoff>() == 24);
 
 /// The socket that last reached CLOSE on a CPU, per recorder (`LAST_CLOSED` map): an abort
 /// moves the socket to CLOSE *before* sending its reset, so the reset program finds here the
@@ -281,8 +286,9 @@ pub mod counter {
     pub const FAILED_RECORD_DELETE: u32 = 6;
     /// Failure: the `EVENTS` map was full, a reset or SYN-ACK retransmit was not counted.
     pub const FAILED_EVENTS_MAP_FULL: u32 = 7;
-    /// Failure: the `ORPHAN_FIN_WAIT2` map was full; that FIN_WAIT2 gets no duration.
-    pub const FAILED_ORPHAN_MAP_FULL: u32 = 8;
+    /// Failure: a `TIMEWAIT_HANDOFFS` record could not be written; that timewait socket gets
+    /// inferred labels.
+    pub const FAILED_HANDOFF_RECORD: u32 = 8;
     pub const COUNT: u32 = 9;
     /// Entries in the `COUNTERS` map.
     pub const SLOTS: u32 = COUNT * super::recorder::COUNT as u32;
@@ -408,7 +414,7 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PortSet {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::OrphanFinWait2 {}
+    unsafe impl aya::Pod for super::TimewaitHandoff {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::EventKey {}
     // SAFETY: as above.

@@ -175,7 +175,7 @@ pub fn sum_over_cpus<'a>(values: impl IntoIterator<Item = &'a TransitionStats>) 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     pub failed_events_map_full: u64,
-    pub failed_orphan_map_full: u64,
+    pub failed_handoff_record: u64,
     pub records_created: u64,
     pub records_deleted: u64,
     pub nested_events_recorded: u64,
@@ -202,7 +202,7 @@ impl Counters {
             failed_unknown_state: total(counter::FAILED_UNKNOWN_STATE),
             failed_record_delete: total(counter::FAILED_RECORD_DELETE),
             failed_events_map_full: total(counter::FAILED_EVENTS_MAP_FULL),
-            failed_orphan_map_full: total(counter::FAILED_ORPHAN_MAP_FULL),
+            failed_handoff_record: total(counter::FAILED_HANDOFF_RECORD),
         }
     }
 

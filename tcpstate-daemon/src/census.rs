@@ -1,7 +1,7 @@
 //! The sockets `inet_sock_set_state` never reports, counted from sock_diag polls: timewait
 //! sockets (TIME_WAIT, and the FIN_WAIT2 of orphaned connections), request sockets (the
 //! half-open queue), listeners' accept queues, and the sockets that existed before the daemon
-//! started. Pure logic: the polls and the kernel's orphan records are handed in.
+//! started. Pure logic: the polls and the kernel's handoff records are handed in.
 //!
 //! Resolution: a timewait socket's end is found at the first poll after it (polls run at scrape
 //! time), but its durations come from the kernel's timers (millisecond resolution): a timewait
@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use tcpstate_common::{Labels, OTHER_PORT, OrphanFinWait2, PortSet, TcpState, bucket_index, role};
+use tcpstate_common::{Labels, OTHER_PORT, PortSet, TcpState, TimewaitHandoff, bucket_index, role};
 
 use crate::{
     aggregate::{Edge, Histogram},
@@ -20,9 +20,11 @@ use crate::{
 
 /// TCP_TIMEWAIT_LEN (include/net/tcp.h): 60 s, fixed at compile time.
 pub const TIMEWAIT_LEN_NS: u64 = 60_000_000_000;
-/// How long an orphan record waits for its timewait socket to be seen (it may live in another
-/// network namespace, which this daemon's polls do not see).
-const ORPHAN_RETENTION_NS: u64 = 3 * TIMEWAIT_LEN_NS;
+/// How many polls a handoff record waits for its timewait socket: the record can be drained
+/// just before the poll that first sees the socket, or just after it. A record still unmatched
+/// then belongs to a timewait socket this daemon cannot see (another network namespace) or one
+/// already gone.
+const HANDOFF_POLLS: u8 = 2;
 
 const TIME_WAIT: u8 = TcpState::TimeWait as u8;
 const FIN_WAIT2: u8 = TcpState::FinWait2 as u8;
@@ -73,9 +75,9 @@ struct TimewaitSocket {
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Orphan {
-    record: OrphanFinWait2,
-    received_ns: u64,
+struct PendingHandoff {
+    handoff: TimewaitHandoff,
+    polls_left: u8,
 }
 
 /// An accept queue: its length now and its limit.
@@ -90,7 +92,7 @@ pub struct Census {
     bounds_ns: Vec<u64>,
     started_ns: u64,
     timewait: HashMap<u64, TimewaitSocket>,
-    orphans: HashMap<u64, Orphan>,
+    handoffs: HashMap<u64, PendingHandoff>,
     /// Untracked full sockets at start-up, by labels and state.
     baseline: BTreeMap<(Labels, u8), i64>,
     /// Transitions the polls saw (timewait substate changes and ends), cumulative.
@@ -109,7 +111,7 @@ impl Census {
             bounds_ns,
             started_ns,
             timewait: HashMap::new(),
-            orphans: HashMap::new(),
+            handoffs: HashMap::new(),
             baseline: BTreeMap::new(),
             transitions: BTreeMap::new(),
             durations: BTreeMap::new(),
@@ -137,25 +139,31 @@ impl Census {
         &self.baseline
     }
 
-    /// Takes the kernel's records of orphaned sockets handed to timewait sockets in FIN_WAIT2.
-    pub fn add_orphans(
-        &mut self,
-        records: impl IntoIterator<Item = (u64, OrphanFinWait2)>,
-        now_ns: u64,
-    ) {
-        for (cookie, record) in records {
-            self.orphans.insert(
+    /// Takes the kernel's records of connections handed to timewait sockets (by cookie).
+    pub fn add_handoffs(&mut self, records: impl IntoIterator<Item = (u64, TimewaitHandoff)>) {
+        for (cookie, handoff) in records {
+            if let Some(entry) = self.timewait.get_mut(&cookie) {
+                // Polled before its record arrived: take the socket's own labels and times.
+                entry.labels = handoff.labels;
+                if entry.substate == handoff.state && handoff.entered_ns >= self.started_ns {
+                    entry.entered_ns = Some(handoff.entered_ns);
+                }
+                continue;
+            }
+            self.handoffs.insert(
                 cookie,
-                Orphan {
-                    record,
-                    received_ns: now_ns,
+                PendingHandoff {
+                    handoff,
+                    polls_left: HANDOFF_POLLS,
                 },
             );
         }
     }
 
     /// Folds in one poll: `listeners_and_timewait` are the LISTEN, FIN_WAIT2 and TIME_WAIT
-    /// sockets, `requests` the request sockets, all seen at `now_ns`.
+    /// sockets, `requests` the request sockets; the poll ended at `now_ns`. Times read off a
+    /// socket's timer count from when that socket was read (`seen_ns`), not from `now_ns`: a
+    /// poll of many sockets on a busy host takes a while.
     pub fn observe(
         &mut self,
         listeners_and_timewait: &[DiagSocket],
@@ -184,23 +192,20 @@ impl Census {
 
         let mut seen = HashMap::with_capacity(self.timewait.len());
         for socket in listeners_and_timewait.iter().filter(|s| s.timewait) {
-            let ends_ns = now_ns + u64::from(socket.expires_ms) * 1_000_000;
+            let ends_ns = socket.seen_ns + u64::from(socket.expires_ms) * 1_000_000;
             // The timer restarts at TCP_TIMEWAIT_LEN when a timewait socket enters TIME_WAIT.
-            let timer_start =
-                (now_ns + u64::from(socket.expires_ms) * 1_000_000).checked_sub(TIMEWAIT_LEN_NS);
+            let timer_start = ends_ns
+                .checked_sub(TIMEWAIT_LEN_NS)
+                .map(|at| at.min(socket.seen_ns));
             let started_ns = self.started_ns;
             let known = move |at: Option<u64>| at.filter(|at| *at >= started_ns);
             let entry = match self.timewait.get(&socket.cookie).copied() {
                 Some(mut entry) => {
                     if entry.substate == FIN_WAIT2 && socket.state == TIME_WAIT {
                         // The peer's FIN arrived: FIN_WAIT2 -> TIME_WAIT at the timer's restart.
-                        let at = timer_start.unwrap_or(now_ns).min(now_ns);
-                        self.count(
-                            entry.labels,
-                            FIN_WAIT2,
-                            TIME_WAIT,
-                            entry.entered_ns.map(|start| at.saturating_sub(start)),
-                        );
+                        let at = timer_start.unwrap_or(socket.seen_ns);
+                        let duration = entry.entered_ns.map(|start| at.saturating_sub(start));
+                        self.count(entry.labels, FIN_WAIT2, TIME_WAIT, duration);
                         entry.substate = TIME_WAIT;
                         entry.entered_ns = known(Some(at));
                     }
@@ -208,22 +213,18 @@ impl Census {
                     entry
                 }
                 None => {
-                    let orphan = self.orphans.remove(&socket.cookie);
-                    let labels = match orphan {
-                        Some(orphan) => orphan.record.labels,
+                    let handoff = self.handoffs.remove(&socket.cookie).map(|p| p.handoff);
+                    let labels = match handoff {
+                        Some(handoff) => handoff.labels,
                         None => self.timewait_labels(socket, &listeners),
                     };
-                    let fin_wait2_start = orphan.map(|o| o.record.entered_ns);
-                    match (socket.state, orphan) {
-                        (TIME_WAIT, Some(_)) => {
+                    match (socket.state, handoff) {
+                        (TIME_WAIT, Some(handoff)) if handoff.state == FIN_WAIT2 => {
                             // An orphan whose peer's FIN came before this first sighting.
-                            let at = timer_start.unwrap_or(now_ns).min(now_ns);
-                            self.count(
-                                labels,
-                                FIN_WAIT2,
-                                TIME_WAIT,
-                                fin_wait2_start.map(|start| at.saturating_sub(start)),
-                            );
+                            let at = timer_start.unwrap_or(socket.seen_ns);
+                            let duration = known(Some(handoff.entered_ns))
+                                .map(|start| at.saturating_sub(start));
+                            self.count(labels, FIN_WAIT2, TIME_WAIT, duration);
                             TimewaitSocket {
                                 labels,
                                 substate: TIME_WAIT,
@@ -231,16 +232,22 @@ impl Census {
                                 ends_ns,
                             }
                         }
+                        (state, Some(handoff)) => TimewaitSocket {
+                            labels,
+                            substate: state,
+                            entered_ns: known(Some(handoff.entered_ns)),
+                            ends_ns,
+                        },
                         (TIME_WAIT, None) => TimewaitSocket {
                             labels,
                             substate: TIME_WAIT,
-                            entered_ns: known(timer_start.map(|at| at.min(now_ns))),
+                            entered_ns: known(timer_start),
                             ends_ns,
                         },
-                        _ => TimewaitSocket {
+                        (state, None) => TimewaitSocket {
                             labels,
-                            substate: FIN_WAIT2,
-                            entered_ns: known(fin_wait2_start),
+                            substate: state,
+                            entered_ns: None,
                             ends_ns,
                         },
                     }
@@ -269,12 +276,14 @@ impl Census {
             );
         }
         self.timewait = seen;
-        self.orphans
-            .retain(|_, orphan| now_ns.saturating_sub(orphan.received_ns) < ORPHAN_RETENTION_NS);
+        self.handoffs.retain(|_, pending| {
+            pending.polls_left -= 1;
+            pending.polls_left > 0
+        });
     }
 
-    /// A timewait socket without an orphan record: whoever closed first holds it; it is the
-    /// server's if its local port is listening.
+    /// A timewait socket without a handoff record (older than the daemon, or its record gave
+    /// way): whoever closed first holds it; it is the server's if its local port is listening.
     fn timewait_labels(&self, socket: &DiagSocket, listeners: &[&DiagSocket]) -> Labels {
         let is_server = listeners
             .iter()
@@ -345,6 +354,7 @@ mod tests {
             receive_queue: 0,
             send_queue: 0,
             has_storage: false,
+            seen_ns: 0,
         }
     }
 
@@ -373,15 +383,37 @@ mod tests {
         (client(), Edge { from, to })
     }
 
+    /// A poll whose sockets were all read at `now`.
+    fn poll(census: &mut Census, sockets: &[DiagSocket], now: u64) {
+        let seen: Vec<DiagSocket> = sockets
+            .iter()
+            .map(|s| DiagSocket { seen_ns: now, ..*s })
+            .collect();
+        census.observe(&seen, &[], now);
+    }
+
+    fn handoff(state: u8, entered_ns: u64) -> TimewaitHandoff {
+        TimewaitHandoff {
+            entered_ns,
+            labels: client(),
+            state,
+            _padding: [0; 7],
+        }
+    }
+
     #[test]
     fn time_wait_is_counted_and_its_end_timed_by_the_timer() {
         let mut census = census();
         // Entered TIME_WAIT 2 s after start (58 s left on a 60 s timer at START + 2 s + 0).
-        census.observe(&[tw(TIME_WAIT, 7, 58_000)], &[], START + 2 * SECOND);
+        poll(&mut census, &[tw(TIME_WAIT, 7, 58_000)], START + 2 * SECOND);
         assert_eq!(census.sockets[&(client(), TIME_WAIT)], 1);
-        census.observe(&[tw(TIME_WAIT, 7, 30_000)], &[], START + 30 * SECOND);
+        poll(
+            &mut census,
+            &[tw(TIME_WAIT, 7, 30_000)],
+            START + 30 * SECOND,
+        );
         // Gone at START + 90 s; its timer said it would end at START + 60 s.
-        census.observe(&[], &[], START + 90 * SECOND);
+        poll(&mut census, &[], START + 90 * SECOND);
         assert_eq!(census.transitions[&edge(TIME_WAIT, CLOSE)], 1);
         let histogram = &census.durations[&edge(TIME_WAIT, CLOSE)];
         assert_eq!((histogram.count, histogram.sum_ns), (1, 60 * SECOND));
@@ -393,15 +425,19 @@ mod tests {
     fn orphaned_fin_wait2_ends_when_the_timer_restarts() {
         let mut census = census();
         let entered = START + 10 * SECOND;
-        let orphan = OrphanFinWait2 {
-            entered_ns: entered,
-            labels: client(),
-        };
-        census.add_orphans([(9, orphan)], entered);
+        census.add_handoffs([(9, handoff(FIN_WAIT2, entered))]);
         // Seen in FIN_WAIT2, then in TIME_WAIT with 59.7 s left: the FIN came 300 ms after entry.
-        census.observe(&[tw(FIN_WAIT2, 9, 59_990)], &[], entered + SECOND / 100);
+        poll(
+            &mut census,
+            &[tw(FIN_WAIT2, 9, 59_990)],
+            entered + SECOND / 100,
+        );
         assert_eq!(census.sockets[&(client(), FIN_WAIT2)], 1);
-        census.observe(&[tw(TIME_WAIT, 9, 59_700)], &[], entered + 6 * SECOND / 10);
+        poll(
+            &mut census,
+            &[tw(TIME_WAIT, 9, 59_700)],
+            entered + 6 * SECOND / 10,
+        );
         assert_eq!(census.transitions[&edge(FIN_WAIT2, TIME_WAIT)], 1);
         let histogram = &census.durations[&edge(FIN_WAIT2, TIME_WAIT)];
         assert_eq!(histogram.sum_ns, 3 * SECOND / 10);
@@ -413,27 +449,77 @@ mod tests {
     fn an_orphan_first_seen_in_time_wait_still_gets_its_fin_wait2() {
         let mut census = census();
         let entered = START + SECOND;
-        census.add_orphans(
-            [(
-                5,
-                OrphanFinWait2 {
-                    entered_ns: entered,
-                    labels: client(),
-                },
-            )],
-            entered,
+        census.add_handoffs([(5, handoff(FIN_WAIT2, entered))]);
+        poll(
+            &mut census,
+            &[tw(TIME_WAIT, 5, 59_000)],
+            entered + 2 * SECOND,
         );
-        census.observe(&[tw(TIME_WAIT, 5, 59_000)], &[], entered + 2 * SECOND);
         let histogram = &census.durations[&edge(FIN_WAIT2, TIME_WAIT)];
         assert_eq!(histogram.sum_ns, SECOND);
+    }
+
+    #[test]
+    fn handoffs_give_labels_and_exact_starts_and_wait_two_polls() {
+        let mut census = census();
+        // A server socket's connection, on a port without a listener any more: inference would
+        // call it a client's; its record says otherwise.
+        let server = Labels {
+            role: role::SERVER,
+            ..client()
+        };
+        let entered = START + SECOND;
+        census.add_handoffs([(
+            11,
+            TimewaitHandoff {
+                labels: server,
+                ..handoff(TIME_WAIT, entered)
+            },
+        )]);
+        census.add_handoffs([(12, handoff(TIME_WAIT, entered))]);
+        poll(
+            &mut census,
+            &[tw(TIME_WAIT, 11, 59_000)],
+            entered + 2 * SECOND,
+        );
+        assert_eq!(census.sockets[&(server, TIME_WAIT)], 1);
+        // A record that arrives after its socket was first polled relabels it.
+        poll(
+            &mut census,
+            &[tw(TIME_WAIT, 11, 58_000), tw(TIME_WAIT, 13, 59_500)],
+            entered + 3 * SECOND,
+        );
+        census.add_handoffs([(
+            13,
+            TimewaitHandoff {
+                labels: server,
+                ..handoff(TIME_WAIT, entered + 2 * SECOND)
+            },
+        )]);
+        // Record 12 was never matched: gone after two polls.
+        assert!(census.handoffs.is_empty());
+        poll(&mut census, &[], START + 100 * SECOND);
+        let histogram = &census.durations[&(
+            server,
+            Edge {
+                from: TIME_WAIT,
+                to: CLOSE,
+            },
+        )];
+        // Ended when their timers said: 11 entered at START + 1 s and ended at START + 62 s (58 s
+        // left at START + 4 s); 13 entered at START + 3 s and ended at START + 63.5 s.
+        assert_eq!(
+            (histogram.count, histogram.sum_ns),
+            (2, 61 * SECOND + 60_500_000_000)
+        );
     }
 
     #[test]
     fn sockets_older_than_the_daemon_get_no_duration() {
         let mut census = census();
         // 10 s left at START + 1 s: entered TIME_WAIT 49 s before the daemon started.
-        census.observe(&[tw(TIME_WAIT, 3, 10_000)], &[], START + SECOND);
-        census.observe(&[], &[], START + 20 * SECOND);
+        poll(&mut census, &[tw(TIME_WAIT, 3, 10_000)], START + SECOND);
+        poll(&mut census, &[], START + 20 * SECOND);
         assert_eq!(census.transitions[&edge(TIME_WAIT, CLOSE)], 1);
         assert!(census.durations.is_empty());
     }

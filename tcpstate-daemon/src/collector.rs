@@ -332,8 +332,13 @@ impl Collector for TcpStateCollector {
         let started = Instant::now();
         let mut state = self.lock();
         let snapshot = state.maps.read();
-        let orphans = state.maps.drain_orphans();
-        state.census.add_orphans(orphans, sys::monotonic_ns());
+        match state.maps.drain_handoffs() {
+            Ok(handoffs) => state.census.add_handoffs(handoffs),
+            Err(error) => {
+                state.poll_errors += 1;
+                log::warn!("cannot read the timewait handoff records: {error}");
+            }
+        }
         let read_seconds = started.elapsed().as_secs_f64();
         state.poll_if_due(self.config.poll_min_interval);
         let scrape = Scrape {
@@ -507,7 +512,7 @@ pub fn exposition(scrape: &Scrape<'_>, config: &CollectorConfig) -> Vec<MetricFa
     let failures = [
         ("transitions_map_full", counters.failed_transitions_map_full),
         ("events_map_full", counters.failed_events_map_full),
-        ("orphan_map_full", counters.failed_orphan_map_full),
+        ("handoff_record_failed", counters.failed_handoff_record),
         ("socket_storage_unavailable", counters.failed_socket_storage),
         ("unknown_state", counters.failed_unknown_state),
         ("record_delete_failed", counters.failed_record_delete),

@@ -5,12 +5,12 @@
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap},
+    maps::{MapData, PerCpuArray, PerCpuHashMap},
     programs::ProgramFd,
 };
 use tcpstate_common::{
-    EventKey, OrphanFinWait2, TRANSITIONS_CAPACITY, TransitionKey, TransitionStats, counter,
-    program,
+    EventKey, Labels, TRANSITIONS_CAPACITY, TimewaitHandoff, TransitionKey, TransitionStats,
+    counter, program,
 };
 
 use crate::{
@@ -22,7 +22,8 @@ pub struct KernelMaps {
     pub transitions: PerCpuHashMap<MapData, TransitionKey, TransitionStats>,
     pub counters: PerCpuArray<MapData, u64>,
     pub events: PerCpuHashMap<MapData, EventKey, u64>,
-    pub orphan_fin_wait2: HashMap<MapData, u64, OrphanFinWait2>,
+    /// `TIMEWAIT_HANDOFFS` (an LRU hash, drained in batches, so kept as plain map data).
+    pub timewait_handoffs: MapData,
     /// Every attached program, by name.
     pub programs: Vec<(&'static str, ProgramFd)>,
 }
@@ -111,21 +112,18 @@ impl KernelMaps {
         snapshot
     }
 
-    /// Takes (reads and deletes) the kernel's records of orphaned FIN_WAIT2 handoffs.
-    pub fn drain_orphans(&mut self) -> Vec<(u64, OrphanFinWait2)> {
-        let cookies: Vec<u64> = self
-            .orphan_fin_wait2
-            .keys()
-            .filter_map(Result::ok)
-            .collect();
-        let mut drained = Vec::with_capacity(cookies.len());
-        for cookie in cookies {
-            if let Ok(record) = self.orphan_fin_wait2.get(&cookie, 0) {
-                drained.push((cookie, record));
-            }
-            let _ = self.orphan_fin_wait2.remove(&cookie);
-        }
-        drained
+    /// Takes (reads and deletes) the kernel's records of connections handed to timewait
+    /// sockets since the last call.
+    pub fn drain_handoffs(&self) -> std::io::Result<Vec<(u64, TimewaitHandoff)>> {
+        const KEY: usize = size_of::<u64>();
+        const VALUE: usize = size_of::<TimewaitHandoff>();
+        let (keys, values) =
+            sys::drain_hash_map(&self.timewait_handoffs.fd().as_fd().as_raw_fd(), KEY, VALUE)?;
+        Ok(keys
+            .chunks_exact(KEY)
+            .zip(values.chunks_exact(VALUE))
+            .map(|(key, value)| (decode_u64(key), decode_handoff(value)))
+            .collect())
     }
 
     /// Whether every program is still loaded (the kernel answers for their fds).
@@ -133,5 +131,51 @@ impl KernelMaps {
         self.programs
             .iter()
             .all(|(_, fd)| sys::program_stats(&fd.as_fd().as_raw_fd()).is_ok())
+    }
+}
+
+fn decode_u64(bytes: &[u8]) -> u64 {
+    u64::from_ne_bytes(bytes[..8].try_into().expect("8 bytes"))
+}
+
+/// `TimewaitHandoff` from its bytes (`#[repr(C)]`: u64, then `Labels` {u16, u8, u8, [u8; 4]},
+/// then the state).
+fn decode_handoff(bytes: &[u8]) -> TimewaitHandoff {
+    TimewaitHandoff {
+        entered_ns: decode_u64(&bytes[0..8]),
+        labels: Labels {
+            port: u16::from_ne_bytes([bytes[8], bytes[9]]),
+            family: bytes[10],
+            role: bytes[11],
+            _padding: [0; 4],
+        },
+        state: bytes[16],
+        _padding: [0; 7],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handoffs_decode_from_their_repr_c_bytes() {
+        let handoff = TimewaitHandoff {
+            entered_ns: 0x0102_0304_0506_0708,
+            labels: Labels {
+                port: 443,
+                family: 10,
+                role: 2,
+                _padding: [0; 4],
+            },
+            state: 6,
+            _padding: [0; 7],
+        };
+        let mut bytes = Vec::new();
+        bytes.extend(handoff.entered_ns.to_ne_bytes());
+        bytes.extend(443u16.to_ne_bytes());
+        bytes.extend([10, 2, 0, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(bytes.len(), size_of::<TimewaitHandoff>());
+        assert_eq!(decode_handoff(&bytes), handoff);
     }
 }

@@ -5,7 +5,7 @@ use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
 
 use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
-    maps::{HashMap, Map, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{Map, MapError, PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePoint, ProgramError},
 };
 use tcpstate_common::{DurationBuckets, PortSet, global, map, program};
@@ -83,7 +83,10 @@ impl Tracer {
             transitions: PerCpuHashMap::try_from(take_map(&mut ebpf, map::TRANSITIONS)?)?,
             counters: PerCpuArray::try_from(take_map(&mut ebpf, map::COUNTERS)?)?,
             events: PerCpuHashMap::try_from(take_map(&mut ebpf, map::EVENTS)?)?,
-            orphan_fin_wait2: HashMap::try_from(take_map(&mut ebpf, map::ORPHAN_FIN_WAIT2)?)?,
+            timewait_handoffs: match take_map(&mut ebpf, map::TIMEWAIT_HANDOFFS)? {
+                Map::LruHashMap(data) => data,
+                _ => anyhow::bail!("map {} is not an LRU hash", map::TIMEWAIT_HANDOFFS),
+            },
             programs,
         };
         Ok(Tracer { ebpf, maps })

@@ -6,7 +6,7 @@
 
 use std::{io, os::fd::RawFd};
 
-use crate::sys::SockDiagSocket;
+use crate::sys::{SockDiagSocket, monotonic_ns};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLM_F_REQUEST: u16 = 0x1;
@@ -50,6 +50,8 @@ pub struct DiagSocket {
     pub send_queue: u32,
     /// Whether the socket has an entry in the BPF socket-storage map the dump asked about.
     pub has_storage: bool,
+    /// When it was read (CLOCK_MONOTONIC ns): `expires_ms` counts from then.
+    pub seen_ns: u64,
 }
 
 /// Builds a dump request for TCP sockets of `family` in `states`, optionally asking whether each
@@ -150,6 +152,7 @@ fn parse_socket(payload: &[u8]) -> Option<DiagSocket> {
         receive_queue: u32_at(56),
         send_queue: u32_at(60),
         has_storage,
+        seen_ns: 0,
     })
 }
 
@@ -169,9 +172,18 @@ pub fn dump(states: u32, storage_map: Option<RawFd>) -> io::Result<Vec<DiagSocke
             sequence as u32 + 1,
         ))?;
         loop {
+            // The kernel fills each datagram during the receive call: that is when these
+            // sockets' timers were read.
+            let before = monotonic_ns();
             let length = socket.receive(&mut buffer)?;
+            let seen_ns = before + (monotonic_ns() - before) / 2;
             let batch = parse_batch(&buffer[..length])?;
-            sockets.extend(batch.sockets);
+            sockets.extend(
+                batch
+                    .sockets
+                    .into_iter()
+                    .map(|s| DiagSocket { seen_ns, ..s }),
+            );
             if batch.done || length == 0 {
                 break;
             }

@@ -232,8 +232,10 @@ fn duration_sum(after: &Metrics, before: &Metrics, labels: &[(&str, &str)]) -> f
 }
 
 /// Slack for a duration the daemon derives from a kernel timer read in milliseconds and kept
-/// in jiffies (4 ms at HZ=250), against bounds the test measured with its own clock.
-const TIMER_SLACK: f64 = 0.005;
+/// in jiffies, against bounds the test measured with its own clock: the timer is set and read
+/// in jiffies (4 ms at HZ=250), and jiffies advance at the tick, which on a loaded virtual
+/// machine can come a tick late: two jiffies, plus margin.
+const TIMER_SLACK: f64 = 0.012;
 
 // ---- gauges and ss -------------------------------------------------------------------------
 

@@ -3,13 +3,13 @@
 use crate::kernel::Sock;
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST},
-    btf_maps::{HashMap, PerCpuArray, PerCpuHashMap, SkStorage},
+    btf_maps::{LruHashMap, PerCpuArray, PerCpuHashMap, SkStorage},
     macros::btf_map,
 };
 use tcpstate_common::{
-    ClosedSocket, DurationBuckets, EVENTS_CAPACITY, EventKey, MAX_BUCKETS,
-    ORPHAN_FIN_WAIT2_CAPACITY, OrphanFinWait2, PortSet, SocketLayout, SocketRecord,
-    TRANSITIONS_CAPACITY, TransitionKey, TransitionStats, counter, recorder,
+    ClosedSocket, DurationBuckets, EVENTS_CAPACITY, EventKey, MAX_BUCKETS, PortSet, SocketLayout,
+    SocketRecord, TIMEWAIT_HANDOFFS_CAPACITY, TRANSITIONS_CAPACITY, TimewaitHandoff, TransitionKey,
+    TransitionStats, counter, recorder,
 };
 
 /// Per-socket record, in socket-local storage: no capacity to size, freed with the socket, and
@@ -36,16 +36,15 @@ static EVENTS: PerCpuHashMap<
     { BPF_F_NO_PREALLOC as usize },
 > = PerCpuHashMap::new();
 
-/// Orphaned sockets handed to a timewait socket in FIN_WAIT2, by cookie: the daemon finishes
-/// their FIN_WAIT2 (which no tracepoint reports) when its poll sees the timewait socket move on,
-/// and deletes the entry.
+/// Connections handed to a timewait socket, by cookie: the daemon drains them at each scrape and
+/// follows each timewait socket (which no tracepoint reports) with these labels and times. LRU:
+/// past its capacity between two scrapes, the oldest records give way rather than the newest.
 #[btf_map]
-static ORPHAN_FIN_WAIT2: HashMap<
+static TIMEWAIT_HANDOFFS: LruHashMap<
     u64,
-    OrphanFinWait2,
-    { ORPHAN_FIN_WAIT2_CAPACITY as usize },
-    { BPF_F_NO_PREALLOC as usize },
-> = HashMap::new();
+    TimewaitHandoff,
+    { TIMEWAIT_HANDOFFS_CAPACITY as usize },
+> = LruHashMap::new();
 
 #[btf_map]
 static COUNTERS: PerCpuArray<u64, { counter::SLOTS as usize }> = PerCpuArray::new();
@@ -183,11 +182,11 @@ pub fn count_event(key: &EventKey) -> bool {
         })
 }
 
-/// Remembers an orphaned socket's FIN_WAIT2 for the daemon; false when the map is full.
+/// Leaves the daemon a connection's handoff to a timewait socket; false if the kernel refused.
 #[inline(always)]
-pub fn remember_orphan_fin_wait2(cookie: u64, orphan: &OrphanFinWait2) -> bool {
-    ORPHAN_FIN_WAIT2
-        .insert(cookie, orphan, BPF_ANY.into())
+pub fn record_handoff(cookie: u64, handoff: &TimewaitHandoff) -> bool {
+    TIMEWAIT_HANDOFFS
+        .insert(cookie, handoff, BPF_ANY.into())
         .is_ok()
 }
 

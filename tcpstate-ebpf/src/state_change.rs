@@ -6,7 +6,7 @@
 
 use aya_ebpf::programs::BtfTracePointContext;
 use tcpstate_common::{
-    ClosedSocket, Labels, OrphanFinWait2, SocketRecord, TcpState, TransitionKey, bucket_index,
+    ClosedSocket, Labels, SocketRecord, TcpState, TimewaitHandoff, TransitionKey, bucket_index,
     counter, transition_detail, transition_flag,
 };
 
@@ -20,6 +20,7 @@ const CLOSE: u8 = TcpState::Close as u8;
 const SYN_SENT: u8 = TcpState::SynSent as u8;
 const FIN_WAIT1: u8 = TcpState::FinWait1 as u8;
 const FIN_WAIT2: u8 = TcpState::FinWait2 as u8;
+const TIME_WAIT: u8 = TcpState::TimeWait as u8;
 const CLOSING: u8 = TcpState::Closing as u8;
 
 // include/net/sock.h `enum sock_flags`.
@@ -94,19 +95,25 @@ pub fn record(ctx: &BtfTracePointContext, recorder: u8) {
                     NO_DURATION,
                 );
             }
-            if detail == transition_detail::FIN_WAIT2_HANDOFF && record.cookie != 0 {
-                // The connection waits on in a timewait socket in FIN_WAIT2, which inherited the
-                // cookie: leave the daemon what it needs to finish that FIN_WAIT2.
-                let entered_ns = if from == FIN_WAIT2 {
-                    record.entered_ns
-                } else {
-                    now
+            if record.cookie != 0
+                && (detail == transition_detail::TIME_WAIT_HANDOFF
+                    || detail == transition_detail::FIN_WAIT2_HANDOFF)
+            {
+                // The connection lives on in a timewait socket, which inherited the cookie:
+                // leave the daemon its labels and when it entered its state there.
+                let (state, entered_ns) = match detail {
+                    transition_detail::TIME_WAIT_HANDOFF => (TIME_WAIT, now),
+                    _ if from == FIN_WAIT2 => (FIN_WAIT2, record.entered_ns),
+                    _ => (FIN_WAIT2, now),
                 };
-                if !maps::remember_orphan_fin_wait2(
-                    record.cookie,
-                    &OrphanFinWait2 { entered_ns, labels },
-                ) {
-                    maps::count(recorder, counter::FAILED_ORPHAN_MAP_FULL);
+                let handoff = TimewaitHandoff {
+                    entered_ns,
+                    labels,
+                    state,
+                    _padding: [0; 7],
+                };
+                if !maps::record_handoff(record.cookie, &handoff) {
+                    maps::count(recorder, counter::FAILED_HANDOFF_RECORD);
                 }
             }
             if to == CLOSE {
