@@ -129,7 +129,15 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
     // Tests that load the real program into the real kernel: `#[ignore]`d for a plain
     // `cargo test`, run here one at a time so each sees only its own traffic.
     let mut kernel = cargo();
-    kernel.args(["test", "--package", "tcpstate-daemon", "--test", "kernel"]);
+    kernel.args(["test", "--package", "tcpstate-daemon"]);
+    kernel.args([
+        "--test",
+        "kernel",
+        "--test",
+        "operations",
+        "--test",
+        "scenarios",
+    ]);
     kernel
         .args(["--", "--ignored", "--test-threads=1"])
         .args(filter);
