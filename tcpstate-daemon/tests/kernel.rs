@@ -5,7 +5,6 @@
 mod support;
 
 use std::{
-    collections::BTreeMap,
     io::{Read as _, Write as _},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     process::{Command, Stdio},
@@ -13,64 +12,29 @@ use std::{
     time::Duration,
 };
 
-use support::{Daemon, Metrics, eventually};
+use support::{Daemon, Metrics, Transitions, eventually, expect, transitions};
 
 const WAIT: Duration = Duration::from_secs(5);
 
-/// `(role, from, to) -> count` of every transition exported for `port` since `before`.
-fn transitions_for(
-    after: &Metrics,
-    before: &Metrics,
-    port: u16,
-) -> BTreeMap<(String, String, String), u64> {
-    let port = port.to_string();
-    let mut out = BTreeMap::new();
-    for (series, value) in after.series() {
-        let Some(labels) = series.strip_prefix("tcpstate_transitions_total") else {
-            continue;
-        };
-        let labels = support::parse_labels(labels);
-        if labels.get("port") != Some(&port) {
-            continue;
-        }
-        let grown = value - before.value(series).unwrap_or(0.0);
-        if grown != 0.0 {
-            out.insert(
-                (
-                    labels["role"].clone(),
-                    labels["from"].clone(),
-                    labels["to"].clone(),
-                ),
-                grown as u64,
-            );
-        }
-    }
-    out
-}
-
-fn expected(items: &[(&str, &str, &str)]) -> BTreeMap<(String, String, String), u64> {
-    let mut out = BTreeMap::new();
-    for (role, from, to) in items {
-        *out.entry((role.to_string(), from.to_string(), to.to_string()))
-            .or_default() += 1;
-    }
-    out
+/// `(role, from, to) -> 1` for each listed transition.
+fn expected(items: &[(&str, &str, &str)]) -> Transitions {
+    expect(
+        &items
+            .iter()
+            .map(|&(role, from, to)| (role, from, to, 1))
+            .collect::<Vec<_>>(),
+    )
 }
 
 /// Waits until the transitions for `port` equal `want`, then asserts it (with the difference).
-fn assert_transitions(
-    daemon: &Daemon,
-    before: &Metrics,
-    port: u16,
-    want: &BTreeMap<(String, String, String), u64>,
-) -> Metrics {
+fn assert_transitions(daemon: &Daemon, before: &Metrics, port: u16, want: &Transitions) -> Metrics {
     let mut last = daemon.scrape();
     eventually(WAIT, || {
         last = daemon.scrape();
-        transitions_for(&last, before, port) == *want
+        transitions(&last, before, port) == *want
     });
     assert_eq!(
-        &transitions_for(&last, before, port),
+        &transitions(&last, before, port),
         want,
         "transitions for port {port}"
     );

@@ -69,41 +69,7 @@ fn start(netns: &Netns, ports: &[u16], buckets: &[f64], extra: &[&str]) -> Daemo
 
 // ---- transitions ---------------------------------------------------------------------------
 
-type Transitions = BTreeMap<(String, String, String), u64>;
-
-/// `(role, from, to) -> count` of the transitions exported for `port` since `before`.
-fn transitions(after: &Metrics, before: &Metrics, port: u16) -> Transitions {
-    let port = port.to_string();
-    let mut out = Transitions::new();
-    for (series, value) in after.series() {
-        let Some(labels) = series.strip_prefix("tcpstate_transitions_total") else {
-            continue;
-        };
-        let labels = support::parse_labels(labels);
-        if labels.get("port") != Some(&port) {
-            continue;
-        }
-        let grown = value - before.value(series).unwrap_or(0.0);
-        if grown != 0.0 {
-            *out.entry((
-                labels["role"].clone(),
-                labels["from"].clone(),
-                labels["to"].clone(),
-            ))
-            .or_default() += grown as u64;
-        }
-    }
-    out
-}
-
-fn expect(items: &[(&str, &str, &str, u64)]) -> Transitions {
-    let mut out = Transitions::new();
-    for (role, from, to, count) in items {
-        *out.entry((role.to_string(), from.to_string(), to.to_string()))
-            .or_default() += count;
-    }
-    out
-}
+use support::{Transitions, expect, transitions};
 
 /// The three-way handshake of `n` connections to a listener of this test, and the listener's
 /// own `CLOSE -> LISTEN`.
