@@ -17,7 +17,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use socket2::{Domain, Socket, Type};
+use socket2::{Domain, SockRef, Socket, Type};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct HoldArgs {
@@ -115,6 +115,11 @@ pub fn main(args: &HoldArgs) -> anyhow::Result<()> {
     stdout.flush()?;
     drop(stdout);
     wait_for_stdin_close(deadline);
+    // Reset rather than close: no TIME_WAIT sockets left behind, whose number would weigh on
+    // the next level's sock_diag polls.
+    for client in &clients {
+        let _ = SockRef::from(client).set_linger(Some(Duration::ZERO));
+    }
     // Exiting closes every socket at once, faster than dropping them one by one.
     std::process::exit(0)
 }

@@ -210,6 +210,23 @@ pub fn mem_available_bytes() -> anyhow::Result<u64> {
     parse_kilobytes(&meminfo, "MemAvailable").context("no MemAvailable in /proc/meminfo")
 }
 
+/// Timewait sockets of the network namespace: `tw` of the `TCP:` line of /proc/net/sockstat.
+pub fn parse_timewait_sockets(sockstat: &str) -> Option<u64> {
+    let fields: Vec<&str> = sockstat
+        .lines()
+        .find_map(|line| line.strip_prefix("TCP:"))?
+        .split_whitespace()
+        .collect();
+    fields
+        .windows(2)
+        .find(|pair| pair[0] == "tw")
+        .and_then(|pair| pair[1].parse().ok())
+}
+
+pub fn timewait_sockets() -> Option<u64> {
+    parse_timewait_sockets(&fs::read_to_string("/proc/net/sockstat").ok()?)
+}
+
 /// Other processes with a BPF link on `tracepoint` (BTF tracepoints and raw tracepoints show
 /// `tp_name` in the link's fdinfo), as `comm (pid)`. They run on every event of every
 /// configuration, so they add the same cost to all of them and shrink every ratio.
@@ -329,6 +346,13 @@ mod tests {
             "Name:\ttcpstated\nVmPeak:\t  43000 kB\nVmHWM:\t   12345 kB\nVmRSS:\t 9000 kB\n";
         assert_eq!(parse_kilobytes(status, "VmHWM"), Some(12345 * 1024));
         assert_eq!(parse_kilobytes(status, "VmSwap"), None);
+    }
+
+    #[test]
+    fn timewait_sockets_come_from_the_tcp_line() {
+        let sockstat = "sockets: used 292\nTCP: inuse 12 orphan 0 tw 131072 alloc 20 mem 3\nUDP: inuse 1 mem 0\n";
+        assert_eq!(parse_timewait_sockets(sockstat), Some(131_072));
+        assert_eq!(parse_timewait_sockets("UDP: inuse 1\n"), None);
     }
 
     #[test]

@@ -28,6 +28,10 @@ const MOST_CONNECTIONS_PER_HOLDER: u64 = 12_000;
 const HOLDERS_AT_ONCE: usize = 4;
 /// File descriptors a holder keeps for itself beyond its sockets.
 const HOLDER_SPARE_FILES: u64 = 256;
+/// Time between two scrapes. tcpstated polls sock_diag at scrape time, at most once per
+/// `--sockdiag.min-interval` (1 s by default): spaced beyond it, every scrape pays its poll, as
+/// Prometheus's scrapes (every 15 s or more) do.
+const SCRAPE_SPACING: Duration = Duration::from_millis(1_100);
 /// Sockets `ss` may list for the per-socket storage figure (its output is ~200 bytes a socket).
 const MOST_SOCKETS_LISTED: u64 = 100_000;
 /// Kept free beyond what the connections are expected to take.
@@ -50,6 +54,8 @@ pub struct ScaleLevel {
     pub peak_rss_bytes: u64,
     /// Time to open all the connections.
     pub setup_seconds: f64,
+    /// Timewait sockets on the host while measuring: sock_diag polls walk them too.
+    pub host_timewait_sockets: Option<u64>,
     /// Drop of MemAvailable per held connection (both sockets, all kernel memory).
     pub memory_per_connection: Option<f64>,
 }
@@ -224,10 +230,35 @@ fn file_limits_for(connections: u64) -> anyhow::Result<Option<Sysctl>> {
     Ok(Some(guard))
 }
 
+/// Timewait sockets above which a level first waits for them to expire (60 s at most).
+const QUIET_TIMEWAIT: u64 = 10_000;
+/// Longest wait for timewait sockets to expire (TCP_TIMEWAIT_LEN is 60 s).
+const TIMEWAIT_PATIENCE: Duration = Duration::from_secs(65);
+
+/// Waits (bounded) until the host has few timewait sockets: tcpstated's sock_diag polls walk
+/// them, so they would add to the scrape figures whatever the tracked sockets.
+fn wait_for_timewait_to_expire() {
+    let started = Instant::now();
+    let mut said = false;
+    while let Some(timewait) = procfs::timewait_sockets() {
+        if timewait < QUIET_TIMEWAIT || started.elapsed() > TIMEWAIT_PATIENCE {
+            break;
+        }
+        if !said {
+            eprintln!(
+                "xtask: scale: waiting for {timewait} timewait sockets to expire (up to 60 s)"
+            );
+            said = true;
+        }
+        thread::sleep(Duration::from_secs(1));
+    }
+}
+
 pub fn measure(
     context: &Context,
     wanted_levels: &[u64],
     scrapes: usize,
+    quiet_timewait: bool,
 ) -> anyhow::Result<ScaleOutcome> {
     let mut outcome = ScaleOutcome::default();
     // Smallest first: each level's memory per connection tells whether the next one fits.
@@ -256,6 +287,9 @@ pub fn measure(
         if connections == 0 {
             continue;
         }
+        if quiet_timewait {
+            wait_for_timewait_to_expire();
+        }
         eprintln!("xtask: scale: holding {connections} connections under tcpstated");
         let _limits = file_limits_for(connections)?;
         let level = measure_level(context, connections, scrapes, &mut outcome)?;
@@ -280,10 +314,12 @@ fn measure_level(
     let held = Held::open(context, connections)?;
     thread::sleep(Duration::from_secs(1));
     let memory_held = procfs::mem_available_bytes()?;
+    let host_timewait_sockets = procfs::timewait_sockets();
 
     let mut level = ScaleLevel {
         connections,
         setup_seconds: held.setup_seconds,
+        host_timewait_sockets,
         memory_per_connection: Some(
             memory_before.saturating_sub(memory_held) as f64 / connections as f64,
         ),
@@ -301,6 +337,7 @@ fn measure_level(
     let mut collect_ms = Vec::new();
     let mut last = None;
     for _ in 0..scrapes {
+        thread::sleep(SCRAPE_SPACING);
         let started = Instant::now();
         let text = prometheus::scrape_text(address)?;
         level.scrape_ms.push(started.elapsed().as_secs_f64() * 1e3);
