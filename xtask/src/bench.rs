@@ -444,7 +444,15 @@ fn measure_run(
         (Config::Tcpstated, Some(address), Some(pid)) => {
             // Peak memory before the settling scrapes (each of which also polls sock_diag).
             let peak_rss_bytes = procfs::peak_rss_bytes(pid)?;
-            let (samples, exactness, settle) = settled_counts(address, &churn, context.port)?;
+            let (text, samples, exactness, settle) = settled_counts(address, &churn, context.port)?;
+            // Kept for a post-mortem of any discrepancy (target/bench/scrapes/).
+            let scrapes = context.binaries.work_dir.join("scrapes");
+            fs::create_dir_all(&scrapes)?;
+            let kind = if cost_run { "cost" } else { "throughput" };
+            fs::write(
+                scrapes.join(format!("round-{}-{kind}.prom", round + 1)),
+                text,
+            )?;
             let misses = |program: &str| {
                 samples
                     .sum(
@@ -488,18 +496,20 @@ fn measure_run(
 const SETTLE_LIMIT: Duration = Duration::from_secs(5);
 
 /// Scrapes until tcpstated's counts match what the churn must have produced, or
-/// [`SETTLE_LIMIT`] passes: the last scrape's samples and comparison, and how long it took.
+/// [`SETTLE_LIMIT`] passes: the last scrape (text and samples), the comparison, and how long
+/// it took.
 fn settled_counts(
     address: std::net::SocketAddr,
     churn: &ChurnReport,
     port: u16,
-) -> anyhow::Result<(prometheus::Samples, Exactness, Duration)> {
+) -> anyhow::Result<(String, prometheus::Samples, Exactness, Duration)> {
     let started = std::time::Instant::now();
     loop {
-        let samples = prometheus::scrape(address)?;
+        let text = prometheus::scrape_text(address)?;
+        let samples = prometheus::Samples::parse(&text);
         let exactness = expect::check(churn, &samples.transitions_for_port(port));
         if exactness.is_exact() || started.elapsed() >= SETTLE_LIMIT {
-            return Ok((samples, exactness, started.elapsed()));
+            return Ok((text, samples, exactness, started.elapsed()));
         }
         thread::sleep(Duration::from_millis(250));
     }
