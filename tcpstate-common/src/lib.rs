@@ -39,8 +39,9 @@ pub mod map {
     pub const TRANSITIONS: &str = "TRANSITIONS";
     /// `PERCPU_ARRAY`: [`crate::counter`] index -> `u64`.
     pub const COUNTERS: &str = "COUNTERS";
-    /// `PERCPU_ARRAY` of one `u32`: 1 while the primary program's body runs on that CPU.
-    pub const PRIMARY_RUNNING: &str = "PRIMARY_RUNNING";
+    /// `PERCPU_ARRAY` of one [`crate::HandledEvents`]: the events the primary program last
+    /// handled on that CPU.
+    pub const PRIMARY_HANDLED: &str = "PRIMARY_HANDLED";
     /// `PERCPU_HASH`: [`crate::EventKey`] -> `u64` count (resets, SYN-ACK retransmits).
     pub const EVENTS: &str = "EVENTS";
     /// `LRU_HASH`: socket cookie -> [`crate::TimewaitHandoff`], for sockets the kernel handed
@@ -160,6 +161,33 @@ pub struct ClosedSocket {
     pub _padding: [u8; 7],
 }
 const _: () = assert!(size_of::<ClosedSocket>() == 24);
+
+/// One `inet_sock_set_state` event: the socket's address (compared, never dereferenced) and
+/// the states.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventToken {
+    pub socket: u64,
+    pub old_state: u32,
+    pub new_state: u32,
+}
+const _: () = assert!(size_of::<EventToken>() == 16);
+
+/// The last events the primary program handled on a CPU, a small ring. The nested-event program
+/// records an event only if it is not here: the primary program was skipped for it (it was
+/// already running on the CPU: the event arrived during its body or the kernel's bookkeeping
+/// around it). A ring, not one slot: another event can be handled between the primary
+/// program's run for an event and the nested-event program's run for the same event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HandledEvents {
+    pub tokens: [EventToken; HANDLED_EVENTS],
+    /// Where the next token goes (modulo `HANDLED_EVENTS`).
+    pub next: u32,
+    pub _padding: u32,
+}
+pub const HANDLED_EVENTS: usize = 4;
+const _: () = assert!(size_of::<HandledEvents>() == 16 * HANDLED_EVENTS + 8);
 
 /// Kinds of [`EventKey`].
 pub mod event_kind {

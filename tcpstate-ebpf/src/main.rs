@@ -16,20 +16,20 @@ use tcpstate_common::{event_kind, recorder};
 /// by `bpf_sk_storage_get`) and is cheaper per event than the classic tracepoint.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn record_state_change(ctx: BtfTracePointContext) -> i32 {
-    maps::set_primary_running(true);
+    maps::note_primary_handled(state_change::token(&ctx));
     state_change::record(&ctx, recorder::PRIMARY);
-    maps::set_primary_running(false);
     0
 }
 
-/// The same tracepoint, second program. The kernel runs a BTF tracepoint program at most once
+/// The same tracepoint, second program, attached after the first: for each event the kernel
+/// runs it after `record_state_change`. The kernel runs a BTF tracepoint program at most once
 /// per CPU at a time and silently skips an event that arrives while it runs (a softirq state
-/// change interrupting a process-context one; counted in the program's `recursion_misses`).
-/// Its guard is per program, so this one still runs then: it records exactly the events the
-/// primary program was denied, into its own slots.
+/// change interrupting a process-context one, also during the kernel's bookkeeping around the
+/// program; counted in its `recursion_misses`). The guard is per program, so this one still runs
+/// then: it records exactly the events the primary program did not handle, into its own slots.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn record_nested_state_change(ctx: BtfTracePointContext) -> i32 {
-    if maps::primary_running() {
+    if !maps::primary_handled(&state_change::token(&ctx)) && state_change::missed_by_primary(&ctx) {
         state_change::record(&ctx, recorder::NESTED);
         maps::count(
             recorder::NESTED,

@@ -7,9 +7,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use tcpstate_common::{
-    ClosedSocket, DurationBuckets, EVENTS_CAPACITY, EventKey, MAX_BUCKETS, PortSet, SocketLayout,
-    SocketRecord, TIMEWAIT_HANDOFFS_CAPACITY, TRANSITIONS_CAPACITY, TimewaitHandoff, TransitionKey,
-    TransitionStats, counter, recorder,
+    ClosedSocket, DurationBuckets, EVENTS_CAPACITY, EventKey, EventToken, HANDLED_EVENTS,
+    HandledEvents, MAX_BUCKETS, PortSet, SocketLayout, SocketRecord, TIMEWAIT_HANDOFFS_CAPACITY,
+    TRANSITIONS_CAPACITY, TimewaitHandoff, TransitionKey, TransitionStats, counter, recorder,
 };
 
 /// Per-socket record, in socket-local storage: no capacity to size, freed with the socket, and
@@ -69,9 +69,9 @@ fn closed_slot(recorder: u8, sock: &Sock) -> u32 {
     u32::from(recorder) * CLOSED_SLOTS + hash
 }
 
-/// 1 while `record_state_change` runs on this CPU.
+/// The events `record_state_change` last handled on this CPU (see `HandledEvents`).
 #[btf_map]
-static PRIMARY_RUNNING: PerCpuArray<u32, 1> = PerCpuArray::new();
+static PRIMARY_HANDLED: PerCpuArray<HandledEvents, 1> = PerCpuArray::new();
 
 // Load-time configuration (`.rodata`, frozen before verification, so the verifier sees the
 // values as constants: `SOCKET_LAYOUT`'s offsets must be constants to read `struct sock`).
@@ -129,18 +129,27 @@ pub fn is_service_port(port: u16) -> bool {
     }
 }
 
-pub fn set_primary_running(running: bool) {
-    if let Some(flag) = PRIMARY_RUNNING.get_ptr_mut(0) {
-        // SAFETY: a per-CPU array slot, valid for the program's run.
-        unsafe { *flag = running as u32 };
+/// Notes that the primary program handles `token` (its first act for every event).
+#[inline(always)]
+pub fn note_primary_handled(token: EventToken) {
+    if let Some(handled) = PRIMARY_HANDLED.get_ptr_mut(0) {
+        // SAFETY: a per-CPU array slot, valid for the program's run, written only by the primary
+        // program (which cannot nest in itself).
+        let handled = unsafe { &mut *handled };
+        let slot = handled.next as usize % HANDLED_EVENTS;
+        if let Some(entry) = handled.tokens.get_mut(slot) {
+            *entry = token;
+        }
+        handled.next = handled.next.wrapping_add(1);
     }
 }
 
-pub fn primary_running() -> bool {
-    // SAFETY: a per-CPU array slot, valid for the program's run.
-    PRIMARY_RUNNING
-        .get_ptr(0)
-        .is_some_and(|flag| unsafe { *flag } != 0)
+/// Whether the primary program handled `token` on this CPU (see `HandledEvents`).
+#[inline(always)]
+pub fn primary_handled(token: &EventToken) -> bool {
+    PRIMARY_HANDLED
+        .get(0)
+        .is_some_and(|handled| handled.tokens.iter().any(|seen| seen == token))
 }
 
 /// Adds one to a [`counter`] in `recorder`'s block.

@@ -6,8 +6,8 @@
 
 use aya_ebpf::programs::BtfTracePointContext;
 use tcpstate_common::{
-    ClosedSocket, Labels, SocketRecord, TcpState, TimewaitHandoff, TransitionKey, bucket_index,
-    counter, transition_detail, transition_flag,
+    ClosedSocket, EventToken, Labels, SocketRecord, TcpState, TimewaitHandoff, TransitionKey,
+    bucket_index, counter, transition_detail, transition_flag,
 };
 
 use crate::{
@@ -30,6 +30,39 @@ const SOCK_DONE: u64 = 1 << 1;
 const ECONNRESET: i32 = 104;
 const ETIMEDOUT: i32 = 110;
 const ECONNREFUSED: i32 = 111;
+
+/// The event's identity, for the nested-event program (see `HandledEvents`).
+#[inline(always)]
+pub fn token(ctx: &BtfTracePointContext) -> EventToken {
+    let sock = Sock::new(ctx.arg(0), maps::socket_layout());
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    EventToken {
+        socket: sock.address(),
+        old_state: old as u32,
+        new_state: new as u32,
+    }
+}
+
+/// For an event not among the primary program's last handled ones (a burst of softirq events
+/// can push it out of that ring between the two programs' runs): whether the primary program
+/// missed it, by the socket's record. Had it handled the event, the record would be in the new
+/// state (or gone, for CLOSE); had it missed it, the record is still in the old state, or absent
+/// for a socket it never saw. Only a CLOSE of a socket without a record cannot tell; it is taken
+/// as handled. Events of other protocols count as missed: the primary program's miss counter
+/// counts them too (`record` ignores them).
+#[inline(always)]
+pub fn missed_by_primary(ctx: &BtfTracePointContext) -> bool {
+    let sock = Sock::new(ctx.arg(0), maps::socket_layout());
+    if !sock.is_tcp() {
+        return true;
+    }
+    let new: i32 = ctx.arg(2);
+    match sock.record() {
+        Some(record) => i32::from(record.state) != new,
+        None => new != i32::from(CLOSE),
+    }
+}
 
 #[inline(always)]
 pub fn record(ctx: &BtfTracePointContext, recorder: u8) {
