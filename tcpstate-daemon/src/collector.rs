@@ -3,7 +3,11 @@
 
 use std::{
     collections::BTreeMap,
-    sync::Mutex,
+    io,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -22,8 +26,16 @@ use crate::{
     kernel_maps::{KernelMaps, Snapshot, TRANSITIONS_MAP_CAPACITY},
     labels,
     netstat::{self, ListenCounters},
-    sock_diag, sys,
+    sock_diag::{self, DiagSocket},
+    sys,
 };
+
+fn lock(state: &Mutex<KernelState>) -> MutexGuard<'_, KernelState> {
+    // A panic while holding the lock leaves at worst a partly updated census.
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -252,30 +264,15 @@ impl KernelState {
         }
     }
 
-    /// Polls sock_diag unless the last poll is recent, and folds the result into the census.
-    fn poll_if_due(&mut self, min_interval: Duration) {
-        if self
-            .last_poll
-            .is_some_and(|(at, _)| at.elapsed() < min_interval)
-        {
-            return;
-        }
-        let started = Instant::now();
-        let listeners_and_timewait = sock_diag::dump(
-            sock_diag::state_mask(&[
-                TcpState::Listen as u8,
-                TcpState::TimeWait as u8,
-                TcpState::FinWait2 as u8,
-            ]),
-            None,
-        );
-        let requests = sock_diag::dump(sock_diag::state_mask(&[TcpState::NewSynRecv as u8]), None);
-        match (listeners_and_timewait, requests) {
-            (Ok(listeners_and_timewait), Ok(requests)) => {
-                self.census
-                    .observe(&listeners_and_timewait, &requests, sys::monotonic_ns());
-            }
-            (Err(error), _) | (_, Err(error)) => {
+    /// Folds a finished poll into the census.
+    fn fold_poll(&mut self, poll: io::Result<Poll>, started: Instant) {
+        match poll {
+            Ok(poll) => self.census.observe(
+                &poll.listeners_and_timewait,
+                &poll.requests,
+                poll.finished_ns,
+            ),
+            Err(error) => {
                 self.poll_errors += 1;
                 log::warn!("sock_diag poll failed: {error}");
             }
@@ -284,8 +281,40 @@ impl KernelState {
     }
 }
 
+/// One sock_diag poll's sockets.
+struct Poll {
+    listeners_and_timewait: Vec<DiagSocket>,
+    requests: Vec<DiagSocket>,
+    finished_ns: u64,
+}
+
+fn poll_sockets() -> io::Result<Poll> {
+    let listeners_and_timewait = sock_diag::dump(
+        sock_diag::state_mask(&[
+            TcpState::Listen as u8,
+            TcpState::TimeWait as u8,
+            TcpState::FinWait2 as u8,
+        ]),
+        None,
+    )?;
+    let requests = sock_diag::dump(sock_diag::state_mask(&[TcpState::NewSynRecv as u8]), None)?;
+    Ok(Poll {
+        listeners_and_timewait,
+        requests,
+        finished_ns: sys::monotonic_ns(),
+    })
+}
+
+/// A poll that took longer than this runs next time beside the scrape rather than in it, so
+/// the scrape's latency does not grow with the host's sockets (the kernel walks all of them,
+/// whatever states are asked for: about 0.5 µs each). Below it, the scrape waits and shows the
+/// freshest figures.
+const INLINE_POLL_LIMIT: Duration = Duration::from_millis(20);
+
 pub struct TcpStateCollector {
-    state: Mutex<KernelState>,
+    state: Arc<Mutex<KernelState>>,
+    /// A poll is running beside the scrapes.
+    polling: Arc<AtomicBool>,
     config: CollectorConfig,
     descs: Vec<Desc>,
 }
@@ -305,7 +334,8 @@ impl TcpStateCollector {
             })
             .collect();
         TcpStateCollector {
-            state: Mutex::new(state),
+            state: Arc::new(Mutex::new(state)),
+            polling: Arc::new(AtomicBool::new(false)),
             config,
             descs,
         }
@@ -315,11 +345,62 @@ impl TcpStateCollector {
         self.lock().maps.programs_alive()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, KernelState> {
-        // A panic while holding the lock leaves at worst a partly updated census.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock(&self) -> MutexGuard<'_, KernelState> {
+        lock(&self.state)
+    }
+
+    /// Starts a sock_diag poll if the last one is older than the least interval: in the scrape
+    /// if polls are quick, beside it otherwise (see `INLINE_POLL_LIMIT`).
+    fn poll_if_due(&self, state: &mut KernelState) {
+        let due = match state.last_poll {
+            Some((at, _)) => at.elapsed() >= self.config.poll_min_interval,
+            None => true,
+        };
+        if !due || self.polling.load(Ordering::Acquire) {
+            return;
+        }
+        let quick = state
+            .last_poll
+            .is_none_or(|(_, took)| took < INLINE_POLL_LIMIT);
+        if quick {
+            let started = Instant::now();
+            state.fold_poll(poll_sockets(), started);
+            return;
+        }
+        if let Err(error) = self.spawn_poll() {
+            state.poll_errors += 1;
+            log::warn!("cannot start a sock_diag poll: {error}");
+        }
+    }
+
+    /// Polls sock_diag on a thread of its own, now: the first poll, at start-up, so the first
+    /// scrape does not wait for it.
+    pub fn start_background_poll(&self) {
+        if let Err(error) = self.spawn_poll() {
+            self.lock().poll_errors += 1;
+            log::warn!("cannot start a sock_diag poll: {error}");
+        }
+    }
+
+    /// Runs a poll on its own thread, which folds the result in when done; nothing if one is
+    /// already running. The caller may hold the state's lock.
+    fn spawn_poll(&self) -> io::Result<()> {
+        if self.polling.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let (shared, polling) = (self.state.clone(), self.polling.clone());
+        let spawned = std::thread::Builder::new()
+            .name("sock_diag poll".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let poll = poll_sockets();
+                lock(&shared).fold_poll(poll, started);
+                polling.store(false, Ordering::Release);
+            });
+        if spawned.is_err() {
+            self.polling.store(false, Ordering::Release);
+        }
+        spawned.map(drop)
     }
 }
 
@@ -340,7 +421,7 @@ impl Collector for TcpStateCollector {
             }
         }
         let read_seconds = started.elapsed().as_secs_f64();
-        state.poll_if_due(self.config.poll_min_interval);
+        self.poll_if_due(&mut state);
         let scrape = Scrape {
             snapshot: &snapshot,
             census: Some(&state.census),

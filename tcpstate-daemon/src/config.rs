@@ -56,10 +56,11 @@ pub struct Flags {
     #[arg(long = "transitions.view", value_name = "VIEW", default_value = "logical", value_parser = parse_view)]
     pub view: View,
 
-    /// Least time between two netlink sock_diag polls, in seconds. Polls run at scrape time
-    /// (never in between) and count the timewait sockets (TIME_WAIT, orphaned FIN_WAIT2), the
-    /// request sockets (NEW_SYN_RECV) and the listeners' accept queues; they cost about 1 ms
-    /// per 1,000 such sockets.
+    /// Least time between two netlink sock_diag polls, in seconds. Polls are started by
+    /// scrapes (never without one) and count the timewait sockets (TIME_WAIT, orphaned
+    /// FIN_WAIT2), the request sockets (NEW_SYN_RECV) and the listeners' accept queues. A poll
+    /// that takes under 20 ms runs within the scrape; slower ones run beside it, and the scrape
+    /// shows the previous poll's figures.
     #[arg(long = "sockdiag.min-interval", value_name = "SECONDS", default_value = "1", value_parser = parse_interval)]
     pub poll_min_interval: Duration,
 }

@@ -76,6 +76,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     };
     let state = KernelState::new(maps, census, moved_before_baseline);
     let collector = Arc::new(TcpStateCollector::new(state, config));
+    collector.start_background_poll();
 
     let registry = Registry::new();
     registry.register(Box::new(SharedCollector(collector.clone())))?;
