@@ -101,7 +101,6 @@ pub struct Census {
     /// Timewait and request sockets at the last poll, by labels and state.
     pub sockets: BTreeMap<(Labels, u8), i64>,
     pub listen_queues: BTreeMap<u16, ListenQueue>,
-    pub polls: u64,
 }
 
 impl Census {
@@ -117,22 +116,20 @@ impl Census {
             durations: BTreeMap::new(),
             sockets: BTreeMap::new(),
             listen_queues: BTreeMap::new(),
-            polls: 0,
         }
     }
 
     /// Counts the full sockets the kernel program does not track (they existed before it was
     /// attached and have not changed state since): `has_storage` false.
-    pub fn set_baseline(&mut self, sockets: &[DiagSocket]) {
-        self.baseline.clear();
-        for socket in sockets.iter().filter(|s| !s.timewait && !s.has_storage) {
-            if socket.state == SYN_RECV && socket.receive_queue == 0 && socket.send_queue == 0 {
-                // Request sockets (reported as SYN_RECV) are the polls' business.
-                continue;
-            }
-            let labels = untracked_labels(&self.ports, socket, role_in_state(socket.state));
-            *self.baseline.entry((labels, socket.state)).or_default() += 1;
+    pub fn add_to_baseline(&mut self, socket: &DiagSocket) {
+        // Request sockets (reported as SYN_RECV) and timewait sockets are the polls' business.
+        let request =
+            socket.state == SYN_RECV && socket.receive_queue == 0 && socket.send_queue == 0;
+        if socket.timewait || socket.has_storage || request {
+            return;
         }
+        let labels = untracked_labels(&self.ports, socket, role_in_state(socket.state));
+        *self.baseline.entry((labels, socket.state)).or_default() += 1;
     }
 
     pub fn baseline(&self) -> &BTreeMap<(Labels, u8), i64> {
@@ -170,7 +167,6 @@ impl Census {
         requests: &[DiagSocket],
         now_ns: u64,
     ) {
-        self.polls += 1;
         self.sockets.clear();
         self.listen_queues.clear();
         let listeners: Vec<&DiagSocket> = listeners_and_timewait
@@ -599,13 +595,15 @@ mod tests {
             has_storage: true,
             ..established
         };
-        census.set_baseline(&[
+        for socket in [
             established,
             established,
             tracked,
             tw(TIME_WAIT, 2, 1),
             listener(443, 0, 128),
-        ]);
+        ] {
+            census.add_to_baseline(&socket);
+        }
         let unknown = Labels {
             port: 443,
             family: 2,

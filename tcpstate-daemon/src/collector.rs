@@ -191,7 +191,7 @@ const POLL_DURATION: Family = Family {
 };
 const POLL_INTERVAL: Family = Family {
     name: "tcpstate_poll_interval_seconds",
-    help: "Least time between sock_diag polls (--sockdiag.min-interval); polls run at scrape time.",
+    help: "Least time between sock_diag polls (--sockdiag.min-interval); scrapes start polls.",
     kind: MetricType::GAUGE,
     labels: &[],
 };

@@ -60,8 +60,11 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             .first_seen_out;
     let full_socket_states: Vec<u8> = (1..=11).filter(|state| *state != 6).collect();
     let full_sockets = sock_diag::state_mask(&full_socket_states);
-    match sock_diag::dump(full_sockets, tracer.socket_records_fd()) {
-        Ok(sockets) => census.set_baseline(&sockets),
+    let baseline = sock_diag::for_each(full_sockets, tracer.socket_records_fd(), |socket| {
+        census.add_to_baseline(&socket)
+    });
+    match baseline {
+        Ok(()) => {}
         Err(error) => log::warn!(
             "cannot list existing sockets with sock_diag ({error}): sockets older than tcpstated \
              are not counted until they change state"

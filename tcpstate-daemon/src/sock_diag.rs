@@ -158,9 +158,20 @@ fn parse_socket(payload: &[u8]) -> Option<DiagSocket> {
 
 /// Dumps the TCP sockets of both families in `states` (see [`state_mask`]).
 pub fn dump(states: u32, storage_map: Option<RawFd>) -> io::Result<Vec<DiagSocket>> {
+    let mut sockets = Vec::new();
+    for_each(states, storage_map, |socket| sockets.push(socket))?;
+    Ok(sockets)
+}
+
+/// Hands each TCP socket of both families in `states` to `visit` as it is read, keeping none:
+/// memory stays flat whatever the number of sockets.
+pub fn for_each(
+    states: u32,
+    storage_map: Option<RawFd>,
+    mut visit: impl FnMut(DiagSocket),
+) -> io::Result<()> {
     let socket = SockDiagSocket::open()?;
     let mut buffer = vec![0u8; 64 * 1024];
-    let mut sockets = Vec::new();
     for (sequence, family) in [libc::AF_INET as u8, libc::AF_INET6 as u8]
         .into_iter()
         .enumerate()
@@ -178,18 +189,16 @@ pub fn dump(states: u32, storage_map: Option<RawFd>) -> io::Result<Vec<DiagSocke
             let length = socket.receive(&mut buffer)?;
             let seen_ns = before + (monotonic_ns() - before) / 2;
             let batch = parse_batch(&buffer[..length])?;
-            sockets.extend(
-                batch
-                    .sockets
-                    .into_iter()
-                    .map(|s| DiagSocket { seen_ns, ..s }),
-            );
+            batch
+                .sockets
+                .into_iter()
+                .for_each(|s| visit(DiagSocket { seen_ns, ..s }));
             if batch.done || length == 0 {
                 break;
             }
         }
     }
-    Ok(sockets)
+    Ok(())
 }
 
 #[cfg(test)]
