@@ -375,9 +375,13 @@ fn gauges_follow_open_connections_and_return_to_zero() {
         metrics = daemon.scrape();
         all_zero(&metrics)
     });
+    let gauges: Vec<_> = metrics
+        .series()
+        .filter(|(s, _)| s.starts_with("tcpstate_sockets{") && s.contains("port=\"24007\""))
+        .collect();
     assert!(
         all_zero(&metrics),
-        "every gauge of the port back to 0 but TIME_WAIT (at least 3)"
+        "every gauge of the port back to 0 but TIME_WAIT (at least 3): {gauges:?}"
     );
 }
 

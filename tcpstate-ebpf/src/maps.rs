@@ -144,12 +144,31 @@ pub fn note_primary_handled(token: EventToken) {
     }
 }
 
-/// Whether the primary program handled `token` on this CPU (see `HandledEvents`).
+/// Where `token` is among the events the primary program last handled on this CPU.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// The last one: the nested-event program runs right after the primary for this event.
+    Last,
+    /// An older one: either the primary handled it and other events came in between, or a
+    /// socket at the same address, freed since, had the same transition (slab reuse).
+    Earlier,
+    NotSeen,
+}
+
+/// Looks for `token` among the events the primary program last handled (see `HandledEvents`).
 #[inline(always)]
-pub fn primary_handled(token: &EventToken) -> bool {
-    PRIMARY_HANDLED
-        .get(0)
-        .is_some_and(|handled| handled.tokens.iter().any(|seen| seen == token))
+pub fn primary_handled(token: &EventToken) -> Handled {
+    let Some(handled) = PRIMARY_HANDLED.get(0) else {
+        return Handled::NotSeen;
+    };
+    let last = handled.next.wrapping_sub(1) as usize % HANDLED_EVENTS;
+    if handled.tokens.get(last) == Some(token) {
+        Handled::Last
+    } else if handled.tokens.iter().any(|seen| seen == token) {
+        Handled::Earlier
+    } else {
+        Handled::NotSeen
+    }
 }
 
 /// Adds one to a [`counter`] in `recorder`'s block.

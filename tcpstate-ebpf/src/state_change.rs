@@ -44,23 +44,28 @@ pub fn token(ctx: &BtfTracePointContext) -> EventToken {
     }
 }
 
-/// For an event not among the primary program's last handled ones (a burst of softirq events
-/// can push it out of that ring between the two programs' runs): whether the primary program
-/// missed it, by the socket's record. Had it handled the event, the record would be in the new
-/// state (or gone, for CLOSE); had it missed it, the record is still in the old state, or absent
-/// for a socket it never saw. Only a CLOSE of a socket without a record cannot tell; it is taken
-/// as handled. Events of other protocols count as missed: the primary program's miss counter
-/// counts them too (`record` ignores them).
+/// Whether the primary program missed this event, for the nested-event program. The event the
+/// primary handled last is this one in the common case. Otherwise the socket's record tells:
+/// had the primary handled the event, the record would be in the new state (or gone, for
+/// CLOSE); had it missed it, the record is still in the old state, or absent for a socket it
+/// never saw. The ring settles the one case the record cannot: a CLOSE of a socket without a
+/// record. A token seen earlier in the ring alone proves nothing: a freed socket at the same
+/// address may have made the same transition. Events of other protocols count as missed: the
+/// primary program's miss counter counts them too (`record` ignores them).
 #[inline(always)]
-pub fn missed_by_primary(ctx: &BtfTracePointContext) -> bool {
+pub fn missed_by_primary(ctx: &BtfTracePointContext, handled: maps::Handled) -> bool {
+    if handled == maps::Handled::Last {
+        return false;
+    }
     let sock = Sock::new(ctx.arg(0), maps::socket_layout());
     if !sock.is_tcp() {
-        return true;
+        return handled == maps::Handled::NotSeen;
     }
     let new: i32 = ctx.arg(2);
     match sock.record() {
         Some(record) => i32::from(record.state) != new,
-        None => new != i32::from(CLOSE),
+        None if new == i32::from(CLOSE) => handled == maps::Handled::NotSeen,
+        None => true,
     }
 }
 
