@@ -34,11 +34,12 @@ const ECONNREFUSED: i32 = 111;
 /// The event's identity, for the nested-event program (see `HandledEvents`).
 #[inline(always)]
 pub fn token(ctx: &BtfTracePointContext) -> EventToken {
-    let sock = Sock::new(ctx.arg(0), maps::socket_layout());
+    // The socket's address only: no field of it is read (this runs twice per event).
+    let sk: *const core::ffi::c_void = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
     EventToken {
-        socket: sock.address(),
+        socket: sk as u64,
         old_state: old as u32,
         new_state: new as u32,
     }
