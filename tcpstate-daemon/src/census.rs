@@ -272,10 +272,22 @@ impl Census {
             );
         }
         self.timewait = seen;
+        // A record whose timewait socket no poll found: none was created (the kernel's
+        // net.ipv4.tcp_max_tw_buckets was reached: the connection closed at once), it lives in
+        // another network namespace, or it ended between two polls. The connection has left (or
+        // is not seen in) its state: count it ended, without a duration, so that what enters
+        // TIME_WAIT also leaves it.
+        let mut unmatched = Vec::new();
         self.handoffs.retain(|_, pending| {
             pending.polls_left -= 1;
+            if pending.polls_left == 0 {
+                unmatched.push(pending.handoff);
+            }
             pending.polls_left > 0
         });
+        for handoff in unmatched {
+            self.count(handoff.labels, handoff.state, CLOSE, None);
+        }
     }
 
     /// A timewait socket without a handoff record (older than the daemon, or its record gave
@@ -492,8 +504,10 @@ mod tests {
                 ..handoff(TIME_WAIT, entered + 2 * SECOND)
             },
         )]);
-        // Record 12 was never matched: gone after two polls.
+        // Record 12 was never matched: counted ended after two polls, without a duration.
         assert!(census.handoffs.is_empty());
+        assert_eq!(census.transitions[&edge(TIME_WAIT, CLOSE)], 1);
+        assert!(!census.durations.contains_key(&edge(TIME_WAIT, CLOSE)));
         poll(&mut census, &[], START + 100 * SECOND);
         let histogram = &census.durations[&(
             server,

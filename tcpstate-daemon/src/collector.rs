@@ -196,6 +196,13 @@ const POLL_INTERVAL: Family = Family {
     labels: &[],
 };
 
+const TIMEWAIT_OVERFLOWS: Family = Family {
+    name: "tcpstate_timewait_overflows_total",
+    help: "Connections that closed without a timewait socket because net.ipv4.tcp_max_tw_buckets \
+           was reached (TcpExt TCPTimeWaitOverflow of the daemon's network namespace).",
+    kind: MetricType::COUNTER,
+    labels: &[],
+};
 const EPHEMERAL_PORTS: Family = Family {
     name: "tcpstate_ephemeral_ports",
     help: "Bounds of the ephemeral port range connect() draws local ports from \
@@ -204,7 +211,8 @@ const EPHEMERAL_PORTS: Family = Family {
     labels: &["bound"],
 };
 
-const FAMILIES: [&Family; 24] = [
+const FAMILIES: [&Family; 25] = [
+    &TIMEWAIT_OVERFLOWS,
     &EPHEMERAL_PORTS,
     &TRANSITIONS,
     &DURATIONS,
@@ -674,6 +682,10 @@ pub fn exposition(scrape: &Scrape<'_>, config: &CollectorConfig) -> Vec<MetricFa
             single_counter(netstat.overflows as f64),
         ));
         families.push(family(&LISTEN_DROPS, single_counter(netstat.drops as f64)));
+        families.push(family(
+            &TIMEWAIT_OVERFLOWS,
+            single_counter(netstat.timewait_overflows as f64),
+        ));
     }
     if let Some((low, high)) = scrape.port_range {
         let bound = |name, value: u16| gauge_metric(pairs(&[("bound", name)]), value.into());
@@ -773,6 +785,7 @@ mod tests {
             netstat: Some(ListenCounters {
                 overflows: 4,
                 drops: 5,
+                timewait_overflows: 6,
             }),
             port_range: Some((32768, 60999)),
             read_seconds: 0.001,

@@ -11,6 +11,9 @@ pub struct ListenCounters {
     pub overflows: u64,
     /// SYNs or final ACKs dropped by a listener, overflows included (`ListenDrops`).
     pub drops: u64,
+    /// Connections that closed without a timewait socket because `net.ipv4.tcp_max_tw_buckets`
+    /// was reached (`TCPTimeWaitOverflow`).
+    pub timewait_overflows: u64,
 }
 
 /// Parses the file's header/value line pairs; missing fields read as 0.
@@ -33,6 +36,7 @@ pub fn parse(text: &str) -> ListenCounters {
     ListenCounters {
         overflows: fields.get("ListenOverflows").copied().unwrap_or(0),
         drops: fields.get("ListenDrops").copied().unwrap_or(0),
+        timewait_overflows: fields.get("TCPTimeWaitOverflow").copied().unwrap_or(0),
     }
 }
 
@@ -63,13 +67,14 @@ mod tests {
 
     #[test]
     fn reads_tcpext_fields() {
-        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 0 12 15\n\
-                    IpExt: InNoRoutes\nIpExt: 3\n";
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops TCPTimeWaitOverflow\n\
+                    TcpExt: 0 12 15 7\nIpExt: InNoRoutes\nIpExt: 3\n";
         assert_eq!(
             parse(text),
             ListenCounters {
                 overflows: 12,
-                drops: 15
+                drops: 15,
+                timewait_overflows: 7
             }
         );
         assert_eq!(parse("garbage\n"), ListenCounters::default());
