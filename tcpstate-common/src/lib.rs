@@ -47,7 +47,7 @@ pub mod map {
     /// `LRU_HASH`: socket cookie -> [`crate::TimewaitHandoff`], for sockets the kernel handed
     /// to a timewait socket (which inherits the cookie).
     pub const TIMEWAIT_HANDOFFS: &str = "TIMEWAIT_HANDOFFS";
-    /// `PERCPU_ARRAY`: recorder -> [`crate::ClosedSocket`].
+    /// `ARRAY`: hash of the ports -> [`crate::ClosedSocket`].
     pub const LAST_CLOSED: &str = "LAST_CLOSED";
 }
 
@@ -147,9 +147,9 @@ pub struct TimewaitHandoff {
 }
 const _: () = assert!(size_of::<TimewaitHandoff>() == 24);
 
-/// The socket that last reached CLOSE on a CPU, per recorder (`LAST_CLOSED` map): an abort
-/// moves the socket to CLOSE *before* sending its reset, so the reset program finds here the
-/// state the socket was in and its labels.
+/// A socket that recently reached CLOSE (`LAST_CLOSED` map, in the slot of its ports' hash):
+/// an abort moves the socket to CLOSE *before* sending its reset, so the reset program finds
+/// here the state the socket was in and its labels.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClosedSocket {
@@ -188,6 +188,9 @@ pub struct HandledEvents {
 }
 pub const HANDLED_EVENTS: usize = 4;
 const _: () = assert!(size_of::<HandledEvents>() == 16 * HANDLED_EVENTS + 8);
+
+/// Slots of the `LAST_CLOSED` map.
+pub const RECENTLY_CLOSED_SLOTS: u32 = 1024;
 
 /// Kinds of [`EventKey`].
 pub mod event_kind {

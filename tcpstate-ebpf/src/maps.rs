@@ -3,13 +3,14 @@
 use crate::kernel::Sock;
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST},
-    btf_maps::{LruHashMap, PerCpuArray, PerCpuHashMap, SkStorage},
+    btf_maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, SkStorage},
     macros::btf_map,
 };
 use tcpstate_common::{
     ClosedSocket, DurationBuckets, EVENTS_CAPACITY, EventKey, EventToken, HANDLED_EVENTS,
-    HandledEvents, MAX_BUCKETS, PortSet, SocketLayout, SocketRecord, TIMEWAIT_HANDOFFS_CAPACITY,
-    TRANSITIONS_CAPACITY, TimewaitHandoff, TransitionKey, TransitionStats, counter, recorder,
+    HandledEvents, MAX_BUCKETS, PortSet, RECENTLY_CLOSED_SLOTS, SocketLayout, SocketRecord,
+    TIMEWAIT_HANDOFFS_CAPACITY, TRANSITIONS_CAPACITY, TimewaitHandoff, TransitionKey,
+    TransitionStats, counter,
 };
 
 /// Per-socket record, in socket-local storage: no capacity to size, freed with the socket, and
@@ -49,24 +50,21 @@ static TIMEWAIT_HANDOFFS: LruHashMap<
 #[btf_map]
 static COUNTERS: PerCpuArray<u64, { counter::SLOTS as usize }> = PerCpuArray::new();
 
-/// Sockets that recently reached CLOSE on this CPU (see `ClosedSocket`), in `CLOSED_SLOTS`
-/// slots per recorder chosen by a hash of the socket's address: on loopback the peer's own
-/// CLOSE (its softirq handling our reset) runs between our CLOSE and our reset's tracepoint, so
-/// one slot is not enough.
+/// Sockets that recently reached CLOSE (see `ClosedSocket`), one per slot chosen by a hash of
+/// the ports. Shared by all CPUs, not per CPU: between an abort's CLOSE and its reset the task
+/// can move to another CPU. Writes from two CPUs can race on a slot; a torn entry only fails to
+/// match (that reset is then counted in CLOSE). The two ends of a connection have their ports
+/// swapped, so on loopback the peer's CLOSE, which comes in between, lands in another slot.
 #[btf_map]
-static LAST_CLOSED: PerCpuArray<ClosedSocket, { recorder::COUNT * CLOSED_SLOTS as usize }> =
-    PerCpuArray::new();
-const CLOSED_SLOTS: u32 = 64;
+static LAST_CLOSED: Array<ClosedSocket, { RECENTLY_CLOSED_SLOTS as usize }> = Array::new();
 
 /// The slot of a socket: a hash of its ports (a pointer cannot be hashed: the verifier allows
-/// no arithmetic on it). The two ends of a connection have their ports swapped, so they land
-/// in different slots.
+/// no arithmetic on it).
 #[inline(always)]
-fn closed_slot(recorder: u8, sock: &Sock) -> u32 {
+fn closed_slot(sock: &Sock) -> u32 {
     let ports = u32::from(sock.local_port()) << 16 | u32::from(sock.remote_port());
-    // Fibonacci hashing: the top 6 bits of the product.
-    let hash = ports.wrapping_mul(0x9E37_79B1) >> 26;
-    u32::from(recorder) * CLOSED_SLOTS + hash
+    // Fibonacci hashing: the top 10 bits of the product.
+    ports.wrapping_mul(0x9E37_79B1) >> 22
 }
 
 /// The events `record_state_change` last handled on this CPU (see `HandledEvents`).
@@ -220,22 +218,19 @@ pub fn record_handoff(cookie: u64, handoff: &TimewaitHandoff) -> bool {
 
 /// Notes that `sock` just reached CLOSE (see `ClosedSocket`).
 #[inline(always)]
-pub fn note_closed(recorder: u8, sock: &Sock, closed: ClosedSocket) {
-    if let Some(slot) = LAST_CLOSED.get_ptr_mut(closed_slot(recorder, sock)) {
-        // SAFETY: a per-CPU array slot, only written by `recorder` on this CPU.
+pub fn note_closed(sock: &Sock, closed: ClosedSocket) {
+    if let Some(slot) = LAST_CLOSED.get_ptr_mut(closed_slot(sock)) {
+        // SAFETY: an array slot, valid for this run; a racing write from another CPU can only
+        // make the entry unmatchable (see `LAST_CLOSED`).
         unsafe { *slot = closed };
     }
 }
 
-/// The socket's entry among those that recently reached CLOSE on this CPU, if any.
+/// The socket's entry among those that recently reached CLOSE, if any.
 #[inline(always)]
 pub fn recently_closed(sock: &Sock) -> Option<ClosedSocket> {
-    for recorder in [recorder::PRIMARY, recorder::NESTED] {
-        if let Some(closed) = LAST_CLOSED.get(closed_slot(recorder, sock))
-            && closed.socket == sock.address()
-        {
-            return Some(*closed);
-        }
-    }
-    None
+    LAST_CLOSED
+        .get(closed_slot(sock))
+        .filter(|closed| closed.socket == sock.address())
+        .copied()
 }

@@ -156,7 +156,7 @@ pub fn record(ctx: &BtfTracePointContext, recorder: u8) {
                 }
             }
             if to == CLOSE {
-                note_closed(recorder, &sock, labels, from);
+                note_closed(&sock, labels, from);
                 // Every full socket's life ends with a transition to CLOSE.
                 let deleted = sock.delete_record();
                 maps::count(
@@ -184,7 +184,7 @@ pub fn record(ctx: &BtfTracePointContext, recorder: u8) {
         None => {
             let labels = untracked_labels(&sock, first_seen_role(from, to));
             if to == CLOSE {
-                note_closed(recorder, &sock, labels, from);
+                note_closed(&sock, labels, from);
             }
             let mut flags = 0;
             if to != CLOSE {
@@ -215,14 +215,14 @@ pub fn record(ctx: &BtfTracePointContext, recorder: u8) {
 
 /// Leaves the reset programs what they need about a socket that just reached CLOSE.
 #[inline(always)]
-fn note_closed(recorder: u8, sock: &Sock, labels: Labels, from: u8) {
+fn note_closed(sock: &Sock, labels: Labels, from: u8) {
     let closed = ClosedSocket {
         socket: sock.address(),
         labels,
         state: from,
         _padding: [0; 7],
     };
-    maps::note_closed(recorder, sock, closed);
+    maps::note_closed(sock, closed);
 }
 
 /// Why a socket reaches CLOSE, from what the kernel left on it just before: `sk_err` is set
