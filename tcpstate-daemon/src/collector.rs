@@ -23,7 +23,7 @@ use crate::{
         sockets_now,
     },
     census::{Census, ListenQueue},
-    kernel_maps::{KernelMaps, Snapshot, TRANSITIONS_MAP_CAPACITY},
+    kernel_maps::{KernelMaps, Snapshot},
     labels,
     netstat::{self, ListenCounters},
     sock_diag::{self, DiagSocket},
@@ -643,7 +643,7 @@ pub fn exposition(scrape: &Scrape<'_>, config: &CollectorConfig) -> Vec<MetricFa
             &MAP_CAPACITY,
             vec![gauge_metric(
                 transitions_map(),
-                TRANSITIONS_MAP_CAPACITY.into(),
+                tcpstate_common::TRANSITIONS_CAPACITY.into(),
             )],
         ),
         family(&FAILURES, failures),

@@ -9,8 +9,7 @@ use aya::{
     programs::ProgramFd,
 };
 use tcpstate_common::{
-    EventKey, Labels, TRANSITIONS_CAPACITY, TimewaitHandoff, TransitionKey, TransitionStats,
-    counter, program,
+    EventKey, Labels, TimewaitHandoff, TransitionKey, TransitionStats, counter, program,
 };
 
 use crate::{
@@ -69,8 +68,6 @@ impl Snapshot {
         state_change + others
     }
 }
-
-pub const TRANSITIONS_MAP_CAPACITY: u32 = TRANSITIONS_CAPACITY;
 
 impl KernelMaps {
     pub fn read(&self) -> Snapshot {

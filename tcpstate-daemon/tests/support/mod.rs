@@ -24,14 +24,7 @@ impl Daemon {
     /// healthy.
     pub fn start(args: &[&str]) -> Daemon {
         let address = free_local_address();
-        let child = Command::new(env!("CARGO_BIN_EXE_tcpstated"))
-            .arg(format!("--web.listen-address={address}"))
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("tcpstated starts");
+        let child = Daemon::spawn(Command::new(env!("CARGO_BIN_EXE_tcpstated")), address, args);
         Daemon::until_healthy(child, address, None)
     }
 
@@ -41,16 +34,23 @@ impl Daemon {
     /// from a thread that enters the namespace.
     pub fn start_in(netns: &Netns, web_port: u16, args: &[&str]) -> Daemon {
         let address = SocketAddr::from(([127, 0, 0, 1], web_port));
-        let child = netns
-            .command(env!("CARGO_BIN_EXE_tcpstated"))
+        let child = Daemon::spawn(
+            netns.command(env!("CARGO_BIN_EXE_tcpstated")),
+            address,
+            args,
+        );
+        Daemon::until_healthy(child, address, Some(netns.name().to_owned()))
+    }
+
+    fn spawn(mut command: Command, address: SocketAddr, args: &[&str]) -> Child {
+        command
             .arg(format!("--web.listen-address={address}"))
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("tcpstated starts");
-        Daemon::until_healthy(child, address, Some(netns.name().to_owned()))
+            .expect("tcpstated starts")
     }
 
     fn until_healthy(child: Child, address: SocketAddr, netns: Option<String>) -> Daemon {
