@@ -183,6 +183,7 @@ pub struct Counters {
     pub failed_socket_storage: u64,
     pub failed_unknown_state: u64,
     pub failed_record_delete: u64,
+    pub records_in_socket_storage: u64,
 }
 
 impl Counters {
@@ -203,6 +204,7 @@ impl Counters {
             failed_record_delete: total(counter::FAILED_RECORD_DELETE),
             failed_events_map_full: total(counter::FAILED_EVENTS_MAP_FULL),
             failed_handoff_record: total(counter::FAILED_HANDOFF_RECORD),
+            records_in_socket_storage: total(counter::RECORDS_IN_SOCKET_STORAGE),
         }
     }
 

@@ -120,12 +120,12 @@ impl Census {
     }
 
     /// Counts the full sockets the kernel program does not track (they existed before it was
-    /// attached and have not changed state since): `has_storage` false.
+    /// attached and have not changed state since): `tracked` false.
     pub fn add_to_baseline(&mut self, socket: &DiagSocket) {
         // Request sockets (reported as SYN_RECV) and timewait sockets are the polls' business.
         let request =
             socket.state == SYN_RECV && socket.receive_queue == 0 && socket.send_queue == 0;
-        if socket.timewait || socket.has_storage || request {
+        if socket.timewait || socket.tracked || request {
             return;
         }
         let labels = untracked_labels(&self.ports, socket, role_in_state(socket.state));
@@ -361,7 +361,7 @@ mod tests {
             expires_ms,
             receive_queue: 0,
             send_queue: 0,
-            has_storage: false,
+            tracked: false,
             seen_ns: 0,
         }
     }
@@ -606,7 +606,7 @@ mod tests {
             ..tw(1, 1, 0)
         };
         let tracked = DiagSocket {
-            has_storage: true,
+            tracked: true,
             ..established
         };
         for socket in [

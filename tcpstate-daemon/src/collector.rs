@@ -68,9 +68,17 @@ const SOCKETS: Family = Family {
 };
 const TRACKED_SOCKETS: Family = Family {
     name: "tcpstate_tracked_sockets",
-    help: "Sockets the kernel program keeps a record for (socket-local storage: no capacity \
-           limit, freed with the socket).",
+    help: "Sockets the kernel program keeps a record for (in the socket slot table, or in \
+           socket-local storage when a socket's slots were taken).",
     kind: MetricType::GAUGE,
+    labels: &[],
+};
+const RECORDS_IN_SOCKET_STORAGE: Family = Family {
+    name: "tcpstate_socket_records_in_socket_storage_total",
+    help: "Sockets tracked in socket-local storage because their slots in the socket slot \
+           table were taken: nothing is lost, but their events cost more. Growing steadily: \
+           raise --sockets.slots.",
+    kind: MetricType::COUNTER,
     labels: &[],
 };
 const MAP_ENTRIES: Family = Family {
@@ -81,8 +89,9 @@ const MAP_ENTRIES: Family = Family {
 };
 const MAP_CAPACITY: Family = Family {
     name: "tcpstate_map_capacity",
-    help: "Capacity of a kernel aggregation map; when full, new label sets are counted in \
-           tcpstate_recording_failures_total{reason=\"transitions_map_full\"}.",
+    help: "Capacity of a kernel map: TRANSITIONS (when full, new label sets are counted in \
+           tcpstate_recording_failures_total{reason=\"transitions_map_full\"}) and \
+           SOCKET_SLOTS (--sockets.slots).",
     kind: MetricType::GAUGE,
     labels: &["map"],
 };
@@ -211,13 +220,14 @@ const EPHEMERAL_PORTS: Family = Family {
     labels: &["bound"],
 };
 
-const FAMILIES: [&Family; 25] = [
+const FAMILIES: [&Family; 26] = [
     &TIMEWAIT_OVERFLOWS,
     &EPHEMERAL_PORTS,
     &TRANSITIONS,
     &DURATIONS,
     &SOCKETS,
     &TRACKED_SOCKETS,
+    &RECORDS_IN_SOCKET_STORAGE,
     &MAP_ENTRIES,
     &MAP_CAPACITY,
     &FAILURES,
@@ -245,6 +255,8 @@ pub struct CollectorConfig {
     pub bucket_bounds: Vec<f64>,
     pub view: View,
     pub poll_min_interval: Duration,
+    /// Entries of the kernel's socket slot table.
+    pub socket_slots: u32,
 }
 
 /// What the collector keeps between scrapes.
@@ -640,11 +652,21 @@ pub fn exposition(scrape: &Scrape<'_>, config: &CollectorConfig) -> Vec<MetricFa
             )],
         ),
         family(
+            &RECORDS_IN_SOCKET_STORAGE,
+            single_counter(counters.records_in_socket_storage as f64),
+        ),
+        family(
             &MAP_CAPACITY,
-            vec![gauge_metric(
-                transitions_map(),
-                tcpstate_common::TRANSITIONS_CAPACITY.into(),
-            )],
+            vec![
+                gauge_metric(
+                    transitions_map(),
+                    tcpstate_common::TRANSITIONS_CAPACITY.into(),
+                ),
+                gauge_metric(
+                    pairs(&[("map", tcpstate_common::map::SOCKET_SLOTS)]),
+                    config.socket_slots.into(),
+                ),
+            ],
         ),
         family(&FAILURES, failures),
         family(
@@ -776,6 +798,7 @@ mod tests {
             bucket_bounds: bounds.to_vec(),
             view: View::Logical,
             poll_min_interval: Duration::from_secs(1),
+            socket_slots: tcpstate_common::DEFAULT_SOCKET_SLOTS,
         };
         let none = BTreeMap::new();
         let scrape = Scrape {

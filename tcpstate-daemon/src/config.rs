@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
-use tcpstate_common::MAX_BUCKETS;
+use tcpstate_common::{DEFAULT_SOCKET_SLOTS, MAX_BUCKETS, SOCKET_SLOT_WINDOW};
 
 use crate::aggregate::View;
 
@@ -63,7 +63,36 @@ pub struct Flags {
     /// shows the previous poll's figures.
     #[arg(long = "sockdiag.min-interval", value_name = "SECONDS", default_value = "1", value_parser = parse_interval)]
     pub poll_min_interval: Duration,
+
+    /// Slots of the kernel's socket table, where each tracked socket's record lives: a power of
+    /// two, 32 bytes each (the default, 262144, takes 8 MiB of kernel memory). Give about twice
+    /// the host's peak number of TCP sockets: a socket that finds no free slot near its hash is
+    /// tracked in socket-local storage instead, which loses nothing but costs several times
+    /// more per event (`tcpstate_socket_records_in_socket_storage_total` counts them).
+    #[arg(long = "sockets.slots", value_name = "SLOTS", default_value_t = DEFAULT_SOCKET_SLOTS,
+          value_parser = parse_slots)]
+    pub socket_slots: u32,
 }
+
+fn parse_slots(text: &str) -> Result<u32, String> {
+    match text.trim().parse::<u32>() {
+        Ok(slots)
+            if slots.is_power_of_two()
+                && (MIN_SOCKET_SLOTS..=MAX_SOCKET_SLOTS).contains(&slots) =>
+        {
+            Ok(slots)
+        }
+        Ok(slots) => Err(format!(
+            "{slots} is not a power of two between {MIN_SOCKET_SLOTS} and {MAX_SOCKET_SLOTS} \
+             (e.g. 262144, 1048576)"
+        )),
+        Err(_) => Err(format!("`{text}` is not a number of slots")),
+    }
+}
+
+/// Bounds of `--sockets.slots`: a window's worth, and 2^26 slots (2 GiB of kernel memory).
+const MIN_SOCKET_SLOTS: u32 = SOCKET_SLOT_WINDOW;
+const MAX_SOCKET_SLOTS: u32 = 1 << 26;
 
 fn parse_view(text: &str) -> Result<View, String> {
     match text {

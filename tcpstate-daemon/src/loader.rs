@@ -19,11 +19,14 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub struct Tracer {
     pub ebpf: Ebpf,
     pub maps: KernelMaps,
+    socket_slots: u32,
 }
 
 pub struct TracerConfig<'a> {
     pub buckets: &'a Buckets,
     pub ports: &'a [u16],
+    /// Entries of the socket slot table (a power of two).
+    pub socket_slots: u32,
 }
 
 impl Tracer {
@@ -39,6 +42,7 @@ impl Tracer {
         };
         let buckets = duration_buckets(config.buckets);
         let ports = port_set(config.ports);
+        let slot_mask = config.socket_slots - 1;
 
         // No CO-RE relocations to make (the offsets above replace them): no target BTF, which
         // also drops the copy `EbpfLoader::new()` parses.
@@ -47,6 +51,8 @@ impl Tracer {
             .override_global(global::SOCKET_LAYOUT, &layout, true)
             .override_global(global::DURATION_BUCKETS, &buckets, true)
             .override_global(global::SERVICE_PORTS, &ports, true)
+            .override_global(global::SOCKET_SLOT_MASK, &slot_mask, true)
+            .map_max_entries(map::SOCKET_SLOTS, config.socket_slots)
             .load(EBPF_OBJECT)
             .map_err(explain_load_error)?;
 
@@ -89,7 +95,24 @@ impl Tracer {
             },
             programs,
         };
-        Ok(Tracer { ebpf, maps })
+        Ok(Tracer {
+            ebpf,
+            maps,
+            socket_slots: config.socket_slots,
+        })
+    }
+
+    /// A live view of the socket slot table, to tell tracked sockets from untracked ones.
+    pub fn socket_slots(&self) -> anyhow::Result<sys::SocketSlots> {
+        let map = self
+            .ebpf
+            .map(map::SOCKET_SLOTS)
+            .ok_or_else(|| anyhow!("map {} is missing from the eBPF object", map::SOCKET_SLOTS))?;
+        let Map::Array(data) = map else {
+            anyhow::bail!("map {} is not an array", map::SOCKET_SLOTS);
+        };
+        sys::SocketSlots::map(&data.fd().as_fd(), self.socket_slots)
+            .with_context(|| format!("cannot map {} to read it", map::SOCKET_SLOTS))
     }
 
     /// The socket-storage map, for sock_diag to tell tracked sockets from untracked ones.

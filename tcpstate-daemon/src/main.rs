@@ -46,6 +46,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let tracer = Tracer::attach(&TracerConfig {
         buckets: &flags.buckets,
         ports: &flags.ports,
+        socket_slots: flags.socket_slots,
     })?;
     let started_ns = sys::monotonic_ns();
 
@@ -60,8 +61,17 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             .first_seen_out;
     let full_socket_states: Vec<u8> = (1..=11).filter(|state| *state != 6).collect();
     let full_sockets = sock_diag::state_mask(&full_socket_states);
-    let baseline = sock_diag::for_each(full_sockets, tracer.socket_records_fd(), |socket| {
-        census.add_to_baseline(&socket)
+    // A socket is tracked if it has a record: in socket storage (the dump says) or in a slot
+    // (looked up live as each socket comes, so the dump and the look agree to within a batch).
+    let baseline = tracer.socket_slots().and_then(|slots| {
+        Ok(sock_diag::for_each(
+            full_sockets,
+            tracer.socket_records_fd(),
+            |mut socket| {
+                socket.tracked |= slots.holds(socket.cookie);
+                census.add_to_baseline(&socket)
+            },
+        )?)
     });
     match baseline {
         Ok(()) => {}
@@ -71,11 +81,12 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         ),
     }
 
-    let Tracer { ebpf, maps } = tracer;
+    let Tracer { ebpf, maps, .. } = tracer;
     let config = CollectorConfig {
         bucket_bounds: flags.buckets.seconds().to_vec(),
         view: flags.view,
         poll_min_interval: flags.poll_min_interval,
+        socket_slots: flags.socket_slots,
     };
     let state = KernelState::new(maps, census, moved_before_baseline);
     let collector = Arc::new(TcpStateCollector::new(state, config));

@@ -48,8 +48,9 @@ pub struct DiagSocket {
     pub receive_queue: u32,
     /// For listeners: the accept queue's limit (backlog). Otherwise the send queue.
     pub send_queue: u32,
-    /// Whether the socket has an entry in the BPF socket-storage map the dump asked about.
-    pub has_storage: bool,
+    /// Whether the kernel program has a record for the socket: its entry in the BPF
+    /// socket-storage map the dump asked about; the caller adds the records in slots.
+    pub tracked: bool,
     /// When it was read (CLOCK_MONOTONIC ns): `expires_ms` counts from then.
     pub seen_ns: u64,
 }
@@ -130,7 +131,7 @@ fn parse_socket(payload: &[u8]) -> Option<DiagSocket> {
     let u32_at = |at: usize| u32::from_ne_bytes(message[at..at + 4].try_into().unwrap());
     // inet_diag_sockid starts at 4: sport, dport (network order), src[16], dst[16], if, cookie[2].
     let cookie = u64::from(u32_at(44)) | u64::from(u32_at(48)) << 32;
-    let mut has_storage = false;
+    let mut tracked = false;
     let mut attributes = &payload[MESSAGE_LEN..];
     while attributes.len() >= 4 {
         let length = u16::from_ne_bytes([attributes[0], attributes[1]]) as usize;
@@ -138,7 +139,7 @@ fn parse_socket(payload: &[u8]) -> Option<DiagSocket> {
         if length < 4 || length > attributes.len() {
             break;
         }
-        has_storage |= kind == INET_DIAG_SK_BPF_STORAGES;
+        tracked |= kind == INET_DIAG_SK_BPF_STORAGES;
         attributes = &attributes[align(length).min(attributes.len())..];
     }
     Some(DiagSocket {
@@ -151,7 +152,7 @@ fn parse_socket(payload: &[u8]) -> Option<DiagSocket> {
         expires_ms: u32_at(52),
         receive_queue: u32_at(56),
         send_queue: u32_at(60),
-        has_storage,
+        tracked,
         seen_ns: 0,
     })
 }
@@ -260,15 +261,10 @@ mod tests {
             (443, 51000, 0x1_0000_0002)
         );
         assert_eq!(
-            (
-                tw.expires_ms,
-                tw.receive_queue,
-                tw.send_queue,
-                tw.has_storage
-            ),
+            (tw.expires_ms, tw.receive_queue, tw.send_queue, tw.tracked),
             (59_000, 3, 128, false)
         );
-        assert!(batch.sockets[1].has_storage && !batch.sockets[1].timewait);
+        assert!(batch.sockets[1].tracked && !batch.sockets[1].timewait);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::{io, mem, os::fd::AsRawFd};
 
 use aya_obj::generated::{bpf_cmd, bpf_prog_info};
+use tcpstate_common::{SOCKET_SLOT_WINDOW, SocketRecord, socket_slot_window};
 
 /// Raises RLIMIT_MEMLOCK to infinity. Kernels since 5.11 account BPF memory to the memory cgroup
 /// and ignore this limit, and raising it needs CAP_SYS_RESOURCE: callers treat failure as a note.
@@ -215,4 +216,67 @@ pub fn drain_hash_map(
         first = false;
     }
     Ok((all_keys, all_values))
+}
+
+/// A read-only view of the kernel's socket slot table (`SOCKET_SLOTS`, an mmapable array of
+/// `SocketRecord`), live: each read sees the slots as the kernel has them now.
+pub struct SocketSlots {
+    base: *const SocketRecord,
+    slots: usize,
+}
+
+impl SocketSlots {
+    /// Maps the table `map` of `slots` records.
+    pub fn map(map: &impl AsRawFd, slots: u32) -> io::Result<Self> {
+        let slots = slots as usize;
+        let length = slots * mem::size_of::<SocketRecord>();
+        // SAFETY: a fresh shared read-only mapping of the map's data (an array map created with
+        // BPF_F_MMAPABLE, of exactly `slots` values); the kernel checks the length and the
+        // flags, and a failure returns MAP_FAILED.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                length,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                map.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(SocketSlots {
+            base: base.cast(),
+            slots,
+        })
+    }
+
+    /// Whether the socket with `cookie` has its record in a slot now (the kernel's search:
+    /// `socket_slot_window`, then `SOCKET_SLOT_WINDOW` slots on, wrapping around).
+    pub fn holds(&self, cookie: u64) -> bool {
+        let first = socket_slot_window(cookie) as usize;
+        (0..SOCKET_SLOT_WINDOW as usize).any(|step| {
+            let index = (first + step) & (self.slots - 1);
+            // SAFETY: `index` < `slots` (a power of two), inside the mapping, which lives as
+            // long as `self`; records are aligned (the kernel's array values are 8-aligned and
+            // the mapping is page-aligned). Volatile: the kernel writes the slots meanwhile,
+            // and a torn record is impossible for an aligned u64.
+            let owner =
+                unsafe { std::ptr::read_volatile(&raw const (*self.base.add(index)).cookie) };
+            owner == cookie
+        })
+    }
+}
+
+impl Drop for SocketSlots {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped once.
+        unsafe {
+            libc::munmap(
+                self.base.cast_mut().cast(),
+                self.slots * mem::size_of::<SocketRecord>(),
+            )
+        };
+    }
 }

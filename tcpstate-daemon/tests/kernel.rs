@@ -398,6 +398,90 @@ fn gauges_follow_open_connections_and_return_to_zero() {
 
 #[test]
 #[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
+fn sockets_beyond_the_slot_table_are_tracked_in_socket_storage() {
+    // The smallest table (one window of 8 slots) and 20 connections held open at once: most
+    // of their 41 sockets find no free slot and go to socket-local storage. Counts, durations
+    // and gauges stay exact either way.
+    const CONNECTIONS: u64 = 20;
+    let port = 24010;
+    let args = ["--port", "24010", "--sockets.slots", "8"];
+    let daemon = Daemon::start(&args);
+    let before = daemon.scrape();
+    let listen: SocketAddr = ([127, 0, 0, 1], port).into();
+    let listener = TcpListener::bind(listen).unwrap();
+    let mut clients: Vec<TcpStream> = (0..CONNECTIONS)
+        .map(|_| TcpStream::connect(listen).unwrap())
+        .collect();
+    let mut servers: Vec<TcpStream> = (0..CONNECTIONS)
+        .map(|_| listener.accept().unwrap().0)
+        .collect();
+    for client in &clients {
+        client.shutdown(Shutdown::Write).unwrap();
+    }
+    for server in &mut servers {
+        read_to_eof(server);
+    }
+    let half_closed = |m: &Metrics| {
+        (
+            sockets(m, port, "FIN_WAIT2", "client"),
+            sockets(m, port, "CLOSE_WAIT", "server"),
+        )
+    };
+    let mut metrics = daemon.scrape();
+    eventually(WAIT, || {
+        metrics = daemon.scrape();
+        half_closed(&metrics) == (CONNECTIONS as f64, CONNECTIONS as f64)
+    });
+    assert_eq!(
+        half_closed(&metrics),
+        (CONNECTIONS as f64, CONNECTIONS as f64)
+    );
+    let in_storage = metrics.delta(
+        &before,
+        "tcpstate_socket_records_in_socket_storage_total",
+        &[],
+    );
+    assert!(
+        in_storage >= (2 * CONNECTIONS + 1 - 8) as f64,
+        "{in_storage} sockets in socket storage, with 8 slots for 41"
+    );
+
+    drop(servers);
+    for client in &mut clients {
+        read_to_eof(client);
+    }
+    drop(clients);
+    drop(listener);
+    let want = expect(&[
+        ("listener", "CLOSE", "LISTEN", 1),
+        ("listener", "LISTEN", "CLOSE", 1),
+        ("client", "CLOSE", "SYN_SENT", CONNECTIONS),
+        ("client", "SYN_SENT", "ESTABLISHED", CONNECTIONS),
+        ("client", "ESTABLISHED", "FIN_WAIT1", CONNECTIONS),
+        ("client", "FIN_WAIT1", "FIN_WAIT2", CONNECTIONS),
+        ("client", "FIN_WAIT2", "TIME_WAIT", CONNECTIONS),
+        ("server", "LISTEN", "SYN_RECV", CONNECTIONS),
+        ("server", "SYN_RECV", "ESTABLISHED", CONNECTIONS),
+        ("server", "ESTABLISHED", "CLOSE_WAIT", CONNECTIONS),
+        ("server", "CLOSE_WAIT", "LAST_ACK", CONNECTIONS),
+        ("server", "LAST_ACK", "CLOSE", CONNECTIONS),
+    ]);
+    let after = assert_transitions(&daemon, &before, port, &want);
+    let labels = [("port", "24010"), ("role", "server")];
+    assert_eq!(
+        after.delta(&before, "tcpstate_state_duration_seconds_count", &labels),
+        (4 * CONNECTIONS) as f64,
+        "every server transition after the first has its duration"
+    );
+    for (name, value) in after.series() {
+        if name.starts_with("tcpstate_recording_failures_total{") {
+            assert_eq!(*value, 0.0, "{name}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
 fn metrics_pass_promtool_and_report_no_failures() {
     let port = 24008;
     let daemon = start(port);

@@ -7,7 +7,7 @@ use tcpstate_common::{EventKey, TcpState, counter, event_kind, recorder, role};
 use crate::{
     kernel::Sock,
     labels::{first_seen_role, untracked_labels},
-    maps,
+    maps, records,
 };
 
 const CLOSE: u8 = TcpState::Close as u8;
@@ -32,7 +32,7 @@ pub fn record_reset(ctx: &BtfTracePointContext, kind: u8) {
         closed.labels
     } else if state != TIME_WAIT
         && state != NEW_SYN_RECV
-        && let Some(record) = sock.record()
+        && let Some(record) = records::find(&sock, sock.cookie())
     {
         // Only full sockets have socket-local storage (the helper checks too).
         record.labels

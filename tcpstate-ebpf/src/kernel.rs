@@ -90,15 +90,19 @@ impl Sock {
         unsafe { bpf_get_socket_cookie(self.sk) }
     }
 
-    /// This socket's record, if it has one.
+    /// This socket's record in socket-local storage, if it has one there (see `records`).
     #[inline(always)]
-    pub fn record(&self) -> Option<&mut SocketRecord> {
+    pub fn storage_record(&self) -> Option<&'static mut SocketRecord> {
         self.storage_get(core::ptr::null_mut(), 0)
     }
 
-    /// Attaches `initial` as this socket's record; `None` if the kernel cannot allocate it.
+    /// Attaches `initial` as this socket's record in socket-local storage; `None` if the
+    /// kernel cannot allocate it.
     #[inline(always)]
-    pub fn create_record(&self, initial: &mut SocketRecord) -> Option<&mut SocketRecord> {
+    pub fn create_storage_record(
+        &self,
+        initial: &mut SocketRecord,
+    ) -> Option<&'static mut SocketRecord> {
         self.storage_get(
             core::ptr::from_mut(initial).cast(),
             BPF_SK_STORAGE_GET_F_CREATE.into(),
@@ -106,7 +110,7 @@ impl Sock {
     }
 
     #[inline(always)]
-    fn storage_get(&self, initial: *mut c_void, flags: u64) -> Option<&mut SocketRecord> {
+    fn storage_get(&self, initial: *mut c_void, flags: u64) -> Option<&'static mut SocketRecord> {
         let map = core::ptr::from_ref(&SOCKET_RECORDS).cast_mut().cast();
         // SAFETY: `sk` is the tracepoint's live socket; the storage returned stays valid for this
         // program run and belongs to that socket, whose state changes are serialised by the
@@ -118,8 +122,8 @@ impl Sock {
         }
     }
 
-    /// Forgets this socket's record; false if the kernel refused.
-    pub fn delete_record(&self) -> bool {
+    /// Deletes this socket's record from socket-local storage; false if the kernel refused.
+    pub fn delete_storage_record(&self) -> bool {
         let map = core::ptr::from_ref(&SOCKET_RECORDS).cast_mut().cast();
         // SAFETY: `sk` is the tracepoint's live socket.
         unsafe { bpf_sk_storage_delete(map, self.sk) == 0 }

@@ -1,11 +1,15 @@
 //! tcpstate's kernel side: entry points only. The work is in `state_change`.
 #![no_std]
 #![no_main]
+// `atomic_cxchg`: see `records::claim`.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod events;
 mod kernel;
 mod labels;
 mod maps;
+mod records;
 mod state_change;
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};

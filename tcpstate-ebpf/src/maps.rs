@@ -2,19 +2,29 @@
 
 use crate::kernel::Sock;
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    bindings::{BPF_ANY, BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     btf_maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, SkStorage},
     macros::btf_map,
 };
 use tcpstate_common::{
-    ClosedSocket, DurationBuckets, EVENTS_CAPACITY, EventKey, EventToken, HANDLED_EVENTS,
-    HandledEvents, MAX_BUCKETS, PortSet, RECENTLY_CLOSED_SLOTS, SocketLayout, SocketRecord,
-    TIMEWAIT_HANDOFFS_CAPACITY, TRANSITIONS_CAPACITY, TimewaitHandoff, TransitionKey,
+    ClosedSocket, DEFAULT_SOCKET_SLOTS, DurationBuckets, EVENTS_CAPACITY, EventKey, EventToken,
+    HANDLED_EVENTS, HandledEvents, MAX_BUCKETS, PortSet, RECENTLY_CLOSED_SLOTS, SocketLayout,
+    SocketRecord, TIMEWAIT_HANDOFFS_CAPACITY, TRANSITIONS_CAPACITY, TimewaitHandoff, TransitionKey,
     TransitionStats, counter,
 };
 
-/// Per-socket record, in socket-local storage: no capacity to size, freed with the socket, and
-/// immune to the address reuse a global hash keyed by `struct sock *` suffers from.
+/// Per-socket records, one per slot (see `records`). Its size is set at load time
+/// (`--sockets.slots`). Mmapable so the daemon can read the owners at start-up without a
+/// syscall per slot.
+#[btf_map]
+static SOCKET_SLOTS: Array<
+    SocketRecord,
+    { DEFAULT_SOCKET_SLOTS as usize },
+    { BPF_F_MMAPABLE as usize },
+> = Array::new();
+
+/// Per-socket records of sockets whose slot window was full: socket-local storage, no capacity
+/// to size, freed with the socket.
 #[btf_map]
 pub static SOCKET_RECORDS: SkStorage<SocketRecord> = SkStorage::new();
 
@@ -40,11 +50,15 @@ static EVENTS: PerCpuHashMap<
 /// Connections handed to a timewait socket, by cookie: the daemon drains them at each scrape and
 /// follows each timewait socket (which no tracepoint reports) with these labels and times. LRU:
 /// past its capacity between two scrapes, the oldest records give way rather than the newest.
+/// One LRU list per CPU (`BPF_F_NO_COMMON_LRU`): the shared list's lock, taken with interrupts
+/// off at every insert, was a quarter of the program's time under churn; the price is that each
+/// CPU evicts within its own share of the capacity.
 #[btf_map]
 static TIMEWAIT_HANDOFFS: LruHashMap<
     u64,
     TimewaitHandoff,
     { TIMEWAIT_HANDOFFS_CAPACITY as usize },
+    { BPF_F_NO_COMMON_LRU as usize },
 > = LruHashMap::new();
 
 #[btf_map]
@@ -89,6 +103,8 @@ static SOCKET_LAYOUT: SocketLayout = SocketLayout {
 static DURATION_BUCKETS: DurationBuckets = DurationBuckets::EMPTY;
 #[unsafe(no_mangle)]
 static SERVICE_PORTS: PortSet = PortSet::EMPTY;
+#[unsafe(no_mangle)]
+static SOCKET_SLOT_MASK: u32 = DEFAULT_SOCKET_SLOTS - 1;
 
 /// The value new `TRANSITIONS` entries start from. A static so that inserting passes a pointer
 /// to read-only map memory instead of 272 bytes of the 512-byte stack.
@@ -98,6 +114,18 @@ static ZERO_STATS: TransitionStats = TransitionStats::ZERO;
 pub fn socket_layout() -> SocketLayout {
     // SAFETY: a plain read of an initialised static; volatile so the loader's value is used.
     unsafe { core::ptr::read_volatile(&SOCKET_LAYOUT) }
+}
+
+/// The slot at `position` (taken modulo the table's size).
+#[inline(always)]
+pub fn socket_slot(position: u32) -> Option<&'static mut SocketRecord> {
+    // SAFETY: a plain read of an initialised static; volatile so the loader's value is used.
+    let mask = unsafe { core::ptr::read_volatile(&SOCKET_SLOT_MASK) };
+    let slot = SOCKET_SLOTS.get_ptr_mut(position & mask)?;
+    // SAFETY: an array slot, valid for the program's run. Its owner field is only changed
+    // atomically (see `records`); the rest only by the owning socket's events, which the
+    // socket's lock serialises.
+    Some(unsafe { &mut *slot })
 }
 
 #[inline(always)]

@@ -1,23 +1,25 @@
 //! What one `inet_sock_set_state` event does to the aggregates.
 //!
-//! Per event: one socket-storage lookup and one `TRANSITIONS` update. The record remembers when
+//! Per event: one socket record lookup (see `records`) and one `TRANSITIONS` update. The record remembers when
 //! the socket entered its state; the transition's flags tell the daemon how the event moves the
 //! per-state gauges, so the gauges need no map update of their own.
 
 use aya_ebpf::programs::BtfTracePointContext;
 use tcpstate_common::{
     ClosedSocket, EventToken, Labels, SocketRecord, TcpState, TimewaitHandoff, TransitionKey,
-    bucket_index, counter, transition_detail, transition_flag,
+    bucket_index, counter, record_home, transition_detail, transition_flag,
 };
 
 use crate::{
     kernel::{Sock, now_ns},
     labels::{first_seen_role, untracked_labels},
-    maps,
+    maps, records,
 };
 
 const CLOSE: u8 = TcpState::Close as u8;
+const LISTEN: u8 = TcpState::Listen as u8;
 const SYN_SENT: u8 = TcpState::SynSent as u8;
+const SYN_RECV: u8 = TcpState::SynRecv as u8;
 const FIN_WAIT1: u8 = TcpState::FinWait1 as u8;
 const FIN_WAIT2: u8 = TcpState::FinWait2 as u8;
 const TIME_WAIT: u8 = TcpState::TimeWait as u8;
@@ -63,7 +65,7 @@ pub fn missed_by_primary(ctx: &BtfTracePointContext, handled: maps::Handled) -> 
         return handled == maps::Handled::NotSeen;
     }
     let new: i32 = ctx.arg(2);
-    match sock.record() {
+    match records::find(&sock, sock.cookie()) {
         Some(record) => i32::from(record.state) != new,
         None if new == i32::from(CLOSE) => handled == maps::Handled::NotSeen,
         None => true,
@@ -93,8 +95,15 @@ pub fn record(ctx: &BtfTracePointContext, recorder: u8) {
     } else {
         transition_detail::NONE
     };
+    let cookie = sock.cookie();
+    let record = if is_birth(from, to) {
+        // A new socket (or one back from CLOSE, which dropped its record): nothing to find.
+        None
+    } else {
+        records::find(&sock, cookie)
+    };
 
-    match sock.record() {
+    match record {
         Some(record) => {
             let labels = record.labels;
             let mut flags = transition_flag::FROM_TRACKED;
@@ -134,9 +143,8 @@ pub fn record(ctx: &BtfTracePointContext, recorder: u8) {
                     NO_DURATION,
                 );
             }
-            if record.cookie != 0
-                && (detail == transition_detail::TIME_WAIT_HANDOFF
-                    || detail == transition_detail::FIN_WAIT2_HANDOFF)
+            if detail == transition_detail::TIME_WAIT_HANDOFF
+                || detail == transition_detail::FIN_WAIT2_HANDOFF
             {
                 // The connection lives on in a timewait socket, which inherited the cookie:
                 // leave the daemon its labels and when it entered its state there.
@@ -151,14 +159,14 @@ pub fn record(ctx: &BtfTracePointContext, recorder: u8) {
                     state,
                     _padding: [0; 7],
                 };
-                if !maps::record_handoff(record.cookie, &handoff) {
+                if !maps::record_handoff(cookie, &handoff) {
                     maps::count(recorder, counter::FAILED_HANDOFF_RECORD);
                 }
             }
             if to == CLOSE {
                 note_closed(&sock, labels, from);
                 // Every full socket's life ends with a transition to CLOSE.
-                let deleted = sock.delete_record();
+                let deleted = records::delete(&sock, record);
                 maps::count(
                     recorder,
                     if deleted {
@@ -171,9 +179,6 @@ pub fn record(ctx: &BtfTracePointContext, recorder: u8) {
                 flags |= transition_flag::TO_TRACKED;
                 record.state = to;
                 record.entered_ns = now;
-                if to == FIN_WAIT1 && record.cookie == 0 {
-                    record.cookie = sock.cookie();
-                }
             }
             add(
                 recorder,
@@ -191,15 +196,17 @@ pub fn record(ctx: &BtfTracePointContext, recorder: u8) {
                 let mut initial = SocketRecord {
                     entered_ns: now,
                     labels,
-                    // Fetching the cookie makes the kernel assign it, before any timewait
-                    // socket copies it (see `SocketRecord::cookie`).
-                    cookie: if to == FIN_WAIT1 { sock.cookie() } else { 0 },
+                    cookie,
                     state: to,
-                    _padding: [0; 7],
+                    home: record_home::SLOT,
+                    _padding: [0; 6],
                 };
-                if sock.create_record(&mut initial).is_some() {
+                if let Some(record) = records::create(&sock, &mut initial) {
                     flags |= transition_flag::TO_TRACKED;
                     maps::count(recorder, counter::RECORDS_CREATED);
+                    if record.home == record_home::SOCKET_STORAGE {
+                        maps::count(recorder, counter::RECORDS_IN_SOCKET_STORAGE);
+                    }
                 } else {
                     maps::count(recorder, counter::FAILED_SOCKET_STORAGE);
                 }
@@ -211,6 +218,16 @@ pub fn record(ctx: &BtfTracePointContext, recorder: u8) {
             );
         }
     }
+}
+
+/// Whether `from -> to` starts a socket's tracked life: connect, a child cloned from its
+/// listener, listen.
+#[inline(always)]
+fn is_birth(from: u8, to: u8) -> bool {
+    matches!(
+        (from, to),
+        (CLOSE, SYN_SENT) | (LISTEN, SYN_RECV) | (CLOSE, LISTEN)
+    )
 }
 
 /// Leaves the reset programs what they need about a socket that just reached CLOSE.

@@ -1,0 +1,82 @@
+//! Per-socket records: where each tracked socket's state and start time live.
+//!
+//! A record lives in a slot of `SOCKET_SLOTS`, a preallocated array: the first free slot of a
+//! window of `SOCKET_SLOT_WINDOW` from the slot the socket's cookie hashes to, claimed with a
+//! compare-and-swap of the slot's owner (its `cookie`) and given back at CLOSE with a store of
+//! 0. No allocation, no lock: socket-local storage, which this replaces on the fast path, costs
+//! a `kzalloc` with a memcg charge and two spinlocks with interrupts off per socket, over half
+//! of the program's time when it held every record. The owner is the cookie, not the socket's
+//! address, because the kernel never reuses a cookie, while a freed socket's address comes
+//! back with the next socket the slab hands out.
+//!
+//! When the whole window is taken (a table sized too small for the host), the record goes to
+//! socket-local storage instead, which has no capacity: slower, never lost.
+
+use core::intrinsics::{AtomicOrdering, atomic_cxchg};
+
+use tcpstate_common::{SOCKET_SLOT_WINDOW, SocketRecord, record_home, socket_slot_window};
+
+use crate::{kernel::Sock, maps};
+
+/// The record of the socket with `cookie`, if it has one.
+#[inline(always)]
+pub fn find(sock: &Sock, cookie: u64) -> Option<&'static mut SocketRecord> {
+    let first = socket_slot_window(cookie);
+    for step in 0..SOCKET_SLOT_WINDOW {
+        let slot = maps::socket_slot(first.wrapping_add(step))?;
+        if slot.cookie == cookie {
+            return Some(slot);
+        }
+    }
+    sock.storage_record()
+}
+
+/// Gives the socket `initial` as its record: in a free slot of its window, or else in
+/// socket-local storage. `None` when both are unavailable.
+#[inline(always)]
+pub fn create(sock: &Sock, initial: &mut SocketRecord) -> Option<&'static mut SocketRecord> {
+    let first = socket_slot_window(initial.cookie);
+    for step in 0..SOCKET_SLOT_WINDOW {
+        let slot = maps::socket_slot(first.wrapping_add(step))?;
+        if slot.cookie == 0 && claim(slot, initial.cookie) {
+            slot.entered_ns = initial.entered_ns;
+            slot.labels = initial.labels;
+            slot.state = initial.state;
+            slot.home = record_home::SLOT;
+            return Some(slot);
+        }
+    }
+    initial.home = record_home::SOCKET_STORAGE;
+    sock.create_storage_record(initial)
+}
+
+/// Forgets the socket's record (at CLOSE); false if the kernel refused to delete it.
+#[inline(always)]
+pub fn delete(sock: &Sock, record: &mut SocketRecord) -> bool {
+    if record.home == record_home::SLOT {
+        // SAFETY: the record's owner, an aligned u64 of a map value valid for this run: one
+        // store, which other CPUs' compare-and-swaps see whole.
+        unsafe { core::ptr::write_volatile(&raw mut record.cookie, 0) };
+        true
+    } else {
+        sock.delete_storage_record()
+    }
+}
+
+/// Takes a free slot for `cookie`; false if another CPU took it first (for another socket:
+/// one socket's events never run concurrently, its state changes hold the socket's lock).
+/// The BPF target has no `AtomicU64::compare_exchange` in `core` (its spec claims no CAS),
+/// but the instruction exists (BPF_CMPXCHG, which the verifier allows on map values).
+#[inline(always)]
+fn claim(slot: &mut SocketRecord, cookie: u64) -> bool {
+    // SAFETY: the slot's owner, an aligned u64 of a map value valid for this run; every
+    // concurrent access to it is atomic.
+    let (_, claimed) = unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::AcqRel }, { AtomicOrdering::Relaxed }>(
+            &raw mut slot.cookie,
+            0,
+            cookie,
+        )
+    };
+    claimed
+}
