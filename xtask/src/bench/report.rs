@@ -598,10 +598,13 @@ pub fn render(results: &Results, summary: &Summary) -> String {
             .max()
             .unwrap_or(0);
         line(format!(
-            "Socket-local storage: {bytes} bytes per tracked socket (charged to the socket: `ss -m` \
-             `o` with tcpstated minus without), so {} for the {} sockets of {} connections. It \
-             has no capacity to size: it grows and shrinks with the sockets. The map memlock above \
-             covers the maps themselves (the aggregation map grows with label sets, not sockets).",
+            "Per-socket memory outside the maps: the socket-local storage of the sockets that \
+             found no free slot in the slot table (charged to the socket: `ss -m` `o` with \
+             tcpstated minus without), {bytes} bytes per tracked socket on average, so {} for \
+             the {} sockets of {} connections. The slot table (`--sockets.slots`, 8 MiB by \
+             default) is in the map memlock above, with the other maps (the aggregation map \
+             grows with label sets, not sockets); past the table, socket storage grows and \
+             shrinks with the sockets, with no capacity to size.",
             megabytes(bytes * 2 * most),
             count(2 * most),
             count(most)

@@ -132,7 +132,7 @@ pub fn feasible_connections(wanted: u64, per_connection: f64, available: u64) ->
 }
 
 /// `o<bytes>` of each `skmem:(...)` in `ss -m` output: memory charged to the socket for options
-/// and, here, for BPF socket-local storage.
+/// and, here, for BPF socket-local storage (sockets past the slot table).
 pub fn parse_socket_option_memory(ss_output: &str) -> Vec<u64> {
     ss_output
         .split("skmem:(")
