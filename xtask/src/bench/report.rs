@@ -590,24 +590,14 @@ pub fn render(results: &Results, summary: &Summary) -> String {
     }
     line(String::new());
     if let Some(bytes) = results.scale.storage_bytes_per_socket {
-        let most = results
-            .scale
-            .levels
-            .iter()
-            .map(|level| level.connections)
-            .max()
-            .unwrap_or(0);
         line(format!(
-            "Per-socket memory outside the maps: the socket-local storage of the sockets that \
-             found no free slot in the slot table (charged to the socket: `ss -m` `o` with \
-             tcpstated minus without), {bytes} bytes per tracked socket on average, so {} for \
-             the {} sockets of {} connections. The slot table (`--sockets.slots`, 8 MiB by \
-             default) is in the map memlock above, with the other maps (the aggregation map \
-             grows with label sets, not sockets); past the table, socket storage grows and \
-             shrinks with the sockets, with no capacity to size.",
-            megabytes(bytes * 2 * most),
-            count(2 * most),
-            count(most)
+            "Socket-local storage charged to the sockets at the smallest level (`ss -m` `o` with \
+             tcpstated minus without): {bytes} bytes per tracked socket on average, 0 while every \
+             socket finds a slot in the slot table (`--sockets.slots`, 8 MiB by default, in the \
+             map memlock above with the other maps; the aggregation map grows with label sets, \
+             not sockets). Sockets past the table carry their record in socket storage instead, \
+             which grows and shrinks with them: the kernel memory per connection above includes \
+             it."
         ));
         line(String::new());
     }
