@@ -95,11 +95,12 @@ pub const fn socket_slot_window(cookie: u64) -> u32 {
 /// Capacity of the `EVENTS` map (one entry per event kind, state and label set).
 pub const EVENTS_CAPACITY: u32 = 4096;
 
-/// Capacity of the `TIMEWAIT_HANDOFFS` map: handoffs between two scrapes (the daemon drains it
-/// at each). Twice Linux's default `net.ipv4.tcp_max_tw_buckets` on large hosts (131072): when
-/// more connections close between two scrapes, the oldest records give way (LRU), and those
-/// timewait sockets get inferred labels.
-pub const TIMEWAIT_HANDOFFS_CAPACITY: u32 = 262144;
+/// Capacity of the `TIMEWAIT_HANDOFFS` map: the handoffs of sockets tracked in socket-local
+/// storage (past the slot table; a slot's handoff stays in its slot, see [`HANDOFF_OWNER`])
+/// between two scrapes (the daemon drains it at each). When more such connections close
+/// between two scrapes, the oldest records give way (LRU), and those timewait sockets get
+/// inferred labels.
+pub const TIMEWAIT_HANDOFFS_CAPACITY: u32 = 65536;
 
 /// Largest number of histogram bounds the kernel program can hold.
 pub const MAX_BUCKETS: usize = 32;
@@ -150,9 +151,10 @@ pub struct SocketRecord {
     /// `bpf_ktime_get_ns()` when the socket entered `state`.
     pub entered_ns: u64,
     pub labels: Labels,
-    /// The socket's cookie: unique for the kernel's uptime, never reused (unlike the socket's
-    /// address), so it owns the slot (0: a free slot). A timewait socket that replaces this
-    /// one inherits it, which lets the daemon match the two.
+    /// The slot's owner: the socket's cookie, unique for the kernel's uptime, never reused
+    /// (unlike the socket's address). 0: a free slot. With [`HANDOFF_OWNER`] set: the socket
+    /// is gone, handed to a timewait socket that inherited the cookie (which lets the daemon
+    /// match the two), and the record is a handoff for the daemon (see [`slot_owner`]).
     pub cookie: u64,
     /// The kernel state the socket is in, as far as this program saw.
     pub state: u8,
@@ -167,6 +169,32 @@ pub mod record_home {
     pub const SOCKET_STORAGE: u8 = 1;
 }
 const _: () = assert!(size_of::<SocketRecord>() == 32);
+
+/// Marks a slot's owner as a timewait handoff: the record stays in its slot, with the
+/// connection's labels, its timewait substate (`state`) and when it entered it (`entered_ns`),
+/// until the daemon takes it (setting the owner to 0) or a new socket claims the slot (a
+/// handoff slot is free to claim). Cookies count up from 1 and never reach this bit.
+pub const HANDOFF_OWNER: u64 = 1 << 63;
+
+/// What a slot's owner says.
+pub mod slot_owner {
+    use super::HANDOFF_OWNER;
+
+    /// A new socket may claim the slot: free, or holding a handoff (whose loss costs the daemon
+    /// only the timewait socket's labels and start time, never a live socket's record).
+    pub const fn is_claimable(owner: u64) -> bool {
+        owner == 0 || owner & HANDOFF_OWNER != 0
+    }
+
+    /// The cookie of the connection whose handoff the slot holds, if it holds one.
+    pub const fn handoff_cookie(owner: u64) -> Option<u64> {
+        if owner & HANDOFF_OWNER != 0 {
+            Some(owner & !HANDOFF_OWNER)
+        } else {
+            None
+        }
+    }
+}
 
 /// Value of `TIMEWAIT_HANDOFFS`: what the daemon needs to follow a connection in its timewait
 /// socket with the labels and times the full socket had.
@@ -494,6 +522,20 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_and_handoff_slots_are_claimable_live_ones_are_not() {
+        let cookie = 0x1234_5678;
+        assert!(slot_owner::is_claimable(0));
+        assert!(!slot_owner::is_claimable(cookie));
+        assert!(slot_owner::is_claimable(cookie | HANDOFF_OWNER));
+        assert_eq!(
+            slot_owner::handoff_cookie(cookie | HANDOFF_OWNER),
+            Some(cookie)
+        );
+        assert_eq!(slot_owner::handoff_cookie(cookie), None);
+        assert_eq!(slot_owner::handoff_cookie(0), None);
+    }
 
     fn buckets(bounds: &[u64]) -> DurationBuckets {
         let mut buckets = DurationBuckets::EMPTY;

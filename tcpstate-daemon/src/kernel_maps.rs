@@ -23,6 +23,9 @@ pub struct KernelMaps {
     pub events: PerCpuHashMap<MapData, EventKey, u64>,
     /// `TIMEWAIT_HANDOFFS` (an LRU hash, drained in batches, so kept as plain map data).
     pub timewait_handoffs: MapData,
+    /// `SOCKET_SLOTS`, mapped: the records of tracked sockets, and the handoffs of the
+    /// connections whose sockets had a slot.
+    pub socket_slots: sys::SocketSlots,
     /// Every attached program, by name.
     pub programs: Vec<(&'static str, ProgramFd)>,
 }
@@ -109,18 +112,21 @@ impl KernelMaps {
         snapshot
     }
 
-    /// Takes (reads and deletes) the kernel's records of connections handed to timewait
-    /// sockets since the last call.
+    /// Takes (reads and releases) the kernel's records of connections handed to timewait
+    /// sockets since the last call: those left in the slot table, then those of sockets
+    /// tracked in socket storage.
     pub fn drain_handoffs(&self) -> std::io::Result<Vec<(u64, TimewaitHandoff)>> {
         const KEY: usize = size_of::<u64>();
         const VALUE: usize = size_of::<TimewaitHandoff>();
+        let mut handoffs = self.socket_slots.take_handoffs();
         let (keys, values) =
             sys::drain_hash_map(&self.timewait_handoffs.fd().as_fd().as_raw_fd(), KEY, VALUE)?;
-        Ok(keys
-            .chunks_exact(KEY)
-            .zip(values.chunks_exact(VALUE))
-            .map(|(key, value)| (decode_u64(key), decode_handoff(value)))
-            .collect())
+        handoffs.extend(
+            keys.chunks_exact(KEY)
+                .zip(values.chunks_exact(VALUE))
+                .map(|(key, value)| (decode_u64(key), decode_handoff(value))),
+        );
+        Ok(handoffs)
     }
 
     /// Whether every program is still loaded (the kernel answers for their fds).

@@ -19,7 +19,6 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub struct Tracer {
     pub ebpf: Ebpf,
     pub maps: KernelMaps,
-    socket_slots: u32,
 }
 
 pub struct TracerConfig<'a> {
@@ -93,26 +92,10 @@ impl Tracer {
                 Map::LruHashMap(data) => data,
                 _ => anyhow::bail!("map {} is not an LRU hash", map::TIMEWAIT_HANDOFFS),
             },
+            socket_slots: map_socket_slots(&ebpf, config.socket_slots)?,
             programs,
         };
-        Ok(Tracer {
-            ebpf,
-            maps,
-            socket_slots: config.socket_slots,
-        })
-    }
-
-    /// A live view of the socket slot table, to tell tracked sockets from untracked ones.
-    pub fn socket_slots(&self) -> anyhow::Result<sys::SocketSlots> {
-        let map = self
-            .ebpf
-            .map(map::SOCKET_SLOTS)
-            .ok_or_else(|| anyhow!("map {} is missing from the eBPF object", map::SOCKET_SLOTS))?;
-        let Map::Array(data) = map else {
-            anyhow::bail!("map {} is not an array", map::SOCKET_SLOTS);
-        };
-        sys::SocketSlots::map(&data.fd().as_fd(), self.socket_slots)
-            .with_context(|| format!("cannot map {} to read it", map::SOCKET_SLOTS))
+        Ok(Tracer { ebpf, maps })
     }
 
     /// The socket-storage map, for sock_diag to tell tracked sockets from untracked ones.
@@ -132,6 +115,19 @@ pub const PROGRAMS: [(&str, &str); 5] = [
     (program::RECORD_RESET_RECEIVED, "tcp_receive_reset"),
     (program::RECORD_SYNACK_RETRANSMIT, "tcp_retransmit_synack"),
 ];
+
+/// A live view of the socket slot table: to tell tracked sockets from untracked ones, and to
+/// take the timewait handoffs its slots hold.
+fn map_socket_slots(ebpf: &Ebpf, slots: u32) -> anyhow::Result<sys::SocketSlots> {
+    let map = ebpf
+        .map(map::SOCKET_SLOTS)
+        .ok_or_else(|| anyhow!("map {} is missing from the eBPF object", map::SOCKET_SLOTS))?;
+    let Map::Array(data) = map else {
+        anyhow::bail!("map {} is not an array", map::SOCKET_SLOTS);
+    };
+    sys::SocketSlots::map(&data.fd().as_fd(), slots)
+        .with_context(|| format!("cannot map {} to read it", map::SOCKET_SLOTS))
+}
 
 fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
     ebpf.take_map(name)

@@ -2,10 +2,16 @@
 //! touches raw memory, so the only one allowed `unsafe`.
 #![allow(unsafe_code)]
 
-use std::{io, mem, os::fd::AsRawFd};
+use std::{
+    io, mem,
+    os::fd::AsRawFd,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use aya_obj::generated::{bpf_cmd, bpf_prog_info};
-use tcpstate_common::{SOCKET_SLOT_WINDOW, SocketRecord, socket_slot_window};
+use tcpstate_common::{
+    SOCKET_SLOT_WINDOW, SocketRecord, TimewaitHandoff, slot_owner, socket_slot_window,
+};
 
 /// Raises RLIMIT_MEMLOCK to infinity. Kernels since 5.11 account BPF memory to the memory cgroup
 /// and ignore this limit, and raising it needs CAP_SYS_RESOURCE: callers treat failure as a note.
@@ -218,26 +224,32 @@ pub fn drain_hash_map(
     Ok((all_keys, all_values))
 }
 
-/// A read-only view of the kernel's socket slot table (`SOCKET_SLOTS`, an mmapable array of
-/// `SocketRecord`), live: each read sees the slots as the kernel has them now.
+/// A view of the kernel's socket slot table (`SOCKET_SLOTS`, an mmapable array of
+/// `SocketRecord`), live: each read sees the slots as the kernel has them now. The daemon's only
+/// write is releasing a handoff slot it took (`take_handoffs`), with a compare-and-swap of its
+/// owner, as the kernel's programs claim slots.
 pub struct SocketSlots {
-    base: *const SocketRecord,
+    base: *mut SocketRecord,
     slots: usize,
 }
+
+// SAFETY: the mapping belongs to this value alone (unmapped on drop), and every access to it
+// is a volatile or atomic read or a compare-and-swap: any thread may use it.
+unsafe impl Send for SocketSlots {}
 
 impl SocketSlots {
     /// Maps the table `map` of `slots` records.
     pub fn map(map: &impl AsRawFd, slots: u32) -> io::Result<Self> {
         let slots = slots as usize;
         let length = slots * mem::size_of::<SocketRecord>();
-        // SAFETY: a fresh shared read-only mapping of the map's data (an array map created with
+        // SAFETY: a fresh shared mapping of the map's data (an array map created with
         // BPF_F_MMAPABLE, of exactly `slots` values); the kernel checks the length and the
         // flags, and a failure returns MAP_FAILED.
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 length,
-                libc::PROT_READ,
+                libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 map.as_raw_fd(),
                 0,
@@ -257,15 +269,60 @@ impl SocketSlots {
     pub fn holds(&self, cookie: u64) -> bool {
         let first = socket_slot_window(cookie) as usize;
         (0..SOCKET_SLOT_WINDOW as usize).any(|step| {
-            let index = (first + step) & (self.slots - 1);
-            // SAFETY: `index` < `slots` (a power of two), inside the mapping, which lives as
-            // long as `self`; records are aligned (the kernel's array values are 8-aligned and
-            // the mapping is page-aligned). Volatile: the kernel writes the slots meanwhile,
-            // and a torn record is impossible for an aligned u64.
-            let owner =
-                unsafe { std::ptr::read_volatile(&raw const (*self.base.add(index)).cookie) };
-            owner == cookie
+            self.owner((first + step) & (self.slots - 1))
+                .load(Ordering::Relaxed)
+                == cookie
         })
+    }
+
+    /// Takes every handoff the slots hold: reads it, then releases its slot (owner 0) unless a
+    /// new socket claimed the slot meanwhile (then the handoff, maybe half overwritten, is
+    /// skipped: it was lost to the claim, as an LRU entry to eviction).
+    pub fn take_handoffs(&self) -> Vec<(u64, TimewaitHandoff)> {
+        let mut handoffs = Vec::new();
+        for index in 0..self.slots {
+            let owner = self.owner(index);
+            let seen = owner.load(Ordering::Acquire);
+            let Some(cookie) = slot_owner::handoff_cookie(seen) else {
+                continue;
+            };
+            let record = self.read(index);
+            // The kernel writes a handoff's fields before its owner and a claim's owner before
+            // its fields: the owner unchanged since `seen` means the read fields were the
+            // handoff's.
+            if owner
+                .compare_exchange(seen, 0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                handoffs.push((
+                    cookie,
+                    TimewaitHandoff {
+                        entered_ns: record.entered_ns,
+                        labels: record.labels,
+                        state: record.state,
+                        _padding: [0; 7],
+                    },
+                ));
+            }
+        }
+        handoffs
+    }
+
+    /// The owner of slot `index` (< `slots`), shared with the kernel's programs.
+    fn owner(&self, index: usize) -> &AtomicU64 {
+        assert!(index < self.slots);
+        // SAFETY: `index` < `slots`: inside the mapping, which lives as long as `self`; the
+        // owner is an aligned u64 (the kernel's array values are 8-aligned and the mapping is
+        // page-aligned), and every access to it, here and in the kernel, is atomic.
+        unsafe { AtomicU64::from_ptr(&raw mut (*self.base.add(index)).cookie) }
+    }
+
+    /// A copy of slot `index` (< `slots`), field by field as the kernel has them now.
+    fn read(&self, index: usize) -> SocketRecord {
+        assert!(index < self.slots);
+        // SAFETY: as in `owner`; volatile because the kernel writes the slots meanwhile (the
+        // caller tells a consistent copy by its owner).
+        unsafe { std::ptr::read_volatile(self.base.add(index)) }
     }
 }
 
@@ -274,7 +331,7 @@ impl Drop for SocketSlots {
         // SAFETY: the mapping made in `map`, unmapped once.
         unsafe {
             libc::munmap(
-                self.base.cast_mut().cast(),
+                self.base.cast(),
                 self.slots * mem::size_of::<SocketRecord>(),
             )
         };

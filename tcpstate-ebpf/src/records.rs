@@ -11,10 +11,16 @@
 //!
 //! When the whole window is taken (a table sized too small for the host), the record goes to
 //! socket-local storage instead, which has no capacity: slower, never lost.
+//!
+//! A socket handed to a timewait socket at CLOSE leaves its record in the slot as the handoff
+//! for the daemon (its owner marked with `HANDOFF_OWNER`): no other map is written on the
+//! connection's last event, and the next socket whose window passes there may take the slot.
 
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
-use tcpstate_common::{SOCKET_SLOT_WINDOW, SocketRecord, record_home, socket_slot_window};
+use tcpstate_common::{
+    HANDOFF_OWNER, SOCKET_SLOT_WINDOW, SocketRecord, record_home, slot_owner, socket_slot_window,
+};
 
 use crate::{kernel::Sock, maps};
 
@@ -38,7 +44,8 @@ pub fn create(sock: &Sock, initial: &mut SocketRecord) -> Option<&'static mut So
     let first = socket_slot_window(initial.cookie);
     for step in 0..SOCKET_SLOT_WINDOW {
         let slot = maps::socket_slot(first.wrapping_add(step))?;
-        if slot.cookie == 0 && claim(slot, initial.cookie) {
+        let owner = slot.cookie;
+        if slot_owner::is_claimable(owner) && claim(slot, owner, initial.cookie) {
             slot.entered_ns = initial.entered_ns;
             slot.labels = initial.labels;
             slot.state = initial.state;
@@ -63,18 +70,34 @@ pub fn delete(sock: &Sock, record: &mut SocketRecord) -> bool {
     }
 }
 
-/// Takes a free slot for `cookie`; false if another CPU took it first (for another socket:
-/// one socket's events never run concurrently, its state changes hold the socket's lock).
-/// The BPF target has no `AtomicU64::compare_exchange` in `core` (its spec claims no CAS),
-/// but the instruction exists (BPF_CMPXCHG, which the verifier allows on map values).
+/// Leaves a slot's record as the handoff of its connection to a timewait socket in `state`
+/// since `entered_ns` (at the socket's CLOSE, instead of `delete`).
 #[inline(always)]
-fn claim(slot: &mut SocketRecord, cookie: u64) -> bool {
+pub fn hand_off(record: &mut SocketRecord, state: u8, entered_ns: u64) {
+    let owner = record.cookie | HANDOFF_OWNER;
+    // SAFETY: fields of a map value valid for this run, owned by this socket until the owner
+    // store below. Volatile keeps the stores in this order: whoever sees the handoff owner
+    // (the daemon, on x86's ordered stores) sees the handoff's fields.
+    unsafe {
+        core::ptr::write_volatile(&raw mut record.state, state);
+        core::ptr::write_volatile(&raw mut record.entered_ns, entered_ns);
+        core::ptr::write_volatile(&raw mut record.cookie, owner);
+    }
+}
+
+/// Takes a claimable slot (owned by `owner`: free or a handoff) for `cookie`; false if another
+/// CPU or the daemon changed its owner first (one socket's events never run concurrently, its
+/// state changes hold the socket's lock). The BPF target has no
+/// `AtomicU64::compare_exchange` in `core` (its spec claims no CAS), but the instruction
+/// exists (BPF_CMPXCHG, which the verifier allows on map values).
+#[inline(always)]
+fn claim(slot: &mut SocketRecord, owner: u64, cookie: u64) -> bool {
     // SAFETY: the slot's owner, an aligned u64 of a map value valid for this run; every
     // concurrent access to it is atomic.
     let (_, claimed) = unsafe {
         atomic_cxchg::<u64, { AtomicOrdering::AcqRel }, { AtomicOrdering::Relaxed }>(
             &raw mut slot.cookie,
-            0,
+            owner,
             cookie,
         )
     };

@@ -143,33 +143,33 @@ pub fn record(ctx: &BtfTracePointContext, recorder: u8) {
                     NO_DURATION,
                 );
             }
-            if detail == transition_detail::TIME_WAIT_HANDOFF
-                || detail == transition_detail::FIN_WAIT2_HANDOFF
-            {
-                // The connection lives on in a timewait socket, which inherited the cookie:
-                // leave the daemon its labels and when it entered its state there.
-                let (state, entered_ns) = match detail {
-                    transition_detail::TIME_WAIT_HANDOFF => (TIME_WAIT, now),
-                    _ if from == FIN_WAIT2 => (FIN_WAIT2, record.entered_ns),
-                    _ => (FIN_WAIT2, now),
-                };
-                let handoff = TimewaitHandoff {
-                    entered_ns,
-                    labels,
-                    state,
-                    _padding: [0; 7],
-                };
-                if !maps::record_handoff(cookie, &handoff) {
-                    maps::count(recorder, counter::FAILED_HANDOFF_RECORD);
-                }
-            }
             if to == CLOSE {
                 note_closed(&sock, labels, from);
                 // Every full socket's life ends with a transition to CLOSE.
-                let deleted = records::delete(&sock, record);
+                let released = match handoff(detail, from, record.entered_ns, now) {
+                    // The connection lives on in a timewait socket, which inherited the
+                    // cookie: leave the daemon its labels and when it entered its state there.
+                    Some((state, entered_ns)) if record.home == record_home::SLOT => {
+                        records::hand_off(record, state, entered_ns);
+                        true
+                    }
+                    Some((state, entered_ns)) => {
+                        let handoff = TimewaitHandoff {
+                            entered_ns,
+                            labels,
+                            state,
+                            _padding: [0; 7],
+                        };
+                        if !maps::record_handoff(cookie, &handoff) {
+                            maps::count(recorder, counter::FAILED_HANDOFF_RECORD);
+                        }
+                        records::delete(&sock, record)
+                    }
+                    None => records::delete(&sock, record),
+                };
                 maps::count(
                     recorder,
-                    if deleted {
+                    if released {
                         counter::RECORDS_DELETED
                     } else {
                         counter::FAILED_RECORD_DELETE
@@ -217,6 +217,19 @@ pub fn record(ctx: &BtfTracePointContext, recorder: u8) {
                 NO_DURATION,
             );
         }
+    }
+}
+
+/// The timewait substate a connection closing with `detail` goes on in, and since when: the
+/// FIN_WAIT2 of an orphan goes on from the full socket's (`entered_ns`) unless it is entered
+/// now. `None`: no timewait socket takes over.
+#[inline(always)]
+fn handoff(detail: u8, from: u8, entered_ns: u64, now: u64) -> Option<(u8, u64)> {
+    match detail {
+        transition_detail::TIME_WAIT_HANDOFF => Some((TIME_WAIT, now)),
+        transition_detail::FIN_WAIT2_HANDOFF if from == FIN_WAIT2 => Some((FIN_WAIT2, entered_ns)),
+        transition_detail::FIN_WAIT2_HANDOFF => Some((FIN_WAIT2, now)),
+        _ => None,
     }
 }
 
