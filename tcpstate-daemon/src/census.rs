@@ -139,22 +139,26 @@ impl Census {
     /// Takes the kernel's records of connections handed to timewait sockets (by cookie).
     pub fn add_handoffs(&mut self, records: impl IntoIterator<Item = (u64, TimewaitHandoff)>) {
         for (cookie, handoff) in records {
-            if let Some(entry) = self.timewait.get_mut(&cookie) {
-                // Polled before its record arrived: take the socket's own labels and times.
-                entry.labels = handoff.labels;
-                if entry.substate == handoff.state && handoff.entered_ns >= self.started_ns {
-                    entry.entered_ns = Some(handoff.entered_ns);
-                }
-                continue;
-            }
-            self.handoffs.insert(
-                cookie,
-                PendingHandoff {
-                    handoff,
-                    polls_left: HANDOFF_POLLS,
-                },
-            );
+            self.add_handoff(cookie, handoff);
         }
+    }
+
+    pub fn add_handoff(&mut self, cookie: u64, handoff: TimewaitHandoff) {
+        if let Some(entry) = self.timewait.get_mut(&cookie) {
+            // Polled before its record arrived: take the socket's own labels and times.
+            entry.labels = handoff.labels;
+            if entry.substate == handoff.state && handoff.entered_ns >= self.started_ns {
+                entry.entered_ns = Some(handoff.entered_ns);
+            }
+            return;
+        }
+        self.handoffs.insert(
+            cookie,
+            PendingHandoff {
+                handoff,
+                polls_left: HANDOFF_POLLS,
+            },
+        );
     }
 
     /// Folds in one poll: `listeners_and_timewait` are the LISTEN, FIN_WAIT2 and TIME_WAIT

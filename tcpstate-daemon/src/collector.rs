@@ -431,17 +431,19 @@ impl Collector for TcpStateCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let started = Instant::now();
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
         let snapshot = state.maps.read();
-        match state.maps.drain_handoffs() {
-            Ok(handoffs) => state.census.add_handoffs(handoffs),
-            Err(error) => {
-                state.poll_errors += 1;
-                log::warn!("cannot read the timewait handoff records: {error}");
-            }
+        let census = &mut state.census;
+        if let Err(error) = state
+            .maps
+            .drain_handoffs(|cookie, handoff| census.add_handoff(cookie, handoff))
+        {
+            state.poll_errors += 1;
+            log::warn!("cannot read the timewait handoff records: {error}");
         }
         let read_seconds = started.elapsed().as_secs_f64();
-        self.poll_if_due(&mut state);
+        self.poll_if_due(state);
         let scrape = Scrape {
             snapshot: &snapshot,
             census: Some(&state.census),

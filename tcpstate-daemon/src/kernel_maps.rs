@@ -113,20 +113,21 @@ impl KernelMaps {
     }
 
     /// Takes (reads and releases) the kernel's records of connections handed to timewait
-    /// sockets since the last call: those left in the slot table, then those of sockets
-    /// tracked in socket storage.
-    pub fn drain_handoffs(&self) -> std::io::Result<Vec<(u64, TimewaitHandoff)>> {
+    /// sockets since the last call, one by one: those left in the slot table, then those of
+    /// sockets tracked in socket storage.
+    pub fn drain_handoffs(
+        &self,
+        mut take: impl FnMut(u64, TimewaitHandoff),
+    ) -> std::io::Result<()> {
         const KEY: usize = size_of::<u64>();
         const VALUE: usize = size_of::<TimewaitHandoff>();
-        let mut handoffs = self.socket_slots.take_handoffs();
+        self.socket_slots.take_handoffs(&mut take)?;
         let (keys, values) =
             sys::drain_hash_map(&self.timewait_handoffs.fd().as_fd().as_raw_fd(), KEY, VALUE)?;
-        handoffs.extend(
-            keys.chunks_exact(KEY)
-                .zip(values.chunks_exact(VALUE))
-                .map(|(key, value)| (decode_u64(key), decode_handoff(value))),
-        );
-        Ok(handoffs)
+        for (key, value) in keys.chunks_exact(KEY).zip(values.chunks_exact(VALUE)) {
+            take(decode_u64(key), decode_handoff(value));
+        }
+        Ok(())
     }
 
     /// Whether every program is still loaded (the kernel answers for their fds).

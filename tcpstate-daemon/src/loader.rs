@@ -125,8 +125,8 @@ fn map_socket_slots(ebpf: &Ebpf, slots: u32) -> anyhow::Result<sys::SocketSlots>
     let Map::Array(data) = map else {
         anyhow::bail!("map {} is not an array", map::SOCKET_SLOTS);
     };
-    sys::SocketSlots::map(&data.fd().as_fd(), slots)
-        .with_context(|| format!("cannot map {} to read it", map::SOCKET_SLOTS))
+    sys::SocketSlots::new(data.fd().as_fd(), slots)
+        .with_context(|| format!("cannot keep a descriptor of map {}", map::SOCKET_SLOTS))
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {

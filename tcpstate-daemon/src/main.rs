@@ -63,10 +63,11 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let full_sockets = sock_diag::state_mask(&full_socket_states);
     // A socket is tracked if it has a record: in socket storage (the dump says) or in a slot
     // (looked up live as each socket comes, so the dump and the look agree to within a batch).
-    let slots = &tracer.maps.socket_slots;
-    let baseline = sock_diag::for_each(full_sockets, tracer.socket_records_fd(), |mut socket| {
-        socket.tracked |= slots.holds(socket.cookie);
-        census.add_to_baseline(&socket)
+    let baseline = tracer.maps.socket_slots.view().and_then(|slots| {
+        sock_diag::for_each(full_sockets, tracer.socket_records_fd(), |mut socket| {
+            socket.tracked |= slots.holds(socket.cookie);
+            census.add_to_baseline(&socket)
+        })
     });
     match baseline {
         Ok(()) => {}

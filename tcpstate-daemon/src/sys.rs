@@ -4,7 +4,7 @@
 
 use std::{
     io, mem,
-    os::fd::AsRawFd,
+    os::fd::{AsRawFd, BorrowedFd, OwnedFd},
     sync::atomic::{AtomicU64, Ordering},
 };
 
@@ -224,115 +224,149 @@ pub fn drain_hash_map(
     Ok((all_keys, all_values))
 }
 
-/// A view of the kernel's socket slot table (`SOCKET_SLOTS`, an mmapable array of
-/// `SocketRecord`), live: each read sees the slots as the kernel has them now. The daemon's only
-/// write is releasing a handoff slot it took (`take_handoffs`), with a compare-and-swap of its
-/// owner, as the kernel's programs claim slots.
+/// The kernel's socket slot table (`SOCKET_SLOTS`, an mmapable array of `SocketRecord`), seen
+/// through mappings made when needed and unmapped after: the kernel maps every page of the
+/// table at once, so a lasting mapping would add the whole table (8 MiB by default) to the
+/// daemon's resident memory.
 pub struct SocketSlots {
-    base: *mut SocketRecord,
+    map: OwnedFd,
     slots: usize,
 }
 
-// SAFETY: the mapping belongs to this value alone (unmapped on drop), and every access to it
-// is a volatile or atomic read or a compare-and-swap: any thread may use it.
-unsafe impl Send for SocketSlots {}
+/// Slots mapped at a time while taking handoffs (1 MiB of records).
+const SLOTS_PER_CHUNK: usize = 32768;
 
 impl SocketSlots {
-    /// Maps the table `map` of `slots` records.
-    pub fn map(map: &impl AsRawFd, slots: u32) -> io::Result<Self> {
-        let slots = slots as usize;
-        let length = slots * mem::size_of::<SocketRecord>();
-        // SAFETY: a fresh shared mapping of the map's data (an array map created with
-        // BPF_F_MMAPABLE, of exactly `slots` values); the kernel checks the length and the
-        // flags, and a failure returns MAP_FAILED.
+    /// The table `map` of `slots` records (a power of two).
+    pub fn new(map: BorrowedFd<'_>, slots: u32) -> io::Result<Self> {
+        Ok(SocketSlots {
+            map: map.try_clone_to_owned()?,
+            slots: slots as usize,
+        })
+    }
+
+    /// A live view of the whole table.
+    pub fn view(&self) -> io::Result<SlotsView> {
+        SlotsView::map(&self.map, 0, self.slots)
+    }
+
+    /// Takes every handoff the slots hold, one by one (a busy host leaves hundreds of
+    /// thousands between two scrapes: no list of them is built), a chunk of the table at a
+    /// time: reads it, then releases its slot (owner 0) unless a new socket claimed the slot
+    /// meanwhile (then the handoff, maybe half overwritten, is skipped: it was lost to the
+    /// claim, as an LRU entry to eviction).
+    pub fn take_handoffs(&self, mut take: impl FnMut(u64, TimewaitHandoff)) -> io::Result<()> {
+        for first in (0..self.slots).step_by(SLOTS_PER_CHUNK) {
+            let count = SLOTS_PER_CHUNK.min(self.slots - first);
+            let view = SlotsView::map(&self.map, first, count)?;
+            for index in 0..count {
+                view.take_handoff(index, &mut take);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A shared mapping of consecutive slots of the table, live: each read sees the slots as the
+/// kernel has them now. The daemon's only write is releasing a handoff slot it took, with a
+/// compare-and-swap of its owner, as the kernel's programs claim slots.
+pub struct SlotsView {
+    base: *mut SocketRecord,
+    /// Index in the table of the first mapped slot.
+    first: usize,
+    count: usize,
+}
+
+impl SlotsView {
+    /// Maps `count` slots from slot `first` (a multiple of a page's worth of slots).
+    fn map(map: &OwnedFd, first: usize, count: usize) -> io::Result<Self> {
+        let record = mem::size_of::<SocketRecord>();
+        // SAFETY: a fresh shared mapping of a range of the map's data (an array map created
+        // with BPF_F_MMAPABLE); the kernel checks the range and the flags, and a failure
+        // returns MAP_FAILED.
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                length,
+                count * record,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 map.as_raw_fd(),
-                0,
+                (first * record) as libc::off_t,
             )
         };
         if base == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(SocketSlots {
+        Ok(SlotsView {
             base: base.cast(),
-            slots,
+            first,
+            count,
         })
     }
 
     /// Whether the socket with `cookie` has its record in a slot now (the kernel's search:
-    /// `socket_slot_window`, then `SOCKET_SLOT_WINDOW` slots on, wrapping around).
+    /// `socket_slot_window`, then `SOCKET_SLOT_WINDOW` slots on, wrapping around). The view
+    /// must be of the whole table.
     pub fn holds(&self, cookie: u64) -> bool {
+        debug_assert!(self.first == 0 && self.count.is_power_of_two());
         let first = socket_slot_window(cookie) as usize;
         (0..SOCKET_SLOT_WINDOW as usize).any(|step| {
-            self.owner((first + step) & (self.slots - 1))
-                .load(Ordering::Relaxed)
-                == cookie
+            let index = (first + step) & (self.count - 1);
+            self.owner(index).load(Ordering::Relaxed) == cookie
         })
     }
 
-    /// Takes every handoff the slots hold: reads it, then releases its slot (owner 0) unless a
-    /// new socket claimed the slot meanwhile (then the handoff, maybe half overwritten, is
-    /// skipped: it was lost to the claim, as an LRU entry to eviction).
-    pub fn take_handoffs(&self) -> Vec<(u64, TimewaitHandoff)> {
-        let mut handoffs = Vec::new();
-        for index in 0..self.slots {
-            let owner = self.owner(index);
-            let seen = owner.load(Ordering::Acquire);
-            let Some(cookie) = slot_owner::handoff_cookie(seen) else {
-                continue;
-            };
-            let record = self.read(index);
-            // The kernel writes a handoff's fields before its owner and a claim's owner before
-            // its fields: the owner unchanged since `seen` means the read fields were the
-            // handoff's.
-            if owner
-                .compare_exchange(seen, 0, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
-                handoffs.push((
-                    cookie,
-                    TimewaitHandoff {
-                        entered_ns: record.entered_ns,
-                        labels: record.labels,
-                        state: record.state,
-                        _padding: [0; 7],
-                    },
-                ));
-            }
+    /// Takes the handoff slot `index` holds, if it holds one (see `SocketSlots::take_handoffs`).
+    fn take_handoff(&self, index: usize, take: &mut impl FnMut(u64, TimewaitHandoff)) {
+        let owner = self.owner(index);
+        let seen = owner.load(Ordering::Acquire);
+        let Some(cookie) = slot_owner::handoff_cookie(seen) else {
+            return;
+        };
+        let record = self.read(index);
+        // The kernel writes a handoff's fields before its owner and a claim's owner before its
+        // fields: the owner unchanged since `seen` means the read fields were the handoff's.
+        if owner
+            .compare_exchange(seen, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            take(
+                cookie,
+                TimewaitHandoff {
+                    entered_ns: record.entered_ns,
+                    labels: record.labels,
+                    state: record.state,
+                    _padding: [0; 7],
+                },
+            );
         }
-        handoffs
     }
 
-    /// The owner of slot `index` (< `slots`), shared with the kernel's programs.
+    /// The owner of mapped slot `index`, shared with the kernel's programs.
     fn owner(&self, index: usize) -> &AtomicU64 {
-        assert!(index < self.slots);
-        // SAFETY: `index` < `slots`: inside the mapping, which lives as long as `self`; the
+        assert!(index < self.count);
+        // SAFETY: `index` < `count`: inside the mapping, which lives as long as `self`; the
         // owner is an aligned u64 (the kernel's array values are 8-aligned and the mapping is
         // page-aligned), and every access to it, here and in the kernel, is atomic.
         unsafe { AtomicU64::from_ptr(&raw mut (*self.base.add(index)).cookie) }
     }
 
-    /// A copy of slot `index` (< `slots`), field by field as the kernel has them now.
+    /// A copy of mapped slot `index`, field by field as the kernel has them now.
     fn read(&self, index: usize) -> SocketRecord {
-        assert!(index < self.slots);
+        assert!(index < self.count);
         // SAFETY: as in `owner`; volatile because the kernel writes the slots meanwhile (the
         // caller tells a consistent copy by its owner).
         unsafe { std::ptr::read_volatile(self.base.add(index)) }
     }
 }
 
-impl Drop for SocketSlots {
+impl Drop for SlotsView {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `map`, unmapped once.
         unsafe {
             libc::munmap(
                 self.base.cast(),
-                self.slots * mem::size_of::<SocketRecord>(),
+                self.count * mem::size_of::<SocketRecord>(),
             )
         };
     }
