@@ -137,12 +137,6 @@ impl Census {
     }
 
     /// Takes the kernel's records of connections handed to timewait sockets (by cookie).
-    pub fn add_handoffs(&mut self, records: impl IntoIterator<Item = (u64, TimewaitHandoff)>) {
-        for (cookie, handoff) in records {
-            self.add_handoff(cookie, handoff);
-        }
-    }
-
     pub fn add_handoff(&mut self, cookie: u64, handoff: TimewaitHandoff) {
         if let Some(entry) = self.timewait.get_mut(&cookie) {
             // Polled before its record arrived: take the socket's own labels and times.
@@ -437,7 +431,7 @@ mod tests {
     fn orphaned_fin_wait2_ends_when_the_timer_restarts() {
         let mut census = census();
         let entered = START + 10 * SECOND;
-        census.add_handoffs([(9, handoff(FIN_WAIT2, entered))]);
+        census.add_handoff(9, handoff(FIN_WAIT2, entered));
         // Seen in FIN_WAIT2, then in TIME_WAIT with 59.7 s left: the FIN came 300 ms after entry.
         poll(
             &mut census,
@@ -461,7 +455,7 @@ mod tests {
     fn an_orphan_first_seen_in_time_wait_still_gets_its_fin_wait2() {
         let mut census = census();
         let entered = START + SECOND;
-        census.add_handoffs([(5, handoff(FIN_WAIT2, entered))]);
+        census.add_handoff(5, handoff(FIN_WAIT2, entered));
         poll(
             &mut census,
             &[tw(TIME_WAIT, 5, 59_000)],
@@ -481,14 +475,14 @@ mod tests {
             ..client()
         };
         let entered = START + SECOND;
-        census.add_handoffs([(
+        census.add_handoff(
             11,
             TimewaitHandoff {
                 labels: server,
                 ..handoff(TIME_WAIT, entered)
             },
-        )]);
-        census.add_handoffs([(12, handoff(TIME_WAIT, entered))]);
+        );
+        census.add_handoff(12, handoff(TIME_WAIT, entered));
         poll(
             &mut census,
             &[tw(TIME_WAIT, 11, 59_000)],
@@ -501,13 +495,13 @@ mod tests {
             &[tw(TIME_WAIT, 11, 58_000), tw(TIME_WAIT, 13, 59_500)],
             entered + 3 * SECOND,
         );
-        census.add_handoffs([(
+        census.add_handoff(
             13,
             TimewaitHandoff {
                 labels: server,
                 ..handoff(TIME_WAIT, entered + 2 * SECOND)
             },
-        )]);
+        );
         // Record 12 was never matched: counted ended after two polls, without a duration.
         assert!(census.handoffs.is_empty());
         assert_eq!(census.transitions[&edge(TIME_WAIT, CLOSE)], 1);

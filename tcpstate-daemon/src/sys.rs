@@ -272,8 +272,6 @@ impl SocketSlots {
 /// compare-and-swap of its owner, as the kernel's programs claim slots.
 pub struct SlotsView {
     base: *mut SocketRecord,
-    /// Index in the table of the first mapped slot.
-    first: usize,
     count: usize,
 }
 
@@ -299,16 +297,14 @@ impl SlotsView {
         }
         Ok(SlotsView {
             base: base.cast(),
-            first,
             count,
         })
     }
 
     /// Whether the socket with `cookie` has its record in a slot now (the kernel's search:
-    /// `socket_slot_window`, then `SOCKET_SLOT_WINDOW` slots on, wrapping around). The view
-    /// must be of the whole table.
+    /// `socket_slot_window`, then `SOCKET_SLOT_WINDOW` slots on, wrapping around). Only
+    /// `SocketSlots::view`, of the whole table, is public.
     pub fn holds(&self, cookie: u64) -> bool {
-        debug_assert!(self.first == 0 && self.count.is_power_of_two());
         let first = socket_slot_window(cookie) as usize;
         (0..SOCKET_SLOT_WINDOW as usize).any(|step| {
             let index = (first + step) & (self.count - 1);
