@@ -160,7 +160,10 @@ pub struct SocketRecord {
     pub state: u8,
     /// [`record_home`] constant: where this record lives.
     pub home: u8,
-    pub _padding: [u8; 6],
+    pub _padding: [u8; 2],
+    /// The inode number of the socket's network namespace: the daemon can check only the
+    /// sockets of its own namespace against sock_diag.
+    pub net_inode: u32,
 }
 
 /// Where a [`SocketRecord`] lives.
@@ -410,9 +413,14 @@ pub struct SocketLayout {
     pub flags: u32,
     /// `sk_err` (int): the error a closing socket reports.
     pub error: u32,
+    /// `__sk_common.skc_net.net` (`struct net *`): the socket's network namespace.
+    pub net: u32,
+    /// `ns.inum` (unsigned int) in `struct net`: the namespace's inode number (what
+    /// `stat /proc/<pid>/ns/net` shows).
+    pub net_inode: u32,
     pub _padding: u32,
 }
-const _: () = assert!(size_of::<SocketLayout>() == 32);
+const _: () = assert!(size_of::<SocketLayout>() == 40);
 
 /// Histogram upper bounds in nanoseconds, ascending; unused slots hold `u64::MAX`.
 #[repr(C)]

@@ -11,11 +11,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use tcpstate_common::{Labels, OTHER_PORT, PortSet, TcpState, TimewaitHandoff, bucket_index, role};
+use tcpstate_common::{
+    Labels, OTHER_PORT, PortSet, SocketRecord, TcpState, TimewaitHandoff, bucket_index, role,
+};
 
 use crate::{
     aggregate::{Edge, Histogram},
     sock_diag::DiagSocket,
+    sys::SlotSweep,
 };
 
 /// TCP_TIMEWAIT_LEN (include/net/tcp.h): 60 s, fixed at compile time.
@@ -25,9 +28,22 @@ pub const TIMEWAIT_LEN_NS: u64 = 60_000_000_000;
 /// then belongs to a timewait socket this daemon cannot see (another network namespace) or one
 /// already gone.
 const HANDOFF_POLLS: u8 = 2;
+/// How long after a poll saw a timewait socket the slot table may be checked for the full
+/// socket's record (see `RecordSweep`). The kernel inserts the timewait socket just before the
+/// full socket's CLOSE, in the same call: microseconds apart. Far longer, to be sure.
+const STALE_RECORD_DELAY_NS: u64 = 100_000_000;
 
 const TIME_WAIT: u8 = TcpState::TimeWait as u8;
 const FIN_WAIT2: u8 = TcpState::FinWait2 as u8;
+const FIN_WAIT1: u8 = TcpState::FinWait1 as u8;
+const CLOSING: u8 = TcpState::Closing as u8;
+const LAST_ACK: u8 = TcpState::LastAck as u8;
+
+/// The states the sock_diag polls list: listeners (accept queues), timewait sockets, and the
+/// full sockets of a closing connection, which exist for seconds to minutes, so that the
+/// records of those the kernel's programs never saw close are found (see
+/// `Census::record_sweep`). Request sockets are polled apart.
+pub const POLLED_STATES: [u8; 6] = [LISTEN, TIME_WAIT, FIN_WAIT1, FIN_WAIT2, CLOSING, LAST_ACK];
 const CLOSE: u8 = TcpState::Close as u8;
 const LISTEN: u8 = TcpState::Listen as u8;
 const SYN_SENT: u8 = TcpState::SynSent as u8;
@@ -93,6 +109,22 @@ pub struct Census {
     started_ns: u64,
     timewait: HashMap<u64, TimewaitSocket>,
     handoffs: HashMap<u64, PendingHandoff>,
+    /// Cookies of the timewait sockets polls found new and without a handoff record, not yet
+    /// checked against the slot table, and when the last of those polls ended.
+    unclaimed_timewait: Vec<u64>,
+    unclaimed_polled_ns: u64,
+    /// The inode number of the daemon's network namespace, whose sockets the polls list.
+    net_inode: u32,
+    /// The full sockets the last poll listed (in `POLLED_STATES`), by cookie (sorted), and
+    /// when that poll started and ended.
+    polled_full_sockets: Vec<u64>,
+    polled_ns: std::ops::Range<u64>,
+    /// Tracked sockets gone without their last events reaching the kernel programs (their
+    /// records, left behind, were released by a sweep): by labels and the state the record
+    /// was left in, which they have left.
+    undelivered_exits: BTreeMap<(Labels, u8), i64>,
+    /// How many such sockets were found.
+    pub undelivered_closes: u64,
     /// Untracked full sockets at start-up, by labels and state.
     baseline: BTreeMap<(Labels, u8), i64>,
     /// Transitions the polls saw (timewait substate changes and ends), cumulative.
@@ -104,13 +136,21 @@ pub struct Census {
 }
 
 impl Census {
-    pub fn new(ports: PortSet, bounds_ns: Vec<u64>, started_ns: u64) -> Self {
+    /// `net_inode`: the daemon's network namespace (see `sys::net_namespace_inode`).
+    pub fn new(ports: PortSet, bounds_ns: Vec<u64>, started_ns: u64, net_inode: u32) -> Self {
         Census {
             ports,
             bounds_ns,
             started_ns,
             timewait: HashMap::new(),
             handoffs: HashMap::new(),
+            unclaimed_timewait: Vec::new(),
+            unclaimed_polled_ns: 0,
+            net_inode,
+            polled_full_sockets: Vec::new(),
+            polled_ns: 0..0,
+            undelivered_exits: BTreeMap::new(),
+            undelivered_closes: 0,
             baseline: BTreeMap::new(),
             transitions: BTreeMap::new(),
             durations: BTreeMap::new(),
@@ -155,16 +195,25 @@ impl Census {
         );
     }
 
-    /// Folds in one poll: `listeners_and_timewait` are the LISTEN, FIN_WAIT2 and TIME_WAIT
-    /// sockets, `requests` the request sockets; the poll ended at `now_ns`. Times read off a
-    /// socket's timer count from when that socket was read (`seen_ns`), not from `now_ns`: a
+    /// Folds in one poll: `polled` are the sockets in `POLLED_STATES` (full and timewait),
+    /// `requests` the request sockets; the poll ran over `started_ns..now_ns`. Times read off
+    /// a socket's timer count from when that socket was read (`seen_ns`), not from `now_ns`: a
     /// poll of many sockets on a busy host takes a while.
     pub fn observe(
         &mut self,
-        listeners_and_timewait: &[DiagSocket],
+        polled: &[DiagSocket],
         requests: &[DiagSocket],
+        started_ns: u64,
         now_ns: u64,
     ) {
+        let listeners_and_timewait = polled;
+        self.polled_full_sockets = polled
+            .iter()
+            .filter(|s| !s.timewait)
+            .map(|s| s.cookie)
+            .collect();
+        self.polled_full_sockets.sort_unstable();
+        self.polled_ns = started_ns..now_ns;
         self.sockets.clear();
         self.listen_queues.clear();
         let listeners: Vec<&DiagSocket> = listeners_and_timewait
@@ -208,6 +257,9 @@ impl Census {
                 }
                 None => {
                     let handoff = self.handoffs.remove(&socket.cookie).map(|p| p.handoff);
+                    if handoff.is_none() {
+                        self.unclaimed_timewait.push(socket.cookie);
+                    }
                     let labels = match handoff {
                         Some(handoff) => handoff.labels,
                         None => self.timewait_labels(socket, &listeners),
@@ -286,6 +338,86 @@ impl Census {
         for handoff in unmatched {
             self.count(handoff.labels, handoff.state, CLOSE, None);
         }
+        if !self.unclaimed_timewait.is_empty() {
+            self.unclaimed_polled_ns = now_ns;
+        }
+    }
+
+    /// Sockets now in each state as the census sees them: the timewait and request sockets of
+    /// the last poll, less the tracked sockets gone without their last events (which the
+    /// kernel's transitions still count in the state their records were left in).
+    pub fn sockets_now(&self) -> BTreeMap<(Labels, u8), i64> {
+        let mut sockets = self.sockets.clone();
+        for (key, gone) in &self.undelivered_exits {
+            *sockets.entry(*key).or_default() -= gone;
+        }
+        sockets
+    }
+
+    /// A sweep of the kernel's per-socket records at `now_ns` (see `sys::SlotSweep`): takes the
+    /// handoffs, and releases the records of sockets gone without their last events (the
+    /// kernel never delivered their CLOSE to any program). Two proofs find those:
+    /// - through their timewait sockets: a timewait socket inherits its full socket's cookie,
+    ///   so a poll that finds one without a handoff record while the slot table still holds a
+    ///   live record with its cookie, some time later, proves the full socket gone;
+    /// - through their absence: a record of this namespace, in a state the polls list, that
+    ///   has not changed since before the last poll started, whose socket that poll did not
+    ///   list (the kernel unhashes a closing socket microseconds before its CLOSE event: the
+    ///   sweep comes well after the poll).
+    pub fn record_sweep(&mut self, now_ns: u64) -> RecordSweep<'_> {
+        let ripe = |polled_ns: u64| now_ns.saturating_sub(polled_ns) >= STALE_RECORD_DELAY_NS;
+        let mut stale_candidates = if ripe(self.unclaimed_polled_ns) {
+            std::mem::take(&mut self.unclaimed_timewait)
+        } else {
+            Vec::new()
+        };
+        stale_candidates.sort_unstable();
+        let absence_checked_before_ns = if ripe(self.polled_ns.end) {
+            self.polled_ns.start
+        } else {
+            0
+        };
+        RecordSweep {
+            census: self,
+            stale_candidates,
+            absence_checked_before_ns,
+        }
+    }
+
+    /// Whether the last poll proves `record`'s socket gone (see `record_sweep`): a record that
+    /// entered its state before `poll_started_ns`.
+    fn polled_without(&self, record: &SocketRecord, poll_started_ns: u64) -> bool {
+        record.net_inode == self.net_inode
+            && record.net_inode != 0
+            && record.entered_ns < poll_started_ns
+            && POLLED_STATES.contains(&record.state)
+            && self
+                .polled_full_sockets
+                .binary_search(&record.cookie)
+                .is_err()
+    }
+
+    /// A record left behind by a socket now in a timewait socket (see `record_sweep`).
+    fn release_stale(&mut self, record: SocketRecord) {
+        *self
+            .undelivered_exits
+            .entry((record.labels, record.state))
+            .or_default() += 1;
+        self.undelivered_closes += 1;
+        // The timewait socket goes on with the full socket's labels, not inferred ones.
+        if let Some(entry) = self.timewait.get_mut(&record.cookie)
+            && entry.labels != record.labels
+        {
+            *self
+                .sockets
+                .entry((entry.labels, entry.substate))
+                .or_default() -= 1;
+            *self
+                .sockets
+                .entry((record.labels, entry.substate))
+                .or_default() += 1;
+            entry.labels = record.labels;
+        }
     }
 
     /// A timewait socket without a handoff record (older than the daemon, or its record gave
@@ -327,12 +459,41 @@ impl Census {
     }
 }
 
+/// The census's side of one sweep of the kernel's records (`Census::record_sweep`).
+pub struct RecordSweep<'a> {
+    census: &'a mut Census,
+    /// Cookies of timewait sockets polled without a handoff long enough ago (sorted).
+    stale_candidates: Vec<u64>,
+    /// When the last poll (ended long enough ago) started; 0: no such poll.
+    absence_checked_before_ns: u64,
+}
+
+impl SlotSweep for RecordSweep<'_> {
+    fn take_handoff(&mut self, cookie: u64, handoff: TimewaitHandoff) {
+        self.census.add_handoff(cookie, handoff);
+    }
+
+    fn is_stale(&self, record: &SocketRecord) -> bool {
+        self.stale_candidates.binary_search(&record.cookie).is_ok()
+            || (self.absence_checked_before_ns != 0
+                && self
+                    .census
+                    .polled_without(record, self.absence_checked_before_ns))
+    }
+
+    fn release_stale(&mut self, record: SocketRecord) {
+        self.census.release_stale(record);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const SECOND: u64 = 1_000_000_000;
     const START: u64 = 1_000 * SECOND;
+    /// The daemon's network namespace.
+    const NET: u32 = 4026531833;
 
     fn ports() -> PortSet {
         let mut ports = PortSet::EMPTY;
@@ -345,6 +506,7 @@ mod tests {
             ports(),
             vec![SECOND / 10, SECOND / 2, SECOND, 30 * SECOND, 61 * SECOND],
             START,
+            NET,
         )
     }
 
@@ -395,7 +557,7 @@ mod tests {
             .iter()
             .map(|s| DiagSocket { seen_ns: now, ..*s })
             .collect();
-        census.observe(&seen, &[], now);
+        census.observe(&seen, &[], now, now);
     }
 
     fn handoff(state: u8, entered_ns: u64) -> TimewaitHandoff {
@@ -550,6 +712,7 @@ mod tests {
             ],
             &[request, request],
             START,
+            START,
         );
         assert_eq!(
             census.listen_queues[&443],
@@ -574,6 +737,96 @@ mod tests {
         assert_eq!(census.sockets[&(server, NEW_SYN_RECV)], 2);
     }
 
+    fn server() -> Labels {
+        Labels {
+            role: role::SERVER,
+            ..client()
+        }
+    }
+
+    /// A live record of this namespace's socket `cookie`, in `state` since `entered_ns`.
+    fn record(cookie: u64, state: u8, entered_ns: u64) -> SocketRecord {
+        SocketRecord {
+            entered_ns,
+            labels: server(),
+            cookie,
+            state,
+            net_inode: NET,
+            ..SocketRecord::default()
+        }
+    }
+
+    #[test]
+    fn a_record_left_behind_by_a_socket_in_timewait_is_released_and_counted() {
+        let mut census = census();
+        // The kernel never delivered FIN_WAIT1 -> FIN_WAIT2 -> CLOSE of a server's socket: its
+        // record stays in FIN_WAIT1 while a poll finds its timewait socket, without handoff.
+        let polled = START + 2 * SECOND;
+        poll(&mut census, &[tw(TIME_WAIT, 21, 59_000)], polled);
+        assert_eq!(census.sockets[&(client(), TIME_WAIT)], 1);
+        // Another namespace's record: the timewait socket, found by cookie, is proof enough.
+        let left_behind = SocketRecord {
+            net_inode: NET + 1,
+            ..record(21, FIN_WAIT1, START + SECOND)
+        };
+        // Too soon after the poll (the full socket's CLOSE may be microseconds away): a live
+        // record is left alone.
+        let sweep = census.record_sweep(polled + STALE_RECORD_DELAY_NS / 2);
+        assert!(!sweep.is_stale(&left_behind));
+        drop(sweep);
+        let mut sweep = census.record_sweep(polled + STALE_RECORD_DELAY_NS);
+        assert!(sweep.is_stale(&left_behind));
+        assert!(!sweep.is_stale(&SocketRecord {
+            cookie: 22,
+            ..left_behind
+        }));
+        sweep.release_stale(left_behind);
+        assert_eq!(census.undelivered_closes, 1);
+        let sockets = census.sockets_now();
+        assert_eq!(sockets[&(server(), FIN_WAIT1)], -1);
+        // The timewait socket takes the record's labels.
+        assert_eq!(sockets[&(server(), TIME_WAIT)], 1);
+        assert_eq!(sockets[&(client(), TIME_WAIT)], 0);
+        // Each timewait socket is checked once.
+        assert!(!census.record_sweep(polled + SECOND).is_stale(&left_behind));
+    }
+
+    #[test]
+    fn a_record_whose_socket_a_poll_did_not_list_is_released() {
+        let mut census = census();
+        let listed = DiagSocket {
+            state: LAST_ACK,
+            timewait: false,
+            ..tw(LAST_ACK, 31, 0)
+        };
+        let started = START + 5 * SECOND;
+        census.observe(&[listed], &[], started, started + SECOND / 10);
+        let sweep_at = started + SECOND;
+        let mut sweep = census.record_sweep(sweep_at);
+        // Gone: in a polled state since before the poll started, and not listed.
+        let gone = record(30, LAST_ACK, started - SECOND);
+        assert!(sweep.is_stale(&gone));
+        // Listed; entered its state after the poll started; in a state polls do not list;
+        // another namespace's: all left alone.
+        assert!(!sweep.is_stale(&record(31, LAST_ACK, started - SECOND)));
+        assert!(!sweep.is_stale(&record(30, LAST_ACK, started + 1)));
+        assert!(!sweep.is_stale(&record(30, TcpState::Established as u8, START)));
+        assert!(!sweep.is_stale(&SocketRecord {
+            net_inode: NET + 1,
+            ..gone
+        }));
+        sweep.release_stale(gone);
+        assert_eq!(census.undelivered_closes, 1);
+        assert_eq!(census.sockets_now()[&(server(), LAST_ACK)], -1);
+        // A poll that ended too recently proves nothing yet.
+        census.observe(&[], &[], sweep_at, sweep_at + 1);
+        assert!(
+            !census
+                .record_sweep(sweep_at + 2)
+                .is_stale(&record(32, LAST_ACK, START))
+        );
+    }
+
     #[test]
     fn timewait_of_a_listening_port_is_the_servers() {
         let mut census = census();
@@ -582,7 +835,12 @@ mod tests {
             remote_port: 50000,
             ..tw(TIME_WAIT, 8, 59_000)
         };
-        census.observe(&[listener(443, 0, 128), server_tw], &[], START + SECOND);
+        census.observe(
+            &[listener(443, 0, 128), server_tw],
+            &[],
+            START + SECOND,
+            START + SECOND,
+        );
         let server = Labels {
             port: 443,
             family: 2,

@@ -22,7 +22,7 @@ use crate::{
         View, aggregate, connect_failure_reason, events, merge_durations, merge_transitions,
         sockets_now,
     },
-    census::{Census, ListenQueue},
+    census::{self, Census, ListenQueue},
     kernel_maps::{KernelMaps, Snapshot},
     labels,
     netstat::{self, ListenCounters},
@@ -194,7 +194,7 @@ const LISTEN_DROPS: Family = Family {
 };
 const POLL_DURATION: Family = Family {
     name: "tcpstate_poll_duration_seconds",
-    help: "Time the last sock_diag poll took (timewait, request and listening sockets).",
+    help: "Time the last sock_diag poll took (timewait, request, listening and closing sockets).",
     kind: MetricType::GAUGE,
     labels: &[],
 };
@@ -288,8 +288,9 @@ impl KernelState {
     fn fold_poll(&mut self, poll: io::Result<Poll>, started: Instant) {
         match poll {
             Ok(poll) => self.census.observe(
-                &poll.listeners_and_timewait,
+                &poll.sockets,
                 &poll.requests,
+                poll.started_ns,
                 poll.finished_ns,
             ),
             Err(error) => {
@@ -303,24 +304,21 @@ impl KernelState {
 
 /// One sock_diag poll's sockets.
 struct Poll {
-    listeners_and_timewait: Vec<DiagSocket>,
+    /// In `census::POLLED_STATES`.
+    sockets: Vec<DiagSocket>,
     requests: Vec<DiagSocket>,
+    started_ns: u64,
     finished_ns: u64,
 }
 
 fn poll_sockets() -> io::Result<Poll> {
-    let listeners_and_timewait = sock_diag::dump(
-        sock_diag::state_mask(&[
-            TcpState::Listen as u8,
-            TcpState::TimeWait as u8,
-            TcpState::FinWait2 as u8,
-        ]),
-        None,
-    )?;
+    let started_ns = sys::monotonic_ns();
+    let sockets = sock_diag::dump(sock_diag::state_mask(&census::POLLED_STATES), None)?;
     let requests = sock_diag::dump(sock_diag::state_mask(&[TcpState::NewSynRecv as u8]), None)?;
     Ok(Poll {
-        listeners_and_timewait,
+        sockets,
         requests,
+        started_ns,
         finished_ns: sys::monotonic_ns(),
     })
 }
@@ -434,13 +432,10 @@ impl Collector for TcpStateCollector {
         let mut guard = self.lock();
         let state = &mut *guard;
         let snapshot = state.maps.read();
-        let census = &mut state.census;
-        if let Err(error) = state
-            .maps
-            .drain_handoffs(|cookie, handoff| census.add_handoff(cookie, handoff))
-        {
+        let mut sweep = state.census.record_sweep(sys::monotonic_ns());
+        if let Err(error) = state.maps.sweep_records(&mut sweep) {
             state.poll_errors += 1;
-            log::warn!("cannot read the timewait handoff records: {error}");
+            log::warn!("cannot sweep the kernel's socket records: {error}");
         }
         let read_seconds = started.elapsed().as_secs_f64();
         self.poll_if_due(state);
@@ -480,7 +475,9 @@ pub fn exposition(scrape: &Scrape<'_>, config: &CollectorConfig) -> Vec<MetricFa
         &kernel,
         scrape.census.map_or(&empty, |c| c.baseline()),
         scrape.moved_before_baseline,
-        scrape.census.map_or(&empty, |c| &c.sockets),
+        &scrape
+            .census
+            .map_or_else(BTreeMap::new, |census| census.sockets_now()),
     );
     let mut transitions = kernel.transitions.clone();
     let mut durations = kernel.durations.clone();
@@ -620,6 +617,10 @@ pub fn exposition(scrape: &Scrape<'_>, config: &CollectorConfig) -> Vec<MetricFa
         ("unknown_state", counters.failed_unknown_state),
         ("record_delete_failed", counters.failed_record_delete),
         ("event_lost", snapshot.events_lost()),
+        (
+            "close_undelivered",
+            scrape.census.map_or(0, |census| census.undelivered_closes),
+        ),
         ("out_of_sequence", kernel.inferred_transitions),
         ("map_read_error", snapshot.read_errors),
         ("poll_error", scrape.poll_errors),

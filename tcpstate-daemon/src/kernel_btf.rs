@@ -271,8 +271,36 @@ impl KernelBtf {
             flags: common_field("skc_flags", 8)?,
             protocol: sock_field("sk_protocol", 2)?,
             error: sock_field("sk_err", 4)?,
+            net: self
+                .net_pointer(common_type)
+                .map(|offset| common + offset)?,
+            net_inode: self.net_inode()?,
             _padding: 0,
         })
+    }
+
+    /// Offset in `struct sock_common` of `skc_net.net`, the socket's `struct net *`.
+    fn net_pointer(&self, common_type: u32) -> Result<u32, BtfError> {
+        let (field, possible_net) = self
+            .member_offset(common_type, "skc_net")
+            .ok_or(BtfError::MissingField("struct sock_common", "skc_net"))?;
+        let (pointer, _) = self
+            .member_offset(possible_net, "net")
+            .ok_or(BtfError::MissingField("possible_net_t", "net"))?;
+        Ok(field + pointer)
+    }
+
+    /// Offset in `struct net` of `ns.inum`, the namespace's inode number.
+    fn net_inode(&self) -> Result<u32, BtfError> {
+        let net = self
+            .id(KIND_STRUCT, "net")
+            .ok_or(BtfError::MissingField("struct net", "(the struct itself)"))?;
+        let (ns, ns_common) = self
+            .member_offset(net, "ns")
+            .ok_or(BtfError::MissingField("struct net", "ns"))?;
+        self.int_field(ns_common, "inum", 4)
+            .map(|inum| ns + inum)
+            .ok_or(BtfError::MissingField("struct ns_common", "inum"))
     }
 
     /// Fails unless the kernel has the tracepoint (its BTF names `btf_trace_<name>`).

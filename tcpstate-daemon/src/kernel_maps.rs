@@ -14,7 +14,7 @@ use tcpstate_common::{
 
 use crate::{
     aggregate::{Counters, sum_over_cpus},
-    sys::{self, ProgramStats},
+    sys::{self, ProgramStats, SlotSweep},
 };
 
 pub struct KernelMaps {
@@ -112,20 +112,18 @@ impl KernelMaps {
         snapshot
     }
 
-    /// Takes (reads and releases) the kernel's records of connections handed to timewait
-    /// sockets since the last call, one by one: those left in the slot table, then those of
-    /// sockets tracked in socket storage.
-    pub fn drain_handoffs(
-        &self,
-        mut take: impl FnMut(u64, TimewaitHandoff),
-    ) -> std::io::Result<()> {
+    /// Sweeps the kernel's per-socket records (see `sys::SlotSweep`): takes (reads and releases)
+    /// the records of connections handed to timewait sockets since the last sweep, those left
+    /// in the slot table, then those of sockets tracked in socket storage; and releases the
+    /// slots of records `sweep` knows to be stale.
+    pub fn sweep_records(&self, sweep: &mut impl SlotSweep) -> std::io::Result<()> {
         const KEY: usize = size_of::<u64>();
         const VALUE: usize = size_of::<TimewaitHandoff>();
-        self.socket_slots.take_handoffs(&mut take)?;
+        self.socket_slots.sweep(sweep)?;
         let (keys, values) =
             sys::drain_hash_map(&self.timewait_handoffs.fd().as_fd().as_raw_fd(), KEY, VALUE)?;
         for (key, value) in keys.chunks_exact(KEY).zip(values.chunks_exact(VALUE)) {
-            take(decode_u64(key), decode_handoff(value));
+            sweep.take_handoff(decode_u64(key), decode_handoff(value));
         }
         Ok(())
     }

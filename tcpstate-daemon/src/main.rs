@@ -55,6 +55,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         loader::port_set(&flags.ports),
         flags.buckets.nanoseconds(),
         started_ns,
+        sys::net_namespace_inode()?,
     );
     let moved_before_baseline =
         aggregate::aggregate(&tracer.maps.read().transitions, 0, aggregate::View::Raw)

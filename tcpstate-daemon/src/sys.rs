@@ -75,6 +75,14 @@ pub fn program_stats(program: &impl AsRawFd) -> io::Result<ProgramStats> {
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of the kernel program's `bpf_ktime_get_ns()`.
+/// The inode number of the daemon's network namespace: what the kernel program reads from a
+/// socket's `struct net` (`ns.inum`).
+pub fn net_namespace_inode() -> io::Result<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let inode = std::fs::metadata("/proc/self/ns/net")?.ino();
+    u32::try_from(inode).map_err(|_| io::Error::other("a network namespace inode above 2^32"))
+}
+
 pub fn monotonic_ns() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
@@ -250,26 +258,37 @@ impl SocketSlots {
         SlotsView::map(&self.map, 0, self.slots)
     }
 
-    /// Takes every handoff the slots hold, one by one (a busy host leaves hundreds of
-    /// thousands between two scrapes: no list of them is built), a chunk of the table at a
-    /// time: reads it, then releases its slot (owner 0) unless a new socket claimed the slot
-    /// meanwhile (then the handoff, maybe half overwritten, is skipped: it was lost to the
-    /// claim, as an LRU entry to eviction).
-    pub fn take_handoffs(&self, mut take: impl FnMut(u64, TimewaitHandoff)) -> io::Result<()> {
+    /// Sweeps the whole table, a chunk at a time: takes every handoff the slots hold, one by
+    /// one (a busy host leaves hundreds of thousands between two scrapes: no list of them is
+    /// built), and releases the records `sweep` knows to be stale. A slot is released (owner 0)
+    /// only if its owner is still the one read: a handoff a new socket claimed meanwhile (maybe
+    /// half overwritten) is skipped, lost to the claim as an LRU entry to eviction.
+    pub fn sweep(&self, sweep: &mut impl SlotSweep) -> io::Result<()> {
         for first in (0..self.slots).step_by(SLOTS_PER_CHUNK) {
             let count = SLOTS_PER_CHUNK.min(self.slots - first);
             let view = SlotsView::map(&self.map, first, count)?;
             for index in 0..count {
-                view.take_handoff(index, &mut take);
+                view.sweep_slot(index, sweep);
             }
         }
         Ok(())
     }
 }
 
+/// What a sweep of the slot table (`SocketSlots::sweep`) does with the records it finds.
+pub trait SlotSweep {
+    /// A connection's handoff to its timewait socket (released from its slot).
+    fn take_handoff(&mut self, cookie: u64, handoff: TimewaitHandoff);
+    /// Whether a live record belongs to a socket known to be gone: the kernel never delivered
+    /// its last events to the programs, so nothing else frees it.
+    fn is_stale(&self, record: &SocketRecord) -> bool;
+    /// A stale record, released from its slot.
+    fn release_stale(&mut self, record: SocketRecord);
+}
+
 /// A shared mapping of consecutive slots of the table, live: each read sees the slots as the
-/// kernel has them now. The daemon's only write is releasing a handoff slot it took, with a
-/// compare-and-swap of its owner, as the kernel's programs claim slots.
+/// kernel has them now. The daemon's only write is releasing a slot (a handoff it took, a stale
+/// record), with a compare-and-swap of its owner, as the kernel's programs claim slots.
 pub struct SlotsView {
     base: *mut SocketRecord,
     count: usize,
@@ -312,21 +331,33 @@ impl SlotsView {
         })
     }
 
-    /// Takes the handoff slot `index` holds, if it holds one (see `SocketSlots::take_handoffs`).
-    fn take_handoff(&self, index: usize, take: &mut impl FnMut(u64, TimewaitHandoff)) {
+    /// Takes the handoff or the stale record slot `index` holds, if it holds one (see
+    /// `SocketSlots::sweep`).
+    fn sweep_slot(&self, index: usize, sweep: &mut impl SlotSweep) {
         let owner = self.owner(index);
         let seen = owner.load(Ordering::Acquire);
-        let Some(cookie) = slot_owner::handoff_cookie(seen) else {
+        if seen == 0 {
             return;
+        }
+        let handoff = slot_owner::handoff_cookie(seen);
+        let record = SocketRecord {
+            cookie: seen,
+            ..self.read(index)
         };
-        let record = self.read(index);
+        if handoff.is_none() && !sweep.is_stale(&record) {
+            return;
+        }
         // The kernel writes a handoff's fields before its owner and a claim's owner before its
-        // fields: the owner unchanged since `seen` means the read fields were the handoff's.
+        // fields: the owner unchanged since `seen` means the read fields were the handoff's. A
+        // stale record has no writer left.
         if owner
             .compare_exchange(seen, 0, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
+            .is_err()
         {
-            take(
+            return;
+        }
+        match handoff {
+            Some(cookie) => sweep.take_handoff(
                 cookie,
                 TimewaitHandoff {
                     entered_ns: record.entered_ns,
@@ -334,7 +365,8 @@ impl SlotsView {
                     state: record.state,
                     _padding: [0; 7],
                 },
-            );
+            ),
+            None => sweep.release_stale(record),
         }
     }
 

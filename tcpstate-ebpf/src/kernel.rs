@@ -84,6 +84,20 @@ impl Sock {
         self.read(self.layout.flags)
     }
 
+    /// The inode number of the socket's network namespace (`sk->__sk_common.skc_net.net->ns.inum`).
+    pub fn net_inode(&self) -> u32 {
+        let net: *mut c_void = self.read(self.layout.net);
+        // SAFETY: `net` is the BTF-typed `struct net *` just read (the verifier knows its type
+        // and checks this read's offset and size against `struct net`, from the kernel's BTF
+        // like the offset); the load is fault-safe (BPF_PROBE_MEM).
+        unsafe {
+            net.cast::<u8>()
+                .add(self.layout.net_inode as usize)
+                .cast::<u32>()
+                .read()
+        }
+    }
+
     /// The socket's cookie, assigned now if it had none (what `ss -e` and sock_diag show).
     pub fn cookie(&self) -> u64 {
         // SAFETY: `sk` is the tracepoint's live socket.

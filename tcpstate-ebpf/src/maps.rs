@@ -97,6 +97,8 @@ static SOCKET_LAYOUT: SocketLayout = SocketLayout {
     state: 0,
     flags: 0,
     error: 0,
+    net: 0,
+    net_inode: 0,
     _padding: 0,
 };
 #[unsafe(no_mangle)]

@@ -50,6 +50,7 @@ pub fn create(sock: &Sock, initial: &mut SocketRecord) -> Option<&'static mut So
             slot.labels = initial.labels;
             slot.state = initial.state;
             slot.home = record_home::SLOT;
+            slot.net_inode = initial.net_inode;
             return Some(slot);
         }
     }

@@ -199,7 +199,8 @@ pub fn record(ctx: &BtfTracePointContext, recorder: u8) {
                     cookie,
                     state: to,
                     home: record_home::SLOT,
-                    _padding: [0; 6],
+                    _padding: [0; 2],
+                    net_inode: sock.net_inode(),
                 };
                 if let Some(record) = records::create(&sock, &mut initial) {
                     flags |= transition_flag::TO_TRACKED;

@@ -2,6 +2,8 @@
 //! `/metrics`, and reading the exposition back into numbers.
 #![allow(dead_code, reason = "each test binary uses a different part")]
 
+use tcpstate_common::SocketRecord;
+
 use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
@@ -94,6 +96,27 @@ impl Daemon {
 
     pub fn scrape(&self) -> Metrics {
         Metrics::parse(&self.scrape_text())
+    }
+
+    /// The daemon's socket slot table (`SOCKET_SLOTS`), opened by id from the map fds the
+    /// daemon holds (/proc/<pid>/fdinfo): the real kernel map its programs write.
+    pub fn socket_slots(&self) -> aya::maps::Array<aya::maps::MapData, SocketRecord> {
+        let fds = std::fs::read_dir(format!("/proc/{}/fdinfo", self.child.id()))
+            .expect("the daemon's fdinfo");
+        for fd in fds.flatten() {
+            let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
+            let Some(id) = info.lines().find_map(|line| line.strip_prefix("map_id:")) else {
+                continue;
+            };
+            let id = id.trim().parse().expect("a map id");
+            let map = aya::maps::MapData::from_id(id).expect("open a map by id");
+            let name = map.info().expect("map info");
+            if name.name_as_str() == Some(tcpstate_common::map::SOCKET_SLOTS) {
+                return aya::maps::Array::try_from(aya::maps::Map::Array(map))
+                    .expect("SOCKET_SLOTS is an array of SocketRecord");
+            }
+        }
+        panic!("the daemon holds no SOCKET_SLOTS map");
     }
 
     /// Stops the daemon with SIGTERM and returns its exit status.

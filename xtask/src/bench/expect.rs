@@ -25,6 +25,12 @@ enum Rule {
         edges: Vec<(&'static str, &'static str)>,
         expected: u64,
     },
+    /// As `Sum`, over the edges into CLOSE: every socket's life ends with one.
+    Ends {
+        role: &'static str,
+        edges: Vec<(&'static str, &'static str)>,
+        expected: u64,
+    },
     /// Every `role` socket that entered `state` left it: transitions in = transitions out.
     Balance {
         role: &'static str,
@@ -38,6 +44,8 @@ pub struct CheckOutcome {
     pub description: String,
     pub expected: u64,
     pub counted: u64,
+    /// A check that every socket's life ends (see `Rule::Ends`).
+    pub ends_of_life: bool,
 }
 
 impl CheckOutcome {
@@ -70,6 +78,15 @@ impl Exactness {
 
     pub fn is_exact(&self) -> bool {
         self.discrepancy() == 0
+    }
+
+    /// Sockets whose life has no end in the counts (no transition to CLOSE).
+    pub fn sockets_without_end(&self) -> u64 {
+        self.checks
+            .iter()
+            .filter(|check| check.ends_of_life)
+            .map(|check| check.expected.saturating_sub(check.counted))
+            .sum()
     }
 
     /// Sums another run's outcomes into this one (same checks in the same order).
@@ -221,7 +238,7 @@ fn rules(report: &ChurnReport) -> (Vec<Rule>, Vec<(&'static str, &'static str, &
             .filter(|(r, _, to)| *r == role && *to == CLOSE)
             .map(|(_, from, to)| (*from, *to))
             .collect();
-        rules.push(Rule::Sum {
+        rules.push(Rule::Ends {
             role,
             edges,
             expected: sockets,
@@ -248,6 +265,11 @@ pub fn check(report: &ChurnReport, counts: &EdgeCounts) -> Exactness {
                 role,
                 edges,
                 expected,
+            }
+            | Rule::Ends {
+                role,
+                edges,
+                expected,
             } => {
                 let counted = edges
                     .iter()
@@ -261,6 +283,7 @@ pub fn check(report: &ChurnReport, counts: &EdgeCounts) -> Exactness {
                     description: format!("{role} {}", names.join(" + ")),
                     expected: *expected,
                     counted,
+                    ends_of_life: matches!(rule, Rule::Ends { .. }),
                 }
             }
             Rule::Balance { role, state } => {
@@ -274,6 +297,7 @@ pub fn check(report: &ChurnReport, counts: &EdgeCounts) -> Exactness {
                     description: format!("{role} {state}: left as often as entered"),
                     expected: counts.iter().filter_map(into).sum(),
                     counted: counts.iter().filter_map(out_of).sum(),
+                    ends_of_life: false,
                 }
             }
         })
@@ -389,6 +413,7 @@ mod tests {
             &counts(&items),
         );
         assert_eq!(outcome.discrepancy(), 2, "{outcome:#?}");
+        assert_eq!(outcome.sockets_without_end(), 1);
     }
 
     #[test]

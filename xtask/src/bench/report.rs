@@ -243,10 +243,21 @@ fn targets(summary: &Summary, results: &Results) -> Vec<Target> {
             "not measured".into()
         } else {
             format!(
-                "{} wrong of {} counted over {} runs",
+                "{} wrong of {} counted over {} runs: {} sockets without their last \
+                 transitions, the kernel never ran any program for them; tcpstated found {} \
+                 such sockets afterwards and counts them (`{}`)",
                 count(discrepancy),
                 count(summary.exactness.transitions_counted),
-                summary.daemon_runs
+                summary.daemon_runs,
+                count(summary.exactness.sockets_without_end()),
+                count(
+                    summary
+                        .failures
+                        .get(super::UNDELIVERED)
+                        .copied()
+                        .unwrap_or(0)
+                ),
+                super::UNDELIVERED,
             )
         },
         met: (summary.daemon_runs > 0).then_some(discrepancy == 0),
