@@ -88,13 +88,49 @@ struct TimewaitSocket {
     entered_ns: Option<u64>,
     /// When its timer will end it.
     ends_ns: u64,
+    /// The last poll that listed it (`Census::polls`).
+    polled: u32,
 }
 
+/// A handoff waiting for its timewait socket, packed (16 bytes: a busy host holds hundreds of
+/// thousands between two polls).
 #[derive(Clone, Copy, Debug)]
 struct PendingHandoff {
-    handoff: TimewaitHandoff,
+    entered_ns: u64,
+    port: u16,
+    family: u8,
+    role: u8,
+    state: u8,
     polls_left: u8,
 }
+
+impl PendingHandoff {
+    fn new(handoff: TimewaitHandoff) -> Self {
+        PendingHandoff {
+            entered_ns: handoff.entered_ns,
+            port: handoff.labels.port,
+            family: handoff.labels.family,
+            role: handoff.labels.role,
+            state: handoff.state,
+            polls_left: HANDOFF_POLLS,
+        }
+    }
+
+    fn handoff(&self) -> TimewaitHandoff {
+        TimewaitHandoff {
+            entered_ns: self.entered_ns,
+            labels: Labels {
+                port: self.port,
+                family: self.family,
+                role: self.role,
+                _padding: [0; 4],
+            },
+            state: self.state,
+            _padding: [0; 7],
+        }
+    }
+}
+const _: () = assert!(size_of::<PendingHandoff>() == 16);
 
 /// An accept queue: its length now and its limit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -108,6 +144,8 @@ pub struct Census {
     bounds_ns: Vec<u64>,
     started_ns: u64,
     timewait: HashMap<u64, TimewaitSocket>,
+    /// Polls folded in so far.
+    polls: u32,
     handoffs: HashMap<u64, PendingHandoff>,
     /// Cookies of the timewait sockets polls found new and without a handoff record, not yet
     /// checked against the slot table, and when the last of those polls ended.
@@ -115,10 +153,8 @@ pub struct Census {
     unclaimed_polled_ns: u64,
     /// The inode number of the daemon's network namespace, whose sockets the polls list.
     net_inode: u32,
-    /// The full sockets the last poll listed (in `POLLED_STATES`), by cookie (sorted), and
-    /// when that poll started and ended.
-    polled_full_sockets: Vec<u64>,
-    polled_ns: std::ops::Range<u64>,
+    /// The full sockets the last two polls listed: the one before, then the last.
+    polled_full_sockets: [PolledFullSockets; 2],
     /// Tracked sockets gone without their last events reaching the kernel programs (their
     /// records, left behind, were released by a sweep): by labels and the state the record
     /// was left in, which they have left.
@@ -143,12 +179,12 @@ impl Census {
             bounds_ns,
             started_ns,
             timewait: HashMap::new(),
+            polls: 0,
             handoffs: HashMap::new(),
             unclaimed_timewait: Vec::new(),
             unclaimed_polled_ns: 0,
             net_inode,
-            polled_full_sockets: Vec::new(),
-            polled_ns: 0..0,
+            polled_full_sockets: Default::default(),
             undelivered_exits: BTreeMap::new(),
             undelivered_closes: 0,
             baseline: BTreeMap::new(),
@@ -186,13 +222,7 @@ impl Census {
             }
             return;
         }
-        self.handoffs.insert(
-            cookie,
-            PendingHandoff {
-                handoff,
-                polls_left: HANDOFF_POLLS,
-            },
-        );
+        self.handoffs.insert(cookie, PendingHandoff::new(handoff));
     }
 
     /// Folds in one poll: `polled` are the sockets in `POLLED_STATES` (full and timewait),
@@ -207,13 +237,17 @@ impl Census {
         now_ns: u64,
     ) {
         let listeners_and_timewait = polled;
-        self.polled_full_sockets = polled
+        let mut cookies: Vec<u64> = polled
             .iter()
             .filter(|s| !s.timewait)
             .map(|s| s.cookie)
             .collect();
-        self.polled_full_sockets.sort_unstable();
-        self.polled_ns = started_ns..now_ns;
+        cookies.sort_unstable();
+        self.polled_full_sockets.rotate_left(1);
+        self.polled_full_sockets[1] = PolledFullSockets {
+            cookies,
+            ns: started_ns..now_ns,
+        };
         self.sockets.clear();
         self.listen_queues.clear();
         let listeners: Vec<&DiagSocket> = listeners_and_timewait
@@ -233,7 +267,10 @@ impl Census {
             *self.sockets.entry((labels, NEW_SYN_RECV)).or_default() += 1;
         }
 
-        let mut seen = HashMap::with_capacity(self.timewait.len());
+        // Updated in place (a busy host has hundreds of thousands of timewait sockets: no
+        // second map of them): each listed socket is stamped with this poll.
+        self.polls = self.polls.wrapping_add(1);
+        let poll = self.polls;
         for socket in listeners_and_timewait.iter().filter(|s| s.timewait) {
             let ends_ns = socket.seen_ns + u64::from(socket.expires_ms) * 1_000_000;
             // The timer restarts at TCP_TIMEWAIT_LEN when a timewait socket enters TIME_WAIT.
@@ -253,10 +290,11 @@ impl Census {
                         entry.entered_ns = known(Some(at));
                     }
                     entry.ends_ns = ends_ns;
+                    entry.polled = poll;
                     entry
                 }
                 None => {
-                    let handoff = self.handoffs.remove(&socket.cookie).map(|p| p.handoff);
+                    let handoff = self.handoffs.remove(&socket.cookie).map(|p| p.handoff());
                     if handoff.is_none() {
                         self.unclaimed_timewait.push(socket.cookie);
                     }
@@ -276,6 +314,7 @@ impl Census {
                                 substate: TIME_WAIT,
                                 entered_ns: known(Some(at)),
                                 ends_ns,
+                                polled: poll,
                             }
                         }
                         (state, Some(handoff)) => TimewaitSocket {
@@ -283,18 +322,21 @@ impl Census {
                             substate: state,
                             entered_ns: known(Some(handoff.entered_ns)),
                             ends_ns,
+                            polled: poll,
                         },
                         (TIME_WAIT, None) => TimewaitSocket {
                             labels,
                             substate: TIME_WAIT,
                             entered_ns: known(timer_start),
                             ends_ns,
+                            polled: poll,
                         },
                         (state, None) => TimewaitSocket {
                             labels,
                             substate: state,
                             entered_ns: None,
                             ends_ns,
+                            polled: poll,
                         },
                     }
                 }
@@ -303,15 +345,18 @@ impl Census {
                 .sockets
                 .entry((entry.labels, entry.substate))
                 .or_default() += 1;
-            seen.insert(socket.cookie, entry);
+            self.timewait.insert(socket.cookie, entry);
         }
         // Those not seen again have ended: when their timer said, or (killed early) by now.
         let ended: Vec<TimewaitSocket> = self
             .timewait
-            .iter()
-            .filter(|(cookie, _)| !seen.contains_key(cookie))
-            .map(|(_, entry)| *entry)
+            .extract_if(|_, entry| entry.polled != poll)
+            .map(|(_, entry)| entry)
             .collect();
+        if self.timewait.capacity() > 4 * self.timewait.len().max(1024) {
+            // After a burst: give the memory back.
+            self.timewait.shrink_to_fit();
+        }
         for entry in ended {
             let end = entry.ends_ns.min(now_ns);
             self.count(
@@ -321,7 +366,6 @@ impl Census {
                 entry.entered_ns.map(|start| end.saturating_sub(start)),
             );
         }
-        self.timewait = seen;
         // A record whose timewait socket no poll found: none was created (the kernel's
         // net.ipv4.tcp_max_tw_buckets was reached: the connection closed at once), it lives in
         // another network namespace, or it ended between two polls. The connection has left (or
@@ -331,12 +375,15 @@ impl Census {
         self.handoffs.retain(|_, pending| {
             pending.polls_left -= 1;
             if pending.polls_left == 0 {
-                unmatched.push(pending.handoff);
+                unmatched.push(pending.handoff());
             }
             pending.polls_left > 0
         });
         for handoff in unmatched {
             self.count(handoff.labels, handoff.state, CLOSE, None);
+        }
+        if self.handoffs.capacity() > 4 * self.handoffs.len().max(1024) {
+            self.handoffs.shrink_to_fit();
         }
         if !self.unclaimed_timewait.is_empty() {
             self.unclaimed_polled_ns = now_ns;
@@ -361,9 +408,11 @@ impl Census {
     ///   so a poll that finds one without a handoff record while the slot table still holds a
     ///   live record with its cookie, some time later, proves the full socket gone;
     /// - through their absence: a record of this namespace, in a state the polls list, that
-    ///   has not changed since before the last poll started, whose socket that poll did not
-    ///   list (the kernel unhashes a closing socket microseconds before its CLOSE event: the
-    ///   sweep comes well after the poll).
+    ///   has not changed since before the last two polls started, whose socket neither poll
+    ///   listed (the kernel unhashes a closing socket microseconds before its CLOSE event: the
+    ///   sweep comes well after the polls). Two polls, because a dump is no snapshot: it
+    ///   resumes each batch at a position in a hash bucket, and a socket that another one's
+    ///   removal shifts across that position is skipped.
     pub fn record_sweep(&mut self, now_ns: u64) -> RecordSweep<'_> {
         let ripe = |polled_ns: u64| now_ns.saturating_sub(polled_ns) >= STALE_RECORD_DELAY_NS;
         let mut stale_candidates = if ripe(self.unclaimed_polled_ns) {
@@ -372,8 +421,9 @@ impl Census {
             Vec::new()
         };
         stale_candidates.sort_unstable();
-        let absence_checked_before_ns = if ripe(self.polled_ns.end) {
-            self.polled_ns.start
+        let [before, last] = &self.polled_full_sockets;
+        let absence_checked_before_ns = if before.ns.end != 0 && ripe(last.ns.end) {
+            before.ns.start
         } else {
             0
         };
@@ -384,17 +434,17 @@ impl Census {
         }
     }
 
-    /// Whether the last poll proves `record`'s socket gone (see `record_sweep`): a record that
-    /// entered its state before `poll_started_ns`.
-    fn polled_without(&self, record: &SocketRecord, poll_started_ns: u64) -> bool {
+    /// Whether the last two polls prove `record`'s socket gone (see `record_sweep`): a record
+    /// that entered its state before `polls_started_ns`.
+    fn polled_without(&self, record: &SocketRecord, polls_started_ns: u64) -> bool {
         record.net_inode == self.net_inode
             && record.net_inode != 0
-            && record.entered_ns < poll_started_ns
+            && record.entered_ns < polls_started_ns
             && POLLED_STATES.contains(&record.state)
             && self
                 .polled_full_sockets
-                .binary_search(&record.cookie)
-                .is_err()
+                .iter()
+                .all(|poll| poll.cookies.binary_search(&record.cookie).is_err())
     }
 
     /// A record left behind by a socket now in a timewait socket (see `record_sweep`).
@@ -459,18 +509,31 @@ impl Census {
     }
 }
 
+/// The full sockets a poll listed, by cookie (sorted), and when it started and ended.
+#[derive(Debug, Default)]
+struct PolledFullSockets {
+    cookies: Vec<u64>,
+    ns: std::ops::Range<u64>,
+}
+
 /// The census's side of one sweep of the kernel's records (`Census::record_sweep`).
 pub struct RecordSweep<'a> {
     census: &'a mut Census,
     /// Cookies of timewait sockets polled without a handoff long enough ago (sorted).
     stale_candidates: Vec<u64>,
-    /// When the last poll (ended long enough ago) started; 0: no such poll.
+    /// When the one before the last poll started, if the last ended long enough ago; 0: no
+    /// such polls.
     absence_checked_before_ns: u64,
 }
 
 impl SlotSweep for RecordSweep<'_> {
     fn take_handoff(&mut self, cookie: u64, handoff: TimewaitHandoff) {
         self.census.add_handoff(cookie, handoff);
+    }
+
+    fn may_be_stale(&self, cookie: u64, state: u8) -> bool {
+        (self.absence_checked_before_ns != 0 && POLLED_STATES.contains(&state))
+            || self.stale_candidates.binary_search(&cookie).is_ok()
     }
 
     fn is_stale(&self, record: &SocketRecord) -> bool {
@@ -482,6 +545,13 @@ impl SlotSweep for RecordSweep<'_> {
     }
 
     fn release_stale(&mut self, record: SocketRecord) {
+        log::debug!(
+            "released the record of socket {} (left in state {}, labels {:?}): its CLOSE never \
+             reached the kernel programs",
+            record.cookie,
+            record.state,
+            record.labels
+        );
         self.census.release_stale(record);
     }
 }
@@ -792,24 +862,33 @@ mod tests {
     }
 
     #[test]
-    fn a_record_whose_socket_a_poll_did_not_list_is_released() {
+    fn a_record_whose_socket_two_polls_did_not_list_is_released() {
         let mut census = census();
-        let listed = DiagSocket {
+        let listed = |cookie| DiagSocket {
             state: LAST_ACK,
             timewait: false,
-            ..tw(LAST_ACK, 31, 0)
+            ..tw(LAST_ACK, cookie, 0)
         };
-        let started = START + 5 * SECOND;
-        census.observe(&[listed], &[], started, started + SECOND / 10);
-        let sweep_at = started + SECOND;
-        let mut sweep = census.record_sweep(sweep_at);
-        // Gone: in a polled state since before the poll started, and not listed.
-        let gone = record(30, LAST_ACK, started - SECOND);
-        assert!(sweep.is_stale(&gone));
-        // Listed; entered its state after the poll started; in a state polls do not list;
-        // another namespace's: all left alone.
-        assert!(!sweep.is_stale(&record(31, LAST_ACK, started - SECOND)));
-        assert!(!sweep.is_stale(&record(30, LAST_ACK, started + 1)));
+        let first = START + 5 * SECOND;
+        census.observe(&[listed(31), listed(33)], &[], first, first + SECOND / 10);
+        // One poll proves nothing: a dump may skip a socket.
+        let gone = record(30, LAST_ACK, first - SECOND);
+        assert!(!census.record_sweep(first + SECOND).is_stale(&gone));
+        // The second dump skips socket 33.
+        let second = first + 2 * SECOND;
+        census.observe(&[listed(31)], &[], second, second + SECOND / 10);
+        // Too soon after the last poll.
+        assert!(!census.record_sweep(second + SECOND / 20).is_stale(&gone));
+        let mut sweep = census.record_sweep(second + SECOND);
+        // Gone: in a polled state since before both polls started, listed by neither.
+        assert!(sweep.may_be_stale(30, LAST_ACK) && sweep.is_stale(&gone));
+        // The sweep reads an ESTABLISHED record no further.
+        assert!(!sweep.may_be_stale(30, TcpState::Established as u8));
+        // Listed by one poll or both; entered its state after the first poll started; in a
+        // state polls do not list; another namespace's: all left alone.
+        assert!(!sweep.is_stale(&record(31, LAST_ACK, first - SECOND)));
+        assert!(!sweep.is_stale(&record(33, LAST_ACK, first - SECOND)));
+        assert!(!sweep.is_stale(&record(30, LAST_ACK, first + 1)));
         assert!(!sweep.is_stale(&record(30, TcpState::Established as u8, START)));
         assert!(!sweep.is_stale(&SocketRecord {
             net_inode: NET + 1,
@@ -818,13 +897,6 @@ mod tests {
         sweep.release_stale(gone);
         assert_eq!(census.undelivered_closes, 1);
         assert_eq!(census.sockets_now()[&(server(), LAST_ACK)], -1);
-        // A poll that ended too recently proves nothing yet.
-        census.observe(&[], &[], sweep_at, sweep_at + 1);
-        assert!(
-            !census
-                .record_sweep(sweep_at + 2)
-                .is_stale(&record(32, LAST_ACK, START))
-        );
     }
 
     #[test]

@@ -287,12 +287,19 @@ impl KernelState {
     /// Folds a finished poll into the census.
     fn fold_poll(&mut self, poll: io::Result<Poll>, started: Instant) {
         match poll {
-            Ok(poll) => self.census.observe(
-                &poll.sockets,
-                &poll.requests,
-                poll.started_ns,
-                poll.finished_ns,
-            ),
+            Ok(poll) => {
+                self.census.observe(
+                    &poll.sockets,
+                    &poll.requests,
+                    poll.started_ns,
+                    poll.finished_ns,
+                );
+                let large = poll.sockets.len() + poll.requests.len() > LARGE_POLL;
+                drop(poll);
+                if large {
+                    sys::release_free_memory();
+                }
+            }
             Err(error) => {
                 self.poll_errors += 1;
                 log::warn!("sock_diag poll failed: {error}");
@@ -301,6 +308,11 @@ impl KernelState {
         self.last_poll = Some((started, started.elapsed()));
     }
 }
+
+/// Sockets in a poll past which the memory its lists took is handed back to the system once
+/// folded in (otherwise the allocator keeps it, and the daemon's resident size stays at the
+/// peak of the largest poll).
+const LARGE_POLL: usize = 10_000;
 
 /// One sock_diag poll's sockets.
 struct Poll {

@@ -158,9 +158,9 @@ impl SockDiagSocket {
     }
 }
 
-/// Hands memory freed after start-up (the kernel BTF parses) back to the system: glibc keeps
-/// small freed blocks in its arenas otherwise, and the daemon's resident size would stay at its
-/// start-up peak.
+/// Hands freed memory (the kernel BTF parses at start-up, a large poll's lists) back to the
+/// system: glibc keeps small freed blocks in its arenas otherwise, and the daemon's resident
+/// size would stay at its peak.
 pub fn release_free_memory() {
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe { libc::malloc_trim(0) };
@@ -279,6 +279,9 @@ impl SocketSlots {
 pub trait SlotSweep {
     /// A connection's handoff to its timewait socket (released from its slot).
     fn take_handoff(&mut self, cookie: u64, handoff: TimewaitHandoff);
+    /// Whether the live record owned by `cookie`, in `state`, may be stale: a cheap first test,
+    /// before the record is read whole (a table holds hundreds of thousands of live records).
+    fn may_be_stale(&self, cookie: u64, state: u8) -> bool;
     /// Whether a live record belongs to a socket known to be gone: the kernel never delivered
     /// its last events to the programs, so nothing else frees it.
     fn is_stale(&self, record: &SocketRecord) -> bool;
@@ -340,6 +343,9 @@ impl SlotsView {
             return;
         }
         let handoff = slot_owner::handoff_cookie(seen);
+        if handoff.is_none() && !sweep.may_be_stale(seen, self.state(index)) {
+            return;
+        }
         let record = SocketRecord {
             cookie: seen,
             ..self.read(index)
@@ -377,6 +383,13 @@ impl SlotsView {
         // owner is an aligned u64 (the kernel's array values are 8-aligned and the mapping is
         // page-aligned), and every access to it, here and in the kernel, is atomic.
         unsafe { AtomicU64::from_ptr(&raw mut (*self.base.add(index)).cookie) }
+    }
+
+    /// The state of mapped slot `index`'s record, as the kernel has it now.
+    fn state(&self, index: usize) -> u8 {
+        assert!(index < self.count);
+        // SAFETY: as in `owner`; volatile because the kernel writes the slots meanwhile.
+        unsafe { std::ptr::read_volatile(&raw const (*self.base.add(index)).state) }
     }
 
     /// A copy of mapped slot `index`, field by field as the kernel has them now.
