@@ -194,6 +194,10 @@ impl Summary {
     }
 }
 
+/// `tcpstate_recording_failures_total` reason of an event found missing at the socket's next
+/// one (the socket's record was in another state).
+const OUT_OF_SEQUENCE: &str = "out_of_sequence";
+
 fn targets(summary: &Summary, results: &Results) -> Vec<Target> {
     let tcpstated = summary.figures(Config::Tcpstated);
     let mut targets = Vec::new();
@@ -237,6 +241,7 @@ fn targets(summary: &Summary, results: &Results) -> Vec<Target> {
     });
 
     let discrepancy = summary.exactness.discrepancy();
+    let failure = |reason: &str| summary.failures.get(reason).copied().unwrap_or(0);
     targets.push(Target {
         what: "Zero lost or miscounted transitions at saturation",
         measured: if summary.daemon_runs == 0 {
@@ -245,19 +250,16 @@ fn targets(summary: &Summary, results: &Results) -> Vec<Target> {
             format!(
                 "{} wrong of {} counted over {} runs: {} sockets without their last \
                  transitions, the kernel never ran any program for them; tcpstated found {} \
-                 such sockets afterwards and counts them (`{}`)",
+                 such sockets afterwards and counts them (`{}`), and {} other events at the \
+                 socket's next one (`{}`)",
                 count(discrepancy),
                 count(summary.exactness.transitions_counted),
                 summary.daemon_runs,
                 count(summary.exactness.sockets_without_end()),
-                count(
-                    summary
-                        .failures
-                        .get(super::UNDELIVERED)
-                        .copied()
-                        .unwrap_or(0)
-                ),
+                count(failure(super::UNDELIVERED)),
                 super::UNDELIVERED,
+                count(failure(OUT_OF_SEQUENCE)),
+                OUT_OF_SEQUENCE,
             )
         },
         met: (summary.daemon_runs > 0).then_some(discrepancy == 0),
