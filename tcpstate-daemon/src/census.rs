@@ -236,7 +236,6 @@ impl Census {
         started_ns: u64,
         now_ns: u64,
     ) {
-        let listeners_and_timewait = polled;
         let mut cookies: Vec<u64> = polled
             .iter()
             .filter(|s| !s.timewait)
@@ -250,7 +249,7 @@ impl Census {
         };
         self.sockets.clear();
         self.listen_queues.clear();
-        let listeners: Vec<&DiagSocket> = listeners_and_timewait
+        let listeners: Vec<&DiagSocket> = polled
             .iter()
             .filter(|s| s.state == LISTEN && !s.timewait)
             .collect();
@@ -271,7 +270,7 @@ impl Census {
         // second map of them): each listed socket is stamped with this poll.
         self.polls = self.polls.wrapping_add(1);
         let poll = self.polls;
-        for socket in listeners_and_timewait.iter().filter(|s| s.timewait) {
+        for socket in polled.iter().filter(|s| s.timewait) {
             let ends_ns = socket.seen_ns + u64::from(socket.expires_ms) * 1_000_000;
             // The timer restarts at TCP_TIMEWAIT_LEN when a timewait socket enters TIME_WAIT.
             let timer_start = ends_ns
@@ -447,7 +446,7 @@ impl Census {
                 .all(|poll| poll.cookies.binary_search(&record.cookie).is_err())
     }
 
-    /// A record left behind by a socket now in a timewait socket (see `record_sweep`).
+    /// A record left behind by a socket gone without its CLOSE event (see `record_sweep`).
     fn release_stale(&mut self, record: SocketRecord) {
         *self
             .undelivered_exits

@@ -1,6 +1,7 @@
-//! Reads the kernel's aggregates at scrape time. The daemon does no per-event work: everything
-//! here is proportional to the number of distinct label sets (and orphaned FIN_WAIT2 handoffs
-//! since the last scrape), not to events or sockets.
+//! Reads the kernel's aggregates at scrape time. The daemon does no per-event work: the
+//! aggregates are proportional to the number of distinct label sets, not to events or sockets;
+//! the sweep of the per-socket records, to the slot table's fixed size (and the handoffs since
+//! the last scrape).
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 

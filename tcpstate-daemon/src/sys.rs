@@ -74,7 +74,6 @@ pub fn program_stats(program: &impl AsRawFd) -> io::Result<ProgramStats> {
     })
 }
 
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock of the kernel program's `bpf_ktime_get_ns()`.
 /// The inode number of the daemon's network namespace: what the kernel program reads from a
 /// socket's `struct net` (`ns.inum`).
 pub fn net_namespace_inode() -> io::Result<u32> {
@@ -83,6 +82,7 @@ pub fn net_namespace_inode() -> io::Result<u32> {
     u32::try_from(inode).map_err(|_| io::Error::other("a network namespace inode above 2^32"))
 }
 
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of the kernel program's `bpf_ktime_get_ns()`.
 pub fn monotonic_ns() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,

@@ -495,10 +495,6 @@ fn measure_run(
 /// CPU) delays a connection's end by a retransmission timeout (200 ms and up).
 const SETTLE_LIMIT: Duration = Duration::from_secs(5);
 
-/// `tcpstate_recording_failures_total` reason of the sockets whose CLOSE the kernel never
-/// delivered to any program (found afterwards by tcpstated).
-pub const UNDELIVERED: &str = "close_undelivered";
-
 /// Scrapes until tcpstated's counts match what the churn must have produced, or
 /// [`SETTLE_LIMIT`] passes: the last scrape (text and samples), the comparison, and how long
 /// it took.

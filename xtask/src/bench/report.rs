@@ -194,6 +194,9 @@ impl Summary {
     }
 }
 
+/// `tcpstate_recording_failures_total` reason of the sockets whose CLOSE the kernel never
+/// delivered to any program (found afterwards by tcpstated).
+const UNDELIVERED: &str = "close_undelivered";
 /// `tcpstate_recording_failures_total` reason of an event found missing at the socket's next
 /// one (the socket's record was in another state).
 const OUT_OF_SEQUENCE: &str = "out_of_sequence";
@@ -256,8 +259,8 @@ fn targets(summary: &Summary, results: &Results) -> Vec<Target> {
                 count(summary.exactness.transitions_counted),
                 summary.daemon_runs,
                 count(summary.exactness.sockets_without_end()),
-                count(failure(super::UNDELIVERED)),
-                super::UNDELIVERED,
+                count(failure(UNDELIVERED)),
+                UNDELIVERED,
                 count(failure(OUT_OF_SEQUENCE)),
                 OUT_OF_SEQUENCE,
             )
