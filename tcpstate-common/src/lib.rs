@@ -40,6 +40,9 @@ pub mod map {
     pub const SOCKET_RECORDS: &str = "SOCKET_RECORDS";
     /// `PERCPU_HASH`: [`crate::TransitionKey`] -> [`crate::TransitionStats`].
     pub const TRANSITIONS: &str = "TRANSITIONS";
+    /// `PERCPU_ARRAY` of [`crate::TransitionSlot`]: the primary program's fast path in front of
+    /// `TRANSITIONS` (see [`crate::TransitionKey::slot_pair`]).
+    pub const TRANSITION_SLOTS: &str = "TRANSITION_SLOTS";
     /// `PERCPU_ARRAY`: [`crate::counter`] index -> `u64`.
     pub const COUNTERS: &str = "COUNTERS";
     /// `PERCPU_ARRAY` of one [`crate::HandledEvents`]: the events the primary program last
@@ -70,6 +73,12 @@ pub mod global {
 /// preallocation), so the capacity costs nothing until used; one entry exists per distinct
 /// (labels, from, to) seen.
 pub const TRANSITIONS_CAPACITY: u32 = 16384;
+
+/// Entries of `TRANSITION_SLOTS`: 288 bytes each per CPU, so 144 KiB per CPU. A key takes the
+/// first free slot of its pair on each CPU, for good; keys that find both taken (past about a
+/// hundred distinct keys, a few collide) are counted in `TRANSITIONS` instead, which is slower
+/// but has the room.
+pub const TRANSITION_SLOT_COUNT: u32 = 512;
 
 /// Default number of `SOCKET_SLOTS` entries (`--sockets.slots`): 32 bytes each, so 8 MiB. A
 /// socket whose slot window is full is tracked in socket-local storage instead (slower, about
@@ -342,6 +351,99 @@ pub struct TransitionKey {
 }
 const _: () = assert!(size_of::<TransitionKey>() == 16);
 
+impl TransitionKey {
+    const ZERO: Self = Self {
+        labels: Labels {
+            port: 0,
+            family: 0,
+            role: 0,
+            _padding: [0; 4],
+        },
+        from: 0,
+        to: 0,
+        flags: 0,
+        recorder: 0,
+        detail: 0,
+        _padding: [0; 3],
+    };
+
+    /// The key with its padding (and the labels' padding) zeroed.
+    #[inline(always)]
+    pub const fn new(
+        labels: Labels,
+        from: u8,
+        to: u8,
+        flags: u8,
+        recorder: u8,
+        detail: u8,
+    ) -> Self {
+        let mut key = Self::ZERO;
+        key.labels.port = labels.port;
+        key.labels.family = labels.family;
+        key.labels.role = labels.role;
+        key.from = from;
+        key.to = to;
+        key.flags = flags;
+        key.recorder = recorder;
+        key.detail = detail;
+        key
+    }
+
+    /// The key as two words, as `TRANSITION_SLOTS` holds it (never both 0: `from` is a state,
+    /// 1 to 12).
+    #[inline(always)]
+    pub const fn words(&self) -> [u64; 2] {
+        let labels = self.labels.port as u64
+            | (self.labels.family as u64) << 16
+            | (self.labels.role as u64) << 24;
+        let edge = self.from as u64
+            | (self.to as u64) << 8
+            | (self.flags as u64) << 16
+            | (self.recorder as u64) << 24
+            | (self.detail as u64) << 32;
+        [labels, edge]
+    }
+
+    pub fn from_words([labels, edge]: [u64; 2]) -> Self {
+        let byte = |word: u64, index: u32| (word >> (8 * index)) as u8;
+        let labels = Labels {
+            port: labels as u16,
+            family: byte(labels, 2),
+            role: byte(labels, 3),
+            _padding: [0; 4],
+        };
+        Self::new(
+            labels,
+            byte(edge, 0),
+            byte(edge, 1),
+            byte(edge, 2),
+            byte(edge, 3),
+            byte(edge, 4),
+        )
+    }
+
+    /// The first of the two `TRANSITION_SLOTS` entries (an even index) where the key with
+    /// these `words` may live. The primary program counts a transition there, in the first
+    /// slot of the pair holding its key or else the first free one: two inlined array reads
+    /// and a compare, where a `TRANSITIONS` lookup hashes the key and walks a bucket.
+    #[inline(always)]
+    pub const fn slot_pair([labels, edge]: [u64; 2]) -> u32 {
+        let mixed =
+            (labels ^ edge.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        ((mixed >> 40) as u32 % TRANSITION_SLOT_COUNT) & !1
+    }
+}
+
+/// A `TRANSITION_SLOTS` entry (per CPU): a key, as [`TransitionKey::words`], or `[0, 0]` while
+/// free, and its stats.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransitionSlot {
+    pub key: [u64; 2],
+    pub stats: TransitionStats,
+}
+const _: () = assert!(size_of::<TransitionSlot>() == 16 + size_of::<TransitionStats>());
+
 /// Value of the `TRANSITIONS` map (per CPU).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -418,7 +520,8 @@ pub struct SocketLayout {
     /// `ns.inum` (unsigned int) in `struct net`: the namespace's inode number (what
     /// `stat /proc/<pid>/ns/net` shows).
     pub net_inode: u32,
-    pub _padding: u32,
+    /// `__sk_common.skc_cookie.counter` (s64): the socket's cookie, 0 until one is assigned.
+    pub cookie: u32,
 }
 const _: () = assert!(size_of::<SocketLayout>() == 40);
 
@@ -514,6 +617,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::TransitionStats {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::TransitionSlot {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::SocketLayout {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DurationBuckets {}
@@ -577,6 +682,27 @@ mod tests {
                 assert_eq!(b.bucket_index(d), expected, "used={used} d={d}");
             }
         }
+    }
+
+    #[test]
+    fn transition_keys_survive_their_slot_words() {
+        let key = TransitionKey::new(
+            Labels {
+                port: 8443,
+                family: 10,
+                role: 3,
+                _padding: [0; 4],
+            },
+            TcpState::FinWait1 as u8,
+            TcpState::Close as u8,
+            transition_flag::FROM_TRACKED | transition_flag::DURATION_OBSERVED,
+            recorder::PRIMARY,
+            transition_detail::FIN_WAIT2_HANDOFF,
+        );
+        assert_eq!(TransitionKey::from_words(key.words()), key);
+        assert_ne!(key.words(), [0, 0], "a key never looks like a free slot");
+        let pair = TransitionKey::slot_pair(key.words());
+        assert!(pair.is_multiple_of(2) && pair + 1 < TRANSITION_SLOT_COUNT);
     }
 
     #[test]

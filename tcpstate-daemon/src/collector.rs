@@ -663,7 +663,7 @@ pub fn exposition(scrape: &Scrape<'_>, config: &CollectorConfig) -> Vec<MetricFa
             &MAP_ENTRIES,
             vec![gauge_metric(
                 transitions_map(),
-                snapshot.transitions.len() as f64,
+                snapshot.transitions_map_entries as f64,
             )],
         ),
         family(

@@ -275,8 +275,18 @@ impl KernelBtf {
                 .net_pointer(common_type)
                 .map(|offset| common + offset)?,
             net_inode: self.net_inode()?,
-            _padding: 0,
+            cookie: self.cookie(common_type).map(|offset| common + offset)?,
         })
+    }
+
+    /// Offset in `struct sock_common` of `skc_cookie.counter`, the socket's cookie.
+    fn cookie(&self, common_type: u32) -> Result<u32, BtfError> {
+        let (field, atomic) = self
+            .member_offset(common_type, "skc_cookie")
+            .ok_or(BtfError::MissingField("struct sock_common", "skc_cookie"))?;
+        self.int_field(atomic, "counter", 8)
+            .map(|counter| field + counter)
+            .ok_or(BtfError::MissingField("atomic64_t", "counter"))
     }
 
     /// Offset in `struct sock_common` of `skc_net.net`, the socket's `struct net *`.

@@ -10,7 +10,8 @@ use aya::{
     programs::ProgramFd,
 };
 use tcpstate_common::{
-    EventKey, Labels, TimewaitHandoff, TransitionKey, TransitionStats, counter, program,
+    EventKey, Labels, MAX_BUCKETS, TimewaitHandoff, TransitionKey, TransitionSlot, TransitionStats,
+    counter, program,
 };
 
 use crate::{
@@ -20,6 +21,8 @@ use crate::{
 
 pub struct KernelMaps {
     pub transitions: PerCpuHashMap<MapData, TransitionKey, TransitionStats>,
+    /// `TRANSITION_SLOTS` (a per-CPU array read in batches, so kept as plain map data).
+    pub transition_slots: MapData,
     pub counters: PerCpuArray<MapData, u64>,
     pub events: PerCpuHashMap<MapData, EventKey, u64>,
     /// `TIMEWAIT_HANDOFFS` (an LRU hash, drained in batches, so kept as plain map data).
@@ -34,8 +37,11 @@ pub struct KernelMaps {
 /// One consistent-enough read of everything the kernel keeps.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
-    /// Entries summed over CPUs.
+    /// `TRANSITIONS` entries summed over CPUs, then the used `TRANSITION_SLOTS` entries of
+    /// every CPU: a key may come more than once (its sum is the count).
     pub transitions: Vec<(TransitionKey, TransitionStats)>,
+    /// Entries of the `TRANSITIONS` map (not counting the slots).
+    pub transitions_map_entries: usize,
     pub events: Vec<(EventKey, u64)>,
     pub counters: Counters,
     /// Kernel statistics of each program, by name.
@@ -84,6 +90,13 @@ impl KernelMaps {
                 Err(_) => snapshot.read_errors += 1,
             }
         }
+        snapshot.transitions_map_entries = snapshot.transitions.len();
+        if self
+            .read_transition_slots(&mut snapshot.transitions)
+            .is_err()
+        {
+            snapshot.read_errors += 1;
+        }
         for entry in self.events.iter() {
             match entry {
                 Ok((key, per_cpu)) => snapshot.events.push((key, per_cpu.iter().sum())),
@@ -111,6 +124,21 @@ impl KernelMaps {
             })
             .collect();
         snapshot
+    }
+
+    /// Appends the used `TRANSITION_SLOTS` entries of every CPU to `entries`, reading the
+    /// per-CPU array in batches of at most 1 MiB.
+    fn read_transition_slots(
+        &self,
+        entries: &mut Vec<(TransitionKey, TransitionStats)>,
+    ) -> std::io::Result<()> {
+        const SLOT: usize = size_of::<TransitionSlot>();
+        let cpus = aya::util::nr_cpus().map_err(|(_, error)| error)?;
+        let value_size = SLOT * cpus;
+        let fd = self.transition_slots.fd().as_fd().as_raw_fd();
+        sys::read_array(&fd, value_size, (1 << 20) / value_size, |values| {
+            entries.extend(values.chunks_exact(SLOT).filter_map(decode_transition_slot));
+        })
     }
 
     /// Sweeps the kernel's per-socket records (see `sys::SlotSweep`): takes (reads and releases)
@@ -141,6 +169,26 @@ fn decode_u64(bytes: &[u8]) -> u64 {
     u64::from_ne_bytes(bytes[..8].try_into().expect("8 bytes"))
 }
 
+/// A used `TransitionSlot` from its bytes (`#[repr(C)]`: 2 + 2 + `MAX_BUCKETS` u64s); `None`
+/// for a free one.
+fn decode_transition_slot(bytes: &[u8]) -> Option<(TransitionKey, TransitionStats)> {
+    let mut words = bytes.chunks_exact(8).map(decode_u64);
+    let mut next = || words.next().unwrap_or(0);
+    let key = [next(), next()];
+    if key == [0, 0] {
+        return None;
+    }
+    let mut stats = TransitionStats {
+        count: next(),
+        duration_sum_ns: next(),
+        duration_buckets: [0; MAX_BUCKETS],
+    };
+    for bucket in &mut stats.duration_buckets {
+        *bucket = next();
+    }
+    Some((TransitionKey::from_words(key), stats))
+}
+
 /// `TimewaitHandoff` from its bytes (`#[repr(C)]`: u64, then `Labels` {u16, u8, u8, [u8; 4]},
 /// then the state).
 fn decode_handoff(bytes: &[u8]) -> TimewaitHandoff {
@@ -160,6 +208,35 @@ fn decode_handoff(bytes: &[u8]) -> TimewaitHandoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transition_slots_decode_from_their_repr_c_bytes_and_free_ones_are_skipped() {
+        let key = TransitionKey::new(
+            Labels {
+                port: 443,
+                family: 2,
+                role: 1,
+                _padding: [0; 4],
+            },
+            2,
+            1,
+            3,
+            0,
+            0,
+        );
+        let mut words = vec![key.words()[0], key.words()[1], 7, 1234];
+        words.extend((0..MAX_BUCKETS as u64).map(|bucket| bucket * 10));
+        let bytes: Vec<u8> = words.iter().flat_map(|word| word.to_ne_bytes()).collect();
+        assert_eq!(bytes.len(), size_of::<TransitionSlot>());
+        let (decoded_key, stats) = decode_transition_slot(&bytes).expect("a used slot");
+        assert_eq!(decoded_key, key);
+        assert_eq!((stats.count, stats.duration_sum_ns), (7, 1234));
+        assert_eq!(stats.duration_buckets[3], 30);
+        assert_eq!(
+            decode_transition_slot(&[0; size_of::<TransitionSlot>()]),
+            None
+        );
+    }
 
     #[test]
     fn handoffs_decode_from_their_repr_c_bytes() {

@@ -86,6 +86,10 @@ impl Tracer {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let maps = KernelMaps {
             transitions: PerCpuHashMap::try_from(take_map(&mut ebpf, map::TRANSITIONS)?)?,
+            transition_slots: match take_map(&mut ebpf, map::TRANSITION_SLOTS)? {
+                Map::PerCpuArray(data) => data,
+                _ => anyhow::bail!("map {} is not a per-CPU array", map::TRANSITION_SLOTS),
+            },
             counters: PerCpuArray::try_from(take_map(&mut ebpf, map::COUNTERS)?)?,
             events: PerCpuHashMap::try_from(take_map(&mut ebpf, map::EVENTS)?)?,
             timewait_handoffs: match take_map(&mut ebpf, map::TIMEWAIT_HANDOFFS)? {

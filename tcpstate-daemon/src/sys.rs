@@ -174,6 +174,50 @@ pub fn drain_hash_map(
     key_size: usize,
     value_size: usize,
 ) -> io::Result<(Vec<u8>, Vec<u8>)> {
+    const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
+    let (mut all_keys, mut all_values) = (Vec::new(), Vec::new());
+    walk_in_batches(
+        map,
+        BPF_MAP_LOOKUP_AND_DELETE_BATCH,
+        (key_size, value_size),
+        4096,
+        |keys, values| {
+            all_keys.extend_from_slice(keys);
+            all_values.extend_from_slice(values);
+        },
+    )?;
+    Ok((all_keys, all_values))
+}
+
+/// Reads every entry of a BPF array in `BPF_MAP_LOOKUP_BATCH` calls of at most `chunk`
+/// entries, handing `each` the values of each call, packed (`value_size` bytes each; for a
+/// per-CPU array, the value of every possible CPU, each rounded up to 8 bytes).
+pub fn read_array(
+    map: &impl AsRawFd,
+    value_size: usize,
+    chunk: usize,
+    mut each: impl FnMut(&[u8]),
+) -> io::Result<()> {
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    walk_in_batches(
+        map,
+        BPF_MAP_LOOKUP_BATCH,
+        (size_of::<u32>(), value_size),
+        chunk,
+        |_, values| each(values),
+    )
+}
+
+/// Walks a map with a `BPF_MAP_*_BATCH` command, `chunk` entries per call, handing `each` the
+/// packed keys and values of each call. The resume token is a u32 (a hash map's bucket, an
+/// array's index).
+fn walk_in_batches(
+    map: &impl AsRawFd,
+    command: libc::c_long,
+    (key_size, value_size): (usize, usize),
+    chunk: usize,
+    mut each: impl FnMut(&[u8], &[u8]),
+) -> io::Result<()> {
     /// The `batch` member of `union bpf_attr`.
     #[repr(C)]
     struct Batch {
@@ -186,12 +230,9 @@ pub fn drain_hash_map(
         elem_flags: u64,
         flags: u64,
     }
-    const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
-    const CHUNK: usize = 4096;
-    let mut keys = vec![0u8; CHUNK * key_size];
-    let mut values = vec![0u8; CHUNK * value_size];
-    let (mut all_keys, mut all_values) = (Vec::new(), Vec::new());
-    // Hash maps resume from a bucket index (a u32); the first call starts from the beginning.
+    let chunk = chunk.max(1);
+    let mut keys = vec![0u8; chunk * key_size];
+    let mut values = vec![0u8; chunk * value_size];
     let (mut resume, mut next) = (0u32, 0u32);
     let mut first = true;
     loop {
@@ -200,7 +241,7 @@ pub fn drain_hash_map(
             out_batch: &raw mut next as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
-            count: CHUNK as u32,
+            count: chunk as u32,
             map_fd: map.as_raw_fd() as u32,
             elem_flags: 0,
             flags: 0,
@@ -211,15 +252,14 @@ pub fn drain_hash_map(
         let result = unsafe {
             libc::syscall(
                 libc::SYS_bpf,
-                BPF_MAP_LOOKUP_AND_DELETE_BATCH,
+                command,
                 &raw mut attr,
                 mem::size_of::<Batch>(),
             )
         };
         let error = (result < 0).then(io::Error::last_os_error);
-        let filled = (attr.count as usize).min(CHUNK);
-        all_keys.extend_from_slice(&keys[..filled * key_size]);
-        all_values.extend_from_slice(&values[..filled * value_size]);
+        let filled = (attr.count as usize).min(chunk);
+        each(&keys[..filled * key_size], &values[..filled * value_size]);
         match error {
             None => {}
             // The walk reached the end of the map.
@@ -229,7 +269,7 @@ pub fn drain_hash_map(
         resume = next;
         first = false;
     }
-    Ok((all_keys, all_values))
+    Ok(())
 }
 
 /// The kernel's socket slot table (`SOCKET_SLOTS`, an mmapable array of `SocketRecord`), seen

@@ -98,8 +98,14 @@ impl Sock {
         }
     }
 
-    /// The socket's cookie, assigned now if it had none (what `ss -e` and sock_diag show).
+    /// The socket's cookie, assigned now if it had none (what `ss -e` and sock_diag show). Read
+    /// from the socket once assigned (never changed after): a helper call costs more.
+    #[inline(always)]
     pub fn cookie(&self) -> u64 {
+        let assigned: u64 = self.read(self.layout.cookie);
+        if assigned != 0 {
+            return assigned;
+        }
         // SAFETY: `sk` is the tracepoint's live socket.
         unsafe { bpf_get_socket_cookie(self.sk) }
     }

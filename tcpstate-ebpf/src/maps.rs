@@ -8,9 +8,9 @@ use aya_ebpf::{
 };
 use tcpstate_common::{
     ClosedSocket, DEFAULT_SOCKET_SLOTS, DurationBuckets, EVENTS_CAPACITY, EventKey, EventToken,
-    HANDLED_EVENTS, HandledEvents, MAX_BUCKETS, PortSet, RECENTLY_CLOSED_SLOTS, SocketLayout,
-    SocketRecord, TIMEWAIT_HANDOFFS_CAPACITY, TRANSITIONS_CAPACITY, TimewaitHandoff, TransitionKey,
-    TransitionStats, counter,
+    HANDLED_EVENTS, HandledEvents, Labels, MAX_BUCKETS, PortSet, RECENTLY_CLOSED_SLOTS,
+    SocketLayout, SocketRecord, TIMEWAIT_HANDOFFS_CAPACITY, TRANSITION_SLOT_COUNT,
+    TRANSITIONS_CAPACITY, TimewaitHandoff, TransitionKey, TransitionSlot, TransitionStats, counter,
 };
 
 /// Per-socket records, one per slot (see `records`). Its size is set at load time
@@ -37,6 +37,14 @@ static TRANSITIONS: PerCpuHashMap<
     { TRANSITIONS_CAPACITY as usize },
     { BPF_F_NO_PREALLOC as usize },
 > = PerCpuHashMap::new();
+
+/// The primary program's fast path in front of `TRANSITIONS`: per CPU, each key in the first
+/// free slot of its pair (see `TransitionKey::slot_pair`), kept for good. Only the primary
+/// program writes here, and it never runs twice at once on a CPU, so an entry needs no lock;
+/// the nested-event program, which can interrupt it, counts in `TRANSITIONS` only.
+#[btf_map]
+static TRANSITION_SLOTS: PerCpuArray<TransitionSlot, { TRANSITION_SLOT_COUNT as usize }> =
+    PerCpuArray::new();
 
 /// Resets and SYN-ACK retransmits, by kind, state and labels.
 #[btf_map]
@@ -99,7 +107,7 @@ static SOCKET_LAYOUT: SocketLayout = SocketLayout {
     error: 0,
     net: 0,
     net_inode: 0,
-    _padding: 0,
+    cookie: 0,
 };
 #[unsafe(no_mangle)]
 static DURATION_BUCKETS: DurationBuckets = DurationBuckets::EMPTY;
@@ -209,6 +217,28 @@ pub fn count(recorder: u8, counter: u32) {
     }
 }
 
+/// The stats of `key` in this CPU's `TRANSITION_SLOTS`, taking a free slot of its pair on first
+/// use; `None` when both slots hold other keys. Only for the primary program (see the map).
+#[inline(always)]
+pub fn transition_slot_stats(key: &TransitionKey) -> Option<*mut TransitionStats> {
+    let words = key.words();
+    let pair = TransitionKey::slot_pair(words);
+    for index in [pair, pair + 1] {
+        let slot = TRANSITION_SLOTS.get_ptr_mut(index)?;
+        // SAFETY: a per-CPU array slot, valid for the program's run, written only by the
+        // primary program on this CPU (see `TRANSITION_SLOTS`).
+        let slot = unsafe { &mut *slot };
+        if slot.key == words {
+            return Some(&raw mut slot.stats);
+        }
+        if slot.key == [0, 0] {
+            slot.key = words;
+            return Some(&raw mut slot.stats);
+        }
+    }
+    None
+}
+
 /// The stats of `key`, created on first use; `None` when the map is full (counted by the caller).
 #[inline(always)]
 pub fn transition_stats(key: &TransitionKey) -> Option<*mut TransitionStats> {
@@ -246,13 +276,18 @@ pub fn record_handoff(cookie: u64, handoff: &TimewaitHandoff) -> bool {
         .is_ok()
 }
 
-/// Notes that `sock` just reached CLOSE (see `ClosedSocket`).
+/// Notes that `sock` just reached CLOSE from `state` (see `ClosedSocket`).
 #[inline(always)]
-pub fn note_closed(sock: &Sock, closed: ClosedSocket) {
+pub fn note_closed(sock: &Sock, labels: Labels, state: u8) {
     if let Some(slot) = LAST_CLOSED.get_ptr_mut(closed_slot(sock)) {
         // SAFETY: an array slot, valid for this run; a racing write from another CPU can only
         // make the entry unmatchable (see `LAST_CLOSED`).
-        unsafe { *slot = closed };
+        let slot = unsafe { &mut *slot };
+        // Field by field: the padding stays as the map was created (zero), where a whole
+        // `ClosedSocket` would be zeroed by a `memset` call.
+        slot.socket = sock.address();
+        slot.labels = labels;
+        slot.state = state;
     }
 }
 

@@ -6,8 +6,8 @@
 
 use aya_ebpf::programs::BtfTracePointContext;
 use tcpstate_common::{
-    ClosedSocket, EventToken, Labels, SocketRecord, TcpState, TimewaitHandoff, TransitionKey,
-    bucket_index, counter, record_home, transition_detail, transition_flag,
+    EventToken, Labels, SocketRecord, TcpState, TimewaitHandoff, TransitionKey, bucket_index,
+    counter, record_home, transition_detail, transition_flag,
 };
 
 use crate::{
@@ -247,13 +247,7 @@ fn is_birth(from: u8, to: u8) -> bool {
 /// Leaves the reset programs what they need about a socket that just reached CLOSE.
 #[inline(always)]
 fn note_closed(sock: &Sock, labels: Labels, from: u8) {
-    let closed = ClosedSocket {
-        socket: sock.address(),
-        labels,
-        state: from,
-        _padding: [0; 7],
-    };
-    maps::note_closed(sock, closed);
+    maps::note_closed(sock, labels, from);
 }
 
 /// Why a socket reaches CLOSE, from what the kernel left on it just before: `sk_err` is set
@@ -287,15 +281,11 @@ fn close_detail(sock: &Sock, from: u8) -> u8 {
 
 #[inline(always)]
 fn key(labels: Labels, from: u8, to: u8, flags: u8, recorder: u8, detail: u8) -> TransitionKey {
-    TransitionKey {
-        labels,
-        from,
-        to,
-        flags,
-        recorder,
-        detail,
-        _padding: [0; 3],
-    }
+    let words = TransitionKey::new(labels, from, to, flags, recorder, detail).words();
+    // SAFETY: `TransitionKey` is `#[repr(C)]`, 16 bytes of integers with explicit padding, and
+    // its words are its bytes in little-endian order (bpfel), padding zero. Built from words,
+    // the key is two stores; field by field, LLVM merges the zero padding into a `memset` call.
+    unsafe { core::mem::transmute::<[u64; 2], TransitionKey>(words) }
 }
 
 /// `add`'s duration when the start of the state was not seen. A sentinel, not an `Option`:
@@ -307,7 +297,12 @@ const NO_DURATION: u64 = u64::MAX;
 /// Counts one transition, with its duration in the histogram when the start was seen.
 #[inline(always)]
 fn add(recorder: u8, key: TransitionKey, duration_ns: u64) {
-    let Some(stats) = maps::transition_stats(&key) else {
+    let fast = if recorder == tcpstate_common::recorder::PRIMARY {
+        maps::transition_slot_stats(&key)
+    } else {
+        None
+    };
+    let Some(stats) = fast.or_else(|| maps::transition_stats(&key)) else {
         maps::count(recorder, counter::FAILED_TRANSITIONS_MAP_FULL);
         return;
     };
