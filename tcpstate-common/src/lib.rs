@@ -67,6 +67,8 @@ pub mod global {
     pub const SERVICE_PORTS: &str = "SERVICE_PORTS";
     /// `u32`: the number of `SOCKET_SLOTS` entries minus one (a power of two minus one).
     pub const SOCKET_SLOT_MASK: &str = "SOCKET_SLOT_MASK";
+    /// `u32`: the number of `TRANSITION_SLOTS` entries minus one (a power of two minus one).
+    pub const TRANSITION_SLOT_MASK: &str = "TRANSITION_SLOT_MASK";
 }
 
 /// Default capacity of the `TRANSITIONS` map. Entries are allocated on first use (no
@@ -74,11 +76,11 @@ pub mod global {
 /// (labels, from, to) seen.
 pub const TRANSITIONS_CAPACITY: u32 = 16384;
 
-/// Entries of `TRANSITION_SLOTS`: 288 bytes each per CPU, so 144 KiB per CPU. A key takes the
-/// first free slot of its pair on each CPU, for good; keys that find both taken (past about a
-/// hundred distinct keys, a few collide) are counted in `TRANSITIONS` instead, which is slower
-/// but has the room.
-pub const TRANSITION_SLOT_COUNT: u32 = 512;
+/// Default number of `TRANSITION_SLOTS` entries (`--transitions.slots`): 288 bytes each per
+/// CPU, so 144 KiB per CPU. A key takes the first free slot of its pair on each CPU, for good;
+/// keys that find both taken (past about a hundred distinct keys, a few collide) are counted
+/// in `TRANSITIONS` instead, which is slower but has the room.
+pub const DEFAULT_TRANSITION_SLOTS: u32 = 512;
 
 /// Default number of `SOCKET_SLOTS` entries (`--sockets.slots`): 32 bytes each, so 8 MiB. A
 /// socket whose slot window is full is tracked in socket-local storage instead (slower, about
@@ -422,15 +424,16 @@ impl TransitionKey {
         )
     }
 
-    /// The first of the two `TRANSITION_SLOTS` entries (an even index) where the key with
-    /// these `words` may live. The primary program counts a transition there, in the first
-    /// slot of the pair holding its key or else the first free one: two inlined array reads
-    /// and a compare, where a `TRANSITIONS` lookup hashes the key and walks a bucket.
+    /// The first of the two `TRANSITION_SLOTS` entries (an even index, at most `slot_mask`, the
+    /// table's size minus one) where the key with these `words` may live. The primary program
+    /// counts a transition there, in the first slot of the pair holding its key or else the
+    /// first free one: an inlined array read and a compare, where a `TRANSITIONS` lookup calls
+    /// into the kernel to hash the key and walk a bucket.
     #[inline(always)]
-    pub const fn slot_pair([labels, edge]: [u64; 2]) -> u32 {
+    pub const fn slot_pair([labels, edge]: [u64; 2], slot_mask: u32) -> u32 {
         let mixed =
             (labels ^ edge.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        ((mixed >> 40) as u32 % TRANSITION_SLOT_COUNT) & !1
+        (mixed >> 32) as u32 & slot_mask & !1
     }
 }
 
@@ -701,8 +704,13 @@ mod tests {
         );
         assert_eq!(TransitionKey::from_words(key.words()), key);
         assert_ne!(key.words(), [0, 0], "a key never looks like a free slot");
-        let pair = TransitionKey::slot_pair(key.words());
-        assert!(pair.is_multiple_of(2) && pair + 1 < TRANSITION_SLOT_COUNT);
+        for slots in [2, 8, DEFAULT_TRANSITION_SLOTS] {
+            let pair = TransitionKey::slot_pair(key.words(), slots - 1);
+            assert!(
+                pair.is_multiple_of(2) && pair + 1 < slots,
+                "{pair} of {slots}"
+            );
+        }
     }
 
     #[test]

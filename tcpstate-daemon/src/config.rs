@@ -3,7 +3,9 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
-use tcpstate_common::{DEFAULT_SOCKET_SLOTS, MAX_BUCKETS, SOCKET_SLOT_WINDOW};
+use tcpstate_common::{
+    DEFAULT_SOCKET_SLOTS, DEFAULT_TRANSITION_SLOTS, MAX_BUCKETS, SOCKET_SLOT_WINDOW,
+};
 
 use crate::aggregate::View;
 
@@ -70,29 +72,44 @@ pub struct Flags {
     /// tracked in socket-local storage instead, which loses nothing but costs several times
     /// more per event (`tcpstate_socket_records_in_socket_storage_total` counts them).
     #[arg(long = "sockets.slots", value_name = "SLOTS", default_value_t = DEFAULT_SOCKET_SLOTS,
-          value_parser = parse_slots)]
+          value_parser = parse_socket_slots)]
     pub socket_slots: u32,
+
+    /// Slots per CPU of the kernel's transition table, where the program counts each distinct
+    /// (labels, transition) on its fast path: a power of two, 288 bytes each per CPU (the
+    /// default, 512, takes 144 KiB per CPU). A transition whose slots are taken is counted in
+    /// the kernel's hash map instead, which loses nothing but costs more per event; raise it
+    /// when many ports are exported by number.
+    #[arg(long = "transitions.slots", value_name = "SLOTS", default_value_t = DEFAULT_TRANSITION_SLOTS,
+          value_parser = parse_transition_slots)]
+    pub transition_slots: u32,
 }
 
-fn parse_slots(text: &str) -> Result<u32, String> {
+/// `--sockets.slots`: a window's worth to 2^26 slots (2 GiB of kernel memory).
+fn parse_socket_slots(text: &str) -> Result<u32, String> {
+    parse_slots(text, SOCKET_SLOT_WINDOW..=1 << 26, "262144, 1048576")
+}
+
+/// `--transitions.slots`: one pair to 2^16 slots (18 MiB per CPU).
+fn parse_transition_slots(text: &str) -> Result<u32, String> {
+    parse_slots(text, 2..=1 << 16, "512, 4096")
+}
+
+fn parse_slots(
+    text: &str,
+    bounds: std::ops::RangeInclusive<u32>,
+    examples: &str,
+) -> Result<u32, String> {
     match text.trim().parse::<u32>() {
-        Ok(slots)
-            if slots.is_power_of_two()
-                && (MIN_SOCKET_SLOTS..=MAX_SOCKET_SLOTS).contains(&slots) =>
-        {
-            Ok(slots)
-        }
+        Ok(slots) if slots.is_power_of_two() && bounds.contains(&slots) => Ok(slots),
         Ok(slots) => Err(format!(
-            "{slots} is not a power of two between {MIN_SOCKET_SLOTS} and {MAX_SOCKET_SLOTS} \
-             (e.g. 262144, 1048576)"
+            "{slots} is not a power of two between {} and {} (e.g. {examples})",
+            bounds.start(),
+            bounds.end()
         )),
         Err(_) => Err(format!("`{text}` is not a number of slots")),
     }
 }
-
-/// Bounds of `--sockets.slots`: a window's worth, and 2^26 slots (2 GiB of kernel memory).
-const MIN_SOCKET_SLOTS: u32 = SOCKET_SLOT_WINDOW;
-const MAX_SOCKET_SLOTS: u32 = 1 << 26;
 
 fn parse_view(text: &str) -> Result<View, String> {
     match text {
@@ -233,6 +250,29 @@ mod tests {
             *flags.buckets.nanoseconds().last().unwrap(),
             3_600_000_000_000
         );
+    }
+
+    #[test]
+    fn slot_tables_take_powers_of_two_within_their_bounds() {
+        let flags = parse(&["--sockets.slots", "1048576", "--transitions.slots", "2"]).unwrap();
+        assert_eq!((flags.socket_slots, flags.transition_slots), (1 << 20, 2));
+        let defaults = parse(&[]).unwrap();
+        assert_eq!(defaults.transition_slots, DEFAULT_TRANSITION_SLOTS);
+        for (flag, bad) in [
+            ("--sockets.slots", "4"),
+            ("--sockets.slots", "1000"),
+            ("--transitions.slots", "1"),
+            ("--transitions.slots", "131072"),
+            ("--transitions.slots", "many"),
+        ] {
+            let err = parse(&[flag, bad]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{flag} {bad}");
+            let text = err.to_string();
+            assert!(
+                text.contains("power of two") || text.contains("not a number"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

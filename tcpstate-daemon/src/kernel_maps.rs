@@ -127,7 +127,9 @@ impl KernelMaps {
     }
 
     /// Appends the used `TRANSITION_SLOTS` entries of every CPU to `entries`, reading the
-    /// per-CPU array in batches of at most 1 MiB.
+    /// per-CPU array in batches of at most 64 KiB: under the allocator's mmap threshold (a
+    /// freed mmapped buffer would raise it, and the census's large maps would then grow on the
+    /// heap, copied, instead of being remapped: the daemon's peak went up by 15 MB).
     fn read_transition_slots(
         &self,
         entries: &mut Vec<(TransitionKey, TransitionStats)>,
@@ -136,7 +138,7 @@ impl KernelMaps {
         let cpus = aya::util::nr_cpus().map_err(|(_, error)| error)?;
         let value_size = SLOT * cpus;
         let fd = self.transition_slots.fd().as_fd().as_raw_fd();
-        sys::read_array(&fd, value_size, (1 << 20) / value_size, |values| {
+        sys::read_array(&fd, value_size, (64 << 10) / value_size, |values| {
             entries.extend(values.chunks_exact(SLOT).filter_map(decode_transition_slot));
         })
     }

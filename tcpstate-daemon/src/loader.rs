@@ -26,6 +26,8 @@ pub struct TracerConfig<'a> {
     pub ports: &'a [u16],
     /// Entries of the socket slot table (a power of two).
     pub socket_slots: u32,
+    /// Entries per CPU of the transition slot table (a power of two).
+    pub transition_slots: u32,
 }
 
 impl Tracer {
@@ -42,6 +44,7 @@ impl Tracer {
         let buckets = duration_buckets(config.buckets);
         let ports = port_set(config.ports);
         let slot_mask = config.socket_slots - 1;
+        let transition_slot_mask = config.transition_slots - 1;
 
         // No CO-RE relocations to make (the offsets above replace them): no target BTF, which
         // also drops the copy `EbpfLoader::new()` parses.
@@ -51,7 +54,9 @@ impl Tracer {
             .override_global(global::DURATION_BUCKETS, &buckets, true)
             .override_global(global::SERVICE_PORTS, &ports, true)
             .override_global(global::SOCKET_SLOT_MASK, &slot_mask, true)
+            .override_global(global::TRANSITION_SLOT_MASK, &transition_slot_mask, true)
             .map_max_entries(map::SOCKET_SLOTS, config.socket_slots)
+            .map_max_entries(map::TRANSITION_SLOTS, config.transition_slots)
             .load(EBPF_OBJECT)
             .map_err(explain_load_error)?;
 

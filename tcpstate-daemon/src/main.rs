@@ -47,6 +47,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         buckets: &flags.buckets,
         ports: &flags.ports,
         socket_slots: flags.socket_slots,
+        transition_slots: flags.transition_slots,
     })?;
     let started_ns = sys::monotonic_ns();
 

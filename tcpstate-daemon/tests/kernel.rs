@@ -482,6 +482,42 @@ fn sockets_beyond_the_slot_table_are_tracked_in_socket_storage() {
 
 #[test]
 #[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
+fn transitions_past_the_fast_slots_are_counted_exactly_in_the_hash_map() {
+    // Eight pairs of fast slots per CPU for the twelve (labels, transition) keys of these
+    // connections and about as many of the scrapes' own connections (port `other`), which
+    // come first: on each CPU some keys of the port get a slot and the others are counted in
+    // the TRANSITIONS hash map, and a key may be in a slot on one CPU and in the map on
+    // another. The daemon's sums of counts and durations must be exact either way (reading
+    // either the slots or the map alone fails this test; with one pair, the scrapes' keys
+    // would take every slot).
+    const CONNECTIONS: u64 = 10;
+    let port = 24012;
+    let daemon = Daemon::start(&["--port", "24012", "--transitions.slots", "16"]);
+    let before = daemon.scrape();
+    for _ in 0..CONNECTIONS {
+        client_closes_first(([127, 0, 0, 1], port).into(), Duration::ZERO);
+    }
+    let want = expect(&CLIENT_CLOSES.map(|(role, from, to)| (role, from, to, CONNECTIONS)));
+    let after = assert_transitions(&daemon, &before, port, &want);
+    let server = [("port", "24012"), ("role", "server")];
+    assert_eq!(
+        after.delta(&before, "tcpstate_state_duration_seconds_count", &server),
+        (4 * CONNECTIONS) as f64,
+        "every server transition after the first has its duration"
+    );
+    let in_map = after
+        .value(r#"tcpstate_map_entries{map="TRANSITIONS"}"#)
+        .unwrap_or_default();
+    assert!(in_map >= 10.0, "{in_map} keys in the hash map");
+    for (name, value) in after.series() {
+        if name.starts_with("tcpstate_recording_failures_total{") {
+            assert_eq!(*value, 0.0, "{name}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
 fn records_whose_last_events_never_came_are_released_and_counted() {
     // At saturation this kernel sometimes runs no BPF program at all for a socket's
     // FIN_WAIT1 -> FIN_WAIT2 and FIN_WAIT2 -> CLOSE (docs/benchmarks.md): its record stays in

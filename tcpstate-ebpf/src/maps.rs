@@ -7,9 +7,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use tcpstate_common::{
-    ClosedSocket, DEFAULT_SOCKET_SLOTS, DurationBuckets, EVENTS_CAPACITY, EventKey, EventToken,
-    HANDLED_EVENTS, HandledEvents, Labels, MAX_BUCKETS, PortSet, RECENTLY_CLOSED_SLOTS,
-    SocketLayout, SocketRecord, TIMEWAIT_HANDOFFS_CAPACITY, TRANSITION_SLOT_COUNT,
+    ClosedSocket, DEFAULT_SOCKET_SLOTS, DEFAULT_TRANSITION_SLOTS, DurationBuckets, EVENTS_CAPACITY,
+    EventKey, EventToken, HANDLED_EVENTS, HandledEvents, Labels, MAX_BUCKETS, PortSet,
+    RECENTLY_CLOSED_SLOTS, SocketLayout, SocketRecord, TIMEWAIT_HANDOFFS_CAPACITY,
     TRANSITIONS_CAPACITY, TimewaitHandoff, TransitionKey, TransitionSlot, TransitionStats, counter,
 };
 
@@ -39,11 +39,12 @@ static TRANSITIONS: PerCpuHashMap<
 > = PerCpuHashMap::new();
 
 /// The primary program's fast path in front of `TRANSITIONS`: per CPU, each key in the first
-/// free slot of its pair (see `TransitionKey::slot_pair`), kept for good. Only the primary
+/// free slot of its pair (see `TransitionKey::slot_pair`), kept for good. Its size is set at
+/// load time (`--transitions.slots`). Only the primary
 /// program writes here, and it never runs twice at once on a CPU, so an entry needs no lock;
 /// the nested-event program, which can interrupt it, counts in `TRANSITIONS` only.
 #[btf_map]
-static TRANSITION_SLOTS: PerCpuArray<TransitionSlot, { TRANSITION_SLOT_COUNT as usize }> =
+static TRANSITION_SLOTS: PerCpuArray<TransitionSlot, { DEFAULT_TRANSITION_SLOTS as usize }> =
     PerCpuArray::new();
 
 /// Resets and SYN-ACK retransmits, by kind, state and labels.
@@ -115,6 +116,8 @@ static DURATION_BUCKETS: DurationBuckets = DurationBuckets::EMPTY;
 static SERVICE_PORTS: PortSet = PortSet::EMPTY;
 #[unsafe(no_mangle)]
 static SOCKET_SLOT_MASK: u32 = DEFAULT_SOCKET_SLOTS - 1;
+#[unsafe(no_mangle)]
+static TRANSITION_SLOT_MASK: u32 = DEFAULT_TRANSITION_SLOTS - 1;
 
 /// The value new `TRANSITIONS` entries start from. A static so that inserting passes a pointer
 /// to read-only map memory instead of 272 bytes of the 512-byte stack.
@@ -222,7 +225,9 @@ pub fn count(recorder: u8, counter: u32) {
 #[inline(always)]
 pub fn transition_slot_stats(key: &TransitionKey) -> Option<*mut TransitionStats> {
     let words = key.words();
-    let pair = TransitionKey::slot_pair(words);
+    // SAFETY: a plain read of an initialised static; volatile so the loader's value is used.
+    let mask = unsafe { core::ptr::read_volatile(&TRANSITION_SLOT_MASK) };
+    let pair = TransitionKey::slot_pair(words, mask);
     for index in [pair, pair + 1] {
         let slot = TRANSITION_SLOTS.get_ptr_mut(index)?;
         // SAFETY: a per-CPU array slot, valid for the program's run, written only by the
