@@ -1,8 +1,9 @@
 //! What one `inet_sock_set_state` event does to the aggregates.
 //!
-//! Per event: one socket record lookup (see `records`) and one `TRANSITIONS` update. The record remembers when
-//! the socket entered its state; the transition's flags tell the daemon how the event moves the
-//! per-state gauges, so the gauges need no map update of their own.
+//! Per event: one socket record lookup (see `records`) and one aggregate update, in the CPU's
+//! `TRANSITION_SLOTS` or else `TRANSITIONS` (see `add`). The record remembers when the socket
+//! entered its state; the transition's flags tell the daemon how the event moves the per-state
+//! gauges, so the gauges need no map update of their own.
 
 use aya_ebpf::programs::BtfTracePointContext;
 use tcpstate_common::{
@@ -294,7 +295,8 @@ fn key(labels: Labels, from: u8, to: u8, flags: u8, recorder: u8, detail: u8) ->
 /// min value is not allowed").
 const NO_DURATION: u64 = u64::MAX;
 
-/// Counts one transition, with its duration in the histogram when the start was seen.
+/// Counts one transition, with its duration in the histogram when the start was seen: the
+/// primary program in its fast slots when the key has one, every other case in `TRANSITIONS`.
 #[inline(always)]
 fn add(recorder: u8, key: TransitionKey, duration_ns: u64) {
     let fast = if recorder == tcpstate_common::recorder::PRIMARY {
