@@ -250,20 +250,27 @@ pub struct EventToken {
 }
 const _: () = assert!(size_of::<EventToken>() == 16);
 
-/// The last events the primary program handled on a CPU, a small ring. The nested-event program
-/// records an event only if it is not here: the primary program was skipped for it (it was
-/// already running on the CPU: the event arrived during its body or the kernel's bookkeeping
-/// around it). A ring, not one slot: another event can be handled between the primary
-/// program's run for an event and the nested-event program's run for the same event.
+/// The events the primary program handled on a CPU whose nested-event program run has not come
+/// yet: a stack, one token per event, pushed by the primary program (its first act) and popped
+/// by the nested-event program when the top is its own event. The nested-event program records
+/// an event only if it is not here: the primary program was skipped for it (it was already
+/// running on the CPU: the event arrived during its body or the kernel's bookkeeping around it).
+/// A stack, not one slot: between the primary program's run for an event and the nested-event
+/// program's for the same event, an interrupt may run any number of other events, each of them
+/// pushed and popped in turn; the stack's top is the outer event again when they are done. (A
+/// ring of the last events, which these pushed out, let a burst of four make the nested-event
+/// program record an event the primary had handled.) An event whose nested-event run the kernel
+/// skipped (it came while that program ran) is never popped: its token stays until overwritten,
+/// below the next events' tokens, so the stack is indexed modulo its size.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HandledEvents {
     pub tokens: [EventToken; HANDLED_EVENTS],
-    /// Where the next token goes (modulo `HANDLED_EVENTS`).
-    pub next: u32,
+    /// Tokens pushed and not popped: the top is at `depth - 1` (modulo `HANDLED_EVENTS`).
+    pub depth: u32,
     pub _padding: u32,
 }
-pub const HANDLED_EVENTS: usize = 4;
+pub const HANDLED_EVENTS: usize = 8;
 const _: () = assert!(size_of::<HandledEvents>() == 16 * HANDLED_EVENTS + 8);
 
 /// Slots of the `LAST_CLOSED` map.

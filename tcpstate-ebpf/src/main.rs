@@ -33,7 +33,7 @@ pub fn record_state_change(ctx: BtfTracePointContext) -> i32 {
 /// then: it records exactly the events the primary program did not handle, into its own slots.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn record_nested_state_change(ctx: BtfTracePointContext) -> i32 {
-    let handled = maps::primary_handled(&state_change::token(&ctx));
+    let handled = maps::take_primary_handled(&state_change::token(&ctx));
     if state_change::missed_by_primary(&ctx, handled) {
         state_change::record(&ctx, recorder::NESTED);
         maps::count(

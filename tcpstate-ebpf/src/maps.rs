@@ -168,43 +168,56 @@ pub fn is_service_port(port: u16) -> bool {
     }
 }
 
-/// Notes that the primary program handles `token` (its first act for every event).
+/// Notes that the primary program handles `token` (its first act for every event): pushes it on
+/// this CPU's `HandledEvents`.
 #[inline(always)]
 pub fn note_primary_handled(token: EventToken) {
     if let Some(handled) = PRIMARY_HANDLED.get_ptr_mut(0) {
-        // SAFETY: a per-CPU array slot, valid for the program's run, written only by the primary
-        // program (which cannot nest in itself).
+        // SAFETY: a per-CPU array slot, valid for the program's run. Its writers, the two
+        // state-change programs, run on this CPU only and never each in itself; one may
+        // interrupt the other between a read and a write of `depth`, which costs at most the
+        // interrupted push or pop (see `HandledEvents`).
         let handled = unsafe { &mut *handled };
-        let slot = handled.next as usize % HANDLED_EVENTS;
+        let slot = handled.depth as usize % HANDLED_EVENTS;
         if let Some(entry) = handled.tokens.get_mut(slot) {
             *entry = token;
         }
-        handled.next = handled.next.wrapping_add(1);
+        handled.depth = handled.depth.wrapping_add(1);
     }
 }
 
-/// Where `token` is among the events the primary program last handled on this CPU.
+/// Whether the primary program handled the event of `token`, for the nested-event program.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Handled {
-    /// The last one: the nested-event program runs right after the primary for this event.
-    Last,
-    /// An older one: either the primary handled it and other events came in between, or a
-    /// socket at the same address, freed since, had the same transition (slab reuse).
-    Earlier,
+    /// On top of the stack: the primary program handled this event (popped now).
+    Top,
+    /// Below the top: either the primary handled it and an event whose nested-event run the
+    /// kernel skipped was pushed since, or a socket at the same address, freed since, had the
+    /// same transition (slab reuse).
+    Below,
     NotSeen,
 }
 
-/// Looks for `token` among the events the primary program last handled (see `HandledEvents`).
+/// Looks for `token` among the events the primary program handled whose nested-event run has
+/// not come (see `HandledEvents`), and pops it if it is on top.
 #[inline(always)]
-pub fn primary_handled(token: &EventToken) -> Handled {
-    let Some(handled) = PRIMARY_HANDLED.get(0) else {
+pub fn take_primary_handled(token: &EventToken) -> Handled {
+    let Some(handled) = PRIMARY_HANDLED.get_ptr_mut(0) else {
         return Handled::NotSeen;
     };
-    let last = handled.next.wrapping_sub(1) as usize % HANDLED_EVENTS;
-    if handled.tokens.get(last) == Some(token) {
-        Handled::Last
+    // SAFETY: as in `note_primary_handled`.
+    let handled = unsafe { &mut *handled };
+    let top = handled.depth.wrapping_sub(1);
+    if let Some(entry) = handled.tokens.get_mut(top as usize % HANDLED_EVENTS)
+        && entry == token
+    {
+        // Cleared (no socket is at address 0), so that a later event of a socket at the same
+        // address never matches it. One store: a whole token would be zeroed by a `memset` call.
+        entry.socket = 0;
+        handled.depth = top;
+        Handled::Top
     } else if handled.tokens.iter().any(|seen| seen == token) {
-        Handled::Earlier
+        Handled::Below
     } else {
         Handled::NotSeen
     }

@@ -48,17 +48,17 @@ pub fn token(ctx: &BtfTracePointContext) -> EventToken {
     }
 }
 
-/// Whether the primary program missed this event, for the nested-event program. The event the
-/// primary handled last is this one in the common case. Otherwise the socket's record tells:
+/// Whether the primary program missed this event, for the nested-event program. The primary's
+/// token on top of the stack settles it in the common case. Otherwise the socket's record tells:
 /// had the primary handled the event, the record would be in the new state (or gone, for
 /// CLOSE); had it missed it, the record is still in the old state, or absent for a socket it
-/// never saw. The ring settles the one case the record cannot: a CLOSE of a socket without a
-/// record. A token seen earlier in the ring alone proves nothing: a freed socket at the same
-/// address may have made the same transition. Events of other protocols count as missed: the
-/// primary program's miss counter counts them too (`record` ignores them).
+/// never saw. The stack settles the one case the record cannot: a CLOSE of a socket without a
+/// record. A token below the top alone proves nothing: a freed socket at the same address may
+/// have made the same transition. Events of other protocols count as missed: the primary
+/// program's miss counter counts them too (`record` ignores them).
 #[inline(always)]
 pub fn missed_by_primary(ctx: &BtfTracePointContext, handled: maps::Handled) -> bool {
-    if handled == maps::Handled::Last {
+    if handled == maps::Handled::Top {
         return false;
     }
     let sock = Sock::new(ctx.arg(0), maps::socket_layout());
