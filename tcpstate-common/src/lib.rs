@@ -273,6 +273,50 @@ pub struct HandledEvents {
 pub const HANDLED_EVENTS: usize = 8;
 const _: () = assert!(size_of::<HandledEvents>() == 16 * HANDLED_EVENTS + 8);
 
+impl HandledEvents {
+    /// Pushes the event the primary program is handling (its first act for every event).
+    #[inline(always)]
+    pub fn push(&mut self, token: EventToken) {
+        if let Some(entry) = self.tokens.get_mut(self.depth as usize % HANDLED_EVENTS) {
+            *entry = token;
+        }
+        self.depth = self.depth.wrapping_add(1);
+    }
+
+    /// Whether the primary program handled the event of `token`, for the nested-event program;
+    /// pops it if it is on top.
+    #[inline(always)]
+    pub fn take(&mut self, token: &EventToken) -> Handled {
+        let top = self.depth.wrapping_sub(1);
+        if let Some(entry) = self.tokens.get_mut(top as usize % HANDLED_EVENTS)
+            && entry == token
+        {
+            // Cleared (no socket is at address 0), so that a later event of a socket at the
+            // same address never matches it. One store: in the BPF program a whole token would
+            // be zeroed by a `memset` call.
+            entry.socket = 0;
+            self.depth = top;
+            Handled::Top
+        } else if self.tokens.iter().any(|seen| seen == token) {
+            Handled::Below
+        } else {
+            Handled::NotSeen
+        }
+    }
+}
+
+/// Whether the primary program handled an event (see `HandledEvents::take`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handled {
+    /// On top of the stack: the primary program handled this event.
+    Top,
+    /// Below the top: either the primary handled it and an event whose nested-event run the
+    /// kernel skipped was pushed since, or a socket at the same address, freed since, had the
+    /// same transition (slab reuse).
+    Below,
+    NotSeen,
+}
+
 /// Slots of the `LAST_CLOSED` map.
 pub const RECENTLY_CLOSED_SLOTS: u32 = 1024;
 
@@ -645,6 +689,83 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The token of an event of socket `socket` from `old` to `new`.
+    fn event(socket: u64, old: TcpState, new: TcpState) -> EventToken {
+        EventToken {
+            socket,
+            old_state: old as u32,
+            new_state: new as u32,
+        }
+    }
+
+    #[test]
+    fn each_event_the_primary_handled_is_on_top_for_its_nested_run() {
+        let mut handled = HandledEvents::default();
+        for socket in 1..=3 * HANDLED_EVENTS as u64 {
+            let token = event(socket, TcpState::Established, TcpState::FinWait1);
+            handled.push(token);
+            assert_eq!(handled.take(&token), Handled::Top);
+        }
+        assert_eq!(handled.depth, 0);
+    }
+
+    #[test]
+    fn an_interrupt_between_the_two_runs_leaves_the_outer_event_on_top() {
+        // A refused connect's CLOSE in process context; a softirq runs many events, each
+        // through both programs, between the primary's and the nested program's runs for it.
+        // (A ring of the last four tokens lost the outer one: its CLOSE was counted twice.)
+        let mut handled = HandledEvents::default();
+        let outer = event(1, TcpState::SynSent, TcpState::Close);
+        handled.push(outer);
+        for socket in 2..2 + 4 * HANDLED_EVENTS as u64 {
+            let inner = event(socket, TcpState::FinWait1, TcpState::FinWait2);
+            handled.push(inner);
+            assert_eq!(handled.take(&inner), Handled::Top);
+        }
+        assert_eq!(handled.take(&outer), Handled::Top);
+    }
+
+    #[test]
+    fn an_event_the_primary_skipped_is_not_seen() {
+        // The primary, running for `outer`, is skipped for `inner` (same CPU, nested): the
+        // nested program finds `inner` nowhere, and `outer` still on top afterwards.
+        let mut handled = HandledEvents::default();
+        let outer = event(1, TcpState::Established, TcpState::FinWait1);
+        let inner = event(2, TcpState::FinWait1, TcpState::FinWait2);
+        handled.push(outer);
+        assert_eq!(handled.take(&inner), Handled::NotSeen);
+        assert_eq!(handled.take(&outer), Handled::Top);
+    }
+
+    #[test]
+    fn a_skipped_nested_run_leaves_its_token_below_the_next_events() {
+        // `inner` comes while the nested program runs for `outer`, before its check: the
+        // primary pushes `inner`, the kernel skips the nested run for it.
+        let mut handled = HandledEvents::default();
+        let outer = event(1, TcpState::CloseWait, TcpState::LastAck);
+        let inner = event(2, TcpState::LastAck, TcpState::Close);
+        handled.push(outer);
+        handled.push(inner);
+        assert_eq!(handled.take(&outer), Handled::Below);
+        // Later events go on above the leftovers, even past the stack's size.
+        for socket in 3..3 + 2 * HANDLED_EVENTS as u64 {
+            let later = event(socket, TcpState::SynSent, TcpState::Established);
+            handled.push(later);
+            assert_eq!(handled.take(&later), Handled::Top);
+        }
+    }
+
+    #[test]
+    fn a_popped_token_is_not_seen_again() {
+        // A socket freed and reallocated at the same address, making the same transition, with
+        // its primary run skipped: the nested program must record it.
+        let mut handled = HandledEvents::default();
+        let token = event(1, TcpState::FinWait2, TcpState::Close);
+        handled.push(token);
+        assert_eq!(handled.take(&token), Handled::Top);
+        assert_eq!(handled.take(&token), Handled::NotSeen);
+    }
 
     #[test]
     fn free_and_handoff_slots_are_claimable_live_ones_are_not() {

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use tcpstate_common::{
     ClosedSocket, DEFAULT_SOCKET_SLOTS, DEFAULT_TRANSITION_SLOTS, DurationBuckets, EVENTS_CAPACITY,
-    EventKey, EventToken, HANDLED_EVENTS, HandledEvents, Labels, MAX_BUCKETS, PortSet,
+    EventKey, EventToken, Handled, HandledEvents, Labels, MAX_BUCKETS, PortSet,
     RECENTLY_CLOSED_SLOTS, SocketLayout, SocketRecord, TIMEWAIT_HANDOFFS_CAPACITY,
     TRANSITIONS_CAPACITY, TimewaitHandoff, TransitionKey, TransitionSlot, TransitionStats, counter,
 };
@@ -90,7 +90,8 @@ fn closed_slot(sock: &Sock) -> u32 {
     ports.wrapping_mul(0x9E37_79B1) >> 22
 }
 
-/// The events `record_state_change` last handled on this CPU (see `HandledEvents`).
+/// The events `record_state_change` handled on this CPU whose nested-event run has not come
+/// yet (see `HandledEvents`).
 #[btf_map]
 static PRIMARY_HANDLED: PerCpuArray<HandledEvents, 1> = PerCpuArray::new();
 
@@ -177,49 +178,18 @@ pub fn note_primary_handled(token: EventToken) {
         // state-change programs, run on this CPU only and never each in itself; one may
         // interrupt the other between a read and a write of `depth`, which costs at most the
         // interrupted push or pop (see `HandledEvents`).
-        let handled = unsafe { &mut *handled };
-        let slot = handled.depth as usize % HANDLED_EVENTS;
-        if let Some(entry) = handled.tokens.get_mut(slot) {
-            *entry = token;
-        }
-        handled.depth = handled.depth.wrapping_add(1);
+        unsafe { (*handled).push(token) };
     }
 }
 
-/// Whether the primary program handled the event of `token`, for the nested-event program.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Handled {
-    /// On top of the stack: the primary program handled this event (popped now).
-    Top,
-    /// Below the top: either the primary handled it and an event whose nested-event run the
-    /// kernel skipped was pushed since, or a socket at the same address, freed since, had the
-    /// same transition (slab reuse).
-    Below,
-    NotSeen,
-}
-
-/// Looks for `token` among the events the primary program handled whose nested-event run has
-/// not come (see `HandledEvents`), and pops it if it is on top.
+/// Whether the primary program handled the event of `token`, for the nested-event program (see
+/// `HandledEvents::take`).
 #[inline(always)]
 pub fn take_primary_handled(token: &EventToken) -> Handled {
-    let Some(handled) = PRIMARY_HANDLED.get_ptr_mut(0) else {
-        return Handled::NotSeen;
-    };
-    // SAFETY: as in `note_primary_handled`.
-    let handled = unsafe { &mut *handled };
-    let top = handled.depth.wrapping_sub(1);
-    if let Some(entry) = handled.tokens.get_mut(top as usize % HANDLED_EVENTS)
-        && entry == token
-    {
-        // Cleared (no socket is at address 0), so that a later event of a socket at the same
-        // address never matches it. One store: a whole token would be zeroed by a `memset` call.
-        entry.socket = 0;
-        handled.depth = top;
-        Handled::Top
-    } else if handled.tokens.iter().any(|seen| seen == token) {
-        Handled::Below
-    } else {
-        Handled::NotSeen
+    match PRIMARY_HANDLED.get_ptr_mut(0) {
+        // SAFETY: as in `note_primary_handled`.
+        Some(handled) => unsafe { (*handled).take(token) },
+        None => Handled::NotSeen,
     }
 }
 

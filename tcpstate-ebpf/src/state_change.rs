@@ -7,8 +7,8 @@
 
 use aya_ebpf::programs::BtfTracePointContext;
 use tcpstate_common::{
-    EventToken, Labels, SocketRecord, TcpState, TimewaitHandoff, TransitionKey, bucket_index,
-    counter, record_home, transition_detail, transition_flag,
+    EventToken, Handled, Labels, SocketRecord, TcpState, TimewaitHandoff, TransitionKey,
+    bucket_index, counter, record_home, transition_detail, transition_flag,
 };
 
 use crate::{
@@ -57,18 +57,18 @@ pub fn token(ctx: &BtfTracePointContext) -> EventToken {
 /// have made the same transition. Events of other protocols count as missed: the primary
 /// program's miss counter counts them too (`record` ignores them).
 #[inline(always)]
-pub fn missed_by_primary(ctx: &BtfTracePointContext, handled: maps::Handled) -> bool {
-    if handled == maps::Handled::Top {
+pub fn missed_by_primary(ctx: &BtfTracePointContext, handled: Handled) -> bool {
+    if handled == Handled::Top {
         return false;
     }
     let sock = Sock::new(ctx.arg(0), maps::socket_layout());
     if !sock.is_tcp() {
-        return handled == maps::Handled::NotSeen;
+        return handled == Handled::NotSeen;
     }
     let new: i32 = ctx.arg(2);
     match records::find(&sock, sock.cookie()) {
         Some(record) => i32::from(record.state) != new,
-        None if new == i32::from(CLOSE) => handled == maps::Handled::NotSeen,
+        None if new == i32::from(CLOSE) => handled == Handled::NotSeen,
         None => true,
     }
 }
