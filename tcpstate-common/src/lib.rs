@@ -239,16 +239,19 @@ pub struct ClosedSocket {
 }
 const _: () = assert!(size_of::<ClosedSocket>() == 24);
 
-/// One `inet_sock_set_state` event: the socket's address (compared, never dereferenced) and
-/// the states.
+/// One `inet_sock_set_state` event: the socket's address (compared, never dereferenced), its
+/// cookie and the states. The address alone would not tell sockets apart: a freed socket's
+/// address comes back with the next socket the slab hands out, which then makes the same
+/// transitions; the kernel never reuses a cookie.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventToken {
     pub socket: u64,
+    pub cookie: u64,
     pub old_state: u32,
     pub new_state: u32,
 }
-const _: () = assert!(size_of::<EventToken>() == 16);
+const _: () = assert!(size_of::<EventToken>() == 24);
 
 /// The events the primary program handled on a CPU whose nested-event program run has not come
 /// yet: a stack, one token per event, pushed by the primary program (its first act) and popped
@@ -261,7 +264,9 @@ const _: () = assert!(size_of::<EventToken>() == 16);
 /// ring of the last events, which these pushed out, let a burst of four make the nested-event
 /// program record an event the primary had handled.) An event whose nested-event run the kernel
 /// skipped (it came while that program ran) is never popped: its token stays until overwritten,
-/// below the next events' tokens, so the stack is indexed modulo its size.
+/// below the next events' tokens or on top of the stack (when it came after the nested-event
+/// program's pop for another event), so the stack is indexed modulo its size. Such a left-over
+/// token never matches a later event: no other socket has its cookie.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HandledEvents {
@@ -271,7 +276,7 @@ pub struct HandledEvents {
     pub _padding: u32,
 }
 pub const HANDLED_EVENTS: usize = 8;
-const _: () = assert!(size_of::<HandledEvents>() == 16 * HANDLED_EVENTS + 8);
+const _: () = assert!(size_of::<HandledEvents>() == 24 * HANDLED_EVENTS + 8);
 
 impl HandledEvents {
     /// Pushes the event the primary program is handling (its first act for every event).
@@ -291,9 +296,9 @@ impl HandledEvents {
         if let Some(entry) = self.tokens.get_mut(top as usize % HANDLED_EVENTS)
             && entry == token
         {
-            // Cleared (no socket is at address 0), so that a later event of a socket at the
-            // same address never matches it. One store: in the BPF program a whole token would
-            // be zeroed by a `memset` call.
+            // Cleared (no socket is at address 0), so that it never matches again, even a
+            // socket that connects again after a disconnect (same cookie). One store: in the BPF
+            // program a whole token would be zeroed by a `memset` call.
             entry.socket = 0;
             self.depth = top;
             Handled::Top
@@ -310,9 +315,9 @@ impl HandledEvents {
 pub enum Handled {
     /// On top of the stack: the primary program handled this event.
     Top,
-    /// Below the top: either the primary handled it and an event whose nested-event run the
-    /// kernel skipped was pushed since, or a socket at the same address, freed since, had the
-    /// same transition (slab reuse).
+    /// Below the top: the primary handled it and an event whose nested-event run the kernel
+    /// skipped was pushed since; or the same socket made the same transition before (it
+    /// connected again after a disconnect) and that token was left over.
     Below,
     NotSeen,
 }
@@ -690,10 +695,16 @@ mod pod {
 mod tests {
     use super::*;
 
-    /// The token of an event of socket `socket` from `old` to `new`.
+    /// The token of an event of socket `socket` (its address; its cookie is derived from it)
+    /// from `old` to `new`.
     fn event(socket: u64, old: TcpState, new: TcpState) -> EventToken {
+        event_of_cookie(socket, 1000 + socket, old, new)
+    }
+
+    fn event_of_cookie(socket: u64, cookie: u64, old: TcpState, new: TcpState) -> EventToken {
         EventToken {
             socket,
+            cookie,
             old_state: old as u32,
             new_state: new as u32,
         }
@@ -754,6 +765,24 @@ mod tests {
             handled.push(later);
             assert_eq!(handled.take(&later), Handled::Top);
         }
+    }
+
+    #[test]
+    fn a_left_over_token_does_not_hide_the_event_of_a_later_socket_at_its_address() {
+        // `left_over` comes after the nested program's pop for `outer`, before that program's
+        // run ends: the primary pushes it, the kernel skips the nested run for it, and it stays
+        // on top. Its socket is freed; the next one at the same address makes the same
+        // transition, with its primary run skipped: the nested program must record it. (With
+        // the address as the socket's identity, the left-over token matched and the event was
+        // lost: one `FIN_WAIT2 -> CLOSE` in a benchmark run.)
+        let mut handled = HandledEvents::default();
+        let outer = event(1, TcpState::Established, TcpState::FinWait1);
+        handled.push(outer);
+        assert_eq!(handled.take(&outer), Handled::Top);
+        let left_over = event_of_cookie(2, 20, TcpState::FinWait2, TcpState::Close);
+        handled.push(left_over);
+        let reused = event_of_cookie(2, 21, TcpState::FinWait2, TcpState::Close);
+        assert_eq!(handled.take(&reused), Handled::NotSeen);
     }
 
     #[test]

@@ -18,7 +18,7 @@ const NEW_SYN_RECV: u8 = TcpState::NewSynRecv as u8;
 /// request socket, or NULL for a reset answering a segment no socket owns (not counted).
 #[inline(always)]
 pub fn record_reset(ctx: &BtfTracePointContext, kind: u8) {
-    let sock = Sock::new(ctx.arg(0), maps::socket_layout());
+    let sock = Sock::new(ctx.arg(0));
     if sock.is_null() {
         return;
     }
@@ -50,7 +50,7 @@ pub fn record_reset(ctx: &BtfTracePointContext, kind: u8) {
 /// `tcp_retransmit_synack(sk, req)`: `sk` is the listener.
 #[inline(always)]
 pub fn record_synack_retransmit(ctx: &BtfTracePointContext) {
-    let listener = Sock::new(ctx.arg(0), maps::socket_layout());
+    let listener = Sock::new(ctx.arg(0));
     if listener.is_null() {
         return;
     }

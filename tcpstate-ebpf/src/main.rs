@@ -13,6 +13,7 @@ mod records;
 mod state_change;
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use kernel::Sock;
 use tcpstate_common::{event_kind, recorder};
 
 /// Every TCP state change of a full socket (`tcp_set_state` -> `inet_sock_set_state`).
@@ -20,8 +21,10 @@ use tcpstate_common::{event_kind, recorder};
 /// by `bpf_sk_storage_get`) and is cheaper per event than the classic tracepoint.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn record_state_change(ctx: BtfTracePointContext) -> i32 {
-    maps::note_primary_handled(state_change::token(&ctx));
-    state_change::record(&ctx, recorder::PRIMARY);
+    let sock = Sock::new(ctx.arg(0));
+    let event = state_change::event(&ctx, &sock);
+    maps::note_primary_handled(event);
+    state_change::record(&sock, &event, recorder::PRIMARY);
     0
 }
 
@@ -33,9 +36,11 @@ pub fn record_state_change(ctx: BtfTracePointContext) -> i32 {
 /// then: it records exactly the events the primary program did not handle, into its own slots.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn record_nested_state_change(ctx: BtfTracePointContext) -> i32 {
-    let handled = maps::take_primary_handled(&state_change::token(&ctx));
-    if state_change::missed_by_primary(&ctx, handled) {
-        state_change::record(&ctx, recorder::NESTED);
+    let sock = Sock::new(ctx.arg(0));
+    let event = state_change::event(&ctx, &sock);
+    let handled = maps::take_primary_handled(&event);
+    if state_change::missed_by_primary(&sock, &event, handled) {
+        state_change::record(&sock, &event, recorder::NESTED);
         maps::count(
             recorder::NESTED,
             tcpstate_common::counter::NESTED_EVENTS_RECORDED,

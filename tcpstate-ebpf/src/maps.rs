@@ -124,10 +124,13 @@ static TRANSITION_SLOT_MASK: u32 = DEFAULT_TRANSITION_SLOTS - 1;
 /// to read-only map memory instead of 272 bytes of the 512-byte stack.
 static ZERO_STATS: TransitionStats = TransitionStats::ZERO;
 
+/// The offset of one field of `struct sock` (see `SocketLayout`), read where it is used: an
+/// event loads only the offsets it needs (a read of the whole layout loads all ten).
 #[inline(always)]
-pub fn socket_layout() -> SocketLayout {
-    // SAFETY: a plain read of an initialised static; volatile so the loader's value is used.
-    unsafe { core::ptr::read_volatile(&SOCKET_LAYOUT) }
+pub fn socket_offset(field: impl FnOnce(&'static SocketLayout) -> &'static u32) -> u32 {
+    // SAFETY: a plain read of a field of an initialised static; volatile so the loader's value
+    // is used.
+    unsafe { core::ptr::read_volatile(field(&SOCKET_LAYOUT)) }
 }
 
 /// The slot at `position` (taken modulo the table's size).

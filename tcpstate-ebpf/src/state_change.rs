@@ -34,15 +34,15 @@ const ECONNRESET: i32 = 104;
 const ETIMEDOUT: i32 = 110;
 const ECONNREFUSED: i32 = 111;
 
-/// The event's identity, for the nested-event program (see `HandledEvents`).
+/// The event: its socket and states, and the socket's cookie (assigned now if it had none), which
+/// also identify it for the nested-event program (see `HandledEvents`).
 #[inline(always)]
-pub fn token(ctx: &BtfTracePointContext) -> EventToken {
-    // The socket's address only: no field of it is read (this runs twice per event).
-    let sk: *const core::ffi::c_void = ctx.arg(0);
+pub fn event(ctx: &BtfTracePointContext, sock: &Sock) -> EventToken {
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
     EventToken {
-        socket: sk as u64,
+        socket: sock.address(),
+        cookie: sock.cookie(),
         old_state: old as u32,
         new_state: new as u32,
     }
@@ -53,37 +53,33 @@ pub fn token(ctx: &BtfTracePointContext) -> EventToken {
 /// had the primary handled the event, the record would be in the new state (or gone, for
 /// CLOSE); had it missed it, the record is still in the old state, or absent for a socket it
 /// never saw. The stack settles the one case the record cannot: a CLOSE of a socket without a
-/// record. A token below the top alone proves nothing: a freed socket at the same address may
-/// have made the same transition. Events of other protocols count as missed: the primary
-/// program's miss counter counts them too (`record` ignores them).
+/// record. A token below the top is this event's too, pushed before a token whose nested-event
+/// run the kernel skipped, but the record is checked anyway: a socket that connects again after
+/// a disconnect repeats its transitions with the same cookie. Events of other protocols count as
+/// missed: the primary program's miss counter counts them too (`record` ignores them).
 #[inline(always)]
-pub fn missed_by_primary(ctx: &BtfTracePointContext, handled: Handled) -> bool {
+pub fn missed_by_primary(sock: &Sock, event: &EventToken, handled: Handled) -> bool {
     if handled == Handled::Top {
         return false;
     }
-    let sock = Sock::new(ctx.arg(0), maps::socket_layout());
     if !sock.is_tcp() {
         return handled == Handled::NotSeen;
     }
-    let new: i32 = ctx.arg(2);
-    match records::find(&sock, sock.cookie()) {
-        Some(record) => i32::from(record.state) != new,
-        None if new == i32::from(CLOSE) => handled == Handled::NotSeen,
+    match records::find(sock, event.cookie) {
+        Some(record) => u32::from(record.state) != event.new_state,
+        None if event.new_state == u32::from(CLOSE) => handled == Handled::NotSeen,
         None => true,
     }
 }
 
 #[inline(always)]
-pub fn record(ctx: &BtfTracePointContext, recorder: u8) {
-    let sock = Sock::new(ctx.arg(0), maps::socket_layout());
+pub fn record(sock: &Sock, event: &EventToken, recorder: u8) {
     if !sock.is_tcp() {
         return;
     }
-    let old: i32 = ctx.arg(1);
-    let new: i32 = ctx.arg(2);
-    let (from, to) = (old as u8, new as u8);
-    if old != from as i32
-        || new != to as i32
+    let (from, to) = (event.old_state as u8, event.new_state as u8);
+    if event.old_state != u32::from(from)
+        || event.new_state != u32::from(to)
         || !TcpState::is_valid(from)
         || !TcpState::is_valid(to)
     {
@@ -92,16 +88,16 @@ pub fn record(ctx: &BtfTracePointContext, recorder: u8) {
     }
     let now = now_ns();
     let detail = if to == CLOSE {
-        close_detail(&sock, from)
+        close_detail(sock, from)
     } else {
         transition_detail::NONE
     };
-    let cookie = sock.cookie();
+    let cookie = event.cookie;
     let record = if is_birth(from, to) {
         // A new socket (or one back from CLOSE, which dropped its record): nothing to find.
         None
     } else {
-        records::find(&sock, cookie)
+        records::find(sock, cookie)
     };
 
     match record {
@@ -145,7 +141,7 @@ pub fn record(ctx: &BtfTracePointContext, recorder: u8) {
                 );
             }
             if to == CLOSE {
-                note_closed(&sock, labels, from);
+                note_closed(sock, labels, from);
                 // Every full socket's life ends with a transition to CLOSE.
                 let released = match handoff(detail, from, record.entered_ns, now) {
                     // The connection lives on in a timewait socket, which inherited the
@@ -164,9 +160,9 @@ pub fn record(ctx: &BtfTracePointContext, recorder: u8) {
                         if !maps::record_handoff(cookie, &handoff) {
                             maps::count(recorder, counter::FAILED_HANDOFF_RECORD);
                         }
-                        records::delete(&sock, record)
+                        records::delete(sock, record)
                     }
-                    None => records::delete(&sock, record),
+                    None => records::delete(sock, record),
                 };
                 maps::count(
                     recorder,
@@ -188,9 +184,9 @@ pub fn record(ctx: &BtfTracePointContext, recorder: u8) {
             );
         }
         None => {
-            let labels = untracked_labels(&sock, first_seen_role(from, to));
+            let labels = untracked_labels(sock, first_seen_role(from, to));
             if to == CLOSE {
-                note_closed(&sock, labels, from);
+                note_closed(sock, labels, from);
             }
             let mut flags = 0;
             if to != CLOSE {
@@ -203,7 +199,7 @@ pub fn record(ctx: &BtfTracePointContext, recorder: u8) {
                     _padding: [0; 2],
                     net_inode: sock.net_inode(),
                 };
-                if let Some(record) = records::create(&sock, &mut initial) {
+                if let Some(record) = records::create(sock, &mut initial) {
                     flags |= transition_flag::TO_TRACKED;
                     maps::count(recorder, counter::RECORDS_CREATED);
                     if record.home == record_home::SOCKET_STORAGE {
