@@ -254,7 +254,7 @@ pub struct EventToken {
 const _: () = assert!(size_of::<EventToken>() == 24);
 
 /// The events the primary program handled on a CPU whose nested-event program run has not come
-/// yet: a stack, one token per event, pushed by the primary program (its first act) and popped
+/// yet: a stack, one token per event, pushed by the primary program (before it records the event) and popped
 /// by the nested-event program when the top is its own event. The nested-event program records
 /// an event only if it is not here: the primary program was skipped for it (it was already
 /// running on the CPU: the event arrived during its body or the kernel's bookkeeping around it).
@@ -279,7 +279,7 @@ pub const HANDLED_EVENTS: usize = 8;
 const _: () = assert!(size_of::<HandledEvents>() == 24 * HANDLED_EVENTS + 8);
 
 impl HandledEvents {
-    /// Pushes the event the primary program is handling (its first act for every event).
+    /// Pushes the event the primary program is handling (before it records it).
     #[inline(always)]
     pub fn push(&mut self, token: EventToken) {
         if let Some(entry) = self.tokens.get_mut(self.depth as usize % HANDLED_EVENTS) {
@@ -787,8 +787,9 @@ mod tests {
 
     #[test]
     fn a_popped_token_is_not_seen_again() {
-        // A socket freed and reallocated at the same address, making the same transition, with
-        // its primary run skipped: the nested program must record it.
+        // The same socket making the same transition again (it connected again after a
+        // disconnect: same address, same cookie), with its primary run skipped: the nested
+        // program must record it.
         let mut handled = HandledEvents::default();
         let token = event(1, TcpState::FinWait2, TcpState::Close);
         handled.push(token);

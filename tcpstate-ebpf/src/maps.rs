@@ -172,7 +172,7 @@ pub fn is_service_port(port: u16) -> bool {
     }
 }
 
-/// Notes that the primary program handles `token` (its first act for every event): pushes it on
+/// Notes that the primary program handles `token` (before it records the event): pushes it on
 /// this CPU's `HandledEvents`.
 #[inline(always)]
 pub fn note_primary_handled(token: EventToken) {
