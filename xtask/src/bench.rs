@@ -10,6 +10,7 @@
 //! program's run time per event.
 
 mod churn;
+mod compare;
 mod expect;
 mod hold;
 mod process;
@@ -61,10 +62,10 @@ pub struct BenchArgs {
     #[arg(long)]
     seconds: Option<f64>,
     /// Client threads of the load generator.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = DEFAULT_CLIENTS)]
     clients: usize,
     /// Listener addresses (127.0.0.1, .2, ...) the clients spread over.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = DEFAULT_ADDRESSES)]
     addresses: u8,
     /// Who closes the connections, and how.
     #[arg(long, value_enum, default_value_t = CloseMode::ClientFirst)]
@@ -85,10 +86,17 @@ pub struct BenchArgs {
     output: Option<PathBuf>,
 }
 
+/// The benchmark's load: two client threads, eight listener addresses.
+const DEFAULT_CLIENTS: usize = 2;
+const DEFAULT_ADDRESSES: u8 = 8;
+
 #[derive(Subcommand, Debug)]
 enum Part {
     /// Run only the load generator (prints its report as key=value lines).
     Churn(ChurnArgs),
+    /// Compare the per-event kernel cost of two tcpstated builds, attached at once to the same
+    /// churn (to within a few nanoseconds, where separate runs differ by tens).
+    Compare(compare::CompareArgs),
     /// Hold connections open, both sides (used by the scale figures).
     #[command(hide = true)]
     Hold(HoldArgs),
@@ -97,6 +105,7 @@ enum Part {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match &args.part {
         Some(Part::Churn(churn)) => return churn::main(churn),
+        Some(Part::Compare(compare)) => return compare::run(compare),
         Some(Part::Hold(hold)) => return hold::main(hold),
         None => {}
     }
@@ -193,6 +202,23 @@ impl Plan {
                     "docs/benchmarks.md"
                 })
             }),
+        }
+    }
+
+    /// The comparison's runs (`bench compare`): the benchmark's default load, no scale levels.
+    fn for_compare(rounds: usize, seconds: f64) -> Plan {
+        Plan {
+            quick: false,
+            rounds,
+            seconds,
+            cost_seconds: seconds,
+            clients: DEFAULT_CLIENTS,
+            addresses: DEFAULT_ADDRESSES,
+            mode: CloseMode::ClientFirst,
+            exchange: 0,
+            scale: Vec::new(),
+            scrapes: 0,
+            output: PathBuf::new(),
         }
     }
 
@@ -413,11 +439,7 @@ fn measure_run(
         None => BTreeSet::new(),
     };
     let hook_programs = |pid: u32| -> anyhow::Result<BTreeMap<u32, ProgramStats>> {
-        let mut programs = procfs::programs_of(pid)?;
-        if !on_hook.is_empty() {
-            programs.retain(|id, _| on_hook.contains(id));
-        }
-        Ok(programs)
+        procfs::programs_among(pid, &on_hook)
     };
     let programs_before = match pid {
         Some(pid) => hook_programs(pid)?,

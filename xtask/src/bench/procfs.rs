@@ -112,6 +112,19 @@ pub fn programs_of(pid: u32) -> anyhow::Result<BTreeMap<u32, ProgramStats>> {
         .collect())
 }
 
+/// The programs of `pid` among `ids`; all of them when `ids` is empty (programs attached
+/// through perf events, which [`programs_on`] cannot see).
+pub fn programs_among(
+    pid: u32,
+    ids: &BTreeSet<u32>,
+) -> anyhow::Result<BTreeMap<u32, ProgramStats>> {
+    let mut programs = programs_of(pid)?;
+    if !ids.is_empty() {
+        programs.retain(|id, _| ids.contains(id));
+    }
+    Ok(programs)
+}
+
 /// Every BPF map `pid` holds, once each.
 pub fn maps_of(pid: u32) -> anyhow::Result<BTreeMap<u32, MapStats>> {
     Ok(fdinfo_of_kind(pid, "anon_inode:bpf-map")?

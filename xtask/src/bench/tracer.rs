@@ -61,6 +61,7 @@ END
 "#;
 
 /// What the configurations run.
+#[derive(Clone)]
 pub struct Binaries {
     pub tcpstated: PathBuf,
     pub hook_floor: PathBuf,
