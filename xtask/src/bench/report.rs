@@ -9,7 +9,7 @@ use super::{
     Results, RunResult,
     expect::Exactness,
     relative,
-    stats::{median, median_paired_ratio},
+    stats::{MedianInterval, median, median_interval, median_paired_ratio, paired_ratios},
     tracer::Config,
 };
 
@@ -33,10 +33,14 @@ pub struct ConfigFigures {
     pub throughput_runs: usize,
     pub median_connections_per_second: Option<f64>,
     pub ratio_to_untraced: Option<f64>,
+    /// Where the median of the per-round ratios lies, given their spread (for each ratio).
+    pub ratio_to_untraced_interval: Option<MedianInterval>,
     pub cost_runs: usize,
     pub median_ns_per_event: Option<f64>,
     pub ratio_to_floor: Option<f64>,
+    pub ratio_to_floor_interval: Option<MedianInterval>,
     pub ratio_to_bpftrace: Option<f64>,
+    pub ratio_to_bpftrace_interval: Option<MedianInterval>,
     pub recursion_misses: u64,
 }
 
@@ -114,13 +118,22 @@ impl Summary {
                     ratio_to_untraced: (config != Config::NoTracer)
                         .then(|| median_paired_ratio(&runs, &untraced))
                         .flatten(),
+                    ratio_to_untraced_interval: (config != Config::NoTracer)
+                        .then(|| median_interval(&paired_ratios(&runs, &untraced)))
+                        .flatten(),
                     cost_runs: present(&costs).len(),
                     median_ns_per_event: median(&present(&costs)),
                     ratio_to_floor: (config != Config::EmptyProgram)
                         .then(|| median_paired_ratio(&costs, &floor))
                         .flatten(),
+                    ratio_to_floor_interval: (config != Config::EmptyProgram)
+                        .then(|| median_interval(&paired_ratios(&costs, &floor)))
+                        .flatten(),
                     ratio_to_bpftrace: (config != Config::Bpftrace)
                         .then(|| median_paired_ratio(&costs, &bpftrace))
+                        .flatten(),
+                    ratio_to_bpftrace_interval: (config != Config::Bpftrace)
+                        .then(|| median_interval(&paired_ratios(&costs, &bpftrace)))
                         .flatten(),
                     recursion_misses: results
                         .runs
@@ -206,9 +219,12 @@ fn targets(summary: &Summary, results: &Results) -> Vec<Target> {
     let mut targets = Vec::new();
 
     let ratio = tcpstated.and_then(|figures| figures.ratio_to_untraced);
+    let interval = tcpstated.and_then(|figures| figures.ratio_to_untraced_interval);
     targets.push(Target {
         what: "Connections/s with tcpstated ≥ 95% of untraced",
-        measured: ratio.map_or("not measured".into(), percent),
+        measured: ratio.map_or("not measured".into(), |ratio| {
+            format!("{}{}", percent(ratio), spread(interval, percent))
+        }),
         met: ratio.map(|ratio| ratio >= MIN_THROUGHPUT_RATIO),
     });
 
@@ -220,9 +236,13 @@ fn targets(summary: &Summary, results: &Results) -> Vec<Target> {
     targets.push(Target {
         what: "Kernel cost per event ≤ 2.5× the empty program's",
         measured: match (vs_floor, tcpstated_ns, floor_ns) {
-            (Some(ratio), Some(ours), Some(floor)) => {
-                format!("{ratio:.2}× ({ours:.0} ns vs {floor:.0} ns)")
-            }
+            (Some(ratio), Some(ours), Some(floor)) => format!(
+                "{ratio:.2}× ({ours:.0} ns vs {floor:.0} ns){}",
+                spread(
+                    tcpstated.and_then(|figures| figures.ratio_to_floor_interval),
+                    times
+                )
+            ),
             _ => "not measured".into(),
         },
         met: vs_floor.map(|ratio| ratio <= MAX_COST_VS_FLOOR),
@@ -235,9 +255,13 @@ fn targets(summary: &Summary, results: &Results) -> Vec<Target> {
     targets.push(Target {
         what: "Kernel cost per event < ⅓ of the bpftrace peer's",
         measured: match (vs_bpftrace, tcpstated_ns, bpftrace_ns) {
-            (Some(ratio), Some(ours), Some(peer)) => {
-                format!("{ratio:.2}× ({ours:.0} ns vs {peer:.0} ns)")
-            }
+            (Some(ratio), Some(ours), Some(peer)) => format!(
+                "{ratio:.2}× ({ours:.0} ns vs {peer:.0} ns){}",
+                spread(
+                    tcpstated.and_then(|figures| figures.ratio_to_bpftrace_interval),
+                    times
+                )
+            ),
             _ => "not measured (no bpftrace)".into(),
         },
         met: vs_bpftrace.map(|ratio| ratio < MAX_COST_VS_BPFTRACE),
@@ -342,6 +366,23 @@ pub fn percent(ratio: f64) -> String {
 }
 
 /// Bytes in MB (10⁶), as the targets are written.
+fn times(ratio: f64) -> String {
+    format!("{ratio:.2}×")
+}
+
+/// How far the median of the per-round ratios may be from the one measured, given their
+/// spread: `; 96% confidence: 0.88× to 0.99×` (nothing with fewer than five rounds).
+fn spread(interval: Option<MedianInterval>, format: impl Fn(f64) -> String) -> String {
+    interval.map_or(String::new(), |interval| {
+        format!(
+            "; {:.0}% confidence: {} to {}",
+            interval.confidence * 100.0,
+            format(interval.low),
+            format(interval.high)
+        )
+    })
+}
+
 pub fn megabytes(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
 }
@@ -374,7 +415,9 @@ pub fn render(results: &Results, summary: &Summary) -> String {
          quick variant, `--quick`, is a CI smoke test). Every figure comes from interleaved runs \
          in one invocation (each round runs every configuration once, in a rotating order) and \
          is a median; ratios are medians of per-round ratios, which cancels the drift of a shared \
-         machine between rounds.",
+         machine between rounds. With five rounds or more, the targets give an interval that \
+         holds the true median of a ratio with the confidence shown, from the order statistics \
+         of the per-round ratios (no assumption about their distribution).",
         if plan.quick { " --quick" } else { "" },
         if plan.quick {
             " (quick run: few, short runs; noisy)"
@@ -857,6 +900,16 @@ mod tests {
         assert_eq!(target(&summary, "Daemon CPU").met, Some(true));
         assert_eq!(summary.daemon_peak_rss_bytes, Some(14_000_000));
         assert_eq!(target(&summary, "Daemon peak RSS").measured, "14.0 MB");
+    }
+
+    #[test]
+    fn a_target_shows_where_its_median_may_lie_from_five_rounds() {
+        let interval = median_interval(&[0.99, 0.91, 0.95, 0.88, 0.97]);
+        assert_eq!(
+            spread(interval, percent),
+            "; 94% confidence: 88.0% to 99.0%"
+        );
+        assert_eq!(spread(None, percent), "");
     }
 
     #[test]

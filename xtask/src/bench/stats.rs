@@ -24,18 +24,68 @@ pub fn ratio(numerator: f64, denominator: f64) -> Option<f64> {
         .then(|| numerator / denominator)
 }
 
-/// The median of per-round ratios `a[i] / b[i]` over the rounds where both exist. Pairing runs
-/// of the same round cancels the drift a shared machine adds between rounds.
+/// The per-round ratios `a[i] / b[i]` of the rounds where both exist. Pairing runs of the
+/// same round cancels the drift a shared machine adds between rounds.
+pub fn paired_ratios(numerators: &[Option<f64>], denominators: &[Option<f64>]) -> Vec<f64> {
+    numerators
+        .iter()
+        .zip(denominators)
+        .filter_map(|(numerator, denominator)| ratio((*numerator)?, (*denominator)?))
+        .collect()
+}
+
+/// The median of [`paired_ratios`].
 pub fn median_paired_ratio(
     numerators: &[Option<f64>],
     denominators: &[Option<f64>],
 ) -> Option<f64> {
-    let ratios: Vec<f64> = numerators
-        .iter()
-        .zip(denominators)
-        .filter_map(|(numerator, denominator)| ratio((*numerator)?, (*denominator)?))
-        .collect();
-    median(&ratios)
+    median(&paired_ratios(numerators, denominators))
+}
+
+/// Where the true median of what `values` sample lies, from the values alone (no assumption
+/// about their distribution): between two order statistics, `low` and `high`, with probability
+/// `confidence`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MedianInterval {
+    pub low: f64,
+    pub high: f64,
+    pub confidence: f64,
+}
+
+/// The narrowest interval between order statistics that holds the median with at least 95%
+/// confidence, or else the widest one (smallest to largest value: 94% for 5 values). `None`
+/// below 90% (fewer than 5 values: too few to say) or for a value that is not a number.
+pub fn median_interval(values: &[f64]) -> Option<MedianInterval> {
+    if values.len() < 5 || values.iter().any(|value| value.is_nan()) {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    // The median lies outside [x(k), x(n+1-k)] (1-based) when at most k-1 values fall below
+    // it or at most k-1 above: each side has the probability that Binomial(n, 1/2) <= k-1.
+    let confidence = |k: usize| 1.0 - 2.0 * binomial_half_cdf(n, k - 1);
+    let mut k = 1;
+    while k < n / 2 && confidence(k + 1) >= 0.95 {
+        k += 1;
+    }
+    Some(MedianInterval {
+        low: sorted[k - 1],
+        high: sorted[n - k],
+        confidence: confidence(k),
+    })
+}
+
+/// P(Binomial(n, 1/2) <= at_most).
+fn binomial_half_cdf(n: usize, at_most: usize) -> f64 {
+    let mut term = 0.5f64.powi(n as i32); // P(X = 0)
+    let mut sum = 0.0;
+    for successes in 0..=at_most.min(n) {
+        sum += term;
+        // P(X = j + 1) = P(X = j) * (n - j) / (j + 1)
+        term *= (n - successes) as f64 / (successes + 1) as f64;
+    }
+    sum
 }
 
 #[cfg(test)]
@@ -64,6 +114,25 @@ mod tests {
         assert_eq!(ratio(1.0, 0.0), None);
         assert_eq!(ratio(1.0, f64::INFINITY), None);
         assert_eq!(ratio(f64::NAN, 1.0), None);
+    }
+
+    #[test]
+    fn the_median_interval_is_the_narrowest_with_95_percent() {
+        // Nine values: [x(2), x(8)] holds the median with 1 - 2 * 10/512 = 96.1%; [x(3), x(7)]
+        // only with 82%.
+        let values = [9.0, 1.0, 8.0, 2.0, 7.0, 3.0, 6.0, 4.0, 5.0];
+        let interval = median_interval(&values).unwrap();
+        assert_eq!((interval.low, interval.high), (2.0, 8.0));
+        assert!((interval.confidence - (1.0 - 20.0 / 512.0)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn few_values_give_their_whole_range_with_its_lower_confidence() {
+        let interval = median_interval(&[3.0, 1.0, 2.0, 5.0, 4.0]).unwrap();
+        assert_eq!((interval.low, interval.high), (1.0, 5.0));
+        assert!((interval.confidence - (1.0 - 2.0 / 32.0)).abs() < 1e-12);
+        assert_eq!(median_interval(&[1.0, 2.0, 3.0, 4.0]), None);
+        assert_eq!(median_interval(&[1.0, 2.0, 3.0, 4.0, f64::NAN]), None);
     }
 
     #[test]
