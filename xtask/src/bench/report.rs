@@ -44,12 +44,15 @@ pub struct ConfigFigures {
     pub recursion_misses: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Target {
     pub what: &'static str,
     pub measured: String,
-    /// `None`: not measured in this invocation.
+    /// `None`: not measured in this invocation. For a ratio, from its median.
     pub met: Option<bool>,
+    /// The ratio's confidence interval spans the line: the rounds cannot say on which side the
+    /// true median lies.
+    pub inside_noise: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -226,6 +229,7 @@ fn targets(summary: &Summary, results: &Results) -> Vec<Target> {
             format!("{}{}", percent(ratio), spread(interval, percent))
         }),
         met: ratio.map(|ratio| ratio >= MIN_THROUGHPUT_RATIO),
+        inside_noise: spans(interval, MIN_THROUGHPUT_RATIO),
     });
 
     let tcpstated_ns = tcpstated.and_then(|figures| figures.median_ns_per_event);
@@ -233,38 +237,36 @@ fn targets(summary: &Summary, results: &Results) -> Vec<Target> {
         .figures(Config::EmptyProgram)
         .and_then(|figures| figures.median_ns_per_event);
     let vs_floor = tcpstated.and_then(|figures| figures.ratio_to_floor);
+    let interval = tcpstated.and_then(|figures| figures.ratio_to_floor_interval);
     targets.push(Target {
         what: "Kernel cost per event ≤ 2.5× the empty program's",
         measured: match (vs_floor, tcpstated_ns, floor_ns) {
             (Some(ratio), Some(ours), Some(floor)) => format!(
                 "{ratio:.2}× ({ours:.0} ns vs {floor:.0} ns){}",
-                spread(
-                    tcpstated.and_then(|figures| figures.ratio_to_floor_interval),
-                    times
-                )
+                spread(interval, times)
             ),
             _ => "not measured".into(),
         },
         met: vs_floor.map(|ratio| ratio <= MAX_COST_VS_FLOOR),
+        inside_noise: spans(interval, MAX_COST_VS_FLOOR),
     });
 
     let bpftrace_ns = summary
         .figures(Config::Bpftrace)
         .and_then(|figures| figures.median_ns_per_event);
     let vs_bpftrace = tcpstated.and_then(|figures| figures.ratio_to_bpftrace);
+    let interval = tcpstated.and_then(|figures| figures.ratio_to_bpftrace_interval);
     targets.push(Target {
         what: "Kernel cost per event < ⅓ of the bpftrace peer's",
         measured: match (vs_bpftrace, tcpstated_ns, bpftrace_ns) {
             (Some(ratio), Some(ours), Some(peer)) => format!(
                 "{ratio:.2}× ({ours:.0} ns vs {peer:.0} ns){}",
-                spread(
-                    tcpstated.and_then(|figures| figures.ratio_to_bpftrace_interval),
-                    times
-                )
+                spread(interval, times)
             ),
             _ => "not measured (no bpftrace)".into(),
         },
         met: vs_bpftrace.map(|ratio| ratio < MAX_COST_VS_BPFTRACE),
+        inside_noise: spans(interval, MAX_COST_VS_BPFTRACE),
     });
 
     let discrepancy = summary.exactness.discrepancy();
@@ -290,6 +292,7 @@ fn targets(summary: &Summary, results: &Results) -> Vec<Target> {
             )
         },
         met: (summary.daemon_runs > 0).then_some(discrepancy == 0),
+        ..Target::default()
     });
     targets.push(Target {
         what: "Zero recording failures",
@@ -299,6 +302,7 @@ fn targets(summary: &Summary, results: &Results) -> Vec<Target> {
             format!("{} (all reasons)", count(summary.failure_count()))
         },
         met: (summary.daemon_runs > 0).then_some(summary.failure_count() == 0),
+        ..Target::default()
     });
 
     let levels = &results.scale.levels;
@@ -328,6 +332,7 @@ fn targets(summary: &Summary, results: &Results) -> Vec<Target> {
         met: scrape.map(|(small, large, _, _)| {
             large <= MAX_SCRAPE_GROWTH * small && large < MAX_SCRAPE_MS
         }),
+        ..Target::default()
     });
 
     let idle = summary.daemon_cpu_ms_per_churn_second;
@@ -337,6 +342,7 @@ fn targets(summary: &Summary, results: &Results) -> Vec<Target> {
             format!("{ms:.3} ms per second of churn")
         }),
         met: idle.map(|ms| ms <= MAX_IDLE_CPU_MS_PER_SECOND),
+        ..Target::default()
     });
 
     let rss = summary.daemon_peak_rss_bytes;
@@ -344,6 +350,7 @@ fn targets(summary: &Summary, results: &Results) -> Vec<Target> {
         what: "Daemon peak RSS ≤ 30 MB",
         measured: rss.map_or("not measured".into(), megabytes),
         met: rss.map(|rss| rss <= MAX_PEAK_RSS_BYTES),
+        ..Target::default()
     });
     targets
 }
@@ -391,11 +398,21 @@ fn optional(value: Option<f64>, format: impl Fn(f64) -> String) -> String {
     value.map_or("–".into(), format)
 }
 
-fn met(met: Option<bool>) -> &'static str {
-    match met {
+/// Whether `interval` has `line` strictly inside it.
+fn spans(interval: Option<MedianInterval>, line: f64) -> bool {
+    interval.is_some_and(|interval| interval.low < line && line < interval.high)
+}
+
+fn met(target: &Target) -> String {
+    let verdict = match target.met {
         Some(true) => "yes",
         Some(false) => "**no**",
-        None => "not measured",
+        None => return "not measured".into(),
+    };
+    if target.inside_noise {
+        format!("{verdict} by the median, inside the noise (its interval spans the line)")
+    } else {
+        verdict.into()
     }
 }
 
@@ -417,7 +434,8 @@ pub fn render(results: &Results, summary: &Summary) -> String {
          is a median; ratios are medians of per-round ratios, which cancels the drift of a shared \
          machine between rounds. With five rounds or more, the targets give an interval that \
          holds the true median of a ratio with the confidence shown, from the order statistics \
-         of the per-round ratios (no assumption about their distribution).",
+         of the per-round ratios (no assumption about their distribution); where that interval \
+         spans a target's line, the verdict is the median's only and says so.",
         if plan.quick { " --quick" } else { "" },
         if plan.quick {
             " (quick run: few, short runs; noisy)"
@@ -476,7 +494,7 @@ pub fn render(results: &Results, summary: &Summary) -> String {
             "| {} | {} | {} |",
             target.what,
             target.measured,
-            met(target.met)
+            met(target)
         ));
     }
     line(String::new());
@@ -910,6 +928,26 @@ mod tests {
             "; 94% confidence: 88.0% to 99.0%"
         );
         assert_eq!(spread(None, percent), "");
+    }
+
+    #[test]
+    fn a_verdict_whose_interval_spans_the_line_says_so() {
+        let mut target = Target {
+            met: Some(true),
+            ..Target::default()
+        };
+        assert_eq!(met(&target), "yes");
+        target.inside_noise = spans(median_interval(&[0.93, 0.96, 0.97, 0.98, 0.99]), 0.95);
+        assert_eq!(
+            met(&target),
+            "yes by the median, inside the noise (its interval spans the line)"
+        );
+        assert!(!spans(
+            median_interval(&[0.96, 0.97, 0.98, 0.99, 1.0]),
+            0.95
+        ));
+        assert!(!spans(None, 0.95));
+        assert_eq!(met(&Target::default()), "not measured");
     }
 
     #[test]
