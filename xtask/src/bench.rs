@@ -150,6 +150,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 /// The tracepoint every configuration hooks.
 const HOOK: &str = "inet_sock_set_state";
 
+/// The pause after a tracer starts, before its run: the start-up's own work (BTF parsing,
+/// verification) leaves the CPUs.
+const START_UP_SETTLE: Duration = Duration::from_millis(300);
+/// The pause after the churn, before reading the programs' counters: the last connections'
+/// final transitions run in softirq right after the close.
+const LAST_EVENTS_SETTLE: Duration = Duration::from_millis(200);
+
 /// What one invocation measures.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -429,8 +436,7 @@ fn measure_run(
         context.port,
         &["--transitions.view=raw"],
     )?;
-    // Let the start-up's own work (BTF parsing, verification) leave the CPUs.
-    thread::sleep(Duration::from_millis(300));
+    thread::sleep(START_UP_SETTLE);
     let pid = tracer.pid();
     // The per-event cost counts the programs on inet_sock_set_state (tcpstated also has
     // programs on the reset and SYN-ACK tracepoints, which this churn rarely fires).
@@ -455,8 +461,7 @@ fn measure_run(
     let churn = run_churn(plan, context, seconds)?;
 
     let cpu_after = pid.map(procfs::cpu_time_ns).transpose()?;
-    // The last connections' final transitions run in softirq right after the close.
-    thread::sleep(Duration::from_millis(200));
+    thread::sleep(LAST_EVENTS_SETTLE);
     let programs = match pid {
         Some(pid) => hook_programs(pid)?,
         None => BTreeMap::new(),

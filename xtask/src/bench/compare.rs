@@ -8,12 +8,16 @@
 //! rounds alternate which one goes first, and each pair of rounds gives one estimate of the
 //! difference in which that effect cancels.
 
-use std::{collections::BTreeMap, path::PathBuf, thread, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    thread,
+};
 
 use anyhow::{Context as _, bail};
 
 use super::{
-    Context, HOOK, Plan, procfs,
+    Context, HOOK, LAST_EVENTS_SETTLE, Plan, START_UP_SETTLE, procfs,
     procfs::{KernelWork, ProgramStats},
     run_churn, stats,
     tracer::{Binaries, Config, Tracer},
@@ -82,26 +86,20 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
         rounds.push(costs);
     }
     let verdict = Difference::of(&rounds).context("no round measured both builds")?;
+    let median_of = |cost: fn(&RoundCosts) -> f64| {
+        stats::median(&rounds.iter().map(cost).collect::<Vec<_>>()).unwrap_or(f64::NAN)
+    };
+    let standard_error = match verdict.standard_error {
+        Some(error) => format!("standard error {error:.1} ns"),
+        None => "no standard error from one pair: run more rounds".into(),
+    };
     println!(
         "baseline {:.1} ns, candidate {:.1} ns per event (medians); candidate - baseline: \
-         {:+.1} ns (standard error {:.1} ns over {} pairs of rounds); attached first costs \
-         {:.1} ns more",
-        stats::median(
-            &rounds
-                .iter()
-                .map(|costs| costs.baseline)
-                .collect::<Vec<_>>()
-        )
-        .unwrap_or(f64::NAN),
-        stats::median(
-            &rounds
-                .iter()
-                .map(|costs| costs.candidate)
-                .collect::<Vec<_>>()
-        )
-        .unwrap_or(f64::NAN),
+         {:+.1} ns ({standard_error}, over {} pairs of rounds); attached first costs {:.1} ns \
+         more",
+        median_of(|costs| costs.baseline),
+        median_of(|costs| costs.candidate),
         verdict.mean,
-        verdict.standard_error,
         verdict.pairs,
         verdict.first_position,
     );
@@ -142,26 +140,31 @@ fn measure_round(
             )
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    thread::sleep(Duration::from_millis(300));
-    let pids: Vec<u32> = tracers.iter().filter_map(Tracer::pid).collect();
-    let snapshot = |pid: u32| -> anyhow::Result<BTreeMap<u32, ProgramStats>> {
-        procfs::programs_among(pid, &procfs::programs_on(pid, HOOK)?)
-    };
-    let before = pids
+    thread::sleep(START_UP_SETTLE);
+    // Each daemon with the ids of its programs on the hook.
+    let daemons = tracers
         .iter()
-        .map(|&pid| snapshot(pid))
+        .filter_map(Tracer::pid)
+        .map(|pid| Ok((pid, procfs::programs_on(pid, HOOK)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let snapshot =
+        |(pid, on_hook): &(u32, BTreeSet<u32>)| -> anyhow::Result<BTreeMap<u32, ProgramStats>> {
+            procfs::programs_among(*pid, on_hook)
+        };
+    let before = daemons
+        .iter()
+        .map(snapshot)
         .collect::<anyhow::Result<Vec<_>>>()?;
     context.bpf_stats.set("1")?;
     let churn = run_churn(plan, context, plan.seconds);
     context.bpf_stats.set("0")?;
     churn?;
-    // The last connections' final transitions run in softirq right after the close.
-    thread::sleep(Duration::from_millis(200));
-    let costs = pids
+    thread::sleep(LAST_EVENTS_SETTLE);
+    let costs = daemons
         .iter()
         .zip(&before)
-        .map(|(&pid, before)| {
-            let work = KernelWork::between(before, &snapshot(pid)?);
+        .map(|(daemon, before)| {
+            let work = KernelWork::between(before, &snapshot(daemon)?);
             work.nanoseconds_per_event()
                 .context("no program of tcpstated ran on the hook during the churn")
         })
@@ -190,7 +193,8 @@ fn measure_round(
 pub struct Difference {
     /// Mean over pairs of rounds (one of each order) of the pair's mean difference.
     pub mean: f64,
-    pub standard_error: f64,
+    /// `None` from a single pair.
+    pub standard_error: Option<f64>,
     pub pairs: usize,
     /// What attaching first adds to a build's cost, from the same pairs.
     pub first_position: f64,
@@ -222,13 +226,11 @@ impl Difference {
         }
         let count = pairs.len() as f64;
         let mean = pairs.iter().sum::<f64>() / count;
-        let standard_error = if pairs.len() > 1 {
+        let standard_error = (pairs.len() > 1).then(|| {
             let variance =
                 pairs.iter().map(|pair| (pair - mean).powi(2)).sum::<f64>() / (count - 1.0);
             (variance / count).sqrt()
-        } else {
-            f64::NAN
-        };
+        });
         Some(Difference {
             mean,
             standard_error,
@@ -266,7 +268,10 @@ mod tests {
             (difference.first_position - 20.0).abs() < 1e-9,
             "{difference:?}"
         );
-        assert!(difference.standard_error.abs() < 1e-9, "{difference:?}");
+        assert!(
+            difference.standard_error.unwrap().abs() < 1e-9,
+            "{difference:?}"
+        );
     }
 
     #[test]
@@ -280,7 +285,7 @@ mod tests {
         let difference = Difference::of(&rounds).unwrap();
         assert!((difference.mean - 5.0).abs() < 1e-9, "{difference:?}");
         assert!(
-            (difference.standard_error - 5.0).abs() < 1e-9,
+            (difference.standard_error.unwrap() - 5.0).abs() < 1e-9,
             "{difference:?}"
         );
     }

@@ -9,7 +9,7 @@ use super::{
     Results, RunResult,
     expect::Exactness,
     relative,
-    stats::{MedianInterval, median, median_interval, median_paired_ratio, paired_ratios},
+    stats::{MedianInterval, median, median_interval, paired_ratios},
     tracer::Config,
 };
 
@@ -114,30 +114,29 @@ impl Summary {
             .map(|&config| {
                 let runs = throughput(config);
                 let costs = cost(config);
+                // Per round, against each reference (none against itself).
+                let ratios = |values: &[Option<f64>], reference: &[Option<f64>], of: Config| {
+                    if config == of {
+                        Vec::new()
+                    } else {
+                        paired_ratios(values, reference)
+                    }
+                };
+                let to_untraced = ratios(&runs, &untraced, Config::NoTracer);
+                let to_floor = ratios(&costs, &floor, Config::EmptyProgram);
+                let to_bpftrace = ratios(&costs, &bpftrace, Config::Bpftrace);
                 ConfigFigures {
                     config: Some(config),
                     throughput_runs: present(&runs).len(),
                     median_connections_per_second: median(&present(&runs)),
-                    ratio_to_untraced: (config != Config::NoTracer)
-                        .then(|| median_paired_ratio(&runs, &untraced))
-                        .flatten(),
-                    ratio_to_untraced_interval: (config != Config::NoTracer)
-                        .then(|| median_interval(&paired_ratios(&runs, &untraced)))
-                        .flatten(),
+                    ratio_to_untraced: median(&to_untraced),
+                    ratio_to_untraced_interval: median_interval(&to_untraced),
                     cost_runs: present(&costs).len(),
                     median_ns_per_event: median(&present(&costs)),
-                    ratio_to_floor: (config != Config::EmptyProgram)
-                        .then(|| median_paired_ratio(&costs, &floor))
-                        .flatten(),
-                    ratio_to_floor_interval: (config != Config::EmptyProgram)
-                        .then(|| median_interval(&paired_ratios(&costs, &floor)))
-                        .flatten(),
-                    ratio_to_bpftrace: (config != Config::Bpftrace)
-                        .then(|| median_paired_ratio(&costs, &bpftrace))
-                        .flatten(),
-                    ratio_to_bpftrace_interval: (config != Config::Bpftrace)
-                        .then(|| median_interval(&paired_ratios(&costs, &bpftrace)))
-                        .flatten(),
+                    ratio_to_floor: median(&to_floor),
+                    ratio_to_floor_interval: median_interval(&to_floor),
+                    ratio_to_bpftrace: median(&to_bpftrace),
+                    ratio_to_bpftrace_interval: median_interval(&to_bpftrace),
                     recursion_misses: results
                         .runs
                         .iter()

@@ -34,14 +34,6 @@ pub fn paired_ratios(numerators: &[Option<f64>], denominators: &[Option<f64>]) -
         .collect()
 }
 
-/// The median of [`paired_ratios`].
-pub fn median_paired_ratio(
-    numerators: &[Option<f64>],
-    denominators: &[Option<f64>],
-) -> Option<f64> {
-    median(&paired_ratios(numerators, denominators))
-}
-
 /// Where the true median of what `values` sample lies, from the values alone (no assumption
 /// about their distribution): between two order statistics, `low` and `high`, with probability
 /// `confidence`.
@@ -140,7 +132,7 @@ mod tests {
         let traced = [Some(90.0), None, Some(80.0), Some(99.0)];
         let untraced = [Some(100.0), Some(100.0), Some(100.0), None];
         // Rounds 0 and 2 pair up: 0.9 and 0.8.
-        let paired = median_paired_ratio(&traced, &untraced).unwrap();
+        let paired = median(&paired_ratios(&traced, &untraced)).unwrap();
         assert!((paired - 0.85).abs() < 1e-12, "{paired}");
     }
 }
