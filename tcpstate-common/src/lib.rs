@@ -27,6 +27,12 @@ pub mod program {
     /// An empty program on the same tracepoint, for the benchmark's floor; never loaded by the
     /// daemon.
     pub const EMPTY_HOOK_FLOOR: &str = "empty_hook_floor";
+    /// Counts the TCP state changes the tracepoint delivers, by transition (see [`crate::witness`]);
+    /// never loaded by the daemon.
+    pub const WITNESS_TRACEPOINT: &str = "witness_tracepoint";
+    /// Counts the TCP state changes `tcp_set_state()` announces to sock_ops programs, by
+    /// transition (see [`crate::witness`]); never loaded by the daemon.
+    pub const WITNESS_SOCK_OPS: &str = "witness_sock_ops";
     /// The kernel function whose BTF tracepoint both programs attach to.
     pub const TRACEPOINT: &str = "inet_sock_set_state";
 }
@@ -55,6 +61,32 @@ pub mod map {
     pub const TIMEWAIT_HANDOFFS: &str = "TIMEWAIT_HANDOFFS";
     /// `ARRAY`: hash of the ports -> [`crate::ClosedSocket`].
     pub const LAST_CLOSED: &str = "LAST_CLOSED";
+    /// `PERCPU_ARRAY`: [`crate::witness::slot`] -> `u64` count.
+    pub const WITNESS: &str = "WITNESS";
+}
+
+/// The witness (`cargo xtask bench witness`): two programs count every TCP state change by
+/// transition, one on the tracepoint tcpstated uses, one on sock_ops' state callback (which
+/// `tcp_set_state()` calls just before the tracepoint, for every transition but the three that
+/// begin a socket's life: connect, listen, a listener's new child). A sock_ops program has no
+/// recursion guard and does not go through the tracepoint, so where the two counts of a
+/// transition differ, the tracepoint did not deliver the difference to BPF.
+pub mod witness {
+    /// The source of a count.
+    pub const TRACEPOINT: u32 = 0;
+    pub const SOCK_OPS: u32 = 1;
+    /// Slots of the `WITNESS` map: per source, one per pair of states (each below 16).
+    pub const SLOTS: u32 = 2 * 16 * 16;
+
+    /// The slot counting `old -> new` from `source`.
+    pub const fn slot(source: u32, old: u32, new: u32) -> u32 {
+        (source & 1) * 256 + (old & 15) * 16 + (new & 15)
+    }
+
+    /// The source and states a slot counts (the inverse of [`slot`]).
+    pub const fn of_slot(slot: u32) -> (u32, u32, u32) {
+        ((slot / 256) & 1, (slot / 16) & 15, slot & 15)
+    }
 }
 
 /// Names of the load-time globals (`.rodata`), set by the daemon before the verifier sees them.
@@ -815,6 +847,20 @@ mod tests {
         let mut buckets = DurationBuckets::EMPTY;
         buckets.bounds_ns[..bounds.len()].copy_from_slice(bounds);
         buckets
+    }
+
+    #[test]
+    fn witness_slots_are_distinct_and_read_back() {
+        let mut seen = [false; witness::SLOTS as usize];
+        for source in [witness::TRACEPOINT, witness::SOCK_OPS] {
+            for old in 0..16 {
+                for new in 0..16 {
+                    let slot = witness::slot(source, old, new);
+                    assert!(!core::mem::replace(&mut seen[slot as usize], true));
+                    assert_eq!(witness::of_slot(slot), (source, old, new));
+                }
+            }
+        }
     }
 
     #[test]

@@ -11,8 +11,12 @@ mod labels;
 mod maps;
 mod records;
 mod state_change;
+mod witness;
 
-use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{
+    macros::{btf_tracepoint, sock_ops},
+    programs::{BtfTracePointContext, SockOpsContext},
+};
 use kernel::Sock;
 use tcpstate_common::{event_kind, recorder};
 
@@ -75,6 +79,27 @@ pub fn record_synack_retransmit(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn empty_hook_floor(_ctx: BtfTracePointContext) -> i32 {
     0
+}
+
+/// Counts the TCP state changes this tracepoint delivers, by transition: one side of the
+/// benchmark's witness (`cargo xtask bench witness`, see `tcpstate_common::witness`). The daemon
+/// never loads it.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn witness_tracepoint(ctx: BtfTracePointContext) -> i32 {
+    let sock = Sock::new(ctx.arg(0));
+    if sock.is_tcp() {
+        witness::count_tracepoint(ctx.arg(1), ctx.arg(2));
+    }
+    0
+}
+
+/// The other side of the witness: the state changes `tcp_set_state()` announces to sock_ops
+/// programs, on sockets that asked for them (see `witness::count_sock_ops`). The daemon never
+/// loads it.
+#[sock_ops]
+pub fn witness_sock_ops(ctx: SockOpsContext) -> u32 {
+    witness::count_sock_ops(&ctx);
+    1
 }
 
 #[cfg(not(test))]

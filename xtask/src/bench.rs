@@ -21,6 +21,7 @@ mod scale;
 mod stats;
 mod sysctl;
 mod tracer;
+mod witness;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -97,6 +98,10 @@ enum Part {
     /// Compare the per-event kernel cost of two tcpstated builds, attached at once to the same
     /// churn (to within a few nanoseconds, where separate runs differ by tens).
     Compare(compare::CompareArgs),
+    /// Count each TCP state change through two kernel paths at once under the churn, the
+    /// tracepoint and sock_ops' state callback: shows how many the tracepoint never delivered to
+    /// any BPF program, and what each path costs.
+    Witness(witness::WitnessArgs),
     /// Hold connections open, both sides (used by the scale figures).
     #[command(hide = true)]
     Hold(HoldArgs),
@@ -106,6 +111,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match &args.part {
         Some(Part::Churn(churn)) => return churn::main(churn),
         Some(Part::Compare(compare)) => return compare::run(compare),
+        Some(Part::Witness(witness)) => return witness::run(witness),
         Some(Part::Hold(hold)) => return hold::main(hold),
         None => {}
     }
@@ -212,8 +218,8 @@ impl Plan {
         }
     }
 
-    /// The comparison's runs (`bench compare`): the benchmark's default load, no scale levels.
-    fn for_compare(rounds: usize, seconds: f64) -> Plan {
+    /// Runs of the benchmark's default load, no scale levels (`bench compare`, `bench witness`).
+    fn with_default_load(rounds: usize, seconds: f64) -> Plan {
         Plan {
             quick: false,
             rounds,
@@ -286,6 +292,7 @@ impl Context {
             binaries: Binaries {
                 tcpstated: release.join("tcpstated"),
                 hook_floor: release.join("tcpstate-hook-floor"),
+                witness: release.join("tcpstate-witness"),
                 bpftrace,
                 work_dir,
             },

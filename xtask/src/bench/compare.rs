@@ -59,7 +59,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     }
     setup::ensure()?;
     super::sysctl::restore_leftovers()?;
-    let plan = Plan::for_compare(args.rounds, args.seconds);
+    let plan = Plan::with_default_load(args.rounds, args.seconds);
     let work_dir = workspace_root().join("target/bench");
     std::fs::create_dir_all(&work_dir)?;
     let context = Context::prepare(&plan, None, work_dir)?;

@@ -104,11 +104,22 @@ impl Process {
     /// Waits (bounded) for the process to exit and returns its status and whole stdout.
     pub fn finish(mut self, timeout: Duration) -> anyhow::Result<(ExitStatus, String)> {
         let status = self.wait(timeout)?;
+        Ok((status, self.all_output()))
+    }
+
+    /// Like [`Process::stop`], and returns the whole stdout too (what it printed on its way out).
+    pub fn stop_with_output(mut self, timeout: Duration) -> anyhow::Result<(ExitStatus, String)> {
+        let status = self.terminate(timeout)?;
+        Ok((status, self.all_output()))
+    }
+
+    /// Everything the process printed, once it has exited.
+    fn all_output(&mut self) -> String {
         // The reader thread ends at end of file, which follows the exit.
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
             self.seen.push(line);
         }
-        Ok((status, std::mem::take(&mut self.seen).join("\n")))
+        std::mem::take(&mut self.seen).join("\n")
     }
 
     fn wait(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {

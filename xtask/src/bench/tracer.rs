@@ -65,6 +65,8 @@ END
 pub struct Binaries {
     pub tcpstated: PathBuf,
     pub hook_floor: PathBuf,
+    /// `tcpstate-witness`, for `cargo xtask bench witness`.
+    pub witness: PathBuf,
     pub bpftrace: Option<PathBuf>,
     /// Where logs and the bpftrace script go.
     pub work_dir: PathBuf,
@@ -78,15 +80,15 @@ pub struct Tracer {
     pub metrics: Option<SocketAddr>,
 }
 
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A loopback port free right now, for tcpstated's HTTP server.
 fn free_local_address() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-fn log_file(work_dir: &Path, name: &str) -> anyhow::Result<File> {
+pub fn log_file(work_dir: &Path, name: &str) -> anyhow::Result<File> {
     let path = work_dir.join(format!("{name}.log"));
     File::create(&path).with_context(|| format!("cannot create {}", path.display()))
 }
