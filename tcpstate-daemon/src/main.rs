@@ -107,25 +107,10 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         collector,
         telemetry_path: flags.telemetry_path.clone(),
     };
-    http::serve(listener, state, shutdown_signal()).await?;
+    http::serve(listener, state, sys::shutdown_signal()).await?;
     drop(ebpf); // detaches the programs
     log::info!("detached; exiting");
     Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async {
-            match terminate.as_mut() {
-                Some(terminate) => { terminate.recv().await; }
-                None => std::future::pending::<()>().await,
-            }
-        } => {}
-    }
 }
 
 /// Lets the registry own a handle on the collector that `/healthz` also uses.

@@ -1,5 +1,5 @@
-//! The few system calls the daemon makes itself (aya covers the rest): the only module that
-//! touches raw memory, so the only one allowed `unsafe`.
+//! The few system calls the daemon makes itself (aya covers the rest), and the signals that end
+//! it: the only module that touches raw memory, so the only one allowed `unsafe`.
 #![allow(unsafe_code)]
 
 use std::{
@@ -12,6 +12,21 @@ use aya_obj::generated::{bpf_cmd, bpf_prog_info};
 use tcpstate_common::{
     SOCKET_SLOT_WINDOW, SocketRecord, TimewaitHandoff, slot_owner, socket_slot_window,
 };
+
+/// Resolves on SIGINT or SIGTERM (the daemon's and the benchmark helpers' way out).
+pub async fn shutdown_signal() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match terminate.as_mut() {
+                Some(terminate) => { terminate.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}
 
 /// Raises RLIMIT_MEMLOCK to infinity. Kernels since 5.11 account BPF memory to the memory cgroup
 /// and ignore this limit, and raising it needs CAP_SYS_RESOURCE: callers treat failure as a note.

@@ -244,6 +244,28 @@ impl Plan {
     }
 }
 
+/// What `bench compare` and `bench witness` (`part`) share before their rounds: root, the
+/// project's tools, leftover sysctls restored, the default load's plan and the built binaries.
+fn prepare_default_load(
+    part: &str,
+    rounds: usize,
+    seconds: f64,
+) -> anyhow::Result<(Plan, Context)> {
+    if !setup::is_root() {
+        bail!(
+            "`bench {part}` loads eBPF programs and turns on kernel.bpf_stats_enabled for its \
+             run: run `sudo -E cargo xtask bench {part} ...`"
+        );
+    }
+    setup::ensure()?;
+    sysctl::restore_leftovers()?;
+    let plan = Plan::with_default_load(rounds, seconds);
+    let work_dir = workspace_root().join("target/bench");
+    fs::create_dir_all(&work_dir)?;
+    let context = Context::prepare(&plan, None, work_dir)?;
+    Ok((plan, context))
+}
+
 /// What the runs share: binaries, the service port, the kernel settings held for the run.
 pub struct Context {
     pub binaries: Binaries,

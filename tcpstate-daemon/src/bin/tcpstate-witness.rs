@@ -88,7 +88,7 @@ fn run() -> anyhow::Result<()> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(shutdown_signal())?;
+        .block_on(sys::shutdown_signal());
 
     let counts: PerCpuArray<_, u64> = PerCpuArray::try_from(
         ebpf.map(map::WITNESS)
@@ -141,16 +141,4 @@ fn cgroup2_root() -> anyhow::Result<PathBuf> {
             "no cgroup v2 hierarchy is mounted (sock_ops programs attach to one): mount it with \
              `mkdir -p /sys/fs/cgroup/unified && mount -t cgroup2 none /sys/fs/cgroup/unified`",
         )
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
-    Ok(())
 }

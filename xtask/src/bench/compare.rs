@@ -22,7 +22,6 @@ use super::{
     run_churn, stats,
     tracer::{Binaries, Config, Tracer},
 };
-use crate::{setup, workspace_root};
 
 #[derive(clap::Args, Debug)]
 pub struct CompareArgs {
@@ -51,18 +50,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
             );
         }
     }
-    if !setup::is_root() {
-        bail!(
-            "the comparison loads eBPF programs and turns on kernel.bpf_stats_enabled for its \
-             run: run `sudo -E cargo xtask bench compare ...`"
-        );
-    }
-    setup::ensure()?;
-    super::sysctl::restore_leftovers()?;
-    let plan = Plan::with_default_load(args.rounds, args.seconds);
-    let work_dir = workspace_root().join("target/bench");
-    std::fs::create_dir_all(&work_dir)?;
-    let context = Context::prepare(&plan, None, work_dir)?;
+    let (plan, context) = super::prepare_default_load("compare", args.rounds, args.seconds)?;
 
     let mut rounds = Vec::new();
     for round in 0..args.rounds {

@@ -20,7 +20,6 @@ use super::{
     run_churn,
     tracer::{START_TIMEOUT, STOP_TIMEOUT},
 };
-use crate::{setup, workspace_root};
 
 #[derive(clap::Args, Debug)]
 pub struct WitnessArgs {
@@ -36,18 +35,7 @@ pub fn run(args: &WitnessArgs) -> anyhow::Result<()> {
     if args.rounds == 0 {
         bail!("--rounds must be at least 1");
     }
-    if !setup::is_root() {
-        bail!(
-            "the witness loads eBPF programs and turns on kernel.bpf_stats_enabled for its run: \
-             run `sudo -E cargo xtask bench witness`"
-        );
-    }
-    setup::ensure()?;
-    super::sysctl::restore_leftovers()?;
-    let plan = Plan::with_default_load(args.rounds, args.seconds);
-    let work_dir = workspace_root().join("target/bench");
-    std::fs::create_dir_all(&work_dir)?;
-    let context = Context::prepare(&plan, None, work_dir)?;
+    let (plan, context) = super::prepare_default_load("witness", args.rounds, args.seconds)?;
 
     let mut total = Tally::default();
     for round in 0..args.rounds {
