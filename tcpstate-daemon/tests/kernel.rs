@@ -12,7 +12,10 @@ use std::{
     time::Duration,
 };
 
-use support::{Daemon, Metrics, Transitions, eventually, expect, transitions};
+use support::{
+    Daemon, Metrics, Transitions, eventually, expect, rerun_once_after_unrecorded_events,
+    until_transitions,
+};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -24,21 +27,6 @@ fn expected(items: &[(&str, &str, &str)]) -> Transitions {
             .map(|&(role, from, to)| (role, from, to, 1))
             .collect::<Vec<_>>(),
     )
-}
-
-/// Waits until the transitions for `port` equal `want`, then asserts it (with the difference).
-fn assert_transitions(daemon: &Daemon, before: &Metrics, port: u16, want: &Transitions) -> Metrics {
-    let mut last = daemon.scrape();
-    eventually(WAIT, || {
-        last = daemon.scrape();
-        transitions(&last, before, port) == *want
-    });
-    assert_eq!(
-        &transitions(&last, before, port),
-        want,
-        "transitions for port {port}"
-    );
-    last
 }
 
 fn sockets(metrics: &Metrics, port: u16, state: &str, role: &str) -> f64 {
@@ -114,217 +102,231 @@ fn client_closes_first(listen: SocketAddr, hold: Duration) {
 #[test]
 #[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
 fn connection_closed_by_the_client() {
-    let port = 24001;
-    let daemon = start(port);
-    let before = daemon.scrape();
-    client_closes_first(([127, 0, 0, 1], port).into(), Duration::ZERO);
-    let after = assert_transitions(&daemon, &before, port, &expected(&CLIENT_CLOSES));
-    assert_eq!(
-        after.sum(
-            "tcpstate_transitions_total",
-            &[("port", "24001"), ("family", "ipv4")]
-        ),
-        12.0
-    );
+    rerun_once_after_unrecorded_events(|| {
+        let port = 24001;
+        let daemon = start(port);
+        let before = daemon.scrape();
+        client_closes_first(([127, 0, 0, 1], port).into(), Duration::ZERO);
+        let after = until_transitions(&daemon, &before, port, &expected(&CLIENT_CLOSES), WAIT);
+        assert_eq!(
+            after.sum(
+                "tcpstate_transitions_total",
+                &[("port", "24001"), ("family", "ipv4")]
+            ),
+            12.0
+        );
+    });
 }
 
 #[test]
 #[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
 fn raw_view_shows_the_kernels_own_sequence() {
-    let port = 24009;
-    let daemon = Daemon::start(&["--port", "24009", "--transitions.view=raw"]);
-    let before = daemon.scrape();
-    client_closes_first(([127, 0, 0, 1], port).into(), Duration::ZERO);
-    let raw: Vec<_> = CLIENT_CLOSES
-        .iter()
-        .map(|&(role, from, to)| {
-            if to == "TIME_WAIT" {
-                (role, from, "CLOSE")
-            } else {
-                (role, from, to)
-            }
-        })
-        .collect();
-    assert_transitions(&daemon, &before, port, &expected(&raw));
+    rerun_once_after_unrecorded_events(|| {
+        let port = 24009;
+        let daemon = Daemon::start(&["--port", "24009", "--transitions.view=raw"]);
+        let before = daemon.scrape();
+        client_closes_first(([127, 0, 0, 1], port).into(), Duration::ZERO);
+        let raw: Vec<_> = CLIENT_CLOSES
+            .iter()
+            .map(|&(role, from, to)| {
+                if to == "TIME_WAIT" {
+                    (role, from, "CLOSE")
+                } else {
+                    (role, from, to)
+                }
+            })
+            .collect();
+        until_transitions(&daemon, &before, port, &expected(&raw), WAIT);
+    });
 }
 
 #[test]
 #[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
 fn connection_closed_by_the_server() {
-    let port = 24002;
-    let daemon = start(port);
-    let before = daemon.scrape();
-    let listen: SocketAddr = ([127, 0, 0, 1], port).into();
-    let listener = TcpListener::bind(listen).unwrap();
-    let mut client = TcpStream::connect(listen).unwrap();
-    let (mut server, _) = listener.accept().unwrap();
-    server.shutdown(Shutdown::Write).unwrap();
-    read_to_eof(&mut client); // client in CLOSE_WAIT
-    drop(client);
-    read_to_eof(&mut server);
-    drop(server);
-    drop(listener);
-    let want = expected(&[
-        ("listener", "CLOSE", "LISTEN"),
-        ("client", "CLOSE", "SYN_SENT"),
-        ("client", "SYN_SENT", "ESTABLISHED"),
-        ("server", "LISTEN", "SYN_RECV"),
-        ("server", "SYN_RECV", "ESTABLISHED"),
-        ("server", "ESTABLISHED", "FIN_WAIT1"),
-        ("client", "ESTABLISHED", "CLOSE_WAIT"),
-        ("server", "FIN_WAIT1", "FIN_WAIT2"),
-        ("client", "CLOSE_WAIT", "LAST_ACK"),
-        ("server", "FIN_WAIT2", "TIME_WAIT"),
-        ("client", "LAST_ACK", "CLOSE"),
-        ("listener", "LISTEN", "CLOSE"),
-    ]);
-    assert_transitions(&daemon, &before, port, &want);
+    rerun_once_after_unrecorded_events(|| {
+        let port = 24002;
+        let daemon = start(port);
+        let before = daemon.scrape();
+        let listen: SocketAddr = ([127, 0, 0, 1], port).into();
+        let listener = TcpListener::bind(listen).unwrap();
+        let mut client = TcpStream::connect(listen).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        server.shutdown(Shutdown::Write).unwrap();
+        read_to_eof(&mut client); // client in CLOSE_WAIT
+        drop(client);
+        read_to_eof(&mut server);
+        drop(server);
+        drop(listener);
+        let want = expected(&[
+            ("listener", "CLOSE", "LISTEN"),
+            ("client", "CLOSE", "SYN_SENT"),
+            ("client", "SYN_SENT", "ESTABLISHED"),
+            ("server", "LISTEN", "SYN_RECV"),
+            ("server", "SYN_RECV", "ESTABLISHED"),
+            ("server", "ESTABLISHED", "FIN_WAIT1"),
+            ("client", "ESTABLISHED", "CLOSE_WAIT"),
+            ("server", "FIN_WAIT1", "FIN_WAIT2"),
+            ("client", "CLOSE_WAIT", "LAST_ACK"),
+            ("server", "FIN_WAIT2", "TIME_WAIT"),
+            ("client", "LAST_ACK", "CLOSE"),
+            ("listener", "LISTEN", "CLOSE"),
+        ]);
+        until_transitions(&daemon, &before, port, &want, WAIT);
+    });
 }
 
 #[test]
 #[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
 fn abort_with_linger_zero_resets_both_sides() {
-    let port = 24003;
-    let daemon = start(port);
-    let before = daemon.scrape();
-    let listen: SocketAddr = ([127, 0, 0, 1], port).into();
-    let listener = TcpListener::bind(listen).unwrap();
-    let client = TcpStream::connect(listen).unwrap();
-    let (mut server, _) = listener.accept().unwrap();
-    socket2::SockRef::from(&client)
-        .set_linger(Some(Duration::ZERO))
-        .unwrap();
-    drop(client); // RST
-    server.set_read_timeout(Some(WAIT)).unwrap();
-    let reset = server.read(&mut [0u8; 1]);
-    assert!(
-        reset.is_err() || reset.is_ok_and(|n| n == 0),
-        "server sees the reset"
-    );
-    drop(server);
-    drop(listener);
-    let want = expected(&[
-        ("listener", "CLOSE", "LISTEN"),
-        ("client", "CLOSE", "SYN_SENT"),
-        ("client", "SYN_SENT", "ESTABLISHED"),
-        ("server", "LISTEN", "SYN_RECV"),
-        ("server", "SYN_RECV", "ESTABLISHED"),
-        ("client", "ESTABLISHED", "CLOSE"),
-        ("server", "ESTABLISHED", "CLOSE"),
-        ("listener", "LISTEN", "CLOSE"),
-    ]);
-    let after = assert_transitions(&daemon, &before, port, &want);
-    let resets = |name, role| {
-        after.delta(
-            &before,
-            name,
-            &[("state", "ESTABLISHED"), ("role", role), ("port", "24003")],
-        )
-    };
-    assert_eq!(resets("tcpstate_resets_sent_total", "client"), 1.0);
-    assert_eq!(resets("tcpstate_resets_received_total", "server"), 1.0);
+    rerun_once_after_unrecorded_events(|| {
+        let port = 24003;
+        let daemon = start(port);
+        let before = daemon.scrape();
+        let listen: SocketAddr = ([127, 0, 0, 1], port).into();
+        let listener = TcpListener::bind(listen).unwrap();
+        let client = TcpStream::connect(listen).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        socket2::SockRef::from(&client)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(client); // RST
+        server.set_read_timeout(Some(WAIT)).unwrap();
+        let reset = server.read(&mut [0u8; 1]);
+        assert!(
+            reset.is_err() || reset.is_ok_and(|n| n == 0),
+            "server sees the reset"
+        );
+        drop(server);
+        drop(listener);
+        let want = expected(&[
+            ("listener", "CLOSE", "LISTEN"),
+            ("client", "CLOSE", "SYN_SENT"),
+            ("client", "SYN_SENT", "ESTABLISHED"),
+            ("server", "LISTEN", "SYN_RECV"),
+            ("server", "SYN_RECV", "ESTABLISHED"),
+            ("client", "ESTABLISHED", "CLOSE"),
+            ("server", "ESTABLISHED", "CLOSE"),
+            ("listener", "LISTEN", "CLOSE"),
+        ]);
+        let after = until_transitions(&daemon, &before, port, &want, WAIT);
+        let resets = |name, role| {
+            after.delta(
+                &before,
+                name,
+                &[("state", "ESTABLISHED"), ("role", role), ("port", "24003")],
+            )
+        };
+        assert_eq!(resets("tcpstate_resets_sent_total", "client"), 1.0);
+        assert_eq!(resets("tcpstate_resets_received_total", "server"), 1.0);
+    });
 }
 
 #[test]
 #[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
 fn refused_connect() {
-    let port = 24004;
-    let daemon = start(port);
-    let before = daemon.scrape();
-    let refused = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)));
-    assert_eq!(
-        refused.unwrap_err().kind(),
-        std::io::ErrorKind::ConnectionRefused
-    );
-    let want = expected(&[
-        ("client", "CLOSE", "SYN_SENT"),
-        ("client", "SYN_SENT", "CLOSE"),
-    ]);
-    let after = assert_transitions(&daemon, &before, port, &want);
-    let refused_attempt = after.delta(
-        &before,
-        "tcpstate_state_duration_seconds_count",
-        &[("state", "SYN_SENT"), ("next", "CLOSE"), ("port", "24004")],
-    );
-    assert_eq!(
-        refused_attempt, 1.0,
-        "the SYN_SENT time of the refused connect is observed"
-    );
-    let failures = |reason| {
-        after.delta(
+    rerun_once_after_unrecorded_events(|| {
+        let port = 24004;
+        let daemon = start(port);
+        let before = daemon.scrape();
+        let refused = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)));
+        assert_eq!(
+            refused.unwrap_err().kind(),
+            std::io::ErrorKind::ConnectionRefused
+        );
+        let want = expected(&[
+            ("client", "CLOSE", "SYN_SENT"),
+            ("client", "SYN_SENT", "CLOSE"),
+        ]);
+        let after = until_transitions(&daemon, &before, port, &want, WAIT);
+        let refused_attempt = after.delta(
             &before,
-            "tcpstate_connect_failures_total",
-            &[("reason", reason), ("port", "24004")],
-        )
-    };
-    assert_eq!((failures("refused"), failures("timeout")), (1.0, 0.0));
+            "tcpstate_state_duration_seconds_count",
+            &[("state", "SYN_SENT"), ("next", "CLOSE"), ("port", "24004")],
+        );
+        assert_eq!(
+            refused_attempt, 1.0,
+            "the SYN_SENT time of the refused connect is observed"
+        );
+        let failures = |reason| {
+            after.delta(
+                &before,
+                "tcpstate_connect_failures_total",
+                &[("reason", reason), ("port", "24004")],
+            )
+        };
+        assert_eq!((failures("refused"), failures("timeout")), (1.0, 0.0));
+    });
 }
 
 #[test]
 #[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
 fn ipv6_on_loopback() {
-    let port = 24005;
-    let daemon = start(port);
-    let before = daemon.scrape();
-    client_closes_first(
-        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
-        Duration::ZERO,
-    );
-    let after = assert_transitions(&daemon, &before, port, &expected(&CLIENT_CLOSES));
-    assert_eq!(
-        after.delta(
-            &before,
-            "tcpstate_transitions_total",
-            &[("port", "24005"), ("family", "ipv6")]
-        ),
-        12.0
-    );
-    assert_eq!(
-        after.delta(
-            &before,
-            "tcpstate_transitions_total",
-            &[("port", "24005"), ("family", "ipv4")]
-        ),
-        0.0
-    );
+    rerun_once_after_unrecorded_events(|| {
+        let port = 24005;
+        let daemon = start(port);
+        let before = daemon.scrape();
+        client_closes_first(
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+            Duration::ZERO,
+        );
+        let after = until_transitions(&daemon, &before, port, &expected(&CLIENT_CLOSES), WAIT);
+        assert_eq!(
+            after.delta(
+                &before,
+                "tcpstate_transitions_total",
+                &[("port", "24005"), ("family", "ipv6")]
+            ),
+            12.0
+        );
+        assert_eq!(
+            after.delta(
+                &before,
+                "tcpstate_transitions_total",
+                &[("port", "24005"), ("family", "ipv4")]
+            ),
+            0.0
+        );
+    });
 }
 
 #[test]
 #[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
 fn close_wait_held_300ms_is_measured_in_the_right_bucket() {
-    let port = 24006;
-    let daemon = start(port);
-    let before = daemon.scrape();
-    client_closes_first(([127, 0, 0, 1], port).into(), Duration::from_millis(300));
-    let after = assert_transitions(&daemon, &before, port, &expected(&CLIENT_CLOSES));
-    let labels = |le: &'static str| {
-        [
-            ("state", "CLOSE_WAIT"),
-            ("next", "LAST_ACK"),
-            ("role", "server"),
-            ("port", "24006"),
-            ("le", le),
-        ]
-    };
-    let bucket = |le| {
-        after.delta(
+    rerun_once_after_unrecorded_events(|| {
+        let port = 24006;
+        let daemon = start(port);
+        let before = daemon.scrape();
+        client_closes_first(([127, 0, 0, 1], port).into(), Duration::from_millis(300));
+        let after = until_transitions(&daemon, &before, port, &expected(&CLIENT_CLOSES), WAIT);
+        let labels = |le: &'static str| {
+            [
+                ("state", "CLOSE_WAIT"),
+                ("next", "LAST_ACK"),
+                ("role", "server"),
+                ("port", "24006"),
+                ("le", le),
+            ]
+        };
+        let bucket = |le| {
+            after.delta(
+                &before,
+                "tcpstate_state_duration_seconds_bucket",
+                &labels(le),
+            )
+        };
+        assert_eq!(bucket("0.1"), 0.0, "300 ms is above the 0.1 s bucket");
+        assert_eq!(bucket("0.5"), 1.0, "and within the 0.5 s bucket");
+        assert_eq!(bucket("+Inf"), 1.0);
+        let sum = after.delta(
             &before,
-            "tcpstate_state_duration_seconds_bucket",
-            &labels(le),
-        )
-    };
-    assert_eq!(bucket("0.1"), 0.0, "300 ms is above the 0.1 s bucket");
-    assert_eq!(bucket("0.5"), 1.0, "and within the 0.5 s bucket");
-    assert_eq!(bucket("+Inf"), 1.0);
-    let sum = after.delta(
-        &before,
-        "tcpstate_state_duration_seconds_sum",
-        &labels("")[..4],
-    );
-    assert!(
-        (0.3..0.4).contains(&sum),
-        "CLOSE_WAIT lasted {sum} s, expected 0.3-0.4 s"
-    );
+            "tcpstate_state_duration_seconds_sum",
+            &labels("")[..4],
+        );
+        assert!(
+            (0.3..0.4).contains(&sum),
+            "CLOSE_WAIT lasted {sum} s, expected 0.3-0.4 s"
+        );
+    });
 }
 
 #[test]
@@ -399,116 +401,120 @@ fn gauges_follow_open_connections_and_return_to_zero() {
 #[test]
 #[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
 fn sockets_beyond_the_slot_table_are_tracked_in_socket_storage() {
-    // The smallest table (one window of 8 slots) and 20 connections held open at once: most
-    // of their 41 sockets find no free slot and go to socket-local storage. Counts, durations
-    // and gauges stay exact either way.
-    const CONNECTIONS: u64 = 20;
-    let port = 24010;
-    let args = ["--port", "24010", "--sockets.slots", "8"];
-    let daemon = Daemon::start(&args);
-    let before = daemon.scrape();
-    let listen: SocketAddr = ([127, 0, 0, 1], port).into();
-    let listener = TcpListener::bind(listen).unwrap();
-    let mut clients: Vec<TcpStream> = (0..CONNECTIONS)
-        .map(|_| TcpStream::connect(listen).unwrap())
-        .collect();
-    let mut servers: Vec<TcpStream> = (0..CONNECTIONS)
-        .map(|_| listener.accept().unwrap().0)
-        .collect();
-    for client in &clients {
-        client.shutdown(Shutdown::Write).unwrap();
-    }
-    for server in &mut servers {
-        read_to_eof(server);
-    }
-    let half_closed = |m: &Metrics| {
-        (
-            sockets(m, port, "FIN_WAIT2", "client"),
-            sockets(m, port, "CLOSE_WAIT", "server"),
-        )
-    };
-    let mut metrics = daemon.scrape();
-    eventually(WAIT, || {
-        metrics = daemon.scrape();
-        half_closed(&metrics) == (CONNECTIONS as f64, CONNECTIONS as f64)
-    });
-    assert_eq!(
-        half_closed(&metrics),
-        (CONNECTIONS as f64, CONNECTIONS as f64)
-    );
-    let in_storage = metrics.delta(
-        &before,
-        "tcpstate_socket_records_in_socket_storage_total",
-        &[],
-    );
-    assert!(
-        in_storage >= (2 * CONNECTIONS + 1 - 8) as f64,
-        "{in_storage} sockets in socket storage, with 8 slots for 41"
-    );
+    rerun_once_after_unrecorded_events(|| {
+        // The smallest table (one window of 8 slots) and 20 connections held open at once: most
+        // of their 41 sockets find no free slot and go to socket-local storage. Counts, durations
+        // and gauges stay exact either way.
+        const CONNECTIONS: u64 = 20;
+        let port = 24010;
+        let args = ["--port", "24010", "--sockets.slots", "8"];
+        let daemon = Daemon::start(&args);
+        let before = daemon.scrape();
+        let listen: SocketAddr = ([127, 0, 0, 1], port).into();
+        let listener = TcpListener::bind(listen).unwrap();
+        let mut clients: Vec<TcpStream> = (0..CONNECTIONS)
+            .map(|_| TcpStream::connect(listen).unwrap())
+            .collect();
+        let mut servers: Vec<TcpStream> = (0..CONNECTIONS)
+            .map(|_| listener.accept().unwrap().0)
+            .collect();
+        for client in &clients {
+            client.shutdown(Shutdown::Write).unwrap();
+        }
+        for server in &mut servers {
+            read_to_eof(server);
+        }
+        let half_closed = |m: &Metrics| {
+            (
+                sockets(m, port, "FIN_WAIT2", "client"),
+                sockets(m, port, "CLOSE_WAIT", "server"),
+            )
+        };
+        let mut metrics = daemon.scrape();
+        eventually(WAIT, || {
+            metrics = daemon.scrape();
+            half_closed(&metrics) == (CONNECTIONS as f64, CONNECTIONS as f64)
+        });
+        assert_eq!(
+            half_closed(&metrics),
+            (CONNECTIONS as f64, CONNECTIONS as f64)
+        );
+        let in_storage = metrics.delta(
+            &before,
+            "tcpstate_socket_records_in_socket_storage_total",
+            &[],
+        );
+        assert!(
+            in_storage >= (2 * CONNECTIONS + 1 - 8) as f64,
+            "{in_storage} sockets in socket storage, with 8 slots for 41"
+        );
 
-    drop(servers);
-    for client in &mut clients {
-        read_to_eof(client);
-    }
-    drop(clients);
-    drop(listener);
-    // One listener for all the connections.
-    let want = expect(&CLIENT_CLOSES.map(|(role, from, to)| {
-        (
-            role,
-            from,
-            to,
-            if role == "listener" { 1 } else { CONNECTIONS },
-        )
-    }));
-    let after = assert_transitions(&daemon, &before, port, &want);
-    let labels = [("port", "24010"), ("role", "server")];
-    assert_eq!(
-        after.delta(&before, "tcpstate_state_duration_seconds_count", &labels),
-        (4 * CONNECTIONS) as f64,
-        "every server transition after the first has its duration"
-    );
-    assert_eq!(
-        after.sum("tcpstate_recording_failures_total", &[]),
-        0.0,
-        "recording failures"
-    );
+        drop(servers);
+        for client in &mut clients {
+            read_to_eof(client);
+        }
+        drop(clients);
+        drop(listener);
+        // One listener for all the connections.
+        let want = expect(&CLIENT_CLOSES.map(|(role, from, to)| {
+            (
+                role,
+                from,
+                to,
+                if role == "listener" { 1 } else { CONNECTIONS },
+            )
+        }));
+        let after = until_transitions(&daemon, &before, port, &want, WAIT);
+        let labels = [("port", "24010"), ("role", "server")];
+        assert_eq!(
+            after.delta(&before, "tcpstate_state_duration_seconds_count", &labels),
+            (4 * CONNECTIONS) as f64,
+            "every server transition after the first has its duration"
+        );
+        assert_eq!(
+            after.sum("tcpstate_recording_failures_total", &[]),
+            0.0,
+            "recording failures"
+        );
+    });
 }
 
 #[test]
 #[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
 fn transitions_past_the_fast_slots_are_counted_exactly_in_the_hash_map() {
-    // Eight pairs of fast slots per CPU for the twelve (labels, transition) keys of these
-    // connections and about as many of the scrapes' own connections (port `other`), which
-    // come first: on each CPU some keys of the port get a slot and the others are counted in
-    // the TRANSITIONS hash map, and a key may be in a slot on one CPU and in the map on
-    // another. The daemon's sums of counts and durations must be exact either way (reading
-    // either the slots or the map alone fails this test; with one pair, the scrapes' keys
-    // would take every slot).
-    const CONNECTIONS: u64 = 10;
-    let port = 24012;
-    let daemon = Daemon::start(&["--port", "24012", "--transitions.slots", "16"]);
-    let before = daemon.scrape();
-    for _ in 0..CONNECTIONS {
-        client_closes_first(([127, 0, 0, 1], port).into(), Duration::ZERO);
-    }
-    let want = expect(&CLIENT_CLOSES.map(|(role, from, to)| (role, from, to, CONNECTIONS)));
-    let after = assert_transitions(&daemon, &before, port, &want);
-    let server = [("port", "24012"), ("role", "server")];
-    assert_eq!(
-        after.delta(&before, "tcpstate_state_duration_seconds_count", &server),
-        (4 * CONNECTIONS) as f64,
-        "every server transition after the first has its duration"
-    );
-    let in_map = after
-        .value(r#"tcpstate_map_entries{map="TRANSITIONS"}"#)
-        .unwrap_or_default();
-    assert!(in_map >= 10.0, "{in_map} keys in the hash map");
-    assert_eq!(
-        after.sum("tcpstate_recording_failures_total", &[]),
-        0.0,
-        "recording failures"
-    );
+    rerun_once_after_unrecorded_events(|| {
+        // Eight pairs of fast slots per CPU for the twelve (labels, transition) keys of these
+        // connections and about as many of the scrapes' own connections (port `other`), which
+        // come first: on each CPU some keys of the port get a slot and the others are counted in
+        // the TRANSITIONS hash map, and a key may be in a slot on one CPU and in the map on
+        // another. The daemon's sums of counts and durations must be exact either way (reading
+        // either the slots or the map alone fails this test; with one pair, the scrapes' keys
+        // would take every slot).
+        const CONNECTIONS: u64 = 10;
+        let port = 24012;
+        let daemon = Daemon::start(&["--port", "24012", "--transitions.slots", "16"]);
+        let before = daemon.scrape();
+        for _ in 0..CONNECTIONS {
+            client_closes_first(([127, 0, 0, 1], port).into(), Duration::ZERO);
+        }
+        let want = expect(&CLIENT_CLOSES.map(|(role, from, to)| (role, from, to, CONNECTIONS)));
+        let after = until_transitions(&daemon, &before, port, &want, WAIT);
+        let server = [("port", "24012"), ("role", "server")];
+        assert_eq!(
+            after.delta(&before, "tcpstate_state_duration_seconds_count", &server),
+            (4 * CONNECTIONS) as f64,
+            "every server transition after the first has its duration"
+        );
+        let in_map = after
+            .value(r#"tcpstate_map_entries{map="TRANSITIONS"}"#)
+            .unwrap_or_default();
+        assert!(in_map >= 10.0, "{in_map} keys in the hash map");
+        assert_eq!(
+            after.sum("tcpstate_recording_failures_total", &[]),
+            0.0,
+            "recording failures"
+        );
+    });
 }
 
 #[test]

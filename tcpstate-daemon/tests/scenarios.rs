@@ -69,7 +69,9 @@ fn start(netns: &Netns, ports: &[u16], buckets: &[f64], extra: &[&str]) -> Daemo
 
 // ---- transitions ---------------------------------------------------------------------------
 
-use support::{Transitions, expect, transitions};
+use support::{
+    Transitions, expect, rerun_once_after_unrecorded_events, transitions, until_transitions,
+};
 
 /// The three-way handshake of `n` connections to a listener of this test, and the listener's
 /// own `CLOSE -> LISTEN`.
@@ -81,28 +83,6 @@ fn handshakes(n: u64) -> Vec<(&'static str, &'static str, &'static str, u64)> {
         ("server", "LISTEN", "SYN_RECV", n),
         ("server", "SYN_RECV", "ESTABLISHED", n),
     ]
-}
-
-/// Scrapes (which also drives the sock_diag poller) until the transitions for `port` since
-/// `before` equal `want`, for at most `limit`, then asserts it; returns the last scrape.
-fn until_transitions(
-    daemon: &Daemon,
-    before: &Metrics,
-    port: u16,
-    want: &Transitions,
-    limit: Duration,
-) -> Metrics {
-    let mut last = daemon.scrape();
-    eventually(limit, || {
-        last = daemon.scrape();
-        transitions(&last, before, port) == *want
-    });
-    assert_eq!(
-        &transitions(&last, before, port),
-        want,
-        "transitions for port {port} (left: exported, right: expected)"
-    );
-    last
 }
 
 // ---- durations -----------------------------------------------------------------------------
@@ -340,61 +320,63 @@ fn read_to_eof(stream: &mut TcpStream) {
 #[test]
 #[ignore = "needs root, ip netns and nft: see the module documentation"]
 fn syn_dropped_once_delays_the_handshake_by_the_initial_rto() {
-    let port = 25001;
-    let netns = Netns::new(port);
-    let daemon = start(&netns, &[port], &[0.5, 0.9, 1.5, 5.0], &[]);
-    // The first SYN of each connection (told apart by its client port) is lost; its
-    // retransmission, one initial RTO (1 s, RFC 6298) later, passes.
-    let rules = netns.nft(
-        "tcpstate_first_syn",
-        &format!(
-            r#"
-table inet tcpstate_first_syn {{
-    set syn_seen {{
-        type inet_service
-        timeout 10m
+    rerun_once_after_unrecorded_events(|| {
+        let port = 25001;
+        let netns = Netns::new(port);
+        let daemon = start(&netns, &[port], &[0.5, 0.9, 1.5, 5.0], &[]);
+        // The first SYN of each connection (told apart by its client port) is lost; its
+        // retransmission, one initial RTO (1 s, RFC 6298) later, passes.
+        let rules = netns.nft(
+            "tcpstate_first_syn",
+            &format!(
+                r#"
+    table inet tcpstate_first_syn {{
+        set syn_seen {{
+            type inet_service
+            timeout 10m
+        }}
+        chain input {{
+            type filter hook input priority 0; policy accept;
+            tcp dport {port} tcp flags & (syn | ack) == syn tcp sport @syn_seen accept
+            tcp dport {port} tcp flags & (syn | ack) == syn add @syn_seen {{ tcp sport }} counter drop comment "first SYN"
+        }}
     }}
-    chain input {{
-        type filter hook input priority 0; policy accept;
-        tcp dport {port} tcp flags & (syn | ack) == syn tcp sport @syn_seen accept
-        tcp dport {port} tcp flags & (syn | ack) == syn add @syn_seen {{ tcp sport }} counter drop comment "first SYN"
-    }}
-}}
-"#
-        ),
-    );
-    let before = daemon.scrape();
-    let listener = listen(&netns, port);
-    let started = Instant::now();
-    let client = connect(&netns, port);
-    let took = started.elapsed();
-    let server = accept(&listener);
-    assert_eq!(rules.packets("first SYN"), 1, "one SYN was dropped");
-    assert!(
-        took > Duration::from_millis(900),
-        "connect took {took:?}: it should have waited for the SYN's retransmission"
-    );
+    "#
+            ),
+        );
+        let before = daemon.scrape();
+        let listener = listen(&netns, port);
+        let started = Instant::now();
+        let client = connect(&netns, port);
+        let took = started.elapsed();
+        let server = accept(&listener);
+        assert_eq!(rules.packets("first SYN"), 1, "one SYN was dropped");
+        assert!(
+            took > Duration::from_millis(900),
+            "connect took {took:?}: it should have waited for the SYN's retransmission"
+        );
 
-    let after = until_transitions(&daemon, &before, port, &expect(&handshakes(1)), WAIT);
-    // The retransmission timer fires 1 s after the SYN (plus timer-wheel slack, 32 ms at
-    // HZ=250): SYN_SENT lasts 1.0-1.1 s; (0.9, 1.5] leaves room for a loaded machine.
-    assert_durations(
-        &after,
-        &before,
-        &edge("SYN_SENT", "ESTABLISHED", "client", "25001"),
-        1,
-        (0.9, 1.5),
-    );
-    assert_eq!(
-        after.delta(
+        let after = until_transitions(&daemon, &before, port, &expect(&handshakes(1)), WAIT);
+        // The retransmission timer fires 1 s after the SYN (plus timer-wheel slack, 32 ms at
+        // HZ=250): SYN_SENT lasts 1.0-1.1 s; (0.9, 1.5] leaves room for a loaded machine.
+        assert_durations(
+            &after,
             &before,
-            "tcpstate_connect_failures_total",
-            &[("port", "25001")]
-        ),
-        0.0,
-        "a retransmitted SYN is no failure"
-    );
-    drop((client, server, listener, rules));
+            &edge("SYN_SENT", "ESTABLISHED", "client", "25001"),
+            1,
+            (0.9, 1.5),
+        );
+        assert_eq!(
+            after.delta(
+                &before,
+                "tcpstate_connect_failures_total",
+                &[("port", "25001")]
+            ),
+            0.0,
+            "a retransmitted SYN is no failure"
+        );
+        drop((client, server, listener, rules));
+    });
 }
 
 // ---- 2. SYNs always dropped: a connect timeout, told apart from a refusal --------------------
@@ -402,100 +384,102 @@ table inet tcpstate_first_syn {{
 #[test]
 #[ignore = "needs root, ip netns and nft: see the module documentation"]
 fn connect_timeout_is_counted_apart_from_a_refusal() {
-    let (timeout_port, refused_port) = (25002, 25003);
-    let netns = Netns::new(timeout_port);
-    let daemon = start(
-        &netns,
-        &[timeout_port, refused_port],
-        &[1.0, 2.9, 3.6, 10.0],
-        &[],
-    );
-    let rules = netns.nft(
-        "tcpstate_no_syn",
-        &format!(
-            r#"
-table inet tcpstate_no_syn {{
-    chain input {{
-        type filter hook input priority 0; policy accept;
-        tcp dport {timeout_port} tcp flags & (syn | ack) == syn counter drop comment "SYN"
+    rerun_once_after_unrecorded_events(|| {
+        let (timeout_port, refused_port) = (25002, 25003);
+        let netns = Netns::new(timeout_port);
+        let daemon = start(
+            &netns,
+            &[timeout_port, refused_port],
+            &[1.0, 2.9, 3.6, 10.0],
+            &[],
+        );
+        let rules = netns.nft(
+            "tcpstate_no_syn",
+            &format!(
+                r#"
+    table inet tcpstate_no_syn {{
+        chain input {{
+            type filter hook input priority 0; policy accept;
+            tcp dport {timeout_port} tcp flags & (syn | ack) == syn counter drop comment "SYN"
+        }}
     }}
-}}
-"#
-        ),
-    );
-    let before = daemon.scrape();
+    "#
+            ),
+        );
+        let before = daemon.scrape();
 
-    // TCP_SYNCNT=1: connect() gives up with ETIMEDOUT 3 s after the first SYN (the budget of
-    // one retransmission with exponential backoff, 1 s + 2 s; this kernel spends it on SYNs
-    // 1 s apart, net.ipv4.tcp_syn_linear_timeouts).
-    let timed_out = netns.run(|| {
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-        support::set_tcp_syncnt(&socket, 1);
-        socket.connect(&at(timeout_port).into())
+        // TCP_SYNCNT=1: connect() gives up with ETIMEDOUT 3 s after the first SYN (the budget of
+        // one retransmission with exponential backoff, 1 s + 2 s; this kernel spends it on SYNs
+        // 1 s apart, net.ipv4.tcp_syn_linear_timeouts).
+        let timed_out = netns.run(|| {
+            let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+            support::set_tcp_syncnt(&socket, 1);
+            socket.connect(&at(timeout_port).into())
+        });
+        assert_eq!(
+            timed_out.map_err(|error| error.kind()),
+            Err(ErrorKind::TimedOut)
+        );
+        assert!(
+            rules.packets("SYN") >= 2,
+            "the SYN and its retransmissions were dropped"
+        );
+        // Nothing listens on the other port: the kernel answers the SYN with an RST.
+        let refused = netns.run(|| TcpStream::connect(at(refused_port)));
+        assert_eq!(
+            refused.map_err(|error| error.kind()).err(),
+            Some(ErrorKind::ConnectionRefused)
+        );
+
+        let failed_connect = expect(&[
+            ("client", "CLOSE", "SYN_SENT", 1),
+            ("client", "SYN_SENT", "CLOSE", 1),
+        ]);
+        until_transitions(&daemon, &before, timeout_port, &failed_connect, WAIT);
+        let after = until_transitions(&daemon, &before, refused_port, &failed_connect, WAIT);
+        let failures = |port: u16, reason: &str| {
+            let port = port.to_string();
+            let mut labels = vec![("port", port.as_str()), ("family", "ipv4")];
+            if !reason.is_empty() {
+                labels.push(("reason", reason));
+            }
+            after.delta(&before, "tcpstate_connect_failures_total", &labels)
+        };
+        assert_eq!(
+            (
+                failures(timeout_port, "timeout"),
+                failures(timeout_port, "")
+            ),
+            (1.0, 1.0),
+            "the unanswered connect is one timeout, nothing else\n{}",
+            relevant(&after)
+        );
+        assert_eq!(
+            (
+                failures(refused_port, "refused"),
+                failures(refused_port, "")
+            ),
+            (1.0, 1.0),
+            "the reset connect is one refusal, nothing else\n{}",
+            relevant(&after)
+        );
+        // 3 s (1 s + 2 s of retransmission timeouts, plus timer-wheel slack of tens of ms).
+        assert_durations(
+            &after,
+            &before,
+            &edge("SYN_SENT", "CLOSE", "client", "25002"),
+            1,
+            (2.9, 3.6),
+        );
+        assert_durations(
+            &after,
+            &before,
+            &edge("SYN_SENT", "CLOSE", "client", "25003"),
+            1,
+            (0.0, 1.0),
+        );
+        drop(rules);
     });
-    assert_eq!(
-        timed_out.map_err(|error| error.kind()),
-        Err(ErrorKind::TimedOut)
-    );
-    assert!(
-        rules.packets("SYN") >= 2,
-        "the SYN and its retransmissions were dropped"
-    );
-    // Nothing listens on the other port: the kernel answers the SYN with an RST.
-    let refused = netns.run(|| TcpStream::connect(at(refused_port)));
-    assert_eq!(
-        refused.map_err(|error| error.kind()).err(),
-        Some(ErrorKind::ConnectionRefused)
-    );
-
-    let failed_connect = expect(&[
-        ("client", "CLOSE", "SYN_SENT", 1),
-        ("client", "SYN_SENT", "CLOSE", 1),
-    ]);
-    until_transitions(&daemon, &before, timeout_port, &failed_connect, WAIT);
-    let after = until_transitions(&daemon, &before, refused_port, &failed_connect, WAIT);
-    let failures = |port: u16, reason: &str| {
-        let port = port.to_string();
-        let mut labels = vec![("port", port.as_str()), ("family", "ipv4")];
-        if !reason.is_empty() {
-            labels.push(("reason", reason));
-        }
-        after.delta(&before, "tcpstate_connect_failures_total", &labels)
-    };
-    assert_eq!(
-        (
-            failures(timeout_port, "timeout"),
-            failures(timeout_port, "")
-        ),
-        (1.0, 1.0),
-        "the unanswered connect is one timeout, nothing else\n{}",
-        relevant(&after)
-    );
-    assert_eq!(
-        (
-            failures(refused_port, "refused"),
-            failures(refused_port, "")
-        ),
-        (1.0, 1.0),
-        "the reset connect is one refusal, nothing else\n{}",
-        relevant(&after)
-    );
-    // 3 s (1 s + 2 s of retransmission timeouts, plus timer-wheel slack of tens of ms).
-    assert_durations(
-        &after,
-        &before,
-        &edge("SYN_SENT", "CLOSE", "client", "25002"),
-        1,
-        (2.9, 3.6),
-    );
-    assert_durations(
-        &after,
-        &before,
-        &edge("SYN_SENT", "CLOSE", "client", "25003"),
-        1,
-        (0.0, 1.0),
-    );
-    drop(rules);
 }
 
 // ---- 3. Final ACK of the handshake dropped ------------------------------------------------
@@ -503,103 +487,105 @@ table inet tcpstate_no_syn {{
 #[test]
 #[ignore = "needs root, ip netns and nft: see the module documentation"]
 fn lost_final_ack_leaves_a_request_socket_that_retransmits_its_syn_ack() {
-    let port = 25004;
-    let netns = Netns::new(port);
-    let daemon = start(&netns, &[port], &[0.5, 5.0], &[]);
-    // Bare ACKs to the listener's port are lost: the handshake's last segment (and the
-    // client's answers to retransmitted SYN-ACKs). The client, which got the SYN-ACK, is
-    // ESTABLISHED; the server keeps a request socket (NEW_SYN_RECV) and retransmits the
-    // SYN-ACK from 1 s after the SYN on.
-    let rules = netns.nft(
-        "tcpstate_no_ack",
-        &format!(
-            r#"
-table inet tcpstate_no_ack {{
-    chain input {{
-        type filter hook input priority 0; policy accept;
-        tcp dport {port} tcp flags & (fin | syn | rst | ack) == ack counter drop comment "bare ACK"
+    rerun_once_after_unrecorded_events(|| {
+        let port = 25004;
+        let netns = Netns::new(port);
+        let daemon = start(&netns, &[port], &[0.5, 5.0], &[]);
+        // Bare ACKs to the listener's port are lost: the handshake's last segment (and the
+        // client's answers to retransmitted SYN-ACKs). The client, which got the SYN-ACK, is
+        // ESTABLISHED; the server keeps a request socket (NEW_SYN_RECV) and retransmits the
+        // SYN-ACK from 1 s after the SYN on.
+        let rules = netns.nft(
+            "tcpstate_no_ack",
+            &format!(
+                r#"
+    table inet tcpstate_no_ack {{
+        chain input {{
+            type filter hook input priority 0; policy accept;
+            tcp dport {port} tcp flags & (fin | syn | rst | ack) == ack counter drop comment "bare ACK"
+        }}
     }}
-}}
-"#
-        ),
-    );
-    let before = daemon.scrape();
-    let listener = listen(&netns, port);
-    let mut client = connect(&netns, port);
+    "#
+            ),
+        );
+        let before = daemon.scrape();
+        let listener = listen(&netns, port);
+        let mut client = connect(&netns, port);
 
-    until_ss(&netns, WAIT, "one request socket", |listed| {
-        ss_count(listed, "SYN-RECV", port) == 1
-    });
-    until_metrics(
-        &daemon,
-        &netns,
-        WAIT,
-        "the request socket counted as NEW_SYN_RECV and its SYN-ACK retransmission",
-        |metrics| {
-            sockets(metrics, "NEW_SYN_RECV", port, "") == 1.0
-                && metrics.delta(
-                    &before,
-                    "tcpstate_synack_retransmits_total",
-                    &[("port", "25004"), ("family", "ipv4")],
-                ) >= 1.0
-        },
-    );
-    // The namespace's TCPSynRetrans counts SYN and SYN-ACK retransmissions; no SYN is lost
-    // here. Bracket a scrape with it (a retransmission may come in between).
-    let low = netns.tcp_ext("TCPSynRetrans") as f64;
-    let half_open = daemon.scrape();
-    let high = netns.tcp_ext("TCPSynRetrans") as f64;
-    let retransmitted = half_open.delta(
-        &before,
-        "tcpstate_synack_retransmits_total",
-        &[("port", "25004")],
-    );
-    assert!(
-        (low..=high).contains(&retransmitted),
-        "{retransmitted} SYN-ACK retransmits, /proc/net/netstat counts {low}-{high}"
-    );
-    assert_eq!(
-        sockets(&half_open, "NEW_SYN_RECV", port, ""),
-        1.0,
-        "the request socket, still"
-    );
-    assert_eq!(
-        sockets(&half_open, "SYN_RECV", port, ""),
-        0.0,
-        "no full socket yet on the server side"
-    );
-
-    // The ACK gets through again: the next segment from the client (data, which carries the
-    // ACK) completes the handshake.
-    rules.remove();
-    client.write_all(b"x").unwrap();
-    let mut server = accept(&listener);
-    let mut byte = [0u8; 1];
-    server.read_exact(&mut byte).unwrap();
-    until_transitions(&daemon, &before, port, &expect(&handshakes(1)), WAIT);
-    let after = until_metrics(
-        &daemon,
-        &netns,
-        WAIT,
-        "the request socket is gone",
-        |metrics| sockets(metrics, "NEW_SYN_RECV", port, "") == 0.0,
-    );
-    assert_eq!(
-        after.delta(
+        until_ss(&netns, WAIT, "one request socket", |listed| {
+            ss_count(listed, "SYN-RECV", port) == 1
+        });
+        until_metrics(
+            &daemon,
+            &netns,
+            WAIT,
+            "the request socket counted as NEW_SYN_RECV and its SYN-ACK retransmission",
+            |metrics| {
+                sockets(metrics, "NEW_SYN_RECV", port, "") == 1.0
+                    && metrics.delta(
+                        &before,
+                        "tcpstate_synack_retransmits_total",
+                        &[("port", "25004"), ("family", "ipv4")],
+                    ) >= 1.0
+            },
+        );
+        // The namespace's TCPSynRetrans counts SYN and SYN-ACK retransmissions; no SYN is lost
+        // here. Bracket a scrape with it (a retransmission may come in between).
+        let low = netns.tcp_ext("TCPSynRetrans") as f64;
+        let half_open = daemon.scrape();
+        let high = netns.tcp_ext("TCPSynRetrans") as f64;
+        let retransmitted = half_open.delta(
             &before,
             "tcpstate_synack_retransmits_total",
-            &[("port", "25004")]
-        ),
-        netns.tcp_ext("TCPSynRetrans") as f64
-    );
-    // The client had its SYN-ACK at once; the server's wait is in the request socket.
-    assert_durations(
-        &after,
-        &before,
-        &edge("SYN_SENT", "ESTABLISHED", "client", "25004"),
-        1,
-        (0.0, 0.5),
-    );
+            &[("port", "25004")],
+        );
+        assert!(
+            (low..=high).contains(&retransmitted),
+            "{retransmitted} SYN-ACK retransmits, /proc/net/netstat counts {low}-{high}"
+        );
+        assert_eq!(
+            sockets(&half_open, "NEW_SYN_RECV", port, ""),
+            1.0,
+            "the request socket, still"
+        );
+        assert_eq!(
+            sockets(&half_open, "SYN_RECV", port, ""),
+            0.0,
+            "no full socket yet on the server side"
+        );
+
+        // The ACK gets through again: the next segment from the client (data, which carries the
+        // ACK) completes the handshake.
+        rules.remove();
+        client.write_all(b"x").unwrap();
+        let mut server = accept(&listener);
+        let mut byte = [0u8; 1];
+        server.read_exact(&mut byte).unwrap();
+        until_transitions(&daemon, &before, port, &expect(&handshakes(1)), WAIT);
+        let after = until_metrics(
+            &daemon,
+            &netns,
+            WAIT,
+            "the request socket is gone",
+            |metrics| sockets(metrics, "NEW_SYN_RECV", port, "") == 0.0,
+        );
+        assert_eq!(
+            after.delta(
+                &before,
+                "tcpstate_synack_retransmits_total",
+                &[("port", "25004")]
+            ),
+            netns.tcp_ext("TCPSynRetrans") as f64
+        );
+        // The client had its SYN-ACK at once; the server's wait is in the request socket.
+        assert_durations(
+            &after,
+            &before,
+            &edge("SYN_SENT", "ESTABLISHED", "client", "25004"),
+            1,
+            (0.0, 0.5),
+        );
+    });
 }
 
 // ---- 4. A tiny backlog that never accepts -------------------------------------------------
@@ -607,126 +593,128 @@ table inet tcpstate_no_ack {{
 #[test]
 #[ignore = "needs root, ip netns and nft: see the module documentation"]
 fn full_accept_queue_overflows() {
-    let port = 25005;
-    let netns = Netns::new(port);
-    let daemon = start(&netns, &[port], &[], &[]);
-    let before = daemon.scrape();
-    let listener = netns.run(|| {
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-        socket.bind(&at(port).into()).unwrap();
-        socket.listen(1).unwrap();
-        socket
+    rerun_once_after_unrecorded_events(|| {
+        let port = 25005;
+        let netns = Netns::new(port);
+        let daemon = start(&netns, &[port], &[], &[]);
+        let before = daemon.scrape();
+        let listener = netns.run(|| {
+            let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+            socket.bind(&at(port).into()).unwrap();
+            socket.listen(1).unwrap();
+            socket
+        });
+        // The accept queue takes backlog + 1 connections (the kernel's sk_acceptq_is_full is
+        // `>`): two complete handshakes wait there, never accepted.
+        let queued: Vec<TcpStream> = (0..2).map(|_| connect(&netns, port)).collect();
+        until_ss(
+            &netns,
+            WAIT,
+            "two connections in the accept queue",
+            |listed| {
+                listed.iter().any(|socket| {
+                    socket.state == "LISTEN" && socket.local_port == port && socket.recv_q == 2
+                })
+            },
+        );
+        // Every further SYN finds the queue full and is dropped (ListenOverflows and ListenDrops);
+        // those clients stay in SYN_SENT, retrying.
+        let waiting: Vec<Socket> = (0..4)
+            .map(|_| connect_in_background(&netns, port))
+            .collect();
+        until_ss(&netns, WAIT, "four connects waiting", |listed| {
+            ss_count(listed, "SYN-SENT", port) == 4
+        });
+
+        let full = until_metrics(
+            &daemon,
+            &netns,
+            WAIT,
+            "the accept queue at its limit, and overflows counted",
+            |metrics| {
+                metrics.sum("tcpstate_listen_queue_length", &[("port", "25005")]) == 2.0
+                    && metrics.sum("tcpstate_listen_queue_limit", &[("port", "25005")]) == 1.0
+                    && metrics.sum("tcpstate_listen_overflows_total", &[]) >= 4.0
+            },
+        );
+        // The counters keep growing with every retried SYN: bracket the scrape.
+        let (overflows_low, drops_low) = (
+            netns.tcp_ext("ListenOverflows"),
+            netns.tcp_ext("ListenDrops"),
+        );
+        let scraped = daemon.scrape();
+        let (overflows_high, drops_high) = (
+            netns.tcp_ext("ListenOverflows"),
+            netns.tcp_ext("ListenDrops"),
+        );
+        let overflows = scraped.sum("tcpstate_listen_overflows_total", &[]) as u64;
+        let drops = scraped.sum("tcpstate_listen_drops_total", &[]) as u64;
+        assert!(
+            (overflows_low..=overflows_high).contains(&overflows),
+            "tcpstate_listen_overflows_total {overflows}, /proc/net/netstat ListenOverflows {overflows_low}..{overflows_high}"
+        );
+        assert!(
+            (drops_low..=drops_high).contains(&drops),
+            "tcpstate_listen_drops_total {drops}, /proc/net/netstat ListenDrops {drops_low}..{drops_high}"
+        );
+        // As ss shows the listener: Recv-Q is the accept queue, Send-Q the backlog.
+        let listed = netns.sockets();
+        let ss_listener = listed
+            .iter()
+            .find(|socket| socket.state == "LISTEN" && socket.local_port == port)
+            .expect("the listener");
+        assert_eq!(
+            (ss_listener.recv_q, ss_listener.send_q),
+            (2, 1),
+            "ss: accept queue and backlog"
+        );
+
+        let gauges = |metrics: &Metrics| {
+            [
+                sockets(metrics, "LISTEN", port, "listener"),
+                sockets(metrics, "ESTABLISHED", port, "client"),
+                sockets(metrics, "ESTABLISHED", port, "server"),
+                sockets(metrics, "SYN_SENT", port, "client"),
+                sockets(metrics, "NEW_SYN_RECV", port, ""),
+            ]
+        };
+        assert_eq!(
+            gauges(&full),
+            [1.0, 2.0, 2.0, 4.0, 0.0],
+            "LISTEN, ESTABLISHED client/server, SYN_SENT, NEW_SYN_RECV\n{}",
+            relevant(&full)
+        );
+        let mut want = expect(&handshakes(2));
+        *want
+            .get_mut(&("client".into(), "CLOSE".into(), "SYN_SENT".into()))
+            .unwrap() += 4;
+        until_transitions(&daemon, &before, port, &want, WAIT);
+
+        // The application gives up on the waiting connects: connect failures, neither refused nor
+        // timed out.
+        let giving_up = daemon.scrape();
+        drop(waiting);
+        want.extend(expect(&[("client", "SYN_SENT", "CLOSE", 4)]));
+        let after = until_transitions(&daemon, &before, port, &want, WAIT);
+        assert_eq!(
+            [
+                after.delta(
+                    &giving_up,
+                    "tcpstate_connect_failures_total",
+                    &[("port", "25005"), ("reason", "other")]
+                ),
+                after.delta(
+                    &giving_up,
+                    "tcpstate_connect_failures_total",
+                    &[("port", "25005")]
+                ),
+            ],
+            [4.0, 4.0],
+            "connects aborted by the application\n{}",
+            relevant(&after)
+        );
+        drop((queued, listener));
     });
-    // The accept queue takes backlog + 1 connections (the kernel's sk_acceptq_is_full is
-    // `>`): two complete handshakes wait there, never accepted.
-    let queued: Vec<TcpStream> = (0..2).map(|_| connect(&netns, port)).collect();
-    until_ss(
-        &netns,
-        WAIT,
-        "two connections in the accept queue",
-        |listed| {
-            listed.iter().any(|socket| {
-                socket.state == "LISTEN" && socket.local_port == port && socket.recv_q == 2
-            })
-        },
-    );
-    // Every further SYN finds the queue full and is dropped (ListenOverflows and ListenDrops);
-    // those clients stay in SYN_SENT, retrying.
-    let waiting: Vec<Socket> = (0..4)
-        .map(|_| connect_in_background(&netns, port))
-        .collect();
-    until_ss(&netns, WAIT, "four connects waiting", |listed| {
-        ss_count(listed, "SYN-SENT", port) == 4
-    });
-
-    let full = until_metrics(
-        &daemon,
-        &netns,
-        WAIT,
-        "the accept queue at its limit, and overflows counted",
-        |metrics| {
-            metrics.sum("tcpstate_listen_queue_length", &[("port", "25005")]) == 2.0
-                && metrics.sum("tcpstate_listen_queue_limit", &[("port", "25005")]) == 1.0
-                && metrics.sum("tcpstate_listen_overflows_total", &[]) >= 4.0
-        },
-    );
-    // The counters keep growing with every retried SYN: bracket the scrape.
-    let (overflows_low, drops_low) = (
-        netns.tcp_ext("ListenOverflows"),
-        netns.tcp_ext("ListenDrops"),
-    );
-    let scraped = daemon.scrape();
-    let (overflows_high, drops_high) = (
-        netns.tcp_ext("ListenOverflows"),
-        netns.tcp_ext("ListenDrops"),
-    );
-    let overflows = scraped.sum("tcpstate_listen_overflows_total", &[]) as u64;
-    let drops = scraped.sum("tcpstate_listen_drops_total", &[]) as u64;
-    assert!(
-        (overflows_low..=overflows_high).contains(&overflows),
-        "tcpstate_listen_overflows_total {overflows}, /proc/net/netstat ListenOverflows {overflows_low}..{overflows_high}"
-    );
-    assert!(
-        (drops_low..=drops_high).contains(&drops),
-        "tcpstate_listen_drops_total {drops}, /proc/net/netstat ListenDrops {drops_low}..{drops_high}"
-    );
-    // As ss shows the listener: Recv-Q is the accept queue, Send-Q the backlog.
-    let listed = netns.sockets();
-    let ss_listener = listed
-        .iter()
-        .find(|socket| socket.state == "LISTEN" && socket.local_port == port)
-        .expect("the listener");
-    assert_eq!(
-        (ss_listener.recv_q, ss_listener.send_q),
-        (2, 1),
-        "ss: accept queue and backlog"
-    );
-
-    let gauges = |metrics: &Metrics| {
-        [
-            sockets(metrics, "LISTEN", port, "listener"),
-            sockets(metrics, "ESTABLISHED", port, "client"),
-            sockets(metrics, "ESTABLISHED", port, "server"),
-            sockets(metrics, "SYN_SENT", port, "client"),
-            sockets(metrics, "NEW_SYN_RECV", port, ""),
-        ]
-    };
-    assert_eq!(
-        gauges(&full),
-        [1.0, 2.0, 2.0, 4.0, 0.0],
-        "LISTEN, ESTABLISHED client/server, SYN_SENT, NEW_SYN_RECV\n{}",
-        relevant(&full)
-    );
-    let mut want = expect(&handshakes(2));
-    *want
-        .get_mut(&("client".into(), "CLOSE".into(), "SYN_SENT".into()))
-        .unwrap() += 4;
-    until_transitions(&daemon, &before, port, &want, WAIT);
-
-    // The application gives up on the waiting connects: connect failures, neither refused nor
-    // timed out.
-    let giving_up = daemon.scrape();
-    drop(waiting);
-    want.extend(expect(&[("client", "SYN_SENT", "CLOSE", 4)]));
-    let after = until_transitions(&daemon, &before, port, &want, WAIT);
-    assert_eq!(
-        [
-            after.delta(
-                &giving_up,
-                "tcpstate_connect_failures_total",
-                &[("port", "25005"), ("reason", "other")]
-            ),
-            after.delta(
-                &giving_up,
-                "tcpstate_connect_failures_total",
-                &[("port", "25005")]
-            ),
-        ],
-        [4.0, 4.0],
-        "connects aborted by the application\n{}",
-        relevant(&after)
-    );
-    drop((queued, listener));
 }
 
 // ---- 5. Simultaneous close ----------------------------------------------------------------
@@ -773,59 +761,61 @@ impl Drop for Throttle<'_> {
 #[test]
 #[ignore = "needs root, ip netns and nft: see the module documentation"]
 fn simultaneous_close_goes_through_closing() {
-    let port = 25006;
-    let netns = Netns::new(port);
-    let daemon = start(&netns, &[port], &[0.01, 0.1, 0.15, 1.0], &[]);
-    let before = daemon.scrape();
-    let listener = listen(&netns, port);
-    let client = connect(&netns, port);
-    let server = accept(&listener);
-    drop(listener);
+    rerun_once_after_unrecorded_events(|| {
+        let port = 25006;
+        let netns = Netns::new(port);
+        let daemon = start(&netns, &[port], &[0.01, 0.1, 0.15, 1.0], &[]);
+        let before = daemon.scrape();
+        let listener = listen(&netns, port);
+        let client = connect(&netns, port);
+        let server = accept(&listener);
+        drop(listener);
 
-    // Each side receives a FIN that does not acknowledge its own (FIN_WAIT1 -> CLOSING), then
-    // the ACK of its FIN (CLOSING -> TIME_WAIT).
-    let throttle = shut_down_together(&netns, &client, &server);
-    until_ss(&netns, WAIT, "both sides in TIME_WAIT", |listed| {
-        ss_count(listed, "TIME-WAIT", port) == 2
-    });
-    drop(throttle);
+        // Each side receives a FIN that does not acknowledge its own (FIN_WAIT1 -> CLOSING), then
+        // the ACK of its FIN (CLOSING -> TIME_WAIT).
+        let throttle = shut_down_together(&netns, &client, &server);
+        until_ss(&netns, WAIT, "both sides in TIME_WAIT", |listed| {
+            ss_count(listed, "TIME-WAIT", port) == 2
+        });
+        drop(throttle);
 
-    let mut want = expect(&handshakes(1));
-    want.extend(expect(&[
-        ("listener", "LISTEN", "CLOSE", 1),
-        ("client", "ESTABLISHED", "FIN_WAIT1", 1),
-        ("client", "FIN_WAIT1", "CLOSING", 1),
-        ("client", "CLOSING", "TIME_WAIT", 1),
-        ("server", "ESTABLISHED", "FIN_WAIT1", 1),
-        ("server", "FIN_WAIT1", "CLOSING", 1),
-        ("server", "CLOSING", "TIME_WAIT", 1),
-    ]));
-    let after = until_transitions(&daemon, &before, port, &want, WAIT);
-    // Each segment waits ~26 ms in the bucket: the server's FIN_WAIT1 ends with the client's
-    // FIN (~23 ms), the client's with the server's FIN (~50 ms); CLOSING lasts until the ACK
-    // behind that FIN arrives (~26 ms for the client, ~80 ms for the server).
-    for role in ["client", "server"] {
-        assert_durations(
-            &after,
-            &before,
-            &edge("FIN_WAIT1", "CLOSING", role, "25006"),
-            1,
-            (0.01, 0.1),
-        );
-        assert_durations(
-            &after,
-            &before,
-            &edge("CLOSING", "TIME_WAIT", role, "25006"),
-            1,
-            (0.01, 0.15),
-        );
-    }
-    until_metrics(&daemon, &netns, WAIT, "two TIME_WAIT sockets", |metrics| {
-        sockets(metrics, "TIME_WAIT", port, "client") == 1.0
-            && sockets(metrics, "TIME_WAIT", port, "server") == 1.0
-            && sockets(metrics, "CLOSING", port, "") == 0.0
+        let mut want = expect(&handshakes(1));
+        want.extend(expect(&[
+            ("listener", "LISTEN", "CLOSE", 1),
+            ("client", "ESTABLISHED", "FIN_WAIT1", 1),
+            ("client", "FIN_WAIT1", "CLOSING", 1),
+            ("client", "CLOSING", "TIME_WAIT", 1),
+            ("server", "ESTABLISHED", "FIN_WAIT1", 1),
+            ("server", "FIN_WAIT1", "CLOSING", 1),
+            ("server", "CLOSING", "TIME_WAIT", 1),
+        ]));
+        let after = until_transitions(&daemon, &before, port, &want, WAIT);
+        // Each segment waits ~26 ms in the bucket: the server's FIN_WAIT1 ends with the client's
+        // FIN (~23 ms), the client's with the server's FIN (~50 ms); CLOSING lasts until the ACK
+        // behind that FIN arrives (~26 ms for the client, ~80 ms for the server).
+        for role in ["client", "server"] {
+            assert_durations(
+                &after,
+                &before,
+                &edge("FIN_WAIT1", "CLOSING", role, "25006"),
+                1,
+                (0.01, 0.1),
+            );
+            assert_durations(
+                &after,
+                &before,
+                &edge("CLOSING", "TIME_WAIT", role, "25006"),
+                1,
+                (0.01, 0.15),
+            );
+        }
+        until_metrics(&daemon, &netns, WAIT, "two TIME_WAIT sockets", |metrics| {
+            sockets(metrics, "TIME_WAIT", port, "client") == 1.0
+                && sockets(metrics, "TIME_WAIT", port, "server") == 1.0
+                && sockets(metrics, "CLOSING", port, "") == 0.0
+        });
+        drop((client, server));
     });
-    drop((client, server));
 }
 
 // ---- 6. CLOSE_WAIT leak -------------------------------------------------------------------
@@ -833,97 +823,99 @@ fn simultaneous_close_goes_through_closing() {
 #[test]
 #[ignore = "needs root, ip netns and nft: see the module documentation"]
 fn close_wait_leak_shows_in_the_gauge_until_the_server_closes() {
-    const N: usize = 5;
-    /// How long the server leaks its sockets after the clients closed.
-    const LEAK: Duration = Duration::from_secs(3);
-    let port = 25007;
-    let netns = Netns::new(port);
-    let daemon = start(&netns, &[port], &[0.1, 2.9, 10.0], &[]);
-    let before = daemon.scrape();
-    let listener = listen(&netns, port);
-    let clients: Vec<TcpStream> = (0..N).map(|_| connect(&netns, port)).collect();
-    let servers: Vec<TcpStream> = (0..N).map(|_| accept(&listener)).collect();
-    drop(listener);
+    rerun_once_after_unrecorded_events(|| {
+        const N: usize = 5;
+        /// How long the server leaks its sockets after the clients closed.
+        const LEAK: Duration = Duration::from_secs(3);
+        let port = 25007;
+        let netns = Netns::new(port);
+        let daemon = start(&netns, &[port], &[0.1, 2.9, 10.0], &[]);
+        let before = daemon.scrape();
+        let listener = listen(&netns, port);
+        let clients: Vec<TcpStream> = (0..N).map(|_| connect(&netns, port)).collect();
+        let servers: Vec<TcpStream> = (0..N).map(|_| accept(&listener)).collect();
+        drop(listener);
 
-    // The clients close (orphaned: FIN_WAIT2 in a timewait socket, waiting for the server's
-    // FIN up to tcp_fin_timeout); the servers never do: CLOSE_WAIT.
-    let closing = Instant::now();
-    drop(clients);
-    until_ss(&netns, WAIT, "the leak", |listed| {
-        ss_count(listed, "CLOSE-WAIT", port) == N && ss_count(listed, "FIN-WAIT-2", port) == N
-    });
-    let leak = |metrics: &Metrics| {
-        (
-            sockets(metrics, "CLOSE_WAIT", port, "server"),
-            sockets(metrics, "FIN_WAIT2", port, "client"),
-        )
-    };
-    until_metrics(
-        &daemon,
-        &netns,
-        WAIT,
-        "N CLOSE_WAIT and FIN_WAIT2",
-        |metrics| leak(metrics) == (N as f64, N as f64),
-    );
-    // It stays: scrape after scrape (polls included) while the leak lasts.
-    for _ in 0..5 {
-        thread::sleep(Duration::from_millis(250));
-        let metrics = daemon.scrape();
-        assert_eq!(
-            leak(&metrics),
-            (N as f64, N as f64),
-            "CLOSE_WAIT (server) and FIN_WAIT2 (client) while the servers leak\n{}",
-            relevant(&metrics)
+        // The clients close (orphaned: FIN_WAIT2 in a timewait socket, waiting for the server's
+        // FIN up to tcp_fin_timeout); the servers never do: CLOSE_WAIT.
+        let closing = Instant::now();
+        drop(clients);
+        until_ss(&netns, WAIT, "the leak", |listed| {
+            ss_count(listed, "CLOSE-WAIT", port) == N && ss_count(listed, "FIN-WAIT-2", port) == N
+        });
+        let leak = |metrics: &Metrics| {
+            (
+                sockets(metrics, "CLOSE_WAIT", port, "server"),
+                sockets(metrics, "FIN_WAIT2", port, "client"),
+            )
+        };
+        until_metrics(
+            &daemon,
+            &netns,
+            WAIT,
+            "N CLOSE_WAIT and FIN_WAIT2",
+            |metrics| leak(metrics) == (N as f64, N as f64),
         );
-    }
+        // It stays: scrape after scrape (polls included) while the leak lasts.
+        for _ in 0..5 {
+            thread::sleep(Duration::from_millis(250));
+            let metrics = daemon.scrape();
+            assert_eq!(
+                leak(&metrics),
+                (N as f64, N as f64),
+                "CLOSE_WAIT (server) and FIN_WAIT2 (client) while the servers leak\n{}",
+                relevant(&metrics)
+            );
+        }
 
-    thread::sleep(LEAK.saturating_sub(closing.elapsed()));
-    let held_at_least = closing.elapsed();
-    drop(servers);
-    let held_at_most = closing.elapsed();
-    let mut want = expect(&handshakes(N as u64));
-    want.extend(expect(&[
-        ("listener", "LISTEN", "CLOSE", 1),
-        ("client", "ESTABLISHED", "FIN_WAIT1", N as u64),
-        ("client", "FIN_WAIT1", "FIN_WAIT2", N as u64),
-        ("client", "FIN_WAIT2", "TIME_WAIT", N as u64),
-        ("server", "ESTABLISHED", "CLOSE_WAIT", N as u64),
-        ("server", "CLOSE_WAIT", "LAST_ACK", N as u64),
-        ("server", "LAST_ACK", "CLOSE", N as u64),
-    ]));
-    let after = until_transitions(&daemon, &before, port, &want, WAIT);
-    // CLOSE_WAIT began when each client's FIN arrived (during `drop(clients)`, microseconds on
-    // loopback) and ended at the servers' close: at least LEAK (3 s), and as long as this
-    // machine took to get there, measured here.
-    let (shortest, longest) = (
-        held_at_least.as_secs_f64() - 0.01,
-        held_at_most.as_secs_f64() + 0.01,
-    );
-    assert_durations(
-        &after,
-        &before,
-        &edge("CLOSE_WAIT", "LAST_ACK", "server", "25007"),
-        N as u64,
-        (2.9, f64::INFINITY),
-    );
-    assert_mean_duration(
-        &after,
-        &before,
-        &edge("CLOSE_WAIT", "LAST_ACK", "server", "25007"),
-        N as u64,
-        (shortest, longest),
-    );
-    // The clients' FIN_WAIT2 lasted as long (less the ACK of their FIN, immediate here), in
-    // their timewait sockets: from the kernel's timer, to the millisecond.
-    assert_mean_duration(
-        &after,
-        &before,
-        &edge("FIN_WAIT2", "TIME_WAIT", "client", "25007"),
-        N as u64,
-        (shortest - 0.05, longest + TIMER_SLACK),
-    );
-    until_metrics(&daemon, &netns, WAIT, "the leak is over", |metrics| {
-        leak(metrics) == (0.0, 0.0) && sockets(metrics, "TIME_WAIT", port, "client") == N as f64
+        thread::sleep(LEAK.saturating_sub(closing.elapsed()));
+        let held_at_least = closing.elapsed();
+        drop(servers);
+        let held_at_most = closing.elapsed();
+        let mut want = expect(&handshakes(N as u64));
+        want.extend(expect(&[
+            ("listener", "LISTEN", "CLOSE", 1),
+            ("client", "ESTABLISHED", "FIN_WAIT1", N as u64),
+            ("client", "FIN_WAIT1", "FIN_WAIT2", N as u64),
+            ("client", "FIN_WAIT2", "TIME_WAIT", N as u64),
+            ("server", "ESTABLISHED", "CLOSE_WAIT", N as u64),
+            ("server", "CLOSE_WAIT", "LAST_ACK", N as u64),
+            ("server", "LAST_ACK", "CLOSE", N as u64),
+        ]));
+        let after = until_transitions(&daemon, &before, port, &want, WAIT);
+        // CLOSE_WAIT began when each client's FIN arrived (during `drop(clients)`, microseconds on
+        // loopback) and ended at the servers' close: at least LEAK (3 s), and as long as this
+        // machine took to get there, measured here.
+        let (shortest, longest) = (
+            held_at_least.as_secs_f64() - 0.01,
+            held_at_most.as_secs_f64() + 0.01,
+        );
+        assert_durations(
+            &after,
+            &before,
+            &edge("CLOSE_WAIT", "LAST_ACK", "server", "25007"),
+            N as u64,
+            (2.9, f64::INFINITY),
+        );
+        assert_mean_duration(
+            &after,
+            &before,
+            &edge("CLOSE_WAIT", "LAST_ACK", "server", "25007"),
+            N as u64,
+            (shortest, longest),
+        );
+        // The clients' FIN_WAIT2 lasted as long (less the ACK of their FIN, immediate here), in
+        // their timewait sockets: from the kernel's timer, to the millisecond.
+        assert_mean_duration(
+            &after,
+            &before,
+            &edge("FIN_WAIT2", "TIME_WAIT", "client", "25007"),
+            N as u64,
+            (shortest - 0.05, longest + TIMER_SLACK),
+        );
+        until_metrics(&daemon, &netns, WAIT, "the leak is over", |metrics| {
+            leak(metrics) == (0.0, 0.0) && sockets(metrics, "TIME_WAIT", port, "client") == N as f64
+        });
     });
 }
 
@@ -989,138 +981,140 @@ fn close_clients_first(
 #[test]
 #[ignore = "needs root, ip netns and nft: see the module documentation (takes 65 s)"]
 fn time_wait_is_counted_like_ss_and_ends_early_on_reuse_or_after_60s() {
-    const N: usize = 6;
-    const REUSED: usize = 2;
-    let port = 25008;
-    let client_ports: Vec<u16> = (25080..).take(N).collect();
-    let netns = Netns::new(port);
-    let daemon = start(
-        &netns,
-        &[port],
-        &[0.1, 0.9, 59.9, 62.5, 120.0],
-        &[FAST_POLL],
-    );
-    let before = daemon.scrape();
-    let listener = listen(&netns, port);
-    let clients = connect_from(&netns, &client_ports, port);
-    let servers: Vec<TcpStream> = (0..N).map(|_| accept(&listener)).collect();
-    let (entering, entered) = close_clients_first(&netns, port, clients, servers);
-
-    let mut want = expect(&handshakes(N as u64));
-    want.extend(expect(&[
-        ("client", "ESTABLISHED", "FIN_WAIT1", N as u64),
-        ("client", "FIN_WAIT1", "FIN_WAIT2", N as u64),
-        ("client", "FIN_WAIT2", "TIME_WAIT", N as u64),
-        ("server", "ESTABLISHED", "CLOSE_WAIT", N as u64),
-        ("server", "CLOSE_WAIT", "LAST_ACK", N as u64),
-        ("server", "LAST_ACK", "CLOSE", N as u64),
-    ]));
-    until_transitions(&daemon, &before, port, &want, WAIT);
-    let time_wait_like_ss = |expected: usize| {
-        let mut listed = netns.sockets();
-        let metrics = until_metrics(
-            &daemon,
+    rerun_once_after_unrecorded_events(|| {
+        const N: usize = 6;
+        const REUSED: usize = 2;
+        let port = 25008;
+        let client_ports: Vec<u16> = (25080..).take(N).collect();
+        let netns = Netns::new(port);
+        let daemon = start(
             &netns,
-            WAIT,
-            "TIME_WAIT as ss lists it",
-            |metrics| {
-                listed = netns.sockets();
-                sockets(metrics, "TIME_WAIT", port, "client")
-                    == ss_count(&listed, "TIME-WAIT", port) as f64
-                    && ss_count(&listed, "TIME-WAIT", port) == expected
-            },
+            &[port],
+            &[0.1, 0.9, 59.9, 62.5, 120.0],
+            &[FAST_POLL],
         );
-        assert_eq!(sockets(&metrics, "TIME_WAIT", port, ""), expected as f64);
-    };
-    time_wait_like_ss(N);
+        let before = daemon.scrape();
+        let listener = listen(&netns, port);
+        let clients = connect_from(&netns, &client_ports, port);
+        let servers: Vec<TcpStream> = (0..N).map(|_| accept(&listener)).collect();
+        let (entering, entered) = close_clients_first(&netns, port, clients, servers);
 
-    // 1 s into TIME_WAIT, new connections from two of the client ports end those timewait
-    // sockets; they are then aborted (RST: no further TIME_WAIT).
-    thread::sleep(Duration::from_secs(1).saturating_sub(entering.elapsed()));
-    let reusing_from = Instant::now();
-    let reusing = connect_from(&netns, &client_ports[..REUSED], port);
-    for stream in &reusing {
-        SockRef::from(stream)
-            .set_linger(Some(Duration::ZERO))
-            .unwrap();
-    }
-    let accepted: Vec<TcpStream> = (0..REUSED).map(|_| accept(&listener)).collect();
-    drop(reusing);
-    drop(accepted);
-    drop(listener);
-    want.extend(expect(&[
-        ("listener", "LISTEN", "CLOSE", 1),
-        ("client", "CLOSE", "SYN_SENT", (N + REUSED) as u64),
-        ("client", "SYN_SENT", "ESTABLISHED", (N + REUSED) as u64),
-        ("client", "ESTABLISHED", "CLOSE", REUSED as u64),
-        ("server", "LISTEN", "SYN_RECV", (N + REUSED) as u64),
-        ("server", "SYN_RECV", "ESTABLISHED", (N + REUSED) as u64),
-        ("server", "ESTABLISHED", "CLOSE", REUSED as u64),
-        ("client", "TIME_WAIT", "CLOSE", REUSED as u64),
-    ]));
-    let after = until_transitions(&daemon, &before, port, &want, WAIT);
-    let noticed = Instant::now();
-    time_wait_like_ss(N - REUSED);
-    // TIME_WAIT began between `entering` and `entered` (the servers' close) and ended at the
-    // reusing connect(), from `reusing_from` on. The daemon knows that end to within one poll:
-    // by the end of the scrape that showed it (`noticed`).
-    let early = edge("TIME_WAIT", "CLOSE", "client", "25008");
-    assert_durations(&after, &before, &early, REUSED as u64, (0.9, 59.9));
-    assert_mean_duration(
-        &after,
-        &before,
-        &early,
-        REUSED as u64,
-        (
-            (reusing_from - entered).as_secs_f64() - TIMER_SLACK,
-            (noticed - entering).as_secs_f64() + TIMER_SLACK,
-        ),
-    );
+        let mut want = expect(&handshakes(N as u64));
+        want.extend(expect(&[
+            ("client", "ESTABLISHED", "FIN_WAIT1", N as u64),
+            ("client", "FIN_WAIT1", "FIN_WAIT2", N as u64),
+            ("client", "FIN_WAIT2", "TIME_WAIT", N as u64),
+            ("server", "ESTABLISHED", "CLOSE_WAIT", N as u64),
+            ("server", "CLOSE_WAIT", "LAST_ACK", N as u64),
+            ("server", "LAST_ACK", "CLOSE", N as u64),
+        ]));
+        until_transitions(&daemon, &before, port, &want, WAIT);
+        let time_wait_like_ss = |expected: usize| {
+            let mut listed = netns.sockets();
+            let metrics = until_metrics(
+                &daemon,
+                &netns,
+                WAIT,
+                "TIME_WAIT as ss lists it",
+                |metrics| {
+                    listed = netns.sockets();
+                    sockets(metrics, "TIME_WAIT", port, "client")
+                        == ss_count(&listed, "TIME-WAIT", port) as f64
+                        && ss_count(&listed, "TIME-WAIT", port) == expected
+                },
+            );
+            assert_eq!(sockets(&metrics, "TIME_WAIT", port, ""), expected as f64);
+        };
+        time_wait_like_ss(N);
 
-    // The others expire 60 s after they began (the timer wheel may fire up to 2 s late at
-    // HZ=250). Scrape slowly meanwhile: the polls only need to see them go.
-    let expired = |metrics: &Metrics| {
-        transitions(metrics, &before, port)
-            .get(&("client".into(), "TIME_WAIT".into(), "CLOSE".into()))
-            .copied()
-            == Some(N as u64)
-    };
-    let deadline = entering + Duration::from_secs(75);
-    let mut last = daemon.scrape();
-    while !expired(&last) && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(250));
-        last = daemon.scrape();
-    }
-    assert!(
-        expired(&last),
-        "every TIME_WAIT ended within 75 s; ss -tan shows\n{}{}",
-        shown(&netns.sockets()),
-        relevant(&last)
-    );
-    assert_eq!(
-        transitions(&last, &before, port),
-        want.into_iter()
-            .map(|(key, count)| {
-                let natural = if key == ("client".into(), "TIME_WAIT".into(), "CLOSE".into()) {
-                    (N - REUSED) as u64
-                } else {
-                    0
-                };
-                (key, count + natural)
-            })
-            .collect::<Transitions>()
-    );
-    let bucket = |le: &str| {
-        let mut labels = early.clone();
-        labels.push(("le", le));
-        last.delta(&before, "tcpstate_state_duration_seconds_bucket", &labels)
-    };
-    assert_eq!(
-        [bucket("0.9"), bucket("59.9"), bucket("62.5")],
-        [0.0, REUSED as f64, N as f64],
-        "TIME_WAIT durations: {REUSED} ended early (after 0.9 s), the others in (59.9, 62.5] s"
-    );
-    assert_eq!(sockets(&last, "TIME_WAIT", port, ""), 0.0);
+        // 1 s into TIME_WAIT, new connections from two of the client ports end those timewait
+        // sockets; they are then aborted (RST: no further TIME_WAIT).
+        thread::sleep(Duration::from_secs(1).saturating_sub(entering.elapsed()));
+        let reusing_from = Instant::now();
+        let reusing = connect_from(&netns, &client_ports[..REUSED], port);
+        for stream in &reusing {
+            SockRef::from(stream)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+        }
+        let accepted: Vec<TcpStream> = (0..REUSED).map(|_| accept(&listener)).collect();
+        drop(reusing);
+        drop(accepted);
+        drop(listener);
+        want.extend(expect(&[
+            ("listener", "LISTEN", "CLOSE", 1),
+            ("client", "CLOSE", "SYN_SENT", (N + REUSED) as u64),
+            ("client", "SYN_SENT", "ESTABLISHED", (N + REUSED) as u64),
+            ("client", "ESTABLISHED", "CLOSE", REUSED as u64),
+            ("server", "LISTEN", "SYN_RECV", (N + REUSED) as u64),
+            ("server", "SYN_RECV", "ESTABLISHED", (N + REUSED) as u64),
+            ("server", "ESTABLISHED", "CLOSE", REUSED as u64),
+            ("client", "TIME_WAIT", "CLOSE", REUSED as u64),
+        ]));
+        let after = until_transitions(&daemon, &before, port, &want, WAIT);
+        let noticed = Instant::now();
+        time_wait_like_ss(N - REUSED);
+        // TIME_WAIT began between `entering` and `entered` (the servers' close) and ended at the
+        // reusing connect(), from `reusing_from` on. The daemon knows that end to within one poll:
+        // by the end of the scrape that showed it (`noticed`).
+        let early = edge("TIME_WAIT", "CLOSE", "client", "25008");
+        assert_durations(&after, &before, &early, REUSED as u64, (0.9, 59.9));
+        assert_mean_duration(
+            &after,
+            &before,
+            &early,
+            REUSED as u64,
+            (
+                (reusing_from - entered).as_secs_f64() - TIMER_SLACK,
+                (noticed - entering).as_secs_f64() + TIMER_SLACK,
+            ),
+        );
+
+        // The others expire 60 s after they began (the timer wheel may fire up to 2 s late at
+        // HZ=250). Scrape slowly meanwhile: the polls only need to see them go.
+        let expired = |metrics: &Metrics| {
+            transitions(metrics, &before, port)
+                .get(&("client".into(), "TIME_WAIT".into(), "CLOSE".into()))
+                .copied()
+                == Some(N as u64)
+        };
+        let deadline = entering + Duration::from_secs(75);
+        let mut last = daemon.scrape();
+        while !expired(&last) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(250));
+            last = daemon.scrape();
+        }
+        assert!(
+            expired(&last),
+            "every TIME_WAIT ended within 75 s; ss -tan shows\n{}{}",
+            shown(&netns.sockets()),
+            relevant(&last)
+        );
+        assert_eq!(
+            transitions(&last, &before, port),
+            want.into_iter()
+                .map(|(key, count)| {
+                    let natural = if key == ("client".into(), "TIME_WAIT".into(), "CLOSE".into()) {
+                        (N - REUSED) as u64
+                    } else {
+                        0
+                    };
+                    (key, count + natural)
+                })
+                .collect::<Transitions>()
+        );
+        let bucket = |le: &str| {
+            let mut labels = early.clone();
+            labels.push(("le", le));
+            last.delta(&before, "tcpstate_state_duration_seconds_bucket", &labels)
+        };
+        assert_eq!(
+            [bucket("0.9"), bucket("59.9"), bucket("62.5")],
+            [0.0, REUSED as f64, N as f64],
+            "TIME_WAIT durations: {REUSED} ended early (after 0.9 s), the others in (59.9, 62.5] s"
+        );
+        assert_eq!(sockets(&last, "TIME_WAIT", port, ""), 0.0);
+    });
 }
 
 // ---- 8. Orphaned FIN_WAIT2 ----------------------------------------------------------------
@@ -1128,90 +1122,92 @@ fn time_wait_is_counted_like_ss_and_ends_early_on_reuse_or_after_60s() {
 #[test]
 #[ignore = "needs root, ip netns and nft: see the module documentation"]
 fn orphaned_fin_wait2_lasts_until_the_peers_fin() {
-    let port = 25009;
-    let netns = Netns::new(port);
-    let buckets = [0.1, 0.3, 0.4, 1.0];
-    let daemon = start(&netns, &[port], &buckets, &[]);
-    // A second daemon in the same namespace shows the kernel's own sequence.
-    let raw = Daemon::start_in(
-        &netns,
-        RAW_VIEW_WEB_PORT,
-        &[
-            "--port=25009",
-            &format!("--buckets={}", joined(&buckets)),
-            "--transitions.view=raw",
-        ],
-    );
-    let (before, raw_before) = (daemon.scrape(), raw.scrape());
-    let listener = listen(&netns, port);
-    let client = connect(&netns, port);
-    let server = accept(&listener);
-    drop(listener);
-    let client_port = client.local_addr().unwrap().port();
-
-    // close(), not shutdown(): once the server acknowledges the FIN, the kernel moves the
-    // client's connection into a timewait socket in substate FIN_WAIT2.
-    let mut not_before = Instant::now();
-    drop(client);
-    // FIN_WAIT2 begins when the server's ACK arrives (at once on loopback): after the start of
-    // the last listing that does not show it, before the end of the first that does. Listing
-    // without pause keeps that window to a few ms.
-    let deadline = Instant::now() + WAIT;
-    let seen = loop {
-        let listing = Instant::now();
-        if netns
-            .sockets()
-            .iter()
-            .any(|socket| socket.state == "FIN-WAIT-2" && socket.local_port == client_port)
-        {
-            break Instant::now();
-        }
-        not_before = listing;
-        assert!(
-            Instant::now() < deadline,
-            "the client never reached FIN_WAIT2"
+    rerun_once_after_unrecorded_events(|| {
+        let port = 25009;
+        let netns = Netns::new(port);
+        let buckets = [0.1, 0.3, 0.4, 1.0];
+        let daemon = start(&netns, &[port], &buckets, &[]);
+        // A second daemon in the same namespace shows the kernel's own sequence.
+        let raw = Daemon::start_in(
+            &netns,
+            RAW_VIEW_WEB_PORT,
+            &[
+                "--port=25009",
+                &format!("--buckets={}", joined(&buckets)),
+                "--transitions.view=raw",
+            ],
         );
-    };
-    // The server closes 310 ms later: its FIN ends the client's FIN_WAIT2.
-    thread::sleep(Duration::from_millis(310));
-    let server_closing = Instant::now();
-    drop(server);
-    let server_closed = Instant::now();
+        let (before, raw_before) = (daemon.scrape(), raw.scrape());
+        let listener = listen(&netns, port);
+        let client = connect(&netns, port);
+        let server = accept(&listener);
+        drop(listener);
+        let client_port = client.local_addr().unwrap().port();
 
-    let mut closed = expect(&handshakes(1));
-    closed.extend(expect(&[
-        ("listener", "LISTEN", "CLOSE", 1),
-        ("client", "ESTABLISHED", "FIN_WAIT1", 1),
-        ("client", "FIN_WAIT1", "FIN_WAIT2", 1),
-        ("server", "ESTABLISHED", "CLOSE_WAIT", 1),
-        ("server", "CLOSE_WAIT", "LAST_ACK", 1),
-        ("server", "LAST_ACK", "CLOSE", 1),
-    ]));
-    let mut logical = closed.clone();
-    logical.extend(expect(&[("client", "FIN_WAIT2", "TIME_WAIT", 1)]));
-    let after = until_transitions(&daemon, &before, port, &logical, WAIT);
-    let (shortest, longest) = (
-        (server_closing - seen).as_secs_f64() - TIMER_SLACK,
-        (server_closed - not_before).as_secs_f64() + TIMER_SLACK,
-    );
-    // Within 300-400 ms, unless this machine was too slow to keep to that (then within what
-    // it measured).
-    let at_most = if longest <= 0.4 { 0.4 } else { f64::INFINITY };
-    let fin_wait2 = edge("FIN_WAIT2", "TIME_WAIT", "client", "25009");
-    assert_durations(&after, &before, &fin_wait2, 1, (0.3, at_most));
-    assert_mean_duration(&after, &before, &fin_wait2, 1, (shortest, longest));
+        // close(), not shutdown(): once the server acknowledges the FIN, the kernel moves the
+        // client's connection into a timewait socket in substate FIN_WAIT2.
+        let mut not_before = Instant::now();
+        drop(client);
+        // FIN_WAIT2 begins when the server's ACK arrives (at once on loopback): after the start of
+        // the last listing that does not show it, before the end of the first that does. Listing
+        // without pause keeps that window to a few ms.
+        let deadline = Instant::now() + WAIT;
+        let seen = loop {
+            let listing = Instant::now();
+            if netns
+                .sockets()
+                .iter()
+                .any(|socket| socket.state == "FIN-WAIT-2" && socket.local_port == client_port)
+            {
+                break Instant::now();
+            }
+            not_before = listing;
+            assert!(
+                Instant::now() < deadline,
+                "the client never reached FIN_WAIT2"
+            );
+        };
+        // The server closes 310 ms later: its FIN ends the client's FIN_WAIT2.
+        thread::sleep(Duration::from_millis(310));
+        let server_closing = Instant::now();
+        drop(server);
+        let server_closed = Instant::now();
 
-    // The raw view: the full socket leaves FIN_WAIT2 for CLOSE within microseconds.
-    let mut raw_sequence = closed;
-    raw_sequence.extend(expect(&[("client", "FIN_WAIT2", "CLOSE", 1)]));
-    let raw_after = until_transitions(&raw, &raw_before, port, &raw_sequence, WAIT);
-    assert_durations(
-        &raw_after,
-        &raw_before,
-        &edge("FIN_WAIT2", "CLOSE", "client", "25009"),
-        1,
-        (0.0, 0.1),
-    );
+        let mut closed = expect(&handshakes(1));
+        closed.extend(expect(&[
+            ("listener", "LISTEN", "CLOSE", 1),
+            ("client", "ESTABLISHED", "FIN_WAIT1", 1),
+            ("client", "FIN_WAIT1", "FIN_WAIT2", 1),
+            ("server", "ESTABLISHED", "CLOSE_WAIT", 1),
+            ("server", "CLOSE_WAIT", "LAST_ACK", 1),
+            ("server", "LAST_ACK", "CLOSE", 1),
+        ]));
+        let mut logical = closed.clone();
+        logical.extend(expect(&[("client", "FIN_WAIT2", "TIME_WAIT", 1)]));
+        let after = until_transitions(&daemon, &before, port, &logical, WAIT);
+        let (shortest, longest) = (
+            (server_closing - seen).as_secs_f64() - TIMER_SLACK,
+            (server_closed - not_before).as_secs_f64() + TIMER_SLACK,
+        );
+        // Within 300-400 ms, unless this machine was too slow to keep to that (then within what
+        // it measured).
+        let at_most = if longest <= 0.4 { 0.4 } else { f64::INFINITY };
+        let fin_wait2 = edge("FIN_WAIT2", "TIME_WAIT", "client", "25009");
+        assert_durations(&after, &before, &fin_wait2, 1, (0.3, at_most));
+        assert_mean_duration(&after, &before, &fin_wait2, 1, (shortest, longest));
+
+        // The raw view: the full socket leaves FIN_WAIT2 for CLOSE within microseconds.
+        let mut raw_sequence = closed;
+        raw_sequence.extend(expect(&[("client", "FIN_WAIT2", "CLOSE", 1)]));
+        let raw_after = until_transitions(&raw, &raw_before, port, &raw_sequence, WAIT);
+        assert_durations(
+            &raw_after,
+            &raw_before,
+            &edge("FIN_WAIT2", "CLOSE", "client", "25009"),
+            1,
+            (0.0, 0.1),
+        );
+    });
 }
 
 // ---- 9. Sockets older than the daemon -----------------------------------------------------
@@ -1219,83 +1215,85 @@ fn orphaned_fin_wait2_lasts_until_the_peers_fin() {
 #[test]
 #[ignore = "needs root, ip netns and nft: see the module documentation"]
 fn connections_older_than_the_daemon_count_at_once_without_bogus_durations() {
-    const N: usize = 100;
-    let port = 25010;
-    let netns = Netns::new(port);
-    let listener = listen(&netns, port);
-    let clients: Vec<TcpStream> = (0..N).map(|_| connect(&netns, port)).collect();
-    let servers: Vec<TcpStream> = (0..N).map(|_| accept(&listener)).collect();
-    until_ss(&netns, WAIT, "the connections", |listed| {
-        ss_count(listed, "ESTAB", port) == 2 * N
-    });
+    rerun_once_after_unrecorded_events(|| {
+        const N: usize = 100;
+        let port = 25010;
+        let netns = Netns::new(port);
+        let listener = listen(&netns, port);
+        let clients: Vec<TcpStream> = (0..N).map(|_| connect(&netns, port)).collect();
+        let servers: Vec<TcpStream> = (0..N).map(|_| accept(&listener)).collect();
+        until_ss(&netns, WAIT, "the connections", |listed| {
+            ss_count(listed, "ESTAB", port) == 2 * N
+        });
 
-    let daemon = start(&netns, &[port], &[], &[]);
-    let first = daemon.scrape();
-    // Both ends carry the service port: the server's local port, the client's remote port
-    // (role unknown: the port label falls back to whichever end is in the set).
-    assert_eq!(
-        [
-            sockets(&first, "ESTABLISHED", port, "unknown"),
-            sockets(&first, "ESTABLISHED", port, ""),
-            sockets(&first, "LISTEN", port, "listener"),
-        ],
-        [2.0 * N as f64, 2.0 * N as f64, 1.0],
-        "the first scrape: ESTABLISHED (role unknown), ESTABLISHED (all roles), LISTEN\n{}",
-        relevant(&first)
-    );
-
-    close_clients_first(&netns, port, clients, servers);
-    drop(listener);
-    let n = N as u64;
-    let want = expect(&[
-        ("listener", "LISTEN", "CLOSE", 1),
-        ("unknown", "ESTABLISHED", "FIN_WAIT1", n),
-        ("unknown", "FIN_WAIT1", "FIN_WAIT2", n),
-        ("unknown", "FIN_WAIT2", "TIME_WAIT", n),
-        ("unknown", "ESTABLISHED", "CLOSE_WAIT", n),
-        ("unknown", "CLOSE_WAIT", "LAST_ACK", n),
-        ("unknown", "LAST_ACK", "CLOSE", n),
-    ]);
-    let after = until_transitions(&daemon, &first, port, &want, WAIT);
-    // No duration for a state whose start the daemon did not see: ESTABLISHED, LISTEN.
-    for state in ["ESTABLISHED", "LISTEN"] {
+        let daemon = start(&netns, &[port], &[], &[]);
+        let first = daemon.scrape();
+        // Both ends carry the service port: the server's local port, the client's remote port
+        // (role unknown: the port label falls back to whichever end is in the set).
         assert_eq!(
-            after.delta(
+            [
+                sockets(&first, "ESTABLISHED", port, "unknown"),
+                sockets(&first, "ESTABLISHED", port, ""),
+                sockets(&first, "LISTEN", port, "listener"),
+            ],
+            [2.0 * N as f64, 2.0 * N as f64, 1.0],
+            "the first scrape: ESTABLISHED (role unknown), ESTABLISHED (all roles), LISTEN\n{}",
+            relevant(&first)
+        );
+
+        close_clients_first(&netns, port, clients, servers);
+        drop(listener);
+        let n = N as u64;
+        let want = expect(&[
+            ("listener", "LISTEN", "CLOSE", 1),
+            ("unknown", "ESTABLISHED", "FIN_WAIT1", n),
+            ("unknown", "FIN_WAIT1", "FIN_WAIT2", n),
+            ("unknown", "FIN_WAIT2", "TIME_WAIT", n),
+            ("unknown", "ESTABLISHED", "CLOSE_WAIT", n),
+            ("unknown", "CLOSE_WAIT", "LAST_ACK", n),
+            ("unknown", "LAST_ACK", "CLOSE", n),
+        ]);
+        let after = until_transitions(&daemon, &first, port, &want, WAIT);
+        // No duration for a state whose start the daemon did not see: ESTABLISHED, LISTEN.
+        for state in ["ESTABLISHED", "LISTEN"] {
+            assert_eq!(
+                after.delta(
+                    &first,
+                    "tcpstate_state_duration_seconds_count",
+                    &[("state", state), ("port", "25010")]
+                ),
+                0.0,
+                "durations of {state}, which began before the daemon"
+            );
+        }
+        // The states they entered afterwards are timed.
+        for (state, next) in [
+            ("FIN_WAIT1", "FIN_WAIT2"),
+            ("FIN_WAIT2", "TIME_WAIT"),
+            ("CLOSE_WAIT", "LAST_ACK"),
+            ("LAST_ACK", "CLOSE"),
+        ] {
+            assert_durations(
+                &after,
                 &first,
-                "tcpstate_state_duration_seconds_count",
-                &[("state", state), ("port", "25010")]
-            ),
-            0.0,
-            "durations of {state}, which began before the daemon"
+                &edge(state, next, "unknown", "25010"),
+                n,
+                (0.0, 10.0),
+            );
+        }
+        until_metrics(
+            &daemon,
+            &netns,
+            WAIT,
+            "their TIME_WAIT, as ss shows it",
+            |metrics| {
+                sockets(metrics, "TIME_WAIT", port, "unknown") == N as f64
+                    && sockets(metrics, "ESTABLISHED", port, "") == 0.0
+            },
         );
-    }
-    // The states they entered afterwards are timed.
-    for (state, next) in [
-        ("FIN_WAIT1", "FIN_WAIT2"),
-        ("FIN_WAIT2", "TIME_WAIT"),
-        ("CLOSE_WAIT", "LAST_ACK"),
-        ("LAST_ACK", "CLOSE"),
-    ] {
-        assert_durations(
-            &after,
-            &first,
-            &edge(state, next, "unknown", "25010"),
-            n,
-            (0.0, 10.0),
-        );
-    }
-    until_metrics(
-        &daemon,
-        &netns,
-        WAIT,
-        "their TIME_WAIT, as ss shows it",
-        |metrics| {
-            sockets(metrics, "TIME_WAIT", port, "unknown") == N as f64
-                && sockets(metrics, "ESTABLISHED", port, "") == 0.0
-        },
-    );
-    until_ss(&netns, WAIT, "ss agrees", |listed| {
-        ss_count(listed, "TIME-WAIT", port) == N
+        until_ss(&netns, WAIT, "ss agrees", |listed| {
+            ss_count(listed, "TIME-WAIT", port) == N
+        });
     });
 }
 
@@ -1536,70 +1534,72 @@ table inet tcpstate_mix_late {{
 #[test]
 #[ignore = "needs root, ip netns and nft: see the module documentation"]
 fn resets_are_counted_by_the_state_they_hit() {
-    let (abort_port, refused_port) = (25020, 25021);
-    let netns = Netns::new(abort_port);
-    let daemon = start(&netns, &[abort_port, refused_port], &[], &[]);
-    let before = daemon.scrape();
-    let listener = listen(&netns, abort_port);
-    let client = connect(&netns, abort_port);
-    let mut server = accept(&listener);
-    drop(listener);
-    // SO_LINGER 0: close() aborts the connection with an RST.
-    SockRef::from(&client)
-        .set_linger(Some(Duration::ZERO))
-        .unwrap();
-    drop(client);
-    server.set_read_timeout(Some(WAIT)).unwrap();
-    assert_eq!(
-        server.read(&mut [0u8; 1]).map_err(|error| error.kind()),
-        Err(ErrorKind::ConnectionReset)
-    );
-    drop(server);
-    let refused = netns.run(|| TcpStream::connect(at(refused_port)));
-    assert_eq!(
-        refused.map_err(|error| error.kind()).err(),
-        Some(ErrorKind::ConnectionRefused)
-    );
+    rerun_once_after_unrecorded_events(|| {
+        let (abort_port, refused_port) = (25020, 25021);
+        let netns = Netns::new(abort_port);
+        let daemon = start(&netns, &[abort_port, refused_port], &[], &[]);
+        let before = daemon.scrape();
+        let listener = listen(&netns, abort_port);
+        let client = connect(&netns, abort_port);
+        let mut server = accept(&listener);
+        drop(listener);
+        // SO_LINGER 0: close() aborts the connection with an RST.
+        SockRef::from(&client)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(client);
+        server.set_read_timeout(Some(WAIT)).unwrap();
+        assert_eq!(
+            server.read(&mut [0u8; 1]).map_err(|error| error.kind()),
+            Err(ErrorKind::ConnectionReset)
+        );
+        drop(server);
+        let refused = netns.run(|| TcpStream::connect(at(refused_port)));
+        assert_eq!(
+            refused.map_err(|error| error.kind()).err(),
+            Some(ErrorKind::ConnectionRefused)
+        );
 
-    let mut want = expect(&handshakes(1));
-    want.extend(expect(&[
-        ("listener", "LISTEN", "CLOSE", 1),
-        ("client", "ESTABLISHED", "CLOSE", 1),
-        ("server", "ESTABLISHED", "CLOSE", 1),
-    ]));
-    let after = until_transitions(&daemon, &before, abort_port, &want, WAIT);
-    let resets = |name: &str, port: &str, state: &str, role: &str| {
-        let mut labels = vec![("port", port), ("family", "ipv4")];
-        if !state.is_empty() {
-            labels.extend([("state", state), ("role", role)]);
-        }
-        after.delta(&before, name, &labels)
-    };
-    let (sent, received) = (
-        "tcpstate_resets_sent_total",
-        "tcpstate_resets_received_total",
-    );
-    assert_eq!(
-        [
-            resets(sent, "25020", "ESTABLISHED", "client"),
-            resets(sent, "25020", "", ""),
-            resets(received, "25020", "ESTABLISHED", "server"),
-            resets(received, "25020", "", ""),
-        ],
-        [1.0, 1.0, 1.0, 1.0],
-        "the abort: one RST sent by the client and received by the server, both ESTABLISHED\n{}",
-        relevant(&after)
-    );
-    // The refused connect: the client receives the RST in SYN_SENT.
-    assert_eq!(
-        [
-            resets(received, "25021", "SYN_SENT", "client"),
-            resets(received, "25021", "", ""),
-        ],
-        [1.0, 1.0],
-        "the refusal: one RST received in SYN_SENT\n{}",
-        relevant(&after)
-    );
+        let mut want = expect(&handshakes(1));
+        want.extend(expect(&[
+            ("listener", "LISTEN", "CLOSE", 1),
+            ("client", "ESTABLISHED", "CLOSE", 1),
+            ("server", "ESTABLISHED", "CLOSE", 1),
+        ]));
+        let after = until_transitions(&daemon, &before, abort_port, &want, WAIT);
+        let resets = |name: &str, port: &str, state: &str, role: &str| {
+            let mut labels = vec![("port", port), ("family", "ipv4")];
+            if !state.is_empty() {
+                labels.extend([("state", state), ("role", role)]);
+            }
+            after.delta(&before, name, &labels)
+        };
+        let (sent, received) = (
+            "tcpstate_resets_sent_total",
+            "tcpstate_resets_received_total",
+        );
+        assert_eq!(
+            [
+                resets(sent, "25020", "ESTABLISHED", "client"),
+                resets(sent, "25020", "", ""),
+                resets(received, "25020", "ESTABLISHED", "server"),
+                resets(received, "25020", "", ""),
+            ],
+            [1.0, 1.0, 1.0, 1.0],
+            "the abort: one RST sent by the client and received by the server, both ESTABLISHED\n{}",
+            relevant(&after)
+        );
+        // The refused connect: the client receives the RST in SYN_SENT.
+        assert_eq!(
+            [
+                resets(received, "25021", "SYN_SENT", "client"),
+                resets(received, "25021", "", ""),
+            ],
+            [1.0, 1.0],
+            "the refusal: one RST received in SYN_SENT\n{}",
+            relevant(&after)
+        );
+    });
 }
 
 // ---- shutdown() then close() -------------------------------------------------------------
@@ -1611,63 +1611,65 @@ fn resets_are_counted_by_the_state_they_hit() {
 #[test]
 #[ignore = "needs root, ip netns and nft: see the module documentation"]
 fn close_after_shutdown_keeps_one_fin_wait1() {
-    let port = 25022;
-    let netns = Netns::new(port);
-    let daemon = start(&netns, &[port], &[0.5, 5.0], &[]);
-    let before = daemon.scrape();
-    let listener = listen(&netns, port);
-    let client = connect(&netns, port);
-    let server = accept(&listener);
-    drop(listener);
-    let rules = netns.nft(
-        "tcpstate_no_fin",
-        &format!(
-            r#"
-table inet tcpstate_no_fin {{
-    chain input {{
-        type filter hook input priority 0; policy accept;
-        tcp dport {port} tcp flags & fin == fin drop
+    rerun_once_after_unrecorded_events(|| {
+        let port = 25022;
+        let netns = Netns::new(port);
+        let daemon = start(&netns, &[port], &[0.5, 5.0], &[]);
+        let before = daemon.scrape();
+        let listener = listen(&netns, port);
+        let client = connect(&netns, port);
+        let server = accept(&listener);
+        drop(listener);
+        let rules = netns.nft(
+            "tcpstate_no_fin",
+            &format!(
+                r#"
+    table inet tcpstate_no_fin {{
+        chain input {{
+            type filter hook input priority 0; policy accept;
+            tcp dport {port} tcp flags & fin == fin drop
+        }}
     }}
-}}
-"#
-        ),
-    );
-    let shutting = Instant::now();
-    client.shutdown(Shutdown::Write).unwrap();
-    let shut = Instant::now();
-    thread::sleep(Duration::from_millis(300));
-    drop(client);
-    thread::sleep(Duration::from_millis(300));
-    // The FIN gets through at its next retransmission (0.8 s or so after the shutdown), and
-    // its ACK moves the client (orphaned by now: a timewait socket) to FIN_WAIT2.
-    let removing = Instant::now();
-    rules.remove();
-    until_ss(&netns, WAIT, "the FIN through and acknowledged", |listed| {
-        ss_count(listed, "CLOSE-WAIT", port) == 1 && ss_count(listed, "FIN-WAIT-2", port) == 1
+    "#
+            ),
+        );
+        let shutting = Instant::now();
+        client.shutdown(Shutdown::Write).unwrap();
+        let shut = Instant::now();
+        thread::sleep(Duration::from_millis(300));
+        drop(client);
+        thread::sleep(Duration::from_millis(300));
+        // The FIN gets through at its next retransmission (0.8 s or so after the shutdown), and
+        // its ACK moves the client (orphaned by now: a timewait socket) to FIN_WAIT2.
+        let removing = Instant::now();
+        rules.remove();
+        until_ss(&netns, WAIT, "the FIN through and acknowledged", |listed| {
+            ss_count(listed, "CLOSE-WAIT", port) == 1 && ss_count(listed, "FIN-WAIT-2", port) == 1
+        });
+        let acknowledged = Instant::now();
+        let mut want = expect(&handshakes(1));
+        want.extend(expect(&[
+            ("listener", "LISTEN", "CLOSE", 1),
+            ("client", "ESTABLISHED", "FIN_WAIT1", 1),
+            ("client", "FIN_WAIT1", "FIN_WAIT2", 1),
+            ("server", "ESTABLISHED", "CLOSE_WAIT", 1),
+        ]));
+        let after = until_transitions(&daemon, &before, port, &want, WAIT);
+        // FIN_WAIT1 lasted from the shutdown until the FIN's acknowledgement, after the rule went.
+        let fin_wait1 = edge("FIN_WAIT1", "FIN_WAIT2", "client", "25022");
+        assert_durations(&after, &before, &fin_wait1, 1, (0.5, f64::INFINITY));
+        assert_mean_duration(
+            &after,
+            &before,
+            &fin_wait1,
+            1,
+            (
+                (removing - shut).as_secs_f64(),
+                (acknowledged - shutting).as_secs_f64(),
+            ),
+        );
+        drop(server);
     });
-    let acknowledged = Instant::now();
-    let mut want = expect(&handshakes(1));
-    want.extend(expect(&[
-        ("listener", "LISTEN", "CLOSE", 1),
-        ("client", "ESTABLISHED", "FIN_WAIT1", 1),
-        ("client", "FIN_WAIT1", "FIN_WAIT2", 1),
-        ("server", "ESTABLISHED", "CLOSE_WAIT", 1),
-    ]));
-    let after = until_transitions(&daemon, &before, port, &want, WAIT);
-    // FIN_WAIT1 lasted from the shutdown until the FIN's acknowledgement, after the rule went.
-    let fin_wait1 = edge("FIN_WAIT1", "FIN_WAIT2", "client", "25022");
-    assert_durations(&after, &before, &fin_wait1, 1, (0.5, f64::INFINITY));
-    assert_mean_duration(
-        &after,
-        &before,
-        &fin_wait1,
-        1,
-        (
-            (removing - shut).as_secs_f64(),
-            (acknowledged - shutting).as_secs_f64(),
-        ),
-    );
-    drop(server);
 }
 
 // ---- IPv6 ---------------------------------------------------------------------------------
@@ -1677,62 +1679,64 @@ table inet tcpstate_no_fin {{
 #[test]
 #[ignore = "needs root, ip netns and nft: see the module documentation"]
 fn ipv6_timewait_sockets_are_followed_too() {
-    let port = 25023;
-    let netns = Netns::new(port);
-    let daemon = start(&netns, &[port], &[], &[FAST_POLL]);
-    let before = daemon.scrape();
-    let address = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
-    let listener = netns
-        .run(|| TcpListener::bind(address))
-        .expect("bind [::1]");
-    let client = netns
-        .run(|| TcpStream::connect(address))
-        .expect("connect [::1]");
-    let server = accept(&listener);
-    drop(listener);
-    drop(client);
-    until_ss(&netns, WAIT, "the client in FIN_WAIT2", |listed| {
-        ss_count(listed, "FIN-WAIT-2", port) == 1
-    });
-    let v6 = |state: &str, role: &str, metrics: &Metrics| {
-        metrics.sum(
-            "tcpstate_sockets",
-            &[
-                ("state", state),
-                ("role", role),
-                ("port", "25023"),
-                ("family", "ipv6"),
-            ],
-        )
-    };
-    until_metrics(&daemon, &netns, WAIT, "the orphan's FIN_WAIT2", |metrics| {
-        v6("FIN_WAIT2", "client", metrics) == 1.0 && v6("CLOSE_WAIT", "server", metrics) == 1.0
-    });
-    drop(server);
-    until_ss(&netns, WAIT, "the client in TIME_WAIT", |listed| {
-        ss_count(listed, "TIME-WAIT", port) == 1
-    });
-    let mut want = expect(&handshakes(1));
-    want.extend(expect(&[
-        ("listener", "LISTEN", "CLOSE", 1),
-        ("client", "ESTABLISHED", "FIN_WAIT1", 1),
-        ("client", "FIN_WAIT1", "FIN_WAIT2", 1),
-        ("client", "FIN_WAIT2", "TIME_WAIT", 1),
-        ("server", "ESTABLISHED", "CLOSE_WAIT", 1),
-        ("server", "CLOSE_WAIT", "LAST_ACK", 1),
-        ("server", "LAST_ACK", "CLOSE", 1),
-    ]));
-    let after = until_transitions(&daemon, &before, port, &want, WAIT);
-    assert_eq!(
-        after.delta(
-            &before,
-            "tcpstate_transitions_total",
-            &[("port", "25023"), ("family", "ipv4")]
-        ),
-        0.0,
-        "nothing counted as IPv4"
-    );
-    until_metrics(&daemon, &netns, WAIT, "the TIME_WAIT", |metrics| {
-        v6("TIME_WAIT", "client", metrics) == 1.0 && v6("FIN_WAIT2", "client", metrics) == 0.0
+    rerun_once_after_unrecorded_events(|| {
+        let port = 25023;
+        let netns = Netns::new(port);
+        let daemon = start(&netns, &[port], &[], &[FAST_POLL]);
+        let before = daemon.scrape();
+        let address = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+        let listener = netns
+            .run(|| TcpListener::bind(address))
+            .expect("bind [::1]");
+        let client = netns
+            .run(|| TcpStream::connect(address))
+            .expect("connect [::1]");
+        let server = accept(&listener);
+        drop(listener);
+        drop(client);
+        until_ss(&netns, WAIT, "the client in FIN_WAIT2", |listed| {
+            ss_count(listed, "FIN-WAIT-2", port) == 1
+        });
+        let v6 = |state: &str, role: &str, metrics: &Metrics| {
+            metrics.sum(
+                "tcpstate_sockets",
+                &[
+                    ("state", state),
+                    ("role", role),
+                    ("port", "25023"),
+                    ("family", "ipv6"),
+                ],
+            )
+        };
+        until_metrics(&daemon, &netns, WAIT, "the orphan's FIN_WAIT2", |metrics| {
+            v6("FIN_WAIT2", "client", metrics) == 1.0 && v6("CLOSE_WAIT", "server", metrics) == 1.0
+        });
+        drop(server);
+        until_ss(&netns, WAIT, "the client in TIME_WAIT", |listed| {
+            ss_count(listed, "TIME-WAIT", port) == 1
+        });
+        let mut want = expect(&handshakes(1));
+        want.extend(expect(&[
+            ("listener", "LISTEN", "CLOSE", 1),
+            ("client", "ESTABLISHED", "FIN_WAIT1", 1),
+            ("client", "FIN_WAIT1", "FIN_WAIT2", 1),
+            ("client", "FIN_WAIT2", "TIME_WAIT", 1),
+            ("server", "ESTABLISHED", "CLOSE_WAIT", 1),
+            ("server", "CLOSE_WAIT", "LAST_ACK", 1),
+            ("server", "LAST_ACK", "CLOSE", 1),
+        ]));
+        let after = until_transitions(&daemon, &before, port, &want, WAIT);
+        assert_eq!(
+            after.delta(
+                &before,
+                "tcpstate_transitions_total",
+                &[("port", "25023"), ("family", "ipv4")]
+            ),
+            0.0,
+            "nothing counted as IPv4"
+        );
+        until_metrics(&daemon, &netns, WAIT, "the TIME_WAIT", |metrics| {
+            v6("TIME_WAIT", "client", metrics) == 1.0 && v6("FIN_WAIT2", "client", metrics) == 0.0
+        });
     });
 }
