@@ -64,17 +64,8 @@ impl Tracer {
         // Primary first: on each event the kernel runs them in attach order; the nested-event
         // program only acts while the primary one is mid-run on the CPU, so order is not
         // essential, but this keeps the common case's second call a cheap no-op.
-        for (name, tracepoint_name) in PROGRAMS {
-            let tracepoint: &mut BtfTracePoint = ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} is missing from the eBPF object"))?
-                .try_into()?;
-            tracepoint
-                .load(tracepoint_name, &btf)
-                .map_err(|err| explain_program_error(name, err))?;
-            tracepoint
-                .attach()
-                .map_err(|err| explain_program_error(name, err))?;
+        for (name, tracepoint) in PROGRAMS {
+            attach_btf_tracepoint(&mut ebpf, name, tracepoint, &btf)?;
         }
 
         let program_fd = |ebpf: &Ebpf, name: &str| -> anyhow::Result<_> {
@@ -127,6 +118,32 @@ pub const PROGRAMS: [(&str, &str); 5] = [
 
 /// A live view of the socket slot table: to tell tracked sockets from untracked ones, and to
 /// take the timewait handoffs its slots hold.
+/// Loads the object's program `name` and attaches it to the BTF tracepoint `tracepoint`; errors
+/// say what to do (privileges, the verifier's log, a stale build).
+pub fn attach_btf_tracepoint<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+    tracepoint: &str,
+    btf: &Btf,
+) -> anyhow::Result<&'a mut BtfTracePoint> {
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(name)
+        .ok_or_else(|| missing_program(name))?
+        .try_into()?;
+    program
+        .load(tracepoint, btf)
+        .map_err(|err| explain_program_error(name, err))?;
+    program
+        .attach()
+        .map_err(|err| explain_program_error(name, err))?;
+    Ok(program)
+}
+
+/// The object embedded in this build lacks program `name`.
+pub fn missing_program(name: &str) -> anyhow::Error {
+    anyhow!("program {name} is missing from the embedded eBPF object: rebuild tcpstate")
+}
+
 fn map_socket_slots(ebpf: &Ebpf, slots: u32) -> anyhow::Result<sys::SocketSlots> {
     let map = ebpf
         .map(map::SOCKET_SLOTS)

@@ -28,6 +28,16 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Blocks the calling thread until SIGINT or SIGTERM (for the helper binaries, which have no
+/// runtime of their own).
+pub fn wait_for_shutdown_signal() -> io::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(shutdown_signal());
+    Ok(())
+}
+
 /// Raises RLIMIT_MEMLOCK to infinity. Kernels since 5.11 account BPF memory to the memory cgroup
 /// and ignore this limit, and raising it needs CAP_SYS_RESOURCE: callers treat failure as a note.
 pub fn raise_memlock_rlimit() -> io::Result<()> {

@@ -9,10 +9,13 @@
 
 use std::{io::Write as _, process::ExitCode};
 
-use anyhow::{Context as _, anyhow};
-use aya::{Btf, EbpfLoader, programs::BtfTracePoint};
+use anyhow::Context as _;
+use aya::{Btf, EbpfLoader};
 use tcpstate_common::program;
-use tcpstate_daemon::{loader::EBPF_OBJECT, preflight, sys};
+use tcpstate_daemon::{
+    loader::{self, EBPF_OBJECT},
+    preflight, sys,
+};
 
 fn main() -> ExitCode {
     match run() {
@@ -39,30 +42,21 @@ fn run() -> anyhow::Result<()> {
         .btf(Some(&btf))
         .load(EBPF_OBJECT)
         .context("cannot load the embedded eBPF object")?;
-    let name = program::EMPTY_HOOK_FLOOR;
-    let tracepoint: &mut BtfTracePoint = ebpf
-        .program_mut(name)
-        .ok_or_else(|| {
-            anyhow!("program {name} is missing from the embedded eBPF object: rebuild tcpstate")
-        })?
-        .try_into()?;
-    tracepoint
-        .load(program::TRACEPOINT, &btf)
-        .with_context(|| format!("cannot load program {name}"))?;
-    tracepoint
-        .attach()
-        .with_context(|| format!("cannot attach program {name} to {}", program::TRACEPOINT))?;
-    let id = tracepoint.info()?.id();
+    let id = loader::attach_btf_tracepoint(
+        &mut ebpf,
+        program::EMPTY_HOOK_FLOOR,
+        program::TRACEPOINT,
+        &btf,
+    )?
+    .info()?
+    .id();
 
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "program_id={id}")?;
     stdout.flush()?;
     drop(stdout);
 
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(sys::shutdown_signal());
+    sys::wait_for_shutdown_signal()?;
     drop(ebpf); // detaches the program
     Ok(())
 }

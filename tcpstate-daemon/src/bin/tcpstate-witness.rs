@@ -15,10 +15,14 @@ use anyhow::{Context as _, anyhow};
 use aya::{
     Btf, EbpfLoader,
     maps::PerCpuArray,
-    programs::{BtfTracePoint, CgroupAttachMode, SockOps},
+    programs::{CgroupAttachMode, SockOps},
 };
 use tcpstate_common::{TcpState, global, map, program, witness};
-use tcpstate_daemon::{kernel_btf::KernelBtf, loader::EBPF_OBJECT, preflight, sys};
+use tcpstate_daemon::{
+    kernel_btf::KernelBtf,
+    loader::{self, EBPF_OBJECT},
+    preflight, sys,
+};
 
 fn main() -> ExitCode {
     match run() {
@@ -44,23 +48,19 @@ fn run() -> anyhow::Result<()> {
         .context("cannot load the embedded eBPF object")?;
 
     let btf = Btf::from_sys_fs().context("cannot parse the kernel's BTF")?;
-    let name = program::WITNESS_TRACEPOINT;
-    let tracepoint: &mut BtfTracePoint = ebpf
-        .program_mut(name)
-        .ok_or_else(|| missing(name))?
-        .try_into()?;
-    tracepoint
-        .load(program::TRACEPOINT, &btf)
-        .with_context(|| format!("cannot load program {name}"))?;
-    tracepoint
-        .attach()
-        .with_context(|| format!("cannot attach program {name} to {}", program::TRACEPOINT))?;
-    let tracepoint_id = tracepoint.info()?.id();
+    let tracepoint_id = loader::attach_btf_tracepoint(
+        &mut ebpf,
+        program::WITNESS_TRACEPOINT,
+        program::TRACEPOINT,
+        &btf,
+    )?
+    .info()?
+    .id();
 
     let name = program::WITNESS_SOCK_OPS;
     let sock_ops: &mut SockOps = ebpf
         .program_mut(name)
-        .ok_or_else(|| missing(name))?
+        .ok_or_else(|| loader::missing_program(name))?
         .try_into()?;
     sock_ops
         .load()
@@ -85,10 +85,7 @@ fn run() -> anyhow::Result<()> {
     )?;
     stdout.flush()?;
 
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(sys::shutdown_signal());
+    sys::wait_for_shutdown_signal()?;
 
     let counts: PerCpuArray<_, u64> = PerCpuArray::try_from(
         ebpf.map(map::WITNESS)
@@ -118,10 +115,6 @@ fn state_name(state: u32) -> String {
         .ok()
         .and_then(|state| TcpState::try_from(state).ok())
         .map_or_else(|| state.to_string(), |state| state.name().to_owned())
-}
-
-fn missing(name: &str) -> anyhow::Error {
-    anyhow!("program {name} is missing from the embedded eBPF object: rebuild tcpstate")
 }
 
 /// Where the cgroup v2 hierarchy is mounted: a sock_ops program attached to its root sees
