@@ -46,7 +46,7 @@ pub fn run(args: &WitnessArgs) -> anyhow::Result<()> {
             "round {}/{}: {}",
             round + 1,
             args.rounds,
-            tally.describe(measured.connections)
+            tally.describe(Some(measured.connections))
         );
         println!("  {}", measured.costs());
         total.add(&tally);
@@ -65,7 +65,7 @@ pub struct Counts {
 /// One round: the churn's connections, both counts of each transition, and the two programs'
 /// bpf_stats over the churn.
 struct Round {
-    connections: Option<u64>,
+    connections: u64,
     transitions: BTreeMap<String, Counts>,
     tracepoint: ProgramStats,
     sock_ops: ProgramStats,
@@ -82,12 +82,13 @@ impl Round {
             } else {
                 "no runs timed".into()
             };
-            let per_connection = match self.connections {
-                Some(connections) if connections > 0 => format!(
+            let per_connection = if self.connections > 0 {
+                format!(
                     ", {:.1} runs per connection",
-                    stats.run_count as f64 / connections as f64
-                ),
-                _ => String::new(),
+                    stats.run_count as f64 / self.connections as f64
+                )
+            } else {
+                String::new()
             };
             format!("{name} {per_run}{per_connection}")
         };
@@ -127,7 +128,7 @@ fn measure_round(plan: &Plan, context: &Context) -> anyhow::Result<Round> {
         }
     };
     Ok(Round {
-        connections: Some(churn.connections),
+        connections: churn.connections,
         transitions: parse_counts(&output)?,
         tracepoint: stats(tracepoint_id)?,
         sock_ops: stats(sock_ops_id)?,
