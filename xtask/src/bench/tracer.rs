@@ -158,9 +158,21 @@ impl Tracer {
         self.process.as_ref().map(Process::pid)
     }
 
-    pub fn stop(mut self) -> anyhow::Result<()> {
+    pub fn stop(self) -> anyhow::Result<()> {
+        self.stop_within(STOP_TIMEOUT)
+    }
+
+    fn stop_within(mut self, timeout: Duration) -> anyhow::Result<()> {
         if let Some(process) = self.process.take() {
-            let status = process.stop(STOP_TIMEOUT)?;
+            let stopped = process.stop(timeout);
+            if let (Config::Bpftrace, Err(error)) = (self.config, &stopped) {
+                // bpftrace's way out is its own (detach, END, print the maps): once it took
+                // over 20 s on this shared host and was killed. Every figure of the run was
+                // read before the stop, and the kill detaches its programs, so the run stands.
+                eprintln!("xtask: warning: {error:#}; the run's figures were read before the stop");
+                return Ok(());
+            }
+            let status = stopped?;
             // tcpstated and the floor exit 0 on SIGTERM; bpftrace too.
             if !status.success() {
                 bail!(
@@ -209,4 +221,38 @@ pub fn find_bpftrace() -> Option<PathBuf> {
         let path = PathBuf::from(path.trim());
         path.exists().then_some(path)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tracer that ignores SIGTERM, as one slow to exit does.
+    fn deaf_tracer(config: Config) -> Tracer {
+        let mut command = Command::new("sh");
+        command.args(["-c", "trap '' TERM; echo ready; exec sleep 30"]);
+        let mut process = Process::spawn("deaf tracer", &mut command, false).unwrap();
+        process
+            .wait_for_line("ready", Duration::from_secs(10))
+            .unwrap();
+        Tracer {
+            config,
+            process: Some(process),
+            metrics: None,
+        }
+    }
+
+    #[test]
+    fn a_bpftrace_peer_slow_to_exit_is_killed_and_the_run_stands() {
+        let stopped = deaf_tracer(Config::Bpftrace).stop_within(Duration::from_millis(300));
+        assert!(stopped.is_ok(), "{stopped:?}");
+    }
+
+    #[test]
+    fn tcpstated_slow_to_exit_fails_the_run() {
+        let error = deaf_tracer(Config::Tcpstated)
+            .stop_within(Duration::from_millis(300))
+            .unwrap_err();
+        assert!(format!("{error:#}").contains("did not finish"), "{error:#}");
+    }
 }
