@@ -143,10 +143,20 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     report::write_preserving_notes(&output, &markdown)?;
     println!("{markdown}");
     eprintln!("xtask: wrote {}", output.display());
-    if !summary.exact() {
+    let faults = summary.own_faults();
+    if !faults.is_empty() {
         bail!(
-            "tcpstated missed or miscounted transitions, or recorded failures: see the \
+            "tcpstated miscounted beyond the events the kernel ran no program for: {}; see the \
              exactness section of {}",
+            faults.join("; "),
+            output.display()
+        );
+    }
+    if !summary.exact() {
+        eprintln!(
+            "xtask: note: not exact: the kernel ran no program for some events (its tracepoint \
+             dispatch skips a few under saturation); tcpstated found and counted each one, see \
+             the exactness section of {}",
             output.display()
         );
     }

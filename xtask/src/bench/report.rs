@@ -65,6 +65,9 @@ pub struct Summary {
     pub daemon_cpu_ms_per_churn_second: Option<f64>,
     pub daemon_peak_rss_bytes: Option<u64>,
     pub nested_events: u64,
+    /// tcpstated runs whose nested-event program caught fewer events than the kernel skipped
+    /// for the primary program.
+    pub runs_with_uncaught_misses: usize,
     /// Verified instructions of tcpstated's programs, in load order (primary first).
     pub verified_instructions: Vec<u64>,
     pub targets: Vec<Target>,
@@ -162,6 +165,9 @@ impl Summary {
                 *summary.failures.entry(reason.clone()).or_default() += count;
             }
             summary.nested_events += daemon.nested_events;
+            if daemon.nested_events < daemon.primary_misses {
+                summary.runs_with_uncaught_misses += 1;
+            }
             cpu_ns += daemon.cpu_during_churn_ns;
             churn_seconds += run.churn.seconds;
             summary.daemon_peak_rss_bytes = Some(
@@ -206,6 +212,64 @@ impl Summary {
     /// No transition lost or miscounted, no recording failure.
     pub fn exact(&self) -> bool {
         self.exactness.is_exact() && self.failure_count() == 0
+    }
+
+    /// What tcpstated got wrong beyond the events the kernel ran no program for, one line each:
+    /// empty when each wrong count is such an event, found and counted by tcpstated. Each
+    /// socket passes each check once, so a check can be short by at most the sockets found
+    /// without their end plus the single events found at the socket's next one.
+    pub fn own_faults(&self) -> Vec<String> {
+        let failure = |reason: &str| self.failures.get(reason).copied().unwrap_or(0);
+        let found = failure(UNDELIVERED);
+        let explained = found + failure(OUT_OF_SEQUENCE);
+        let mut faults = Vec::new();
+        for check in &self.exactness.checks {
+            if check.counted > check.expected {
+                faults.push(format!(
+                    "{}: {} counted, {} made",
+                    check.description,
+                    count(check.counted),
+                    count(check.expected)
+                ));
+            } else if check.expected - check.counted > explained {
+                faults.push(format!(
+                    "{}: {} short, more than the {} sockets tcpstated found with events missing",
+                    check.description,
+                    count(check.expected - check.counted),
+                    count(explained)
+                ));
+            }
+        }
+        for ((role, from, to), counted) in &self.exactness.unexpected {
+            faults.push(format!(
+                "{role} {from}→{to}: {} counted, the churn makes none",
+                count(*counted)
+            ));
+        }
+        let without_end = self.exactness.sockets_without_end();
+        if without_end > found {
+            faults.push(format!(
+                "{} sockets without their end, {} of them found (`{UNDELIVERED}`)",
+                count(without_end),
+                count(found)
+            ));
+        }
+        for (reason, failures) in &self.failures {
+            if *failures > 0 && reason != UNDELIVERED && reason != OUT_OF_SEQUENCE {
+                faults.push(format!(
+                    "{} recording failures `{reason}`",
+                    count(*failures)
+                ));
+            }
+        }
+        if self.runs_with_uncaught_misses > 0 {
+            faults.push(format!(
+                "in {} runs the nested-event program caught fewer events than the primary \
+                 program's recursion misses",
+                self.runs_with_uncaught_misses
+            ));
+        }
+        faults
     }
 }
 
@@ -770,6 +834,7 @@ mod tests {
     use crate::bench::{
         DaemonFigures, Environment, Plan, RunResult,
         churn::{ChurnReport, CloseMode},
+        expect::CheckOutcome,
         procfs::KernelWork,
         scale::{ScaleLevel, ScaleOutcome},
     };
@@ -993,5 +1058,100 @@ mod tests {
             "{markdown}"
         );
         assert_eq!(markdown.matches("| throughput |").count(), 6);
+    }
+
+    /// The flows of 100 client connections, `lost_ends` of which lost their last two events
+    /// (`FIN_WAIT1 -> FIN_WAIT2`, `FIN_WAIT2 -> CLOSE`), as the kernel's skips do.
+    fn flows_with_lost_ends(lost_ends: u64) -> Exactness {
+        let check = |description: &str, counted: u64, ends_of_life: bool| CheckOutcome {
+            description: description.into(),
+            expected: 100,
+            counted,
+            ends_of_life,
+        };
+        Exactness {
+            checks: vec![
+                check("client ESTABLISHED→FIN_WAIT1", 100, false),
+                check("client FIN_WAIT1→FIN_WAIT2", 100 - lost_ends, false),
+                check("client FIN_WAIT2→CLOSE", 100 - lost_ends, true),
+            ],
+            unexpected: Vec::new(),
+            transitions_counted: 300 - 2 * lost_ends,
+        }
+    }
+
+    fn summary_of(exactness: Exactness, failures: &[(&str, u64)]) -> Summary {
+        let mut summary = Summary::of(&results());
+        summary.exactness = exactness;
+        summary.failures = failures
+            .iter()
+            .map(|(reason, count)| (reason.to_string(), *count))
+            .collect();
+        summary
+    }
+
+    #[test]
+    fn events_the_kernel_skipped_found_and_counted_are_no_fault_of_tcpstated() {
+        let summary = summary_of(
+            flows_with_lost_ends(3),
+            &[(UNDELIVERED, 3), ("event_lost", 0)],
+        );
+        assert!(!summary.exact());
+        assert_eq!(summary.own_faults(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_socket_without_its_end_that_tcpstated_did_not_find_is_its_fault() {
+        let summary = summary_of(flows_with_lost_ends(3), &[(UNDELIVERED, 2)]);
+        let faults = summary.own_faults();
+        assert!(
+            faults.contains(
+                &"3 sockets without their end, 2 of them found (`close_undelivered`)".into()
+            ),
+            "{faults:?}"
+        );
+        assert!(
+            faults.contains(
+                &"client FIN_WAIT1→FIN_WAIT2: 3 short, more than the 2 sockets tcpstated found \
+                  with events missing"
+                    .into()
+            ),
+            "{faults:?}"
+        );
+    }
+
+    #[test]
+    fn counting_more_than_the_churn_made_or_a_lost_event_is_tcpstateds_fault() {
+        let mut flows = flows_with_lost_ends(0);
+        flows.checks[0].counted = 101;
+        flows
+            .unexpected
+            .push((("client".into(), "SYN_SENT".into(), "CLOSE".into()), 2));
+        let summary = summary_of(flows, &[("event_lost", 1)]);
+        assert_eq!(
+            summary.own_faults(),
+            vec![
+                "client ESTABLISHED→FIN_WAIT1: 101 counted, 100 made".to_string(),
+                "client SYN_SENT→CLOSE: 2 counted, the churn makes none".into(),
+                "1 recording failures `event_lost`".into(),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_recursion_miss_the_nested_program_did_not_catch_is_tcpstateds_fault() {
+        let mut results = results();
+        for run in &mut results.runs {
+            if let Some(daemon) = &mut run.daemon {
+                daemon.primary_misses = 5;
+                daemon.nested_events = if run.round == 0 { 5 } else { 4 };
+            }
+        }
+        let faults = Summary::of(&results).own_faults();
+        assert_eq!(faults.len(), 1, "{faults:?}");
+        assert!(
+            faults[0].starts_with("in 2 runs the nested-event program"),
+            "{faults:?}"
+        );
     }
 }
