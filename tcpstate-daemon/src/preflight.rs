@@ -1,7 +1,7 @@
 //! Checks made before touching the kernel, so that a missing privilege is reported as such (with
 //! what to do) rather than as an opaque EPERM from deep inside the loader.
 
-use std::{fs, io};
+use std::{fs, io, process::ExitCode};
 
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
@@ -51,6 +51,24 @@ pub fn check_privileges() -> anyhow::Result<()> {
          securityContext.capabilities.add: [BPF, PERFMON])",
         missing.join(" and ")
     )
+}
+
+/// The `main` of a helper binary that loads the eBPF object (tcpstate-hook-floor,
+/// tcpstate-witness): checks privileges, raises RLIMIT_MEMLOCK where the kernel still needs it
+/// (since 5.11 it charges BPF memory to the memory cgroup, so failure is ignored), runs `run`,
+/// and reports its error as `<name>: error: ...` with exit status 1.
+pub fn run_bpf_helper(name: &str, run: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
+    let outcome = check_privileges().and_then(|()| {
+        let _ = crate::sys::raise_memlock_rlimit();
+        run()
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{name}: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[cfg(test)]

@@ -18,19 +18,10 @@ use tcpstate_daemon::{
 };
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("tcpstate-hook-floor: error: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    preflight::run_bpf_helper("tcpstate-hook-floor", run)
 }
 
 fn run() -> anyhow::Result<()> {
-    preflight::check_privileges()?;
-    // Kernels since 5.11 charge BPF memory to the memory cgroup; older ones need the rlimit.
-    let _ = sys::raise_memlock_rlimit();
     let btf = Btf::from_sys_fs().context(
         "cannot read the kernel's BTF (/sys/kernel/btf/vmlinux): the hook needs a kernel built \
          with CONFIG_DEBUG_INFO_BTF=y",

@@ -25,19 +25,10 @@ use tcpstate_daemon::{
 };
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("tcpstate-witness: error: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    preflight::run_bpf_helper("tcpstate-witness", run)
 }
 
 fn run() -> anyhow::Result<()> {
-    preflight::check_privileges()?;
-    // Kernels since 5.11 charge BPF memory to the memory cgroup; older ones need the rlimit.
-    let _ = sys::raise_memlock_rlimit();
     let cgroup_root = cgroup2_root()?;
     // The tracepoint's program filters TCP with `sk_protocol`, whose offset comes from BTF.
     let layout = KernelBtf::from_sys_fs()?.socket_layout()?;
