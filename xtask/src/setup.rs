@@ -137,7 +137,9 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
     run_command(
         Command::new("cargo")
             .env("PATH", path)
-            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            // --locked: bpf-linker's own Cargo.lock, so a fresh machine builds what was tested,
+            // not whatever its dependencies published since.
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked"])
             .args(["--no-default-features", "--features", "llvm-22"]),
     )
     .context("cannot build bpf-linker; it needs Debian's llvm-22-dev, libpolly-22-dev, libzstd-dev and zlib1g-dev")
