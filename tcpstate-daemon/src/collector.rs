@@ -200,7 +200,8 @@ const POLL_DURATION: Family = Family {
 };
 const POLL_INTERVAL: Family = Family {
     name: "tcpstate_poll_interval_seconds",
-    help: "Least time between sock_diag polls (--sockdiag.min-interval); scrapes start polls.",
+    help: "Least time between sock_diag polls now: --sockdiag.min-interval, or 20 times the last \
+           poll's duration if longer (polls take at most 5% of one CPU); scrapes start polls.",
     kind: MetricType::GAUGE,
     labels: &[],
 };
@@ -323,10 +324,15 @@ struct Poll {
     finished_ns: u64,
 }
 
+/// One dump, so the kernel walks its sockets once: the polled states and the request sockets.
 fn poll_sockets() -> io::Result<Poll> {
     let started_ns = sys::monotonic_ns();
-    let sockets = sock_diag::dump(sock_diag::state_mask(&census::POLLED_STATES), None)?;
-    let requests = sock_diag::dump(sock_diag::state_mask(&[TcpState::NewSynRecv as u8]), None)?;
+    let states = sock_diag::state_mask(&census::POLLED_STATES)
+        | sock_diag::state_mask(&[TcpState::NewSynRecv as u8]);
+    // sock_diag reports request sockets in SYN_RECV; full sockets in SYN_RECV are not asked for.
+    let (requests, sockets) = sock_diag::dump(states, None)?
+        .into_iter()
+        .partition(|socket| socket.state == TcpState::SynRecv as u8 && !socket.timewait);
     Ok(Poll {
         sockets,
         requests,
@@ -335,9 +341,19 @@ fn poll_sockets() -> io::Result<Poll> {
     })
 }
 
+/// A poll starts at least this many times the last poll's duration after the last one started:
+/// however often scrapes come, polls take at most 1/20 (5%) of one CPU. A poll walks every socket
+/// of the host, so on a host with a million connections one takes about a third of a second.
+const POLL_SPACING: u32 = 20;
+
+/// Least time between the starts of two polls, after one that took `last_took`.
+fn poll_interval(min_interval: Duration, last_took: Duration) -> Duration {
+    min_interval.max(last_took.saturating_mul(POLL_SPACING))
+}
+
 /// A poll that took longer than this runs next time beside the scrape rather than in it, so
 /// the scrape's latency does not grow with the host's sockets (the kernel walks all of them,
-/// whatever states are asked for: about 0.5 µs each). Below it, the scrape waits and shows the
+/// whatever states are asked for: about 0.2 µs each). Below it, the scrape waits and shows the
 /// freshest figures.
 const INLINE_POLL_LIMIT: Duration = Duration::from_millis(20);
 
@@ -383,7 +399,7 @@ impl TcpStateCollector {
     /// if polls are quick, beside it otherwise (see `INLINE_POLL_LIMIT`).
     fn poll_if_due(&self, state: &mut KernelState) {
         let due = match state.last_poll {
-            Some((at, _)) => at.elapsed() >= self.config.poll_min_interval,
+            Some((at, took)) => at.elapsed() >= poll_interval(self.config.poll_min_interval, took),
             None => true,
         };
         if !due || self.polling.load(Ordering::Acquire) {
@@ -710,7 +726,14 @@ pub fn exposition(scrape: &Scrape<'_>, config: &CollectorConfig) -> Vec<MetricFa
         family(&LISTEN_QUEUE_LIMIT, queues(|q| q.limit)),
         family(
             &POLL_INTERVAL,
-            single(config.poll_min_interval.as_secs_f64()),
+            single(
+                poll_interval(
+                    config.poll_min_interval,
+                    Duration::try_from_secs_f64(scrape.poll_seconds.unwrap_or(0.0))
+                        .unwrap_or_default(),
+                )
+                .as_secs_f64(),
+            ),
         ),
     ];
     if let Some(netstat) = scrape.netstat {
@@ -809,6 +832,10 @@ mod tests {
     use super::*;
 
     fn text(snapshot: &Snapshot, bounds: &[f64]) -> String {
+        text_after_poll(snapshot, bounds, None)
+    }
+
+    fn text_after_poll(snapshot: &Snapshot, bounds: &[f64], poll_seconds: Option<f64>) -> String {
         let config = CollectorConfig {
             bucket_bounds: bounds.to_vec(),
             view: View::Logical,
@@ -827,13 +854,34 @@ mod tests {
             }),
             port_range: Some((32768, 60999)),
             read_seconds: 0.001,
-            poll_seconds: None,
+            poll_seconds,
             poll_errors: 0,
         };
         let families = exposition(&scrape, &config);
         let mut out = Vec::new();
         TextEncoder::new().encode(&families, &mut out).unwrap();
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn slow_polls_are_spaced_to_a_twentieth_of_one_cpu() {
+        let second = Duration::from_secs(1);
+        assert_eq!(poll_interval(second, Duration::from_millis(20)), second);
+        assert_eq!(
+            poll_interval(second, Duration::from_millis(337)),
+            Duration::from_millis(6740)
+        );
+        assert_eq!(poll_interval(second, Duration::MAX), Duration::MAX);
+        let snapshot = Snapshot::default();
+        let gauge = |text: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("tcpstate_poll_interval_seconds "))
+                .map(str::to_owned)
+        };
+        assert_eq!(gauge(&text(&snapshot, &[1.0])).as_deref(), Some("1"));
+        let slow = text_after_poll(&snapshot, &[1.0], Some(0.3));
+        assert_eq!(gauge(&slow).as_deref(), Some("6"));
+        assert!(slow.contains("tcpstate_poll_duration_seconds 0.3"));
     }
 
     #[test]

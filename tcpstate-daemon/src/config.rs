@@ -62,7 +62,8 @@ pub struct Flags {
     /// scrapes (never without one) and count the timewait sockets (TIME_WAIT, orphaned
     /// FIN_WAIT2), the request sockets (NEW_SYN_RECV) and the listeners' accept queues. A poll
     /// that takes under 20 ms runs within the scrape; slower ones run beside it, and the scrape
-    /// shows the previous poll's figures.
+    /// shows the previous poll's figures. A poll walks every TCP socket of the host, so after a
+    /// slow one the next waits at least 20 times as long: polls take at most 5% of one CPU.
     #[arg(long = "sockdiag.min-interval", value_name = "SECONDS", default_value = "1", value_parser = parse_interval)]
     pub poll_min_interval: Duration,
 

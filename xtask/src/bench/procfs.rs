@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use nix::{time::clock_getcpuclockid, unistd::Pid};
 
 /// `key:\tvalue` lines of a /proc fdinfo file.
 pub fn parse_fdinfo(text: &str) -> BTreeMap<String, String> {
@@ -183,25 +184,18 @@ impl KernelWork {
     }
 }
 
-/// First field of /proc/<pid>/task/<tid>/schedstat: nanoseconds on a CPU.
-fn parse_schedstat(text: &str) -> Option<u64> {
-    text.split_whitespace().next()?.parse().ok()
-}
-
-/// CPU time of `pid`, in nanoseconds: the sum over its live threads (schedstat is exact to the
-/// nanosecond, unlike the clock ticks of /proc/<pid>/stat).
+/// CPU time of `pid`, in nanoseconds: the process's CPU-time clock (`clock_getcpuclockid`), which
+/// is exact to the nanosecond and, unlike a sum over /proc/<pid>/task, keeps the time of threads
+/// that have exited (tcpstated runs each slow sock_diag poll on a thread of its own).
 pub fn cpu_time_ns(pid: u32) -> anyhow::Result<u64> {
-    let tasks = format!("/proc/{pid}/task");
-    let mut total = 0;
-    for task in fs::read_dir(&tasks)
-        .with_context(|| format!("cannot list {tasks}"))?
-        .flatten()
-    {
-        if let Ok(text) = fs::read_to_string(task.path().join("schedstat")) {
-            total += parse_schedstat(&text).unwrap_or(0);
-        }
-    }
-    Ok(total)
+    let raw = i32::try_from(pid).context("process id out of range")?;
+    let clock = clock_getcpuclockid(Pid::from_raw(raw))
+        .with_context(|| format!("cannot get the CPU-time clock of process {pid}"))?;
+    let time = clock
+        .now()
+        .with_context(|| format!("cannot read the CPU-time clock of process {pid}"))?;
+    Ok(u64::try_from(time.tv_sec()).unwrap_or(0) * 1_000_000_000
+        + u64::try_from(time.tv_nsec()).unwrap_or(0))
 }
 
 /// A `Name:   123 kB` line of /proc/<pid>/status or /proc/meminfo, in bytes.
@@ -369,7 +363,31 @@ mod tests {
     }
 
     #[test]
-    fn schedstat_starts_with_nanoseconds_on_cpu() {
-        assert_eq!(parse_schedstat("171606446 18240490 356\n"), Some(171606446));
+    fn cpu_time_keeps_the_time_of_threads_that_have_exited() {
+        use nix::time::ClockId;
+
+        let thread_cpu_ns = || {
+            let time = ClockId::CLOCK_THREAD_CPUTIME_ID.now().unwrap();
+            time.tv_sec() as u64 * 1_000_000_000 + time.tv_nsec() as u64
+        };
+        let burn_ns = 30_000_000;
+        let before = cpu_time_ns(std::process::id()).unwrap();
+        let tid = std::thread::spawn(move || {
+            let start = thread_cpu_ns();
+            while thread_cpu_ns() - start < burn_ns {}
+            nix::unistd::gettid()
+        })
+        .join()
+        .unwrap();
+        // join returns as the thread exits; the kernel unlists it from /proc a little later.
+        let listed = format!("/proc/self/task/{tid}");
+        for _ in 0..1000 {
+            if !Path::new(&listed).exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let after = cpu_time_ns(std::process::id()).unwrap();
+        assert!(after - before >= burn_ns, "{} ns", after - before);
     }
 }

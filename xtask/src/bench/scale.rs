@@ -29,8 +29,9 @@ const HOLDERS_AT_ONCE: usize = 4;
 /// File descriptors a holder keeps for itself beyond its sockets.
 const HOLDER_SPARE_FILES: u64 = 256;
 /// Time between two scrapes. tcpstated polls sock_diag at scrape time, at most once per
-/// `--sockdiag.min-interval` (1 s by default): spaced beyond it, every scrape pays its poll, as
-/// Prometheus's scrapes (every 15 s or more) do.
+/// `--sockdiag.min-interval` (1 s by default) and per 20 times the last poll's duration: spaced
+/// beyond the first, every scrape pays its poll where polls are quick, as Prometheus's scrapes
+/// (every 15 s or more) do; where a poll takes over 50 ms, only one scrape in several does.
 const SCRAPE_SPACING: Duration = Duration::from_millis(1_100);
 /// Sockets `ss` may list for the per-socket storage figure (its output is ~200 bytes a socket).
 const MOST_SOCKETS_LISTED: u64 = 100_000;
@@ -47,6 +48,10 @@ pub struct ScaleLevel {
     /// Median of the daemon's own `tcpstate_collect_duration_seconds`, in milliseconds.
     pub collect_ms: Option<f64>,
     pub cpu_per_scrape_ms: f64,
+    /// Median of the daemon's `tcpstate_poll_duration_seconds` over the scrapes, in milliseconds.
+    pub poll_ms: Option<f64>,
+    /// The daemon's `tcpstate_poll_interval_seconds` at the last scrape.
+    pub poll_interval_seconds: Option<f64>,
     /// Daemon CPU while the connections are held and nobody scrapes, in ms per second.
     pub idle_cpu_ms_per_second: f64,
     /// Sum of `memlock` over tcpstated's maps.
@@ -335,6 +340,7 @@ fn measure_level(
 
     let cpu_start = procfs::cpu_time_ns(pid)?;
     let mut collect_ms = Vec::new();
+    let mut poll_ms = Vec::new();
     let mut last = None;
     for _ in 0..scrapes {
         thread::sleep(SCRAPE_SPACING);
@@ -345,11 +351,18 @@ fn measure_level(
         if let Some(seconds) = samples.sum("tcpstate_collect_duration_seconds", &[]) {
             collect_ms.push(seconds * 1e3);
         }
+        if let Some(seconds) = samples.sum("tcpstate_poll_duration_seconds", &[]) {
+            poll_ms.push(seconds * 1e3);
+        }
         last = Some(samples);
     }
     level.cpu_per_scrape_ms =
         procfs::cpu_time_ns(pid)?.saturating_sub(cpu_start) as f64 / 1e6 / scrapes.max(1) as f64;
     level.collect_ms = median(&collect_ms);
+    level.poll_ms = median(&poll_ms);
+    level.poll_interval_seconds = last
+        .as_ref()
+        .and_then(|samples| samples.sum("tcpstate_poll_interval_seconds", &[]));
     level.tracked_sockets = last.and_then(|samples| samples.sum("tcpstate_tracked_sockets", &[]));
     level.map_memlock_bytes = procfs::maps_of(pid)?.values().map(|map| map.memlock).sum();
     level.peak_rss_bytes = procfs::peak_rss_bytes(pid)?;
