@@ -116,8 +116,6 @@ pub const PROGRAMS: [(&str, &str); 5] = [
     (program::RECORD_SYNACK_RETRANSMIT, "tcp_retransmit_synack"),
 ];
 
-/// A live view of the socket slot table: to tell tracked sockets from untracked ones, and to
-/// take the timewait handoffs its slots hold.
 /// Loads the object's program `name` and attaches it to the BTF tracepoint `tracepoint`; errors
 /// say what to do (privileges, the verifier's log, a stale build).
 pub fn attach_btf_tracepoint<'a>(
@@ -144,6 +142,8 @@ pub fn missing_program(name: &str) -> anyhow::Error {
     anyhow!("program {name} is missing from the embedded eBPF object: rebuild tcpstate")
 }
 
+/// A live view of the socket slot table: to tell tracked sockets from untracked ones, and to
+/// take the timewait handoffs its slots hold.
 fn map_socket_slots(ebpf: &Ebpf, slots: u32) -> anyhow::Result<sys::SocketSlots> {
     let map = ebpf
         .map(map::SOCKET_SLOTS)
