@@ -9,7 +9,11 @@ use std::{
 };
 
 use anyhow::Context as _;
-use nix::{time::clock_getcpuclockid, unistd::Pid};
+use nix::{
+    sys::time::{TimeSpec, TimeValLike as _},
+    time::clock_getcpuclockid,
+    unistd::Pid,
+};
 
 /// `key:\tvalue` lines of a /proc fdinfo file.
 pub fn parse_fdinfo(text: &str) -> BTreeMap<String, String> {
@@ -194,8 +198,12 @@ pub fn cpu_time_ns(pid: u32) -> anyhow::Result<u64> {
     let time = clock
         .now()
         .with_context(|| format!("cannot read the CPU-time clock of process {pid}"))?;
-    Ok(u64::try_from(time.tv_sec()).unwrap_or(0) * 1_000_000_000
-        + u64::try_from(time.tv_nsec()).unwrap_or(0))
+    Ok(nanoseconds(time))
+}
+
+/// A CPU-time clock's reading in nanoseconds (never negative).
+fn nanoseconds(time: TimeSpec) -> u64 {
+    u64::try_from(time.num_nanoseconds()).unwrap_or(0)
 }
 
 /// A `Name:   123 kB` line of /proc/<pid>/status or /proc/meminfo, in bytes.
@@ -366,10 +374,7 @@ mod tests {
     fn cpu_time_keeps_the_time_of_threads_that_have_exited() {
         use nix::time::ClockId;
 
-        let thread_cpu_ns = || {
-            let time = ClockId::CLOCK_THREAD_CPUTIME_ID.now().unwrap();
-            time.tv_sec() as u64 * 1_000_000_000 + time.tv_nsec() as u64
-        };
+        let thread_cpu_ns = || nanoseconds(ClockId::CLOCK_THREAD_CPUTIME_ID.now().unwrap());
         let burn_ns = 30_000_000;
         let before = cpu_time_ns(std::process::id()).unwrap();
         let tid = std::thread::spawn(move || {
