@@ -474,7 +474,7 @@ impl Collector for TcpStateCollector {
             netstat: netstat::read().ok(),
             port_range: netstat::read_port_range(),
             read_seconds,
-            poll_seconds: state.last_poll.map(|(_, took)| took.as_secs_f64()),
+            last_poll_took: state.last_poll.map(|(_, took)| took),
             poll_errors: state.poll_errors,
         };
         exposition(&scrape, &self.config)
@@ -489,7 +489,8 @@ pub struct Scrape<'a> {
     pub netstat: Option<ListenCounters>,
     pub port_range: Option<(u16, u16)>,
     pub read_seconds: f64,
-    pub poll_seconds: Option<f64>,
+    /// How long the last sock_diag poll took, if there was one.
+    pub last_poll_took: Option<Duration>,
     pub poll_errors: u64,
 }
 
@@ -729,8 +730,7 @@ pub fn exposition(scrape: &Scrape<'_>, config: &CollectorConfig) -> Vec<MetricFa
             single(
                 poll_interval(
                     config.poll_min_interval,
-                    Duration::try_from_secs_f64(scrape.poll_seconds.unwrap_or(0.0))
-                        .unwrap_or_default(),
+                    scrape.last_poll_took.unwrap_or_default(),
                 )
                 .as_secs_f64(),
             ),
@@ -754,8 +754,8 @@ pub fn exposition(scrape: &Scrape<'_>, config: &CollectorConfig) -> Vec<MetricFa
             vec![bound("low", low), bound("high", high)],
         ));
     }
-    if let Some(seconds) = scrape.poll_seconds {
-        families.push(family(&POLL_DURATION, single(seconds)));
+    if let Some(took) = scrape.last_poll_took {
+        families.push(family(&POLL_DURATION, single(took.as_secs_f64())));
     }
     families
         .into_iter()
@@ -835,7 +835,11 @@ mod tests {
         text_after_poll(snapshot, bounds, None)
     }
 
-    fn text_after_poll(snapshot: &Snapshot, bounds: &[f64], poll_seconds: Option<f64>) -> String {
+    fn text_after_poll(
+        snapshot: &Snapshot,
+        bounds: &[f64],
+        last_poll_took: Option<Duration>,
+    ) -> String {
         let config = CollectorConfig {
             bucket_bounds: bounds.to_vec(),
             view: View::Logical,
@@ -854,7 +858,7 @@ mod tests {
             }),
             port_range: Some((32768, 60999)),
             read_seconds: 0.001,
-            poll_seconds,
+            last_poll_took,
             poll_errors: 0,
         };
         let families = exposition(&scrape, &config);
@@ -879,7 +883,7 @@ mod tests {
                 .map(str::to_owned)
         };
         assert_eq!(gauge(&text(&snapshot, &[1.0])).as_deref(), Some("1"));
-        let slow = text_after_poll(&snapshot, &[1.0], Some(0.3));
+        let slow = text_after_poll(&snapshot, &[1.0], Some(Duration::from_millis(300)));
         assert_eq!(gauge(&slow).as_deref(), Some("6"));
         assert!(slow.contains("tcpstate_poll_duration_seconds 0.3"));
     }
