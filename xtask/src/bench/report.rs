@@ -340,18 +340,18 @@ fn targets(summary: &Summary, results: &Results) -> Vec<Target> {
             "not measured".into()
         } else {
             format!(
-                "{} wrong of {} counted over {} runs: {} sockets without their last \
-                 transitions, the kernel never ran any program for them; tcpstated found {} \
-                 such sockets afterwards and counts them (`{}`), and {} other events at the \
-                 socket's next one (`{}`)",
+                "{} wrong of {} counted over {} runs. Sockets without their last transitions, \
+                 for which the kernel never ran any program: {}; found afterwards and counted by \
+                 tcpstated (`{}`): {}. Other events found missing at the socket's next one \
+                 (`{}`): {}",
                 count(discrepancy),
                 count(summary.exactness.transitions_counted),
                 summary.daemon_runs,
                 count(summary.exactness.sockets_without_end()),
-                count(failure(UNDELIVERED)),
                 UNDELIVERED,
-                count(failure(OUT_OF_SEQUENCE)),
+                count(failure(UNDELIVERED)),
                 OUT_OF_SEQUENCE,
+                count(failure(OUT_OF_SEQUENCE)),
             )
         },
         met: (summary.daemon_runs > 0).then_some(discrepancy == 0),
