@@ -1297,6 +1297,245 @@ fn connections_older_than_the_daemon_count_at_once_without_bogus_durations() {
     });
 }
 
+/// Connections made and closed in a loop on `port` of `netns` until dropped: each client
+/// writes a byte and closes (FIN_WAIT1, FIN_WAIT2, then TIME_WAIT), each server reads to the end
+/// and closes (CLOSE_WAIT, LAST_ACK): sockets in every closing state at any moment.
+struct Churn {
+    clients_stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    servers_stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<thread::JoinHandle<u64>>,
+    servers: Vec<thread::JoinHandle<u64>>,
+}
+
+impl Churn {
+    /// Clients connect to `address`: a new address for each churn keeps the earlier churns'
+    /// TIME_WAIT sockets out of its 4-tuples (connect() slows down to a crawl otherwise).
+    fn start(netns: &Netns, listener: &TcpListener, address: SocketAddr) -> Churn {
+        use std::sync::{Arc, atomic::AtomicBool};
+        let clients_stop = Arc::new(AtomicBool::new(false));
+        let servers_stop = Arc::new(AtomicBool::new(false));
+        let servers = (0..2)
+            .map(|_| {
+                let listener = listener.try_clone().unwrap();
+                let stop = servers_stop.clone();
+                thread::spawn(move || serve_until(&listener, &stop))
+            })
+            .collect();
+        let clients = (0..2)
+            .map(|_| {
+                let (name, stop) = (netns.name().to_owned(), clients_stop.clone());
+                thread::spawn(move || {
+                    support::run_in_netns(&name, || connect_until(address, &stop))
+                })
+            })
+            .collect();
+        Churn {
+            clients_stop,
+            servers_stop,
+            clients,
+            servers,
+        }
+    }
+
+    /// Stops the clients, then the servers once they have accepted every connection; returns
+    /// the connections made.
+    fn stop(self) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.clients_stop.store(true, Relaxed);
+        let made = self.clients.into_iter().map(|t| t.join().unwrap()).sum();
+        self.servers_stop.store(true, Relaxed);
+        let served: u64 = self.servers.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(made, served, "connections made and served");
+        made
+    }
+}
+
+/// Accepts, reads each connection to its end and closes it, until `stop` is set and no
+/// connection waits.
+fn serve_until(listener: &TcpListener, stop: &std::sync::atomic::AtomicBool) -> u64 {
+    listener.set_nonblocking(true).unwrap();
+    let mut served = 0;
+    loop {
+        match listener.accept() {
+            Ok((mut stream, _)) => {
+                stream.set_nonblocking(false).unwrap();
+                stream.set_read_timeout(Some(WAIT)).unwrap();
+                let _ = stream.read_to_end(&mut Vec::new());
+                served += 1;
+            }
+            Err(error) if error.kind() == ErrorKind::WouldBlock => {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return served;
+                }
+                thread::sleep(Duration::from_micros(50))
+            }
+            Err(error) => panic!("accept: {error}"),
+        }
+    }
+}
+
+fn connect_until(address: SocketAddr, stop: &std::sync::atomic::AtomicBool) -> u64 {
+    let mut made = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut stream = TcpStream::connect(address).expect("connect");
+        stream.write_all(b"x").unwrap();
+        made += 1;
+    }
+    made
+}
+
+/// States whose gauge the start-up baseline feeds (all but the polls' TIME_WAIT).
+fn full_socket_states(per_state: BTreeMap<&'static str, u64>) -> BTreeMap<&'static str, u64> {
+    per_state
+        .into_iter()
+        .filter(|(state, _)| *state != "TIME_WAIT")
+        .collect()
+}
+
+/// A daemon started while connections churn reads its start-up baseline while sockets change
+/// state under it: after the churn, its gauges must equal ss (issue 36, defect 3: restarts left
+/// up to 92 phantom CLOSE_WAIT and FIN_WAIT1 sockets for good). Long-lived connections of the
+/// same port and labels stay ESTABLISHED through it, so a socket lost from the baseline shows
+/// too.
+#[test]
+#[ignore = "needs root, ip netns and nft: see the module documentation"]
+fn a_daemon_started_under_churn_counts_every_socket_once() {
+    const HELD: usize = 50;
+    const RESTARTS: usize = 7;
+    let port = 25024;
+    let ports = [port];
+    let netns = Netns::new(port);
+    // A deep accept queue: the clients outrun the servers at times, and a SYN to a full queue
+    // waits a second for its retransmission.
+    let listener = netns.run(|| {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+        socket.set_reuse_address(true).unwrap();
+        socket
+            .bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())
+            .expect("bind the test port");
+        socket.listen(4096).unwrap();
+        TcpListener::from(socket)
+    });
+    let held_clients: Vec<TcpStream> = (0..HELD).map(|_| connect(&netns, port)).collect();
+    let held_servers: Vec<TcpStream> = (0..HELD).map(|_| accept(&listener)).collect();
+    for restart in 1..=RESTARTS {
+        let address = (Ipv4Addr::new(127, 0, 0, 1 + restart as u8), port).into();
+        let churn = Churn::start(&netns, &listener, address);
+        thread::sleep(Duration::from_millis(300));
+        let daemon = start(&netns, &ports, &[], &[]);
+        thread::sleep(Duration::from_millis(300));
+        let made = churn.stop();
+        until_ss(&netns, WAIT, "the churn's sockets closed", |listed| {
+            listed.iter().all(|socket| {
+                !socket.has_port(port)
+                    || matches!(socket.state.as_str(), "TIME-WAIT" | "LISTEN" | "ESTAB")
+            }) && ss_count(listed, "ESTAB", port) == 2 * HELD
+        });
+        let mut metrics = daemon.scrape();
+        let mut listed = netns.sockets();
+        eventually(WAIT, || {
+            metrics = daemon.scrape();
+            listed = netns.sockets();
+            full_socket_states(per_state_from_metrics(&metrics, &ports))
+                == full_socket_states(per_state_from_ss(&listed, &ports))
+        });
+        assert_eq!(
+            full_socket_states(per_state_from_metrics(&metrics, &ports)),
+            full_socket_states(per_state_from_ss(&listed, &ports)),
+            "restart {restart} of {RESTARTS}, under a churn of {made} connections: \
+             tcpstate_sockets (left) and ss -tan (right) per state\n{}",
+            relevant(&metrics)
+        );
+        assert!(daemon.stop().success());
+    }
+    drop((held_clients, held_servers, listener));
+}
+
+/// Many connections held at once past a small slot table, then closed by the clients (close(),
+/// so each client's FIN_WAIT2 goes on in a timewait socket): most records live in socket
+/// storage and hand off through the handoff map, the others through their slots, which the
+/// scrapes' own sockets may claim before a sweep takes them. Every logical transition counts
+/// once (issue 36, defect 4: one `FIN_WAIT2 -> TIME_WAIT` was lost in every run).
+#[test]
+#[ignore = "needs root, ip netns and nft: see the module documentation"]
+fn orphaned_clients_past_the_slot_table_each_reach_time_wait_once() {
+    rerun_once_after_unrecorded_events(|| {
+        const CONNECTIONS: u64 = 5000;
+        let port = 25025;
+        let netns = Netns::new(port);
+        let daemon = start(&netns, &[port], &[], &["--sockets.slots=64"]);
+        let before = daemon.scrape();
+        let listener = listen(&netns, port);
+        let accepting = thread::spawn(move || {
+            let servers: Vec<TcpStream> = (0..CONNECTIONS)
+                .map(|_| listener.accept().unwrap().0)
+                .collect();
+            (listener, servers)
+        });
+        let clients: Vec<TcpStream> = netns.run(|| {
+            (0..CONNECTIONS)
+                .map(|_| TcpStream::connect(at(port)).expect("connect"))
+                .collect()
+        });
+        let (listener, mut servers) = accepting.join().unwrap();
+        drop(clients);
+        for server in &mut servers {
+            read_to_eof(server);
+        }
+        drop(servers);
+        drop(listener);
+        // Each client leaves FIN_WAIT1 once, for FIN_WAIT2 or (the server's FIN carrying the
+        // ACK of the client's) straight for TIME_WAIT; each reaches TIME_WAIT once.
+        let flows = |m: &Metrics| {
+            let client = |from: &str, to: &str| {
+                m.delta(
+                    &before,
+                    "tcpstate_transitions_total",
+                    &[
+                        ("port", "25025"),
+                        ("role", "client"),
+                        ("from", from),
+                        ("to", to),
+                    ],
+                ) as u64
+            };
+            [
+                client("ESTABLISHED", "FIN_WAIT1"),
+                client("FIN_WAIT1", "FIN_WAIT2") + client("FIN_WAIT1", "TIME_WAIT"),
+                client("FIN_WAIT2", "TIME_WAIT") + client("FIN_WAIT1", "TIME_WAIT"),
+            ]
+        };
+        let mut after = daemon.scrape();
+        eventually(Duration::from_secs(20), || {
+            after = daemon.scrape();
+            flows(&after) == [CONNECTIONS; 3]
+        });
+        let failures = support::recording_failures(&after, &before);
+        let all = transitions(&after, &before, port);
+        if flows(&after) != [CONNECTIONS; 3] && !failures.is_empty() {
+            panic!(
+                "{} ({failures:?}): clients leaving ESTABLISHED, FIN_WAIT1, entering TIME_WAIT: \
+                 {:?}; all: {all:?}",
+                support::UNRECORDED_EVENTS,
+                flows(&after)
+            );
+        }
+        assert_eq!(
+            flows(&after),
+            [CONNECTIONS; 3],
+            "clients leaving ESTABLISHED, leaving FIN_WAIT1, entering TIME_WAIT; all: {all:?}"
+        );
+        assert!(
+            after.delta(
+                &before,
+                "tcpstate_socket_records_in_socket_storage_total",
+                &[]
+            ) > CONNECTIONS as f64,
+            "most records live in socket storage"
+        );
+    });
+}
+
 // ---- tcpstate_sockets equals ss -tan ------------------------------------------------------
 
 /// Every state, as tcpstate names them; `SYN_RECV` here stands for ss's SYN-RECV, which is
