@@ -61,6 +61,12 @@ pub mod map {
     pub const TIMEWAIT_HANDOFFS: &str = "TIMEWAIT_HANDOFFS";
     /// `ARRAY`: hash of the ports -> [`crate::ClosedSocket`].
     pub const LAST_CLOSED: &str = "LAST_CLOSED";
+    /// `PERCPU_ARRAY` of [`crate::DisplacedHandoff`]: per CPU, a ring of the handoffs that new
+    /// sockets displaced from the slot table before the daemon took them.
+    pub const DISPLACED_HANDOFFS: &str = "DISPLACED_HANDOFFS";
+    /// `HASH`: socket cookie -> `u8` state it left, for sockets the programs first saw mid-life
+    /// (no record, not at their birth): the daemon takes them out of its start-up baseline.
+    pub const FIRST_SEEN: &str = "FIRST_SEEN";
     /// `PERCPU_ARRAY`: [`crate::witness::slot`] -> `u64` count.
     pub const WITNESS: &str = "WITNESS";
 }
@@ -144,6 +150,11 @@ pub const EVENTS_CAPACITY: u32 = 4096;
 /// between two scrapes, the oldest records give way (LRU), and those timewait sockets get
 /// inferred labels.
 pub const TIMEWAIT_HANDOFFS_CAPACITY: u32 = 65536;
+
+/// Capacity of the `FIRST_SEEN` map: sockets older than the daemon that move between two
+/// scrapes (the daemon drains it at each), and, at start-up, those that move while the daemon
+/// lists them. Entries are allocated on insert: an empty map costs nothing.
+pub const FIRST_SEEN_CAPACITY: u32 = 65536;
 
 /// Largest number of histogram bounds the kernel program can hold.
 pub const MAX_BUCKETS: usize = 32;
@@ -255,6 +266,24 @@ pub struct TimewaitHandoff {
     pub _padding: [u8; 7],
 }
 const _: () = assert!(size_of::<TimewaitHandoff>() == 24);
+
+/// A handoff a new socket displaced from its slot (`DISPLACED_HANDOFFS`, a per-CPU ring): the
+/// `sequence`-th displacement on that CPU (the primary program's `HANDOFFS_DISPLACED` counter),
+/// written between two copies of its sequence number so that a reader can tell a whole entry
+/// from one being written or overwritten.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DisplacedHandoff {
+    pub sequence: u64,
+    pub cookie: u64,
+    pub handoff: TimewaitHandoff,
+    pub sequence_end: u64,
+}
+const _: () = assert!(size_of::<DisplacedHandoff>() == 48);
+
+/// Entries of each CPU's `DISPLACED_HANDOFFS` ring (a power of two): displacements between two
+/// scrapes past it are lost, and counted.
+pub const DISPLACED_HANDOFF_SLOTS: u32 = 1024;
 
 /// A socket that recently reached CLOSE (`LAST_CLOSED` map, in the slot of its ports' hash):
 /// an abort moves the socket to CLOSE *before* sending its reset, so the reset program finds
@@ -583,7 +612,14 @@ pub mod counter {
     /// Records created in socket-local storage because the socket's slot window was full
     /// (included in `RECORDS_CREATED`).
     pub const RECORDS_IN_SOCKET_STORAGE: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// Failure: a socket first seen mid-life could not be noted in `FIRST_SEEN`; if it is in
+    /// the daemon's start-up baseline, its old state's gauge stays one too high.
+    pub const FAILED_FIRST_SEEN_RECORD: u32 = 10;
+    /// Handoffs a new socket displaced from the slot table before the daemon took them. The
+    /// primary program's count is also its `DISPLACED_HANDOFFS` ring's sequence; the nested
+    /// program's are lost (it writes no ring).
+    pub const HANDOFFS_DISPLACED: u32 = 11;
+    pub const COUNT: u32 = 12;
     /// Entries in the `COUNTERS` map.
     pub const SLOTS: u32 = COUNT * super::recorder::COUNT as u32;
 }
@@ -721,6 +757,8 @@ mod pod {
     unsafe impl aya::Pod for super::EventKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ClosedSocket {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DisplacedHandoff {}
 }
 
 #[cfg(test)]

@@ -37,6 +37,21 @@ impl TcpState {
         TcpState::NewSynRecv,
     ];
 
+    /// The states of a full socket (`struct sock`) that is connecting, connected or listening:
+    /// all but TIME_WAIT and NEW_SYN_RECV (held by timewait and request sockets) and CLOSE (a
+    /// socket not connected, or no longer).
+    pub const FULL_SOCKET_STATES: [TcpState; 9] = [
+        TcpState::Established,
+        TcpState::SynSent,
+        TcpState::SynRecv,
+        TcpState::FinWait1,
+        TcpState::FinWait2,
+        TcpState::CloseWait,
+        TcpState::LastAck,
+        TcpState::Listen,
+        TcpState::Closing,
+    ];
+
     /// The label value, as `ss` and the kernel spell it.
     pub const fn name(self) -> &'static str {
         match self {

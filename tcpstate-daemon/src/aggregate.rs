@@ -70,9 +70,6 @@ pub struct Aggregates {
     pub inferred_transitions: u64,
     /// SYN_SENT -> CLOSE by labels and `transition_detail` (the reason).
     pub connect_failures: BTreeMap<(Labels, u8), u64>,
-    /// Transitions out of a state by sockets first seen then (they existed before the program):
-    /// what the start-up baseline of untracked sockets loses.
-    pub first_seen_out: BTreeMap<(Labels, u8), u64>,
 }
 
 /// The logical edge of a kernel transition, or `None` when the logical view has no transition
@@ -114,9 +111,6 @@ pub fn aggregate(
         if flags & transition_flag::INFERRED != 0 {
             out.inferred_transitions += stats.count;
             continue;
-        }
-        if flags & transition_flag::FROM_TRACKED == 0 {
-            *out.first_seen_out.entry((labels, key.from)).or_default() += stats.count;
         }
         if key.from == SYN_SENT && key.to == CLOSE {
             *out.connect_failures
@@ -184,6 +178,7 @@ pub struct Counters {
     pub failed_unknown_state: u64,
     pub failed_record_delete: u64,
     pub records_in_socket_storage: u64,
+    pub failed_first_seen_record: u64,
 }
 
 impl Counters {
@@ -205,6 +200,7 @@ impl Counters {
             failed_events_map_full: total(counter::FAILED_EVENTS_MAP_FULL),
             failed_handoff_record: total(counter::FAILED_HANDOFF_RECORD),
             records_in_socket_storage: total(counter::RECORDS_IN_SOCKET_STORAGE),
+            failed_first_seen_record: total(counter::FAILED_FIRST_SEEN_RECORD),
         }
     }
 
@@ -255,26 +251,16 @@ pub fn connect_failure_reason(detail: u8) -> &'static str {
     }
 }
 
-/// Sockets now in each state: the kernel's tracked ones, the start-up baseline of untracked
-/// ones minus those that have since moved (`first_seen_out` less what had moved before the
-/// baseline was taken), and what the census counts (timewait and request sockets).
+/// Sockets now in each state: the kernel's tracked ones, the sockets older than the programs
+/// that have not moved since (the start-up baseline), and what the census counts (timewait and
+/// request sockets).
 pub fn sockets_now(
     kernel: &Aggregates,
     baseline: &BTreeMap<(Labels, u8), i64>,
-    moved_before_baseline: &BTreeMap<(Labels, u8), u64>,
     census: &BTreeMap<(Labels, u8), i64>,
 ) -> BTreeMap<(Labels, u8), i64> {
     let mut sockets = kernel.sockets.clone();
-    for (key, count) in baseline {
-        let moved_since = kernel
-            .first_seen_out
-            .get(key)
-            .copied()
-            .unwrap_or(0)
-            .saturating_sub(moved_before_baseline.get(key).copied().unwrap_or(0));
-        *sockets.entry(*key).or_default() += (count - moved_since as i64).max(0);
-    }
-    for (key, count) in census {
+    for (key, count) in baseline.iter().chain(census) {
         *sockets.entry(*key).or_default() += count;
     }
     sockets
@@ -579,17 +565,15 @@ mod tests {
     }
 
     #[test]
-    fn baseline_sockets_leave_as_they_are_first_seen() {
+    fn gauges_add_the_kernels_the_baselines_and_the_censuss_sockets() {
         let key = (CLIENT, Established as u8);
-        // 10 sockets older than the daemon; 1 had moved before the baseline was taken (it is
-        // not in the baseline), 3 more moved since.
+        // 4 sockets first seen leaving ESTABLISHED (the baseline no longer holds them).
         let entries = [entry(Established, FinWait1, TO_TRACKED, 0, 4)];
         let kernel = aggregate(&entries, 3, View::Logical);
-        let baseline = BTreeMap::from([(key, 10)]);
-        let before = BTreeMap::from([(key, 1)]);
+        let baseline = BTreeMap::from([(key, 6)]);
         let census = BTreeMap::from([((CLIENT, TimeWait as u8), 2)]);
-        let sockets = sockets_now(&kernel, &baseline, &before, &census);
-        assert_eq!(sockets[&key], 7);
+        let sockets = sockets_now(&kernel, &baseline, &census);
+        assert_eq!(sockets[&key], 6);
         assert_eq!(sockets[&(CLIENT, FinWait1 as u8)], 4);
         assert_eq!(sockets[&(CLIENT, TimeWait as u8)], 2);
     }

@@ -17,6 +17,7 @@ use tcpstate_common::{
 
 use crate::{
     aggregate::{Edge, Histogram},
+    baseline::Baseline,
     sock_diag::DiagSocket,
     sys::SlotSweep,
 };
@@ -90,6 +91,9 @@ struct TimewaitSocket {
     ends_ns: u64,
     /// The last poll that listed it (`Census::polls`).
     polled: u32,
+    /// First listed in TIME_WAIT without a handoff: a FIN_WAIT2 it went through (an orphan's)
+    /// is not counted yet.
+    fin_wait2_unseen: bool,
 }
 
 /// A handoff waiting for its timewait socket, packed (16 bytes: a busy host holds hundreds of
@@ -161,8 +165,8 @@ pub struct Census {
     undelivered_exits: BTreeMap<(Labels, u8), i64>,
     /// How many such sockets were found.
     pub undelivered_closes: u64,
-    /// Untracked full sockets at start-up, by labels and state.
-    baseline: BTreeMap<(Labels, u8), i64>,
+    /// Full sockets older than the programs that have not moved since.
+    pub baseline: Baseline,
     /// Transitions the polls saw (timewait substate changes and ends), cumulative.
     pub transitions: BTreeMap<(Labels, Edge), u64>,
     pub durations: BTreeMap<(Labels, Edge), Histogram>,
@@ -173,7 +177,13 @@ pub struct Census {
 
 impl Census {
     /// `net_inode`: the daemon's network namespace (see `sys::net_namespace_inode`).
-    pub fn new(ports: PortSet, bounds_ns: Vec<u64>, started_ns: u64, net_inode: u32) -> Self {
+    pub fn new(
+        ports: PortSet,
+        bounds_ns: Vec<u64>,
+        started_ns: u64,
+        net_inode: u32,
+        baseline: Baseline,
+    ) -> Self {
         Census {
             ports,
             bounds_ns,
@@ -187,29 +197,12 @@ impl Census {
             polled_full_sockets: Default::default(),
             undelivered_exits: BTreeMap::new(),
             undelivered_closes: 0,
-            baseline: BTreeMap::new(),
+            baseline,
             transitions: BTreeMap::new(),
             durations: BTreeMap::new(),
             sockets: BTreeMap::new(),
             listen_queues: BTreeMap::new(),
         }
-    }
-
-    /// Counts the full sockets the kernel program does not track (they existed before it was
-    /// attached and have not changed state since): `tracked` false.
-    pub fn add_to_baseline(&mut self, socket: &DiagSocket) {
-        // Request sockets (reported as SYN_RECV) and timewait sockets are the polls' business.
-        let request =
-            socket.state == SYN_RECV && socket.receive_queue == 0 && socket.send_queue == 0;
-        if socket.timewait || socket.tracked || request {
-            return;
-        }
-        let labels = untracked_labels(&self.ports, socket, role_in_state(socket.state));
-        *self.baseline.entry((labels, socket.state)).or_default() += 1;
-    }
-
-    pub fn baseline(&self) -> &BTreeMap<(Labels, u8), i64> {
-        &self.baseline
     }
 
     /// Takes the kernel's records of connections handed to timewait sockets (by cookie).
@@ -219,6 +212,15 @@ impl Census {
             entry.labels = handoff.labels;
             if entry.substate == handoff.state && handoff.entered_ns >= self.started_ns {
                 entry.entered_ns = Some(handoff.entered_ns);
+            }
+            if handoff.state == FIN_WAIT2 && entry.fin_wait2_unseen {
+                // An orphan first polled in TIME_WAIT, after its FIN_WAIT2 ended.
+                entry.fin_wait2_unseen = false;
+                let (labels, entered_time_wait) = (entry.labels, entry.entered_ns);
+                let duration = entered_time_wait
+                    .filter(|_| handoff.entered_ns >= self.started_ns)
+                    .map(|at| at.saturating_sub(handoff.entered_ns));
+                self.count(labels, FIN_WAIT2, TIME_WAIT, duration);
             }
             return;
         }
@@ -314,6 +316,7 @@ impl Census {
                                 entered_ns: known(Some(at)),
                                 ends_ns,
                                 polled: poll,
+                                fin_wait2_unseen: false,
                             }
                         }
                         (state, Some(handoff)) => TimewaitSocket {
@@ -322,6 +325,7 @@ impl Census {
                             entered_ns: known(Some(handoff.entered_ns)),
                             ends_ns,
                             polled: poll,
+                            fin_wait2_unseen: false,
                         },
                         (TIME_WAIT, None) => TimewaitSocket {
                             labels,
@@ -329,6 +333,7 @@ impl Census {
                             entered_ns: known(timer_start),
                             ends_ns,
                             polled: poll,
+                            fin_wait2_unseen: true,
                         },
                         (state, None) => TimewaitSocket {
                             labels,
@@ -336,6 +341,7 @@ impl Census {
                             entered_ns: None,
                             ends_ns,
                             polled: poll,
+                            fin_wait2_unseen: false,
                         },
                     }
                 }
@@ -439,11 +445,17 @@ impl Census {
         record.net_inode == self.net_inode
             && record.net_inode != 0
             && record.entered_ns < polls_started_ns
-            && POLLED_STATES.contains(&record.state)
+            && self.unlisted_by_both_polls(record.cookie, record.state)
+    }
+
+    /// Whether a socket in `state` (one the polls list) was listed by neither of the last two
+    /// polls.
+    fn unlisted_by_both_polls(&self, cookie: u64, state: u8) -> bool {
+        POLLED_STATES.contains(&state)
             && self
                 .polled_full_sockets
                 .iter()
-                .all(|poll| poll.cookies.binary_search(&record.cookie).is_err())
+                .all(|poll| poll.cookies.binary_search(&cookie).is_err())
     }
 
     /// A record left behind by a socket gone without its CLOSE event (see `record_sweep`).
@@ -525,6 +537,29 @@ pub struct RecordSweep<'a> {
     absence_checked_before_ns: u64,
 }
 
+impl RecordSweep<'_> {
+    /// Takes out of the baseline the sockets older than the programs that the last two polls
+    /// prove gone (listed at start-up, before either poll started), whose exit the kernel never
+    /// delivered to the programs. Call after the `FIRST_SEEN` entries the kernel wrote before
+    /// those polls started were folded in.
+    pub fn release_vanished_baseline(&mut self) {
+        if self.absence_checked_before_ns == 0 || self.census.baseline.is_empty() {
+            return;
+        }
+        let census = &mut *self.census;
+        let mut baseline = std::mem::take(&mut census.baseline);
+        let gone =
+            baseline.remove_gone(|cookie, state| census.unlisted_by_both_polls(cookie, state));
+        census.baseline = baseline;
+        if gone > 0 {
+            log::debug!(
+                "{gone} sockets older than tcpstated left without their exit reaching the kernel programs"
+            );
+        }
+        census.undelivered_closes += gone;
+    }
+}
+
 impl SlotSweep for RecordSweep<'_> {
     fn take_handoff(&mut self, cookie: u64, handoff: TimewaitHandoff) {
         self.census.add_handoff(cookie, handoff);
@@ -576,6 +611,7 @@ mod tests {
             vec![SECOND / 10, SECOND / 2, SECOND, 30 * SECOND, 61 * SECOND],
             START,
             NET,
+            Baseline::default(),
         )
     }
 
@@ -694,6 +730,25 @@ mod tests {
         );
         let histogram = &census.durations[&edge(FIN_WAIT2, TIME_WAIT)];
         assert_eq!(histogram.sum_ns, SECOND);
+    }
+
+    #[test]
+    fn an_orphans_handoff_taken_after_its_socket_was_polled_in_time_wait_counts_its_fin_wait2() {
+        let mut census = census();
+        let entered = START + SECOND;
+        // The poll lists the timewait socket (59 s left: in TIME_WAIT since START + 2 s) before
+        // the sweep takes its handoff; then the handoff says it was an orphan's FIN_WAIT2.
+        poll(&mut census, &[tw(TIME_WAIT, 5, 59_000)], START + 3 * SECOND);
+        assert!(!census.transitions.contains_key(&edge(FIN_WAIT2, TIME_WAIT)));
+        census.add_handoff(5, handoff(FIN_WAIT2, entered));
+        census.add_handoff(5, handoff(FIN_WAIT2, entered));
+        assert_eq!(census.transitions[&edge(FIN_WAIT2, TIME_WAIT)], 1);
+        assert_eq!(census.durations[&edge(FIN_WAIT2, TIME_WAIT)].sum_ns, SECOND);
+        // One first polled in FIN_WAIT2 had its exit counted when the poll saw it move.
+        poll(&mut census, &[tw(FIN_WAIT2, 6, 59_900)], START + 4 * SECOND);
+        poll(&mut census, &[tw(TIME_WAIT, 6, 59_800)], START + 5 * SECOND);
+        census.add_handoff(6, handoff(FIN_WAIT2, entered));
+        assert_eq!(census.transitions[&edge(FIN_WAIT2, TIME_WAIT)], 2);
     }
 
     #[test]
@@ -922,43 +977,39 @@ mod tests {
     }
 
     #[test]
-    fn baseline_counts_untracked_full_sockets_only() {
-        let mut census = census();
-        let established = DiagSocket {
-            state: 1,
-            timewait: false,
-            local_port: 50000,
-            remote_port: 443,
-            send_queue: 1,
-            ..tw(1, 1, 0)
-        };
-        let tracked = DiagSocket {
-            tracked: true,
-            ..established
-        };
-        for socket in [
-            established,
-            established,
-            tracked,
-            tw(TIME_WAIT, 2, 1),
-            listener(443, 0, 128),
-        ] {
-            census.add_to_baseline(&socket);
-        }
+    fn sockets_older_than_the_daemon_that_two_polls_did_not_list_leave_the_baseline() {
         let unknown = Labels {
-            port: 443,
-            family: 2,
             role: role::UNKNOWN,
-            _padding: [0; 4],
+            ..client()
         };
-        assert_eq!(census.baseline()[&(unknown, 1)], 2);
-        let listening = Labels {
-            port: 443,
-            family: 2,
-            role: role::LISTENER,
-            _padding: [0; 4],
+        let mut listing = crate::baseline::FirstListing::default();
+        listing.add(40, unknown, LAST_ACK);
+        listing.add(41, unknown, LAST_ACK);
+        listing.add(42, unknown, TcpState::Established as u8);
+        let mut census = Census {
+            baseline: listing.confirm([40, 41, 42]),
+            ..census()
         };
-        assert_eq!(census.baseline()[&(listening, LISTEN)], 1);
-        assert_eq!(census.baseline().len(), 2);
+        let listed = |cookie| DiagSocket {
+            state: LAST_ACK,
+            timewait: false,
+            ..tw(LAST_ACK, cookie, 0)
+        };
+        let first = START + 5 * SECOND;
+        census.observe(&[listed(41)], &[], first, first + SECOND / 10);
+        // One poll proves nothing.
+        census
+            .record_sweep(first + SECOND)
+            .release_vanished_baseline();
+        assert_eq!(census.baseline.len(), 3);
+        let second = first + 2 * SECOND;
+        census.observe(&[], &[], second, second + SECOND / 10);
+        census
+            .record_sweep(second + SECOND)
+            .release_vanished_baseline();
+        // 40: listed by neither poll; 41: by the first; 42: ESTABLISHED, which polls do not list.
+        assert_eq!(census.baseline.len(), 2);
+        assert_eq!(census.baseline.counts()[&(unknown, LAST_ACK)], 1);
+        assert_eq!(census.undelivered_closes, 1);
     }
 }

@@ -264,22 +264,15 @@ pub struct CollectorConfig {
 pub struct KernelState {
     pub maps: KernelMaps,
     pub census: Census,
-    /// First-seen transitions already counted when the baseline was taken.
-    pub moved_before_baseline: BTreeMap<(Labels, u8), u64>,
     last_poll: Option<(Instant, Duration)>,
     poll_errors: u64,
 }
 
 impl KernelState {
-    pub fn new(
-        maps: KernelMaps,
-        census: Census,
-        moved_before_baseline: BTreeMap<(Labels, u8), u64>,
-    ) -> Self {
+    pub fn new(maps: KernelMaps, census: Census) -> Self {
         KernelState {
             maps,
             census,
-            moved_before_baseline,
             last_poll: None,
             poll_errors: 0,
         }
@@ -459,18 +452,28 @@ impl Collector for TcpStateCollector {
         let started = Instant::now();
         let mut guard = self.lock();
         let state = &mut *guard;
-        let snapshot = state.maps.read();
+        let mut snapshot = state.maps.read();
+        match state.maps.drain_first_seen() {
+            Ok(cookies) => cookies
+                .into_iter()
+                .for_each(|cookie| state.census.baseline.first_seen(cookie)),
+            Err(error) => {
+                snapshot.read_errors += 1;
+                log::warn!("cannot read the sockets first seen by the kernel programs: {error}");
+            }
+        }
         let mut sweep = state.census.record_sweep(sys::monotonic_ns());
         if let Err(error) = state.maps.sweep_records(&mut sweep) {
             state.poll_errors += 1;
             log::warn!("cannot sweep the kernel's socket records: {error}");
         }
+        sweep.release_vanished_baseline();
+        snapshot.handoffs_lost = state.maps.displaced_lost;
         let read_seconds = started.elapsed().as_secs_f64();
         self.poll_if_due(state);
         let scrape = Scrape {
             snapshot: &snapshot,
             census: Some(&state.census),
-            moved_before_baseline: &state.moved_before_baseline,
             netstat: netstat::read().ok(),
             port_range: netstat::read_port_range(),
             read_seconds,
@@ -485,7 +488,6 @@ impl Collector for TcpStateCollector {
 pub struct Scrape<'a> {
     pub snapshot: &'a Snapshot,
     pub census: Option<&'a Census>,
-    pub moved_before_baseline: &'a BTreeMap<(Labels, u8), u64>,
     pub netstat: Option<ListenCounters>,
     pub port_range: Option<(u16, u16)>,
     pub read_seconds: f64,
@@ -502,8 +504,7 @@ pub fn exposition(scrape: &Scrape<'_>, config: &CollectorConfig) -> Vec<MetricFa
     let empty = BTreeMap::new();
     let sockets = sockets_now(
         &kernel,
-        scrape.census.map_or(&empty, |c| c.baseline()),
-        scrape.moved_before_baseline,
+        scrape.census.map_or(&empty, |c| c.baseline.counts()),
         &scrape
             .census
             .map_or_else(BTreeMap::new, |census| census.sockets_now()),
@@ -641,10 +642,17 @@ pub fn exposition(scrape: &Scrape<'_>, config: &CollectorConfig) -> Vec<MetricFa
     let failures = [
         ("transitions_map_full", counters.failed_transitions_map_full),
         ("events_map_full", counters.failed_events_map_full),
-        ("handoff_record_failed", counters.failed_handoff_record),
+        (
+            "handoff_record_failed",
+            counters.failed_handoff_record + snapshot.handoffs_lost,
+        ),
         ("socket_storage_unavailable", counters.failed_socket_storage),
         ("unknown_state", counters.failed_unknown_state),
         ("record_delete_failed", counters.failed_record_delete),
+        (
+            "first_seen_record_failed",
+            counters.failed_first_seen_record,
+        ),
         ("event_lost", snapshot.events_lost()),
         (
             "close_undelivered",
@@ -846,11 +854,9 @@ mod tests {
             poll_min_interval: Duration::from_secs(1),
             socket_slots: tcpstate_common::DEFAULT_SOCKET_SLOTS,
         };
-        let none = BTreeMap::new();
         let scrape = Scrape {
             snapshot,
             census: None,
-            moved_before_baseline: &none,
             netstat: Some(ListenCounters {
                 overflows: 4,
                 drops: 5,

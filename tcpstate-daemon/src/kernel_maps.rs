@@ -10,8 +10,8 @@ use aya::{
     programs::ProgramFd,
 };
 use tcpstate_common::{
-    EventKey, Labels, MAX_BUCKETS, TimewaitHandoff, TransitionKey, TransitionSlot, TransitionStats,
-    counter, program,
+    DISPLACED_HANDOFF_SLOTS, DisplacedHandoff, EventKey, Labels, MAX_BUCKETS, TimewaitHandoff,
+    TransitionKey, TransitionSlot, TransitionStats, counter, program, recorder,
 };
 
 use crate::{
@@ -27,6 +27,14 @@ pub struct KernelMaps {
     pub events: PerCpuHashMap<MapData, EventKey, u64>,
     /// `TIMEWAIT_HANDOFFS` (an LRU hash, drained in batches, so kept as plain map data).
     pub timewait_handoffs: MapData,
+    /// `DISPLACED_HANDOFFS` (a per-CPU array read in batches, so kept as plain map data).
+    pub displaced_handoffs: MapData,
+    /// Per CPU, the sequence of the last displaced handoff taken from its ring.
+    pub displaced_taken: Vec<u64>,
+    /// Displaced handoffs overwritten in their ring before a sweep could take them.
+    pub displaced_lost: u64,
+    /// `FIRST_SEEN` (a hash, drained in batches, so kept as plain map data).
+    pub first_seen: MapData,
     /// `SOCKET_SLOTS`, mapped: the records of tracked sockets, and the handoffs of the
     /// connections whose sockets had a slot.
     pub socket_slots: sys::SocketSlots,
@@ -46,6 +54,8 @@ pub struct Snapshot {
     pub counters: Counters,
     /// Kernel statistics of each program, by name.
     pub programs: Vec<(&'static str, ProgramStats)>,
+    /// Handoffs displaced from the slot table and lost before the daemon took them.
+    pub handoffs_lost: u64,
     /// Entries that could not be read (an entry removed during the walk, which never happens
     /// today).
     pub read_errors: u64,
@@ -147,16 +157,65 @@ impl KernelMaps {
     /// the records of connections handed to timewait sockets since the last sweep, those left
     /// in the slot table, then those of sockets tracked in socket storage; and releases the
     /// slots of records `sweep` knows to be stale.
-    pub fn sweep_records(&self, sweep: &mut impl SlotSweep) -> std::io::Result<()> {
+    pub fn sweep_records(&mut self, sweep: &mut impl SlotSweep) -> std::io::Result<()> {
         const KEY: usize = size_of::<u64>();
         const VALUE: usize = size_of::<TimewaitHandoff>();
         self.socket_slots.sweep(sweep)?;
+        self.take_displaced_handoffs(sweep)?;
         let (keys, values) =
             sys::drain_hash_map(&self.timewait_handoffs.fd().as_fd().as_raw_fd(), KEY, VALUE)?;
         for (key, value) in keys.chunks_exact(KEY).zip(values.chunks_exact(VALUE)) {
             sweep.take_handoff(decode_u64(key), decode_handoff(value));
         }
         Ok(())
+    }
+
+    /// Takes the handoffs new sockets displaced from the slot table since the last sweep, from
+    /// each CPU's ring: those numbered after the last taken, up to the CPU's count (read first:
+    /// the kernel writes an entry before counting it). An entry whose two sequence numbers do not
+    /// both say so was overwritten (the ring went round before this sweep): counted lost.
+    fn take_displaced_handoffs(&mut self, sweep: &mut impl SlotSweep) -> std::io::Result<()> {
+        const ENTRY: usize = size_of::<DisplacedHandoff>();
+        const SLOTS: u64 = DISPLACED_HANDOFF_SLOTS as u64;
+        let index = u32::from(recorder::PRIMARY) * counter::COUNT + counter::HANDOFFS_DISPLACED;
+        let counts: Vec<u64> = match self.counters.get(&index, 0) {
+            Ok(per_cpu) => per_cpu.iter().copied().collect(),
+            Err(error) => return Err(std::io::Error::other(error)),
+        };
+        self.displaced_taken.resize(counts.len(), 0);
+        if counts == self.displaced_taken {
+            return Ok(());
+        }
+        let cpus = counts.len();
+        let mut ring = Vec::with_capacity(DISPLACED_HANDOFF_SLOTS as usize * cpus);
+        let fd = self.displaced_handoffs.fd().as_fd().as_raw_fd();
+        sys::read_array(&fd, ENTRY * cpus, (64 << 10) / (ENTRY * cpus), |values| {
+            ring.extend(values.chunks_exact(ENTRY).map(decode_displaced_handoff));
+        })?;
+        for (cpu, (&count, taken)) in counts.iter().zip(&mut self.displaced_taken).enumerate() {
+            for sequence in *taken + 1..=count {
+                match ring.get((sequence % SLOTS) as usize * cpus + cpu) {
+                    Some(entry) if entry.sequence == sequence && entry.sequence_end == sequence => {
+                        sweep.take_handoff(entry.cookie, entry.handoff)
+                    }
+                    _ => self.displaced_lost += 1,
+                }
+            }
+            *taken = count;
+        }
+        Ok(())
+    }
+
+    /// Takes (reads and deletes) the cookies of the sockets the programs first saw mid-life
+    /// since the last call (see `baseline`).
+    pub fn drain_first_seen(&self) -> std::io::Result<Vec<u64>> {
+        const KEY: usize = size_of::<u64>();
+        let (keys, _states) = sys::drain_hash_map(
+            &self.first_seen.fd().as_fd().as_raw_fd(),
+            KEY,
+            size_of::<u8>(),
+        )?;
+        Ok(keys.chunks_exact(KEY).map(decode_u64).collect())
     }
 
     /// Whether every program is still loaded (the kernel answers for their fds).
@@ -189,6 +248,16 @@ fn decode_transition_slot(bytes: &[u8]) -> Option<(TransitionKey, TransitionStat
         *bucket = next();
     }
     Some((TransitionKey::from_words(key), stats))
+}
+
+/// `DisplacedHandoff` from its bytes (`#[repr(C)]`: two u64s, a `TimewaitHandoff`, a u64).
+fn decode_displaced_handoff(bytes: &[u8]) -> DisplacedHandoff {
+    DisplacedHandoff {
+        sequence: decode_u64(&bytes[0..8]),
+        cookie: decode_u64(&bytes[8..16]),
+        handoff: decode_handoff(&bytes[16..40]),
+        sequence_end: decode_u64(&bytes[40..48]),
+    }
 }
 
 /// `TimewaitHandoff` from its bytes (`#[repr(C)]`: u64, then `Labels` {u16, u8, u8, [u8; 4]},

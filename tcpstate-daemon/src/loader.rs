@@ -92,6 +92,16 @@ impl Tracer {
                 Map::LruHashMap(data) => data,
                 _ => anyhow::bail!("map {} is not an LRU hash", map::TIMEWAIT_HANDOFFS),
             },
+            displaced_handoffs: match take_map(&mut ebpf, map::DISPLACED_HANDOFFS)? {
+                Map::PerCpuArray(data) => data,
+                _ => anyhow::bail!("map {} is not a per-CPU array", map::DISPLACED_HANDOFFS),
+            },
+            displaced_taken: Vec::new(),
+            displaced_lost: 0,
+            first_seen: match take_map(&mut ebpf, map::FIRST_SEEN)? {
+                Map::HashMap(data) => data,
+                _ => anyhow::bail!("map {} is not a hash", map::FIRST_SEEN),
+            },
             socket_slots: map_socket_slots(&ebpf, config.socket_slots)?,
             programs,
         };

@@ -3,13 +3,13 @@ use std::{process::ExitCode, sync::Arc};
 use clap::Parser as _;
 use prometheus::{Registry, core::Collector};
 use tcpstate_daemon::{
-    aggregate,
+    baseline,
     census::Census,
     collector::{CollectorConfig, KernelState, TcpStateCollector},
     config::Flags,
     http::{self, WebState},
     loader::{self, Tracer, TracerConfig},
-    preflight, sock_diag, sys,
+    preflight, sys,
 };
 
 /// Exit status for runtime failures; usage errors exit with clap's 2.
@@ -52,32 +52,21 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let started_ns = sys::monotonic_ns();
 
     // Sockets older than the programs: counted once now, then as they move (first seen).
-    let mut census = Census::new(
-        loader::port_set(&flags.ports),
+    let ports = loader::port_set(&flags.ports);
+    let baseline = baseline::list(&tracer, &ports).unwrap_or_else(|error| {
+        log::warn!(
+            "cannot list existing sockets with sock_diag ({error}): sockets older than tcpstated \
+             are not counted until they change state"
+        );
+        Default::default()
+    });
+    let census = Census::new(
+        ports,
         flags.buckets.nanoseconds(),
         started_ns,
         sys::net_namespace_inode()?,
+        baseline,
     );
-    let moved_before_baseline =
-        aggregate::aggregate(&tracer.maps.read().transitions, 0, aggregate::View::Raw)
-            .first_seen_out;
-    let full_socket_states: Vec<u8> = (1..=11).filter(|state| *state != 6).collect();
-    let full_sockets = sock_diag::state_mask(&full_socket_states);
-    // A socket is tracked if it has a record: in socket storage (the dump says) or in a slot
-    // (looked up live as each socket comes, so the dump and the look agree to within a batch).
-    let baseline = tracer.maps.socket_slots.view().and_then(|slots| {
-        sock_diag::for_each(full_sockets, tracer.socket_records_fd(), |mut socket| {
-            socket.tracked |= slots.holds(socket.cookie);
-            census.add_to_baseline(&socket)
-        })
-    });
-    match baseline {
-        Ok(()) => {}
-        Err(error) => log::warn!(
-            "cannot list existing sockets with sock_diag ({error}): sockets older than tcpstated \
-             are not counted until they change state"
-        ),
-    }
 
     let Tracer { ebpf, maps, .. } = tracer;
     let config = CollectorConfig {
@@ -86,7 +75,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         poll_min_interval: flags.poll_min_interval,
         socket_slots: flags.socket_slots,
     };
-    let state = KernelState::new(maps, census, moved_before_baseline);
+    let state = KernelState::new(maps, census);
     let collector = Arc::new(TcpStateCollector::new(state, config));
     collector.start_background_poll();
 

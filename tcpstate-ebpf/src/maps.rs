@@ -3,14 +3,15 @@
 use crate::kernel::Sock;
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC, BPF_NOEXIST},
-    btf_maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, SkStorage},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, SkStorage},
     macros::btf_map,
 };
 use tcpstate_common::{
-    ClosedSocket, DEFAULT_SOCKET_SLOTS, DEFAULT_TRANSITION_SLOTS, DurationBuckets, EVENTS_CAPACITY,
-    EventKey, EventToken, Handled, HandledEvents, Labels, MAX_BUCKETS, PortSet,
-    RECENTLY_CLOSED_SLOTS, SocketLayout, SocketRecord, TIMEWAIT_HANDOFFS_CAPACITY,
-    TRANSITIONS_CAPACITY, TimewaitHandoff, TransitionKey, TransitionSlot, TransitionStats, counter,
+    ClosedSocket, DEFAULT_SOCKET_SLOTS, DEFAULT_TRANSITION_SLOTS, DISPLACED_HANDOFF_SLOTS,
+    DisplacedHandoff, DurationBuckets, EVENTS_CAPACITY, EventKey, EventToken, FIRST_SEEN_CAPACITY,
+    Handled, HandledEvents, Labels, MAX_BUCKETS, PortSet, RECENTLY_CLOSED_SLOTS, SocketLayout,
+    SocketRecord, TIMEWAIT_HANDOFFS_CAPACITY, TRANSITIONS_CAPACITY, TimewaitHandoff, TransitionKey,
+    TransitionSlot, TransitionStats, counter,
 };
 
 /// Per-socket records, one per slot (see `records`). Its size is set at load time
@@ -69,6 +70,24 @@ static TIMEWAIT_HANDOFFS: LruHashMap<
     { TIMEWAIT_HANDOFFS_CAPACITY as usize },
     { BPF_F_NO_COMMON_LRU as usize },
 > = LruHashMap::new();
+
+/// Per CPU, a ring of the handoffs new sockets displaced from `SOCKET_SLOTS` before the daemon
+/// took them (see `record_displaced_handoff`). Only the primary program writes it.
+#[btf_map]
+static DISPLACED_HANDOFFS: PerCpuArray<DisplacedHandoff, { DISPLACED_HANDOFF_SLOTS as usize }> =
+    PerCpuArray::new();
+
+/// Sockets first seen mid-life (no record, and not at their birth), by cookie, with the state
+/// they left: the sockets of the daemon's start-up baseline that have moved since, which the
+/// daemon takes out of the baseline's gauges when it drains this at each scrape. Only the
+/// first-seen path writes here: nothing per event on the tracked path.
+#[btf_map]
+static FIRST_SEEN: HashMap<
+    u64,
+    u8,
+    { FIRST_SEEN_CAPACITY as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();
 
 #[btf_map]
 static COUNTERS: PerCpuArray<u64, { counter::SLOTS as usize }> = PerCpuArray::new();
@@ -265,6 +284,45 @@ pub fn record_handoff(cookie: u64, handoff: &TimewaitHandoff) -> bool {
     TIMEWAIT_HANDOFFS
         .insert(cookie, handoff, BPF_ANY.into())
         .is_ok()
+}
+
+/// Keeps a handoff displaced from its slot for the daemon, in this CPU's ring; false if it is
+/// lost (the nested program writes no ring: the primary one may be mid-write on this CPU).
+#[inline(always)]
+pub fn record_displaced_handoff(recorder: u8, cookie: u64, handoff: &TimewaitHandoff) -> bool {
+    let index = recorder as u32 * counter::COUNT + counter::HANDOFFS_DISPLACED;
+    let Some(count) = COUNTERS.get_ptr_mut(index) else {
+        return false;
+    };
+    // SAFETY: a per-CPU array slot, only written by `recorder` on this CPU.
+    let sequence = unsafe { *count } + 1;
+    let kept = recorder == tcpstate_common::recorder::PRIMARY
+        && match DISPLACED_HANDOFFS.get_ptr_mut(sequence as u32 & (DISPLACED_HANDOFF_SLOTS - 1)) {
+            Some(entry) => {
+                // SAFETY: a per-CPU array slot, valid for this run, written only by the primary
+                // program on this CPU. Volatile keeps the order: a reader that finds both
+                // sequence numbers equal has the fields written between them.
+                unsafe {
+                    core::ptr::write_volatile(&raw mut (*entry).sequence, sequence);
+                    core::ptr::write_volatile(&raw mut (*entry).cookie, cookie);
+                    core::ptr::write_volatile(&raw mut (*entry).handoff, *handoff);
+                    core::ptr::write_volatile(&raw mut (*entry).sequence_end, sequence);
+                }
+                true
+            }
+            None => false,
+        };
+    // After the entry: the daemon reads the count first, then the entries up to it.
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(count, sequence) };
+    kept
+}
+
+/// Notes that the socket with `cookie`, first seen now, left `state`; false if the kernel
+/// refused (the map is full).
+#[inline(always)]
+pub fn note_first_seen(cookie: u64, state: u8) -> bool {
+    FIRST_SEEN.insert(cookie, state, BPF_ANY.into()).is_ok()
 }
 
 /// Notes that `sock` just reached CLOSE from `state` (see `ClosedSocket`).

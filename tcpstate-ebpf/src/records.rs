@@ -14,12 +14,15 @@
 //!
 //! A socket handed to a timewait socket at CLOSE leaves its record in the slot as the handoff
 //! for the daemon (its owner marked with `HANDOFF_OWNER`): no other map is written on the
-//! connection's last event, and the next socket whose window passes there may take the slot.
+//! connection's last event, and the next socket whose window passes there may take the slot,
+//! moving the handoff to its CPU's `DISPLACED_HANDOFFS` ring (an array write: cheap even when
+//! the churn laps the table between two scrapes and every new socket displaces one).
 
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
 use tcpstate_common::{
-    HANDOFF_OWNER, SOCKET_SLOT_WINDOW, SocketRecord, record_home, slot_owner, socket_slot_window,
+    HANDOFF_OWNER, SOCKET_SLOT_WINDOW, SocketRecord, TimewaitHandoff, record_home, slot_owner,
+    socket_slot_window,
 };
 
 use crate::{kernel::Sock, maps};
@@ -37,25 +40,56 @@ pub fn find(sock: &Sock, cookie: u64) -> Option<&'static mut SocketRecord> {
     sock.storage_record()
 }
 
-/// Gives the socket `initial` as its record: in a free slot of its window, or else in
-/// socket-local storage. `None` when both are unavailable.
+/// Gives the socket `initial` as its record: in the first claimable slot of its window, or else
+/// in socket-local storage. `None` when both are unavailable. A claimable slot may still hold a
+/// handoff the daemon has not taken: the handoff then moves to the CPU's `DISPLACED_HANDOFFS`
+/// ring (false in `.1` if it was lost).
 #[inline(always)]
-pub fn create(sock: &Sock, initial: &mut SocketRecord) -> Option<&'static mut SocketRecord> {
+pub fn create(
+    sock: &Sock,
+    initial: &mut SocketRecord,
+    recorder: u8,
+) -> (Option<&'static mut SocketRecord>, bool) {
     let first = socket_slot_window(initial.cookie);
     for step in 0..SOCKET_SLOT_WINDOW {
-        let slot = maps::socket_slot(first.wrapping_add(step))?;
+        let Some(slot) = maps::socket_slot(first.wrapping_add(step)) else {
+            return (None, true);
+        };
         let owner = slot.cookie;
-        if slot_owner::is_claimable(owner) && claim(slot, owner, initial.cookie) {
-            slot.entered_ns = initial.entered_ns;
-            slot.labels = initial.labels;
-            slot.state = initial.state;
-            slot.home = record_home::SLOT;
-            slot.net_inode = initial.net_inode;
-            return Some(slot);
+        if !slot_owner::is_claimable(owner) {
+            continue;
+        }
+        // Read before the claim overwrites it: nobody writes a handoff's fields, and a claim
+        // or the daemon's take changes the owner, which makes the claim below fail.
+        let displaced = slot_owner::handoff_cookie(owner).map(|cookie| {
+            let handoff = TimewaitHandoff {
+                entered_ns: slot.entered_ns,
+                labels: slot.labels,
+                state: slot.state,
+                _padding: [0; 7],
+            };
+            (cookie, handoff)
+        });
+        if claim(slot, owner, initial.cookie) {
+            fill(slot, initial);
+            let kept = displaced.is_none_or(|(cookie, handoff)| {
+                maps::record_displaced_handoff(recorder, cookie, &handoff)
+            });
+            return (Some(slot), kept);
         }
     }
     initial.home = record_home::SOCKET_STORAGE;
-    sock.create_storage_record(initial)
+    (sock.create_storage_record(initial), true)
+}
+
+/// Writes a claimed slot's record (its owner is already the socket's cookie).
+#[inline(always)]
+fn fill(slot: &mut SocketRecord, initial: &SocketRecord) {
+    slot.entered_ns = initial.entered_ns;
+    slot.labels = initial.labels;
+    slot.state = initial.state;
+    slot.home = record_home::SLOT;
+    slot.net_inode = initial.net_inode;
 }
 
 /// Forgets the socket's record (at CLOSE); false if the kernel refused to delete it.

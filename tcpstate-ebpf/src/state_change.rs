@@ -184,6 +184,9 @@ pub fn record(sock: &Sock, event: &EventToken, recorder: u8) {
             );
         }
         None => {
+            if !is_birth(from, to) && !maps::note_first_seen(cookie, from) {
+                maps::count(recorder, counter::FAILED_FIRST_SEEN_RECORD);
+            }
             let labels = untracked_labels(sock, first_seen_role(from, to));
             if to == CLOSE {
                 note_closed(sock, labels, from);
@@ -199,7 +202,11 @@ pub fn record(sock: &Sock, event: &EventToken, recorder: u8) {
                     _padding: [0; 2],
                     net_inode: sock.net_inode(),
                 };
-                if let Some(record) = records::create(sock, &mut initial) {
+                let (created, handoff_kept) = records::create(sock, &mut initial, recorder);
+                if !handoff_kept {
+                    maps::count(recorder, counter::FAILED_HANDOFF_RECORD);
+                }
+                if let Some(record) = created {
                     flags |= transition_flag::TO_TRACKED;
                     maps::count(recorder, counter::RECORDS_CREATED);
                     if record.home == record_home::SOCKET_STORAGE {
