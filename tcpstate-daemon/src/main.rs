@@ -99,7 +99,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     log::info!(
         "tcpstated {} attached to sock:inet_sock_set_state; serving http://{}{}",
         tcpstate_daemon::collector::VERSION,
-        flags.listen_address,
+        listener.local_addr()?,
         flags.telemetry_path
     );
     let state = WebState {
