@@ -18,6 +18,10 @@ pub const DEFAULT_BUCKETS: [f64; 18] = [
 /// Default `--web.listen-address`: 9816, in the exporter range and not used by common exporters.
 pub const DEFAULT_LISTEN_ADDRESS: &str = "0.0.0.0:9816";
 
+/// Default `--web.max-connections`: a few Prometheus servers, probes and open pages need a
+/// handful; the cap bounds the daemon's memory and file descriptors.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
 /// The largest histogram bound, in seconds: the kernel counts in u64 nanoseconds and keeps
 /// `u64::MAX` for "no bound" (`DurationBuckets::UNUSED`).
 pub const MAX_BUCKET_SECONDS: f64 = 18_446_744_073.0;
@@ -38,6 +42,13 @@ pub struct Flags {
     #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = "/metrics",
           value_parser = parse_telemetry_path)]
     pub telemetry_path: String,
+
+    /// Most HTTP connections open at once. At the cap, a new connection closes the one that
+    /// has waited longest without a request in progress (idle between requests, or still
+    /// sending its request), so idle clients cannot lock out a scrape.
+    #[arg(long = "web.max-connections", value_name = "COUNT", default_value_t = DEFAULT_MAX_CONNECTIONS,
+          value_parser = parse_max_connections, allow_negative_numbers = true)]
+    pub max_connections: usize,
 
     /// Service port to export by number in the `port` label (repeat the flag or give a comma
     /// list). A socket's service port is its local port for server and listener sockets and its
@@ -118,6 +129,17 @@ fn parse_slots(
             _ => Err(format!("{slots} is not {range}")),
         },
         Err(_) => Err(format!("`{text}` is not a number of slots: give {range}")),
+    }
+}
+
+/// `--web.max-connections`: 1 to 65536.
+fn parse_max_connections(text: &str) -> Result<usize, String> {
+    const MOST: usize = 65536;
+    match text.trim().parse::<i64>() {
+        Ok(count) if (1..=MOST as i64).contains(&count) => Ok(count as usize),
+        _ => Err(format!(
+            "`{text}` is not a number of connections between 1 and {MOST}"
+        )),
     }
 }
 
@@ -406,6 +428,7 @@ mod tests {
             ("--sockdiag.min-interval", "between 0 and 3600"),
             ("--sockets.slots", "between 8 and 67108864"),
             ("--transitions.slots", "between 2 and 65536"),
+            ("--web.max-connections", "between 1 and 65536"),
         ] {
             let joined = format!("{flag}=-1");
             for args in [vec![flag, "-1"], vec![joined.as_str()]] {
@@ -428,6 +451,22 @@ mod tests {
             assert_eq!(err.exit_code(), 2, "{flag} {value}");
             let text = err.to_string();
             assert!(text.contains(expected), "{flag} {value}: {text}");
+        }
+    }
+
+    #[test]
+    fn connection_cap_is_a_positive_count() {
+        assert_eq!(parse(&[]).unwrap().max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(
+            parse(&["--web.max-connections", "8"])
+                .unwrap()
+                .max_connections,
+            8
+        );
+        for bad in ["0", "65537", "some"] {
+            let err = parse(&["--web.max-connections", bad]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}");
+            assert!(err.to_string().contains("between 1 and 65536"), "{err}");
         }
     }
 

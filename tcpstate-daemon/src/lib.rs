@@ -4,9 +4,9 @@
 //! maps at scrape time; `aggregate` merges the raw entries; `census` counts what the tracepoint
 //! never shows (timewait and request sockets, accept queues, sockets older than the daemon) from
 //! `sock_diag` polls; `netstat` reads the listen counters; `labels` decodes numbers to label
-//! values; `collector` builds the metric families; `http` serves them; `config` is the flags;
-//! `kernel_btf` reads the kernel's type information; `preflight` checks privileges; `sys` holds
-//! the raw syscalls.
+//! values; `collector` builds the metric families; `http` serves them (its `server` keeps the
+//! connections: cap, timeouts, shutdown); `config` is the flags; `kernel_btf` reads the kernel's
+//! type information; `preflight` checks privileges; `sys` holds the raw syscalls.
 #![deny(unsafe_code)]
 
 pub mod aggregate;

@@ -1,4 +1,4 @@
-use std::{process::ExitCode, sync::Arc};
+use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use clap::Parser as _;
 use prometheus::{Registry, core::Collector};
@@ -7,7 +7,7 @@ use tcpstate_daemon::{
     census::Census,
     collector::{CollectorConfig, KernelState, TcpStateCollector},
     config::Flags,
-    http::{self, WebState},
+    http::{self, Limits, WebState},
     loader::{self, Tracer, TracerConfig},
     preflight, sock_diag, sys,
 };
@@ -18,14 +18,14 @@ const EXIT_RUNTIME_FAILURE: u8 = 1;
 fn main() -> ExitCode {
     let flags = Flags::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match http::runtime() {
         Ok(runtime) => runtime,
         Err(error) => return fail(error.into()),
     };
-    match runtime.block_on(run(flags)) {
+    let result = runtime.block_on(run(flags));
+    // Not waiting for a scrape still blocked in a collector: the programs are detached.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => fail(error),
     }
@@ -37,8 +37,21 @@ fn fail(error: anyhow::Error) -> ExitCode {
 }
 
 async fn run(flags: Flags) -> anyhow::Result<()> {
+    let shutdown = sys::shutdown_signal()?;
     preflight::check_privileges()?;
-    let listener = http::bind(flags.listen_address).await?;
+    let listener = http::bind(flags.listen_address)?;
+    let fd_limit = sys::raise_fd_limit().unwrap_or_else(|error| {
+        log::warn!("cannot read or raise the fd limit ({error}); assuming 1024");
+        1024
+    });
+    let max_connections = http::connections_within(fd_limit, flags.max_connections);
+    if max_connections < flags.max_connections {
+        log::warn!(
+            "serving at most {max_connections} HTTP connections, not {}: the fd limit is \
+             {fd_limit} (raise LimitNOFILE= in the systemd unit, or ulimit -n)",
+            flags.max_connections
+        );
+    }
     if let Err(error) = sys::raise_memlock_rlimit() {
         // Kernels since 5.11 charge BPF memory to the memory cgroup instead.
         log::debug!("could not raise RLIMIT_MEMLOCK ({error}); relying on memcg accounting");
@@ -107,7 +120,11 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         collector,
         telemetry_path: flags.telemetry_path.clone(),
     };
-    http::serve(listener, state, sys::shutdown_signal()).await?;
+    let limits = Limits {
+        max_connections,
+        ..Limits::default()
+    };
+    http::serve(listener, state, limits, shutdown).await;
     drop(ebpf); // detaches the programs
     log::info!("detached; exiting");
     Ok(())

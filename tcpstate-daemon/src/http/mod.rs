@@ -1,4 +1,7 @@
-//! The HTTP endpoints: `/` (landing page), the telemetry path (metrics), `/healthz`.
+//! The HTTP endpoints: `/` (landing page), the telemetry path (metrics), `/healthz`; `server`
+//! keeps the connections.
+
+mod server;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
@@ -10,7 +13,9 @@ use axum::{
     routing::get,
 };
 use prometheus::{Encoder as _, Registry, TextEncoder};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
+
+pub use server::{Limits, connections_within};
 
 use crate::collector::TcpStateCollector;
 
@@ -21,9 +26,30 @@ pub struct WebState {
     pub telemetry_path: String,
 }
 
-/// Binds the listen address, explaining the usual failures.
-pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(address).await.map_err(|error| {
+/// The daemon's runtime: one thread, for every connection (they only wait).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// Connections the kernel queues until the server accepts them (capped by
+/// `net.core.somaxconn`): tokio's default, 128, overflows under a burst of connections, and each
+/// overflow costs a client a one-second SYN retransmission.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds the listen address (inside the runtime), explaining the usual failures.
+pub fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    };
+    let listener = socket.and_then(|socket| {
+        socket.set_reuseaddr(true)?;
+        socket.bind(address)?;
+        socket.listen(LISTEN_BACKLOG)
+    });
+    listener.map_err(|error| {
         let hint = match error.kind() {
             std::io::ErrorKind::AddrInUse => format!(
                 "address {address} is already in use (another tcpstated or exporter?): stop it or \
@@ -41,20 +67,23 @@ pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
     })
 }
 
+/// Serves the endpoints until `shutdown` resolves; then requests in flight get
+/// `limits.shutdown_grace` before every connection is closed.
 pub async fn serve(
     listener: TcpListener,
     state: WebState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let app = Router::new()
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    server::serve(listener, router(state), limits, shutdown).await;
+}
+
+fn router(state: WebState) -> Router {
+    Router::new()
         .route("/", get(landing_page))
         .route(&state.telemetry_path, get(metrics))
         .route("/healthz", get(health))
-        .with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    Ok(())
+        .with_state(state)
 }
 
 async fn metrics(State(state): State<WebState>) -> Response {
@@ -89,7 +118,7 @@ async fn health(State(state): State<WebState>) -> Response {
 /// The state-machine page (`web/state_machine.html`): the TCP state diagram, filled in live by
 /// its own script from the telemetry path, which is written into the page here.
 async fn landing_page(State(state): State<WebState>) -> Html<String> {
-    const PAGE: &str = include_str!("web/state_machine.html");
+    const PAGE: &str = include_str!("../web/state_machine.html");
     Html(
         PAGE.replace("__TELEMETRY_PATH__", &html_escape(&state.telemetry_path))
             .replace("__VERSION__", &html_escape(crate::collector::VERSION)),
