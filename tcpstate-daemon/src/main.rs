@@ -1,7 +1,12 @@
-use std::{process::ExitCode, sync::Arc, time::Duration};
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    process::ExitCode,
+    sync::Arc,
+    time::Duration,
+};
 
 use clap::Parser as _;
-use prometheus::{Registry, core::Collector};
+use prometheus::Registry;
 use tcpstate_daemon::{
     aggregate,
     census::Census,
@@ -93,6 +98,16 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     }
 
     let Tracer { ebpf, maps, .. } = tracer;
+    let program_fds = maps
+        .programs
+        .iter()
+        .map(|(_, fd)| fd.try_clone())
+        .collect::<Result<Vec<_>, _>>()?;
+    let programs_loaded = move || {
+        program_fds
+            .iter()
+            .all(|fd| sys::program_stats(&fd.as_fd().as_raw_fd()).is_ok())
+    };
     let config = CollectorConfig {
         bucket_bounds: flags.buckets.seconds().to_vec(),
         view: flags.view,
@@ -100,11 +115,11 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         socket_slots: flags.socket_slots,
     };
     let state = KernelState::new(maps, census, moved_before_baseline);
-    let collector = Arc::new(TcpStateCollector::new(state, config));
+    let collector = TcpStateCollector::new(state, config);
     collector.start_background_poll();
 
     let registry = Registry::new();
-    registry.register(Box::new(SharedCollector(collector.clone())))?;
+    registry.register(Box::new(collector))?;
     registry.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
     ))?;
@@ -117,7 +132,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     );
     let state = WebState {
         registry,
-        collector,
+        programs_loaded: Arc::new(programs_loaded),
         telemetry_path: flags.telemetry_path.clone(),
     };
     let limits = Limits {
@@ -128,16 +143,4 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     drop(ebpf); // detaches the programs
     log::info!("detached; exiting");
     Ok(())
-}
-
-/// Lets the registry own a handle on the collector that `/healthz` also uses.
-struct SharedCollector(Arc<TcpStateCollector>);
-
-impl Collector for SharedCollector {
-    fn desc(&self) -> Vec<&prometheus::core::Desc> {
-        self.0.desc()
-    }
-    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
-        self.0.collect()
-    }
 }

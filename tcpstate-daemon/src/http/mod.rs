@@ -17,19 +17,22 @@ use tokio::net::{TcpListener, TcpSocket};
 
 pub use server::{Limits, connections_within};
 
-use crate::collector::TcpStateCollector;
-
 #[derive(Clone)]
 pub struct WebState {
     pub registry: Registry,
-    pub collector: Arc<TcpStateCollector>,
+    /// Whether the kernel programs are still loaded. `/healthz` asks it and nothing else: not
+    /// the collector, whose lock a scrape holds.
+    pub programs_loaded: Arc<dyn Fn() -> bool + Send + Sync>,
     pub telemetry_path: String,
 }
 
-/// The daemon's runtime: one thread, for every connection (they only wait).
+/// The daemon's runtime: one thread for every connection (they only wait), and a small pool
+/// for scrapes, which block (map reads, sock_diag polls, the collector's lock) and serialize on
+/// the collector anyway.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(2)
         .build()
 }
 
@@ -87,20 +90,26 @@ fn router(state: WebState) -> Router {
 }
 
 async fn metrics(State(state): State<WebState>) -> Response {
-    let families = state.registry.gather();
-    let mut body = Vec::new();
-    match TextEncoder::new().encode(&families, &mut body) {
-        Ok(()) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),
-        Err(error) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot encode metrics: {error}\n"),
-        )
-            .into_response(),
-    }
+    // Off the async thread: a scrape blocks, and health checks must not wait for it.
+    let scrape = tokio::task::spawn_blocking(move || {
+        let mut body = Vec::new();
+        TextEncoder::new()
+            .encode(&state.registry.gather(), &mut body)
+            .map(|()| body)
+    })
+    .await;
+    let error = match scrape {
+        Ok(Ok(body)) => {
+            return ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response();
+        }
+        Ok(Err(error)) => format!("cannot encode metrics: {error}"),
+        Err(error) => format!("the scrape failed: {error}"),
+    };
+    (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")).into_response()
 }
 
 async fn health(State(state): State<WebState>) -> Response {
-    if state.collector.programs_alive() {
+    if (state.programs_loaded)() {
         (
             StatusCode::OK,
             "ok: kernel programs attached to sock:inet_sock_set_state\n",
@@ -139,4 +148,67 @@ fn html_escape(text: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::{Mutex, mpsc},
+        time::Duration,
+    };
+
+    use prometheus::{core::Collector, proto::MetricFamily};
+
+    use super::{
+        server::testing::{TestServer, request},
+        *,
+    };
+
+    /// A collector whose `collect()` says it started, then blocks until released.
+    struct BlockingCollector {
+        started: Mutex<mpsc::Sender<()>>,
+        release: Mutex<mpsc::Receiver<()>>,
+    }
+
+    impl Collector for BlockingCollector {
+        fn desc(&self) -> Vec<&prometheus::core::Desc> {
+            Vec::new()
+        }
+
+        fn collect(&self) -> Vec<MetricFamily> {
+            let _ = self.started.lock().unwrap().send(());
+            let _ = self.release.lock().unwrap().recv();
+            Vec::new()
+        }
+    }
+
+    #[test]
+    fn health_checks_answer_while_a_scrape_is_blocked_in_a_collector() {
+        let (started, scrape_started) = mpsc::channel();
+        let (release, released) = mpsc::channel();
+        let registry = Registry::new();
+        registry
+            .register(Box::new(BlockingCollector {
+                started: Mutex::new(started),
+                release: Mutex::new(released),
+            }))
+            .unwrap();
+        let state = WebState {
+            registry,
+            programs_loaded: Arc::new(|| true),
+            telemetry_path: "/metrics".into(),
+        };
+        let server = TestServer::start(router(state), Limits::default());
+
+        let mut scraper = server.connect();
+        let scrape = std::thread::spawn(move || request(&mut scraper, "/metrics"));
+        scrape_started
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the scrape reaches the collector");
+        let health = request(&mut server.connect(), "/healthz");
+        release.send(()).unwrap();
+        let (status, body) = health.expect("/healthz answers while the scrape is blocked");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(scrape.join().unwrap().unwrap().0, 200);
+    }
 }
