@@ -380,10 +380,6 @@ impl TcpStateCollector {
         }
     }
 
-    pub fn programs_alive(&self) -> bool {
-        self.lock().maps.programs_alive()
-    }
-
     fn lock(&self) -> MutexGuard<'_, KernelState> {
         lock(&self.state)
     }

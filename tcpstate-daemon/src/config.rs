@@ -18,6 +18,14 @@ pub const DEFAULT_BUCKETS: [f64; 18] = [
 /// Default `--web.listen-address`: 9816, in the exporter range and not used by common exporters.
 pub const DEFAULT_LISTEN_ADDRESS: &str = "0.0.0.0:9816";
 
+/// Default `--web.max-connections`: a few Prometheus servers, probes and open pages need a
+/// handful; the cap bounds the daemon's memory and file descriptors.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
+/// The largest histogram bound, in seconds: the kernel counts in u64 nanoseconds and keeps
+/// `u64::MAX` for "no bound" (`DurationBuckets::UNUSED`).
+pub const MAX_BUCKET_SECONDS: f64 = 18_446_744_073.0;
+
 /// Follows every TCP socket through its states with eBPF and serves Prometheus metrics:
 /// transition counts, time spent in each state, and sockets per state.
 ///
@@ -35,11 +43,19 @@ pub struct Flags {
           value_parser = parse_telemetry_path)]
     pub telemetry_path: String,
 
+    /// Most HTTP connections open at once. At the cap, a new connection closes the one that
+    /// has waited longest without a request in progress (idle between requests, or still
+    /// sending its request), so idle clients cannot lock out a scrape.
+    #[arg(long = "web.max-connections", value_name = "COUNT", default_value_t = DEFAULT_MAX_CONNECTIONS,
+          value_parser = parse_max_connections, allow_negative_numbers = true)]
+    pub max_connections: usize,
+
     /// Service port to export by number in the `port` label (repeat the flag or give a comma
     /// list). A socket's service port is its local port for server and listener sockets and its
     /// remote port for client sockets; ports outside this set are labelled `other`. Default:
     /// none, so every socket is `other` and the series count stays small.
-    #[arg(long = "port", value_name = "PORT", value_delimiter = ',', value_parser = parse_port)]
+    #[arg(long = "port", value_name = "PORT", value_delimiter = ',', value_parser = parse_port,
+          allow_negative_numbers = true)]
     pub ports: Vec<u16>,
 
     /// Upper bounds of the state-duration histogram buckets, in seconds: a comma list,
@@ -64,7 +80,8 @@ pub struct Flags {
     /// that takes under 20 ms runs within the scrape; slower ones run beside it, and the scrape
     /// shows the previous poll's figures. A poll walks every TCP socket of the host, so after a
     /// slow one the next waits at least 20 times as long: polls take at most 5% of one CPU.
-    #[arg(long = "sockdiag.min-interval", value_name = "SECONDS", default_value = "1", value_parser = parse_interval)]
+    #[arg(long = "sockdiag.min-interval", value_name = "SECONDS", default_value = "1", value_parser = parse_interval,
+          allow_negative_numbers = true)]
     pub poll_min_interval: Duration,
 
     /// Slots of the kernel's socket table, where each tracked socket's record lives: a power of
@@ -73,7 +90,7 @@ pub struct Flags {
     /// tracked in socket-local storage instead, which loses nothing but costs several times
     /// more per event (`tcpstate_socket_records_in_socket_storage_total` counts them).
     #[arg(long = "sockets.slots", value_name = "SLOTS", default_value_t = DEFAULT_SOCKET_SLOTS,
-          value_parser = parse_socket_slots)]
+          value_parser = parse_socket_slots, allow_negative_numbers = true)]
     pub socket_slots: u32,
 
     /// Slots per CPU of the kernel's transition table, where the program counts each distinct
@@ -82,7 +99,7 @@ pub struct Flags {
     /// the kernel's hash map instead, which loses nothing but costs more per event; raise it
     /// when many ports are exported by number.
     #[arg(long = "transitions.slots", value_name = "SLOTS", default_value_t = DEFAULT_TRANSITION_SLOTS,
-          value_parser = parse_transition_slots)]
+          value_parser = parse_transition_slots, allow_negative_numbers = true)]
     pub transition_slots: u32,
 }
 
@@ -101,14 +118,28 @@ fn parse_slots(
     bounds: std::ops::RangeInclusive<u32>,
     examples: &str,
 ) -> Result<u32, String> {
-    match text.trim().parse::<u32>() {
-        Ok(slots) if slots.is_power_of_two() && bounds.contains(&slots) => Ok(slots),
-        Ok(slots) => Err(format!(
-            "{slots} is not a power of two between {} and {} (e.g. {examples})",
-            bounds.start(),
-            bounds.end()
+    let range = format!(
+        "a power of two between {} and {} (e.g. {examples})",
+        bounds.start(),
+        bounds.end()
+    );
+    match text.trim().parse::<i64>() {
+        Ok(slots) => match u32::try_from(slots) {
+            Ok(slots) if slots.is_power_of_two() && bounds.contains(&slots) => Ok(slots),
+            _ => Err(format!("{slots} is not {range}")),
+        },
+        Err(_) => Err(format!("`{text}` is not a number of slots: give {range}")),
+    }
+}
+
+/// `--web.max-connections`: 1 to 65536.
+fn parse_max_connections(text: &str) -> Result<usize, String> {
+    const MOST: usize = 65536;
+    match text.trim().parse::<i64>() {
+        Ok(count) if (1..=MOST as i64).contains(&count) => Ok(count as usize),
+        _ => Err(format!(
+            "`{text}` is not a number of connections between 1 and {MOST}"
         )),
-        Err(_) => Err(format!("`{text}` is not a number of slots")),
     }
 }
 
@@ -151,6 +182,18 @@ impl Buckets {
         for &bound in &seconds {
             if !(bound.is_finite() && bound > 0.0) {
                 return Err(format!("bound {bound} is not a positive number of seconds"));
+            }
+            if bound > MAX_BUCKET_SECONDS {
+                return Err(format!(
+                    "bound {} is too large: the kernel counts in u64 nanoseconds, so the largest \
+                     bound is {MAX_BUCKET_SECONDS} s (about 584 years)",
+                    // 1e300 would print as 301 digits.
+                    if bound < 1e15 {
+                        bound.to_string()
+                    } else {
+                        format!("{bound:e}")
+                    }
+                ));
             }
             if bound < 1e-9 {
                 return Err(format!("bound {bound} is below the 1 ns resolution"));
@@ -209,7 +252,7 @@ fn parse_buckets(text: &str) -> Result<Buckets, String> {
 }
 
 fn parse_port(text: &str) -> Result<u16, String> {
-    match text.trim().parse::<u32>() {
+    match text.trim().parse::<i64>() {
         Ok(port @ 1..=65535) => Ok(port as u16),
         Ok(port) => Err(format!("port {port} is outside 1-65535")),
         Err(_) => Err(format!("`{text}` is not a port number (1-65535)")),
@@ -220,12 +263,45 @@ fn parse_telemetry_path(text: &str) -> Result<String, String> {
     if !text.starts_with('/') {
         return Err(format!("`{text}` must start with `/`"));
     }
+    if let Some(bad) = first_character_outside_url_paths(text) {
+        return Err(format!(
+            "`{}` contains {bad}, which cannot appear in a URL path: use letters, digits, \
+             `/` and `-._~!$&'()*+,;=:@`, or `%` and two hex digits",
+            text.escape_default()
+        ));
+    }
     if matches!(text, "/" | "/healthz") {
         return Err(format!(
             "`{text}` is taken by the landing page or the health check"
         ));
     }
     Ok(text.to_owned())
+}
+
+/// The first character RFC 3986 does not allow in a path (pchar), described; `None` if all are
+/// allowed. `{` and `}` are refused too (they are not pchars, and the router reads them as
+/// parameters).
+fn first_character_outside_url_paths(path: &str) -> Option<String> {
+    let mut characters = path.chars().peekable();
+    while let Some(character) = characters.next() {
+        let allowed = character.is_ascii_alphanumeric() || "/-._~!$&'()*+,;=:@".contains(character);
+        if character == '%' {
+            let hex = characters.next_if(char::is_ascii_hexdigit).is_some()
+                && characters.next_if(char::is_ascii_hexdigit).is_some();
+            if !hex {
+                return Some("`%` without two hex digits".into());
+            }
+        } else if !allowed {
+            return Some(match character {
+                ' ' => "a space".into(),
+                character if character.is_control() || character.is_whitespace() => {
+                    format!("the control character {}", character.escape_unicode())
+                }
+                character => format!("`{character}`"),
+            });
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -320,6 +396,108 @@ mod tests {
                 .contains("at most 32")
         );
         assert!(parse(&["--buckets", "0.25,1,2"]).is_ok());
+    }
+
+    #[test]
+    fn bucket_bounds_stay_below_the_kernels_unused_sentinel() {
+        // 1e300 used to panic; 18446744074 s wrapped to 0.29 s in u64 nanoseconds, or made a
+        // false "bounds are equal".
+        for value in ["1,1e300", "0.1,18446744074", "0.5,18446744074", "1e20"] {
+            let err = parse(&["--buckets", value]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{value}");
+            let text = err.to_string();
+            assert!(
+                text.contains("too large") && text.contains("18446744073"),
+                "{value}: {text}"
+            );
+        }
+        let largest = parse(&["--buckets", "0.1,18446744073"]).unwrap().buckets;
+        assert_eq!(largest.nanoseconds()[1], 18_446_744_073_000_000_000);
+        assert!(
+            largest
+                .nanoseconds()
+                .iter()
+                .all(|&bound| bound < tcpstate_common::DurationBuckets::UNUSED)
+        );
+    }
+
+    #[test]
+    fn negative_numbers_reach_the_value_parsers() {
+        for (flag, expected) in [
+            ("--port", "1-65535"),
+            ("--sockdiag.min-interval", "between 0 and 3600"),
+            ("--sockets.slots", "between 8 and 67108864"),
+            ("--transitions.slots", "between 2 and 65536"),
+            ("--web.max-connections", "between 1 and 65536"),
+        ] {
+            let joined = format!("{flag}=-1");
+            for args in [vec![flag, "-1"], vec![joined.as_str()]] {
+                let err = parse(&args).unwrap_err();
+                assert_eq!(err.exit_code(), 2, "{args:?}");
+                let text = err.to_string();
+                assert!(text.contains(expected), "{args:?}: {text}");
+            }
+        }
+    }
+
+    #[test]
+    fn slot_counts_out_of_range_say_the_range() {
+        for (flag, value, expected) in [
+            ("--sockets.slots", "1099511627776", "between 8 and 67108864"),
+            ("--sockets.slots", "many", "between 8 and 67108864"),
+            ("--transitions.slots", "4294967296", "between 2 and 65536"),
+        ] {
+            let err = parse(&[flag, value]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{flag} {value}");
+            let text = err.to_string();
+            assert!(text.contains(expected), "{flag} {value}: {text}");
+        }
+    }
+
+    #[test]
+    fn connection_cap_is_a_positive_count() {
+        assert_eq!(parse(&[]).unwrap().max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(
+            parse(&["--web.max-connections", "8"])
+                .unwrap()
+                .max_connections,
+            8
+        );
+        for bad in ["0", "65537", "some"] {
+            let err = parse(&["--web.max-connections", bad]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}");
+            assert!(err.to_string().contains("between 1 and 65536"), "{err}");
+        }
+    }
+
+    #[test]
+    fn telemetry_paths_no_url_can_reach_are_refused() {
+        for bad in [
+            "/my metrics",
+            "/metrics\t",
+            "/metrics?format=text",
+            "/metrics#top",
+            "/metrics\u{7}",
+            "/métriques",
+            "/metrics/{id}",
+            "/metrics%zz",
+        ] {
+            let err = parse(&["--web.telemetry-path", bad]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+            let text = err.to_string();
+            assert!(
+                text.contains("cannot appear in a URL path"),
+                "{bad:?}: {text}"
+            );
+        }
+        for good in ["/prometheus/metrics", "/a-b_c.d~e", "/a%20b", "/x:y@z;v=1"] {
+            assert_eq!(
+                parse(&["--web.telemetry-path", good])
+                    .unwrap()
+                    .telemetry_path,
+                good
+            );
+        }
     }
 
     #[test]

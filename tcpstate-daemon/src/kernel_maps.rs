@@ -217,13 +217,6 @@ impl KernelMaps {
         )?;
         Ok(keys.chunks_exact(KEY).map(decode_u64).collect())
     }
-
-    /// Whether every program is still loaded (the kernel answers for their fds).
-    pub fn programs_alive(&self) -> bool {
-        self.programs
-            .iter()
-            .all(|(_, fd)| sys::program_stats(&fd.as_fd().as_raw_fd()).is_ok())
-    }
 }
 
 fn decode_u64(bytes: &[u8]) -> u64 {

@@ -3,10 +3,11 @@
 //! Where things are: `loader` loads and attaches the kernel programs; `kernel_maps` reads their
 //! maps at scrape time; `aggregate` merges the raw entries; `baseline` lists the sockets older
 //! than the programs at start-up; `census` counts what the tracepoint never shows (timewait and
-//! request sockets, accept queues, the baseline's sockets) from `sock_diag` polls; `netstat` reads the listen counters; `labels` decodes numbers to label
-//! values; `collector` builds the metric families; `http` serves them; `config` is the flags;
-//! `kernel_btf` reads the kernel's type information; `preflight` checks privileges; `sys` holds
-//! the raw syscalls.
+//! request sockets, accept queues, the baseline's sockets) from `sock_diag` polls; `netstat`
+//! reads the listen counters; `labels` decodes numbers to label values; `collector` builds the
+//! metric families; `http` serves them (its `server` keeps the connections: cap, timeouts,
+//! shutdown); `config` is the flags; `kernel_btf` reads the kernel's type information;
+//! `preflight` checks privileges; `sys` holds the raw syscalls.
 #![deny(unsafe_code)]
 
 pub mod aggregate;

@@ -1,13 +1,18 @@
-use std::{process::ExitCode, sync::Arc};
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    process::ExitCode,
+    sync::Arc,
+    time::Duration,
+};
 
 use clap::Parser as _;
-use prometheus::{Registry, core::Collector};
+use prometheus::Registry;
 use tcpstate_daemon::{
     baseline,
     census::Census,
     collector::{CollectorConfig, KernelState, TcpStateCollector},
     config::Flags,
-    http::{self, WebState},
+    http::{self, Limits, WebState},
     loader::{self, Tracer, TracerConfig},
     preflight, sys,
 };
@@ -18,14 +23,14 @@ const EXIT_RUNTIME_FAILURE: u8 = 1;
 fn main() -> ExitCode {
     let flags = Flags::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match http::runtime() {
         Ok(runtime) => runtime,
         Err(error) => return fail(error.into()),
     };
-    match runtime.block_on(run(flags)) {
+    let result = runtime.block_on(run(flags));
+    // Not waiting for a scrape still blocked in a collector: the programs are detached.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => fail(error),
     }
@@ -37,8 +42,21 @@ fn fail(error: anyhow::Error) -> ExitCode {
 }
 
 async fn run(flags: Flags) -> anyhow::Result<()> {
+    let shutdown = sys::shutdown_signal()?;
     preflight::check_privileges()?;
-    let listener = http::bind(flags.listen_address).await?;
+    let listener = http::bind(flags.listen_address)?;
+    let fd_limit = sys::raise_fd_limit().unwrap_or_else(|error| {
+        log::warn!("cannot read or raise the fd limit ({error}); assuming 1024");
+        1024
+    });
+    let max_connections = http::connections_within(fd_limit, flags.max_connections);
+    if max_connections < flags.max_connections {
+        log::warn!(
+            "serving at most {max_connections} HTTP connections, not {}: the fd limit is \
+             {fd_limit} (raise LimitNOFILE= in the systemd unit, or ulimit -n)",
+            flags.max_connections
+        );
+    }
     if let Err(error) = sys::raise_memlock_rlimit() {
         // Kernels since 5.11 charge BPF memory to the memory cgroup instead.
         log::debug!("could not raise RLIMIT_MEMLOCK ({error}); relying on memcg accounting");
@@ -69,6 +87,16 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     );
 
     let Tracer { ebpf, maps, .. } = tracer;
+    let program_fds = maps
+        .programs
+        .iter()
+        .map(|(_, fd)| fd.try_clone())
+        .collect::<Result<Vec<_>, _>>()?;
+    let programs_loaded = move || {
+        program_fds
+            .iter()
+            .all(|fd| sys::program_stats(&fd.as_fd().as_raw_fd()).is_ok())
+    };
     let config = CollectorConfig {
         bucket_bounds: flags.buckets.seconds().to_vec(),
         view: flags.view,
@@ -76,11 +104,11 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         socket_slots: flags.socket_slots,
     };
     let state = KernelState::new(maps, census);
-    let collector = Arc::new(TcpStateCollector::new(state, config));
+    let collector = TcpStateCollector::new(state, config);
     collector.start_background_poll();
 
     let registry = Registry::new();
-    registry.register(Box::new(SharedCollector(collector.clone())))?;
+    registry.register(Box::new(collector))?;
     registry.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
     ))?;
@@ -88,28 +116,20 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     log::info!(
         "tcpstated {} attached to sock:inet_sock_set_state; serving http://{}{}",
         tcpstate_daemon::collector::VERSION,
-        flags.listen_address,
+        listener.local_addr()?,
         flags.telemetry_path
     );
     let state = WebState {
         registry,
-        collector,
+        programs_loaded: Arc::new(programs_loaded),
         telemetry_path: flags.telemetry_path.clone(),
     };
-    http::serve(listener, state, sys::shutdown_signal()).await?;
+    let limits = Limits {
+        max_connections,
+        ..Limits::default()
+    };
+    http::serve(listener, state, limits, shutdown).await;
     drop(ebpf); // detaches the programs
     log::info!("detached; exiting");
     Ok(())
-}
-
-/// Lets the registry own a handle on the collector that `/healthz` also uses.
-struct SharedCollector(Arc<TcpStateCollector>);
-
-impl Collector for SharedCollector {
-    fn desc(&self) -> Vec<&prometheus::core::Desc> {
-        self.0.desc()
-    }
-    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
-        self.0.collect()
-    }
 }

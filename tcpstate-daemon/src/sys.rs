@@ -13,19 +13,26 @@ use tcpstate_common::{
     SOCKET_SLOT_WINDOW, SocketRecord, TimewaitHandoff, slot_owner, socket_slot_window,
 };
 
-/// Resolves on SIGINT or SIGTERM (the daemon's and the benchmark helpers' way out).
-pub async fn shutdown_signal() {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async {
-            match terminate.as_mut() {
-                Some(terminate) => { terminate.recv().await; }
-                None => std::future::pending::<()>().await,
+/// Installs the daemon's signal handlers now and returns what resolves on SIGINT or SIGTERM.
+/// SIGHUP, which would end the process, is logged and ignored: there is no configuration file
+/// to re-read. Call it early, inside a runtime: a signal that comes before is not handled.
+pub fn shutdown_signal() -> io::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    Ok(async move {
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => return,
+                _ = terminate.recv() => return,
+                Some(()) = hangup.recv() => log::warn!(
+                    "SIGHUP ignored: tcpstated has no configuration file to re-read (restart it \
+                     to change its flags)"
+                ),
             }
-        } => {}
-    }
+        }
+    })
 }
 
 /// Blocks the calling thread until SIGINT or SIGTERM (for the helper binaries, which have no
@@ -34,8 +41,36 @@ pub fn wait_for_shutdown_signal() -> io::Result<()> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(shutdown_signal());
-    Ok(())
+        .block_on(async {
+            shutdown_signal()?.await;
+            Ok(())
+        })
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (systemd starts services at 1024): the HTTP
+/// server's connection cap, not the fd limit, should bound its connections. Returns the soft
+/// limit now in force.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit that outlives the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: as above; raising the soft limit up to the hard one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        limit = raised;
+    }
+    Ok(limit.rlim_cur)
 }
 
 /// Raises RLIMIT_MEMLOCK to infinity. Kernels since 5.11 account BPF memory to the memory cgroup

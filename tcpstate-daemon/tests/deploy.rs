@@ -250,6 +250,19 @@ fn promql_reader_finds_selectors_and_grouping_labels() {
 #[test]
 fn systemd_unit_verifies_and_is_hardened() {
     let unit = read(&deploy_directory().join("systemd/tcpstated.service"));
+    let nofile: u64 = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("LimitNOFILE="))
+        .and_then(|limit| limit.parse().ok())
+        .expect("the unit sets LimitNOFILE= to a number");
+    assert!(
+        nofile > 1024
+            && tcpstate_daemon::http::connections_within(
+                nofile,
+                tcpstate_daemon::config::DEFAULT_MAX_CONNECTIONS
+            ) == tcpstate_daemon::config::DEFAULT_MAX_CONNECTIONS,
+        "LimitNOFILE={nofile} leaves room for the default connection cap, above systemd's 1024"
+    );
     for line in [
         "AmbientCapabilities=CAP_BPF CAP_PERFMON",
         "CapabilityBoundingSet=CAP_BPF CAP_PERFMON",

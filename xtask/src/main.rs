@@ -137,6 +137,8 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
         "operations",
         "--test",
         "scenarios",
+        "--test",
+        "http",
     ]);
     kernel
         .args(["--", "--ignored", "--test-threads=1"])

@@ -45,15 +45,62 @@ impl Daemon {
         Daemon::until_healthy(child, address, Some(netns.name().to_owned()))
     }
 
+    /// Like [`Daemon::start`], with `configure` applied to the command last (to capture its
+    /// stderr, set its resource limits).
+    pub fn start_with(args: &[&str], configure: impl FnOnce(&mut Command)) -> Daemon {
+        let address = free_local_address();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tcpstated"));
+        Daemon::configure(&mut command, address, args);
+        configure(&mut command);
+        let child = command.spawn().expect("tcpstated starts");
+        Daemon::until_healthy(child, address, None)
+    }
+
     fn spawn(mut command: Command, address: SocketAddr, args: &[&str]) -> Child {
+        Daemon::configure(&mut command, address, args);
+        command.spawn().expect("tcpstated starts")
+    }
+
+    fn configure(command: &mut Command, address: SocketAddr, args: &[&str]) {
         command
             .arg(format!("--web.listen-address={address}"))
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("tcpstated starts")
+            .stderr(Stdio::inherit());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The daemon's stderr, if [`Daemon::start_with`] made it a pipe (read it steadily: a full
+    /// pipe blocks the daemon's logging).
+    pub fn take_stderr(&mut self) -> Option<std::process::ChildStderr> {
+        self.child.stderr.take()
+    }
+
+    /// Sends `signal` (a name `kill` knows: `HUP`, `TERM`, ...).
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill -{signal} {}", self.child.id());
+    }
+
+    /// The exit status, if the daemon exits within `limit`.
+    pub fn exit_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn until_healthy(child: Child, address: SocketAddr, netns: Option<String>) -> Daemon {
