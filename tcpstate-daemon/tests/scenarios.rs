@@ -1512,10 +1512,16 @@ fn orphaned_clients_past_the_slot_table_each_reach_time_wait_once() {
         });
         let failures = support::recording_failures(&after, &before);
         let all = transitions(&after, &before, port);
-        if flows(&after) != [CONNECTIONS; 3] && !failures.is_empty() {
+        // Under load this kernel now and then runs no program for a closing socket's
+        // FIN_WAIT1 -> FIN_WAIT2 -> CLOSE (docs/skipped-bpf-events.md). A record in socket
+        // storage goes with its socket, so no failure counts it, but its gauge stays in
+        // FIN_WAIT1 while ss lists no such socket: that is the kernel's skip, not this defect.
+        let stuck_in_fin_wait1 = (sockets(&after, "FIN_WAIT1", port, "client") as usize)
+            .saturating_sub(ss_count(&netns.sockets(), "FIN-WAIT-1", port));
+        if flows(&after) != [CONNECTIONS; 3] && (!failures.is_empty() || stuck_in_fin_wait1 > 0) {
             panic!(
-                "{} ({failures:?}): clients leaving ESTABLISHED, FIN_WAIT1, entering TIME_WAIT: \
-                 {:?}; all: {all:?}",
+                "{} ({failures:?}, {stuck_in_fin_wait1} records left in FIN_WAIT1): clients \
+                 leaving ESTABLISHED, FIN_WAIT1, entering TIME_WAIT: {:?}; all: {all:?}",
                 support::UNRECORDED_EVENTS,
                 flows(&after)
             );
