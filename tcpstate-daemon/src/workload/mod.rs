@@ -1,0 +1,292 @@
+//! Whose a socket is: the cgroup the kernel program read from it, decoded into the names people
+//! use (Kubernetes namespace, pod and container; systemd unit; container name), with a hard
+//! bound on how many distinct workloads get a name of their own.
+
+pub mod cgroup;
+pub mod runtime;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs, io,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use cgroup::Owner;
+use runtime::RuntimeState;
+
+/// A workload's label values: `namespace` and `pod` for Kubernetes (empty otherwise),
+/// `container` always set (the container, unit or group name).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Workload {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+}
+
+impl Workload {
+    fn named(container: impl Into<String>) -> Self {
+        Workload {
+            namespace: String::new(),
+            pod: String::new(),
+            container: container.into(),
+        }
+    }
+
+    /// Past the bound on named workloads.
+    pub fn other() -> Self {
+        Workload::named("other")
+    }
+
+    /// The host's own processes (the root cgroup) and sockets no cgroup was read for.
+    pub fn host() -> Self {
+        Workload::named("host")
+    }
+}
+
+/// Decodes the cgroup inodes the kernel program reads into workloads, caching each.
+pub struct Resolver {
+    /// The cgroup v2 hierarchy as this process sees it.
+    cgroup_root: PathBuf,
+    runtime: RuntimeState,
+    /// Group paths by inode, from the last walk of the hierarchy.
+    paths: HashMap<u32, String>,
+    /// Walks of the hierarchy so far, and the last one's number when each inode was missing.
+    walks: u64,
+    missing_since: HashMap<u32, u64>,
+    named: BTreeMap<u32, Workload>,
+    /// Distinct workloads with a name of their own, and the bound on them.
+    distinct: BTreeMap<Workload, usize>,
+    max_workloads: usize,
+    /// Groups whose workload folded into `other`.
+    pub folded: u64,
+}
+
+impl Resolver {
+    /// `host_root`: where the host's `/` is (the runtimes' state); `max_workloads`: how many
+    /// distinct workloads get a name of their own.
+    pub fn new(host_root: &Path, max_workloads: usize) -> io::Result<Self> {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
+        let cgroup_root = cgroup2_mount(&mountinfo).ok_or_else(|| {
+            io::Error::other("no cgroup v2 hierarchy is mounted (fstype cgroup2 in mountinfo)")
+        })?;
+        Ok(Resolver::with_cgroup_root(
+            cgroup_root,
+            host_root,
+            max_workloads,
+        ))
+    }
+
+    fn with_cgroup_root(cgroup_root: PathBuf, host_root: &Path, max_workloads: usize) -> Self {
+        Resolver {
+            cgroup_root,
+            runtime: RuntimeState::new(host_root),
+            paths: HashMap::new(),
+            walks: 0,
+            missing_since: HashMap::new(),
+            named: BTreeMap::new(),
+            distinct: BTreeMap::new(),
+            max_workloads,
+            folded: 0,
+        }
+    }
+
+    /// The workload of the cgroup with inode `cgroup` (0: none was read).
+    pub fn workload(&mut self, cgroup: u32) -> Workload {
+        if cgroup == 0 {
+            return Workload::host();
+        }
+        if let Some(workload) = self.named.get(&cgroup) {
+            return workload.clone();
+        }
+        let Some(path) = self.path(cgroup) else {
+            // Gone before it was first seen (a short-lived group): its inode.
+            return Workload::named(format!("cgroup-{cgroup}"));
+        };
+        let workload = self.bounded(self.decode(&path));
+        self.named.insert(cgroup, workload.clone());
+        workload
+    }
+
+    /// The path of group `cgroup`, walking the hierarchy again (once per inode missing since
+    /// the last walk) when it is not known yet.
+    fn path(&mut self, cgroup: u32) -> Option<String> {
+        if let Some(path) = self.paths.get(&cgroup) {
+            return Some(path.clone());
+        }
+        if self.missing_since.get(&cgroup) == Some(&self.walks) {
+            return None;
+        }
+        self.paths = walk(&self.cgroup_root);
+        self.walks += 1;
+        let found = self.paths.get(&cgroup).cloned();
+        if found.is_none() {
+            self.missing_since.insert(cgroup, self.walks);
+        }
+        found
+    }
+
+    fn decode(&self, path: &str) -> Workload {
+        match cgroup::owner(path) {
+            Owner::Pod { uid, container_id } => {
+                let names = container_id
+                    .as_deref()
+                    .map(|id| self.runtime_names(id))
+                    .unwrap_or_default();
+                match names.kubernetes {
+                    Some(names) => Workload {
+                        namespace: names.namespace,
+                        pod: names.pod,
+                        container: names.container,
+                    },
+                    // Joined with kube_pod_info{uid} by the recording rule of docs/fleet.md.
+                    None => Workload {
+                        namespace: String::new(),
+                        pod: format!("uid:{uid}"),
+                        container: container_id.map_or_else(|| "POD".to_owned(), |id| short(&id)),
+                    },
+                }
+            }
+            Owner::Container { id } => {
+                let names = self.runtime_names(&id);
+                match (names.kubernetes, names.name) {
+                    (Some(names), _) => Workload {
+                        namespace: names.namespace,
+                        pod: names.pod,
+                        container: names.container,
+                    },
+                    (None, Some(name)) => Workload::named(name),
+                    (None, None) => Workload::named(short(&id)),
+                }
+            }
+            Owner::Unit(unit) => Workload::named(unit),
+            Owner::Host => Workload::host(),
+            Owner::Other(name) => Workload::named(name),
+        }
+    }
+
+    fn runtime_names(&self, id: &str) -> runtime::ContainerNames {
+        self.runtime.names(id).unwrap_or_else(|error| {
+            log::warn!(
+                "cannot read the container runtime's state for {}: {error}",
+                short(id)
+            );
+            Default::default()
+        })
+    }
+
+    /// `workload`, or `other` once `max_workloads` distinct ones have a name.
+    fn bounded(&mut self, workload: Workload) -> Workload {
+        if workload == Workload::host() {
+            return workload;
+        }
+        if let Some(groups) = self.distinct.get_mut(&workload) {
+            *groups += 1;
+            return workload;
+        }
+        if self.distinct.len() >= self.max_workloads {
+            if self.folded == 0 {
+                log::warn!(
+                    "more than {} workloads: further ones are labelled container=\"other\" \
+                     (raise --workloads.max; tcpstate_workloads_folded counts them)",
+                    self.max_workloads
+                );
+            }
+            self.folded += 1;
+            return Workload::other();
+        }
+        self.distinct.insert(workload.clone(), 1);
+        workload
+    }
+}
+
+/// A container ID as people read it: its first 12 digits.
+fn short(id: &str) -> String {
+    id.chars().take(12).collect()
+}
+
+/// Where the cgroup v2 hierarchy is mounted, from a mountinfo listing.
+fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (mount, filesystem) = line.split_once(" - ")?;
+        (filesystem.split_whitespace().next()? == "cgroup2")
+            .then(|| mount.split_whitespace().nth(4).map(PathBuf::from))?
+    })
+}
+
+/// Every group under `root`, by inode: its path relative to `root`, as `/proc/PID/cgroup`
+/// writes it.
+fn walk(root: &Path) -> HashMap<u32, String> {
+    let mut paths = HashMap::new();
+    let mut pending = vec![(root.to_owned(), String::from("/"))];
+    while let Some((directory, path)) = pending.pop() {
+        if let Ok(metadata) = fs::metadata(&directory) {
+            paths.insert(metadata.ino() as u32, path.clone());
+        }
+        let Ok(entries) = fs::read_dir(&directory) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let child = if path == "/" {
+                    format!("/{name}")
+                } else {
+                    format!("{path}/{name}")
+                };
+                pending.push((entry.path(), child));
+            }
+        }
+    }
+    paths
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cgroup2_mount_is_found_in_a_hybrid_hierarchy() {
+        let mountinfo = "\
+30 25 0:26 / /sys/fs/cgroup ro - tmpfs tmpfs ro
+31 30 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+32 30 0:28 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd
+";
+        assert_eq!(
+            cgroup2_mount(mountinfo),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(cgroup2_mount("1 0 0:1 / / rw - ext4 /dev/vda rw"), None);
+    }
+
+    #[test]
+    fn groups_resolve_by_inode_and_the_bound_folds_the_rest() {
+        // A directory tree stands for the hierarchy: its walk is the same.
+        let root = std::env::temp_dir().join(format!("tcpstate-cgroups-{}", std::process::id()));
+        let groups = ["system.slice/web.service", "system.slice/db.service"].map(|g| root.join(g));
+        for group in &groups {
+            fs::create_dir_all(group).unwrap();
+        }
+        let inode = |group: &Path| fs::metadata(group).unwrap().ino() as u32;
+        let mut resolver = Resolver::with_cgroup_root(root.clone(), Path::new("/nonexistent"), 1);
+        assert_eq!(resolver.workload(inode(&root)), Workload::host());
+        assert_eq!(resolver.workload(0), Workload::host());
+        let web = inode(&groups[0]);
+        assert_eq!(resolver.workload(web), Workload::named("web.service"));
+        assert_eq!(
+            resolver.workload(inode(&groups[1])),
+            Workload::other(),
+            "one at most"
+        );
+        assert_eq!(resolver.folded, 1);
+        fs::remove_dir_all(&root).unwrap();
+        // Cached once resolved; one never seen before and gone is named by its inode, and the
+        // hierarchy is walked again once for it.
+        assert_eq!(resolver.workload(web), Workload::named("web.service"));
+        let walks = resolver.walks;
+        let gone = u32::MAX - 1;
+        assert_eq!(resolver.workload(gone).container, format!("cgroup-{gone}"));
+        assert_eq!(resolver.workload(gone).container, format!("cgroup-{gone}"));
+        assert_eq!(resolver.walks, walks + 1);
+    }
+}
