@@ -6,9 +6,10 @@
 //! entries are merged over flags and recorders into transitions, histograms and gauges.
 
 use std::collections::BTreeMap;
+use tcpstate_common::state::{CLOSE, FIN_WAIT1, FIN_WAIT2, SYN_SENT, TIME_WAIT};
 
 use tcpstate_common::{
-    EventKey, Labels, TcpState, TransitionKey, TransitionStats, counter, event_kind, recorder,
+    EventKey, Labels, TransitionKey, TransitionStats, counter, event_kind, recorder,
     transition_detail, transition_flag,
 };
 
@@ -23,12 +24,6 @@ pub enum View {
     /// goes `... -> CLOSE` when a timewait socket takes over.
     Raw,
 }
-
-const CLOSE: u8 = TcpState::Close as u8;
-const SYN_SENT: u8 = TcpState::SynSent as u8;
-const FIN_WAIT1: u8 = TcpState::FinWait1 as u8;
-const FIN_WAIT2: u8 = TcpState::FinWait2 as u8;
-const TIME_WAIT: u8 = TcpState::TimeWait as u8;
 
 /// A transition edge: kernel state numbers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -9,6 +9,7 @@
 //! second listing, made after the first, lists too are kept (README, "Known limits").
 
 use std::{collections::BTreeMap, io};
+use tcpstate_common::state::{SYN_RECV, TIME_WAIT};
 
 use tcpstate_common::{Labels, TcpState};
 
@@ -17,9 +18,6 @@ use crate::{
     loader::Tracer,
     sock_diag::{self, DiagSocket},
 };
-
-const SYN_RECV: u8 = TcpState::SynRecv as u8;
-const TIME_WAIT: u8 = TcpState::TimeWait as u8;
 
 /// A socket of the baseline, packed to 16 bytes (a host can hold a million old sockets).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,11 +199,10 @@ fn is_timewait_or_request(socket: &DiagSocket) -> bool {
 #[cfg(test)]
 mod tests {
     use tcpstate_common::role;
+    use tcpstate_common::state::{CLOSE_WAIT, ESTABLISHED};
 
     use super::*;
 
-    const ESTABLISHED: u8 = TcpState::Established as u8;
-    const CLOSE_WAIT: u8 = TcpState::CloseWait as u8;
     const UNKNOWN: Labels = Labels {
         port: 443,
         family: 2,

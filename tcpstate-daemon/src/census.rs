@@ -10,9 +10,13 @@
 //! its end known to within one poll.
 
 use std::collections::{BTreeMap, HashMap};
+use tcpstate_common::state::{
+    CLOSE, CLOSING, FIN_WAIT1, FIN_WAIT2, LAST_ACK, LISTEN, NEW_SYN_RECV, SYN_RECV, SYN_SENT,
+    TIME_WAIT,
+};
 
 use tcpstate_common::{
-    Labels, OTHER_PORT, PortSet, SocketRecord, TcpState, TimewaitHandoff, bucket_index, role,
+    Labels, OTHER_PORT, PortSet, SocketRecord, TimewaitHandoff, bucket_index, role,
 };
 
 use crate::{
@@ -34,22 +38,11 @@ const HANDOFF_POLLS: u8 = 2;
 /// full socket's CLOSE, in the same call: microseconds apart. Far longer, to be sure.
 const STALE_RECORD_DELAY_NS: u64 = 100_000_000;
 
-const TIME_WAIT: u8 = TcpState::TimeWait as u8;
-const FIN_WAIT2: u8 = TcpState::FinWait2 as u8;
-const FIN_WAIT1: u8 = TcpState::FinWait1 as u8;
-const CLOSING: u8 = TcpState::Closing as u8;
-const LAST_ACK: u8 = TcpState::LastAck as u8;
-
 /// The states the sock_diag polls list: listeners (accept queues), timewait sockets, and the
 /// full sockets of a closing connection, which exist for seconds to minutes, so that the
 /// records of those the kernel's programs never saw close are found (see
 /// `Census::record_sweep`). Request sockets are polled apart.
 pub const POLLED_STATES: [u8; 6] = [LISTEN, TIME_WAIT, FIN_WAIT1, FIN_WAIT2, CLOSING, LAST_ACK];
-const CLOSE: u8 = TcpState::Close as u8;
-const LISTEN: u8 = TcpState::Listen as u8;
-const SYN_SENT: u8 = TcpState::SynSent as u8;
-const SYN_RECV: u8 = TcpState::SynRecv as u8;
-const NEW_SYN_RECV: u8 = TcpState::NewSynRecv as u8;
 
 /// The role the kernel program gives a socket it first sees in `state` (see
 /// `tcpstate-ebpf/src/labels.rs`): both sides must agree.
@@ -593,6 +586,7 @@ impl SlotSweep for RecordSweep<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tcpstate_common::state::ESTABLISHED;
 
     const SECOND: u64 = 1_000_000_000;
     const START: u64 = 1_000 * SECOND;
@@ -937,13 +931,13 @@ mod tests {
         // Gone: in a polled state since before both polls started, listed by neither.
         assert!(sweep.may_be_stale(30, LAST_ACK) && sweep.is_stale(&gone));
         // The sweep reads an ESTABLISHED record no further.
-        assert!(!sweep.may_be_stale(30, TcpState::Established as u8));
+        assert!(!sweep.may_be_stale(30, ESTABLISHED));
         // Listed by one poll or both; entered its state after the first poll started; in a
         // state polls do not list; another namespace's: all left alone.
         assert!(!sweep.is_stale(&record(31, LAST_ACK, first - SECOND)));
         assert!(!sweep.is_stale(&record(33, LAST_ACK, first - SECOND)));
         assert!(!sweep.is_stale(&record(30, LAST_ACK, first + 1)));
-        assert!(!sweep.is_stale(&record(30, TcpState::Established as u8, START)));
+        assert!(!sweep.is_stale(&record(30, ESTABLISHED, START)));
         assert!(!sweep.is_stale(&SocketRecord {
             net_inode: NET + 1,
             ..gone
@@ -985,7 +979,7 @@ mod tests {
         let mut listing = crate::baseline::FirstListing::default();
         listing.add(40, unknown, LAST_ACK);
         listing.add(41, unknown, LAST_ACK);
-        listing.add(42, unknown, TcpState::Established as u8);
+        listing.add(42, unknown, ESTABLISHED);
         let mut census = Census {
             baseline: listing.confirm([40, 41, 42]),
             ..census()

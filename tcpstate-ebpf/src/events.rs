@@ -2,17 +2,14 @@
 //! socket's state) and SYN-ACK retransmits (the half-open queue's trouble).
 
 use aya_ebpf::programs::BtfTracePointContext;
-use tcpstate_common::{EventKey, TcpState, counter, event_kind, recorder, role};
+use tcpstate_common::state::{CLOSE, NEW_SYN_RECV, TIME_WAIT};
+use tcpstate_common::{EventKey, counter, event_kind, recorder, role};
 
 use crate::{
     kernel::Sock,
     labels::{first_seen_role, untracked_labels},
     maps, records,
 };
-
-const CLOSE: u8 = TcpState::Close as u8;
-const TIME_WAIT: u8 = TcpState::TimeWait as u8;
-const NEW_SYN_RECV: u8 = TcpState::NewSynRecv as u8;
 
 /// `tcp_send_reset(sk, skb, reason)` / `tcp_receive_reset(sk)`: `sk` is a full, timewait or
 /// request socket, or NULL for a reset answering a segment no socket owns (not counted).

@@ -1,14 +1,9 @@
 //! Labels of sockets the program has no record for.
 
-use tcpstate_common::{Labels, OTHER_PORT, TcpState, role};
+use tcpstate_common::state::{CLOSE, LISTEN, NEW_SYN_RECV, SYN_RECV, SYN_SENT};
+use tcpstate_common::{Labels, OTHER_PORT, role};
 
 use crate::{kernel::Sock, maps};
-
-const CLOSE: u8 = TcpState::Close as u8;
-const LISTEN: u8 = TcpState::Listen as u8;
-const SYN_SENT: u8 = TcpState::SynSent as u8;
-const SYN_RECV: u8 = TcpState::SynRecv as u8;
-const NEW_SYN_RECV: u8 = TcpState::NewSynRecv as u8;
 
 /// The role of a socket first seen moving `from` -> `to`: known where the kernel makes one
 /// (connect, accept, listen) or where its state implies it, unknown otherwise.

@@ -6,6 +6,9 @@
 //! gauges, so the gauges need no map update of their own.
 
 use aya_ebpf::programs::BtfTracePointContext;
+use tcpstate_common::state::{
+    CLOSE, CLOSING, FIN_WAIT1, FIN_WAIT2, LISTEN, SYN_RECV, SYN_SENT, TIME_WAIT,
+};
 use tcpstate_common::{
     EventToken, Handled, Labels, SocketRecord, TcpState, TimewaitHandoff, TransitionKey,
     bucket_index, counter, record_home, transition_detail, transition_flag,
@@ -16,15 +19,6 @@ use crate::{
     labels::{first_seen_role, untracked_labels},
     maps, records,
 };
-
-const CLOSE: u8 = TcpState::Close as u8;
-const LISTEN: u8 = TcpState::Listen as u8;
-const SYN_SENT: u8 = TcpState::SynSent as u8;
-const SYN_RECV: u8 = TcpState::SynRecv as u8;
-const FIN_WAIT1: u8 = TcpState::FinWait1 as u8;
-const FIN_WAIT2: u8 = TcpState::FinWait2 as u8;
-const TIME_WAIT: u8 = TcpState::TimeWait as u8;
-const CLOSING: u8 = TcpState::Closing as u8;
 
 // include/net/sock.h `enum sock_flags`.
 const SOCK_DEAD: u64 = 1 << 0;
