@@ -17,6 +17,7 @@ pub mod collector;
 pub mod config;
 pub mod http;
 pub mod kernel_btf;
+pub mod kernel_log;
 pub mod kernel_maps;
 pub mod labels;
 pub mod loader;

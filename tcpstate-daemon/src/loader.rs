@@ -10,7 +10,13 @@ use aya::{
 };
 use tcpstate_common::{DurationBuckets, PortSet, global, map, program};
 
-use crate::{config::Buckets, kernel_btf::KernelBtf, kernel_maps::KernelMaps, sys};
+use crate::{
+    config::Buckets,
+    kernel_btf::KernelBtf,
+    kernel_log::{self, KernelLog},
+    kernel_maps::KernelMaps,
+    sys,
+};
 
 /// The object `build.rs` compiled from `tcpstate-ebpf`, embedded so one binary is all a host needs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpstate"));
@@ -19,6 +25,8 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub struct Tracer {
     pub ebpf: Ebpf,
     pub maps: KernelMaps,
+    /// The programs' log ring (see `kernel_log`), if the object has one.
+    pub kernel_log: Option<KernelLog>,
 }
 
 pub struct TracerConfig<'a> {
@@ -59,6 +67,11 @@ impl Tracer {
             .map_max_entries(map::TRANSITION_SLOTS, config.transition_slots)
             .load(EBPF_OBJECT)
             .map_err(explain_load_error)?;
+        let kernel_log = kernel_log::take(&mut ebpf)
+            .inspect_err(|error| {
+                log::warn!("the kernel programs' failures will not be logged: {error}")
+            })
+            .ok();
 
         let btf = Btf::from_sys_fs().context("cannot parse the kernel's BTF")?;
         // Primary first: on each event the kernel runs them in attach order; the nested-event
@@ -105,7 +118,11 @@ impl Tracer {
             socket_slots: map_socket_slots(&ebpf, config.socket_slots)?,
             programs,
         };
-        Ok(Tracer { ebpf, maps })
+        Ok(Tracer {
+            ebpf,
+            maps,
+            kernel_log,
+        })
     }
 
     /// The socket-storage map, for sock_diag to tell tracked sockets from untracked ones.

@@ -57,10 +57,6 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             flags.max_connections
         );
     }
-    if let Err(error) = sys::raise_memlock_rlimit() {
-        // Kernels since 5.11 charge BPF memory to the memory cgroup instead.
-        log::debug!("could not raise RLIMIT_MEMLOCK ({error}); relying on memcg accounting");
-    }
     let tracer = Tracer::attach(&TracerConfig {
         buckets: &flags.buckets,
         ports: &flags.ports,
@@ -86,7 +82,14 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         baseline,
     );
 
-    let Tracer { ebpf, maps, .. } = tracer;
+    let Tracer {
+        ebpf,
+        maps,
+        kernel_log,
+    } = tracer;
+    if let Some(kernel_log) = kernel_log {
+        tcpstate_daemon::kernel_log::forward(kernel_log)?;
+    }
     let program_fds = maps
         .programs
         .iter()

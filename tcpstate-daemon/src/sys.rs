@@ -47,6 +47,16 @@ pub fn wait_for_shutdown_signal() -> io::Result<()> {
         })
 }
 
+/// Registers the kernel programs' log ring with the runtime, to be woken when records come.
+pub fn watch_log_ring<L>(
+    ring: aya_log::EbpfLogger<L>,
+) -> io::Result<tokio::io::unix::AsyncFd<aya_log::EbpfLogger<L>>> {
+    use tokio::io::{Interest, unix::AsyncFd};
+    // SAFETY: the logger owns its ring buffer map's descriptor (an `OwnedFd`) for its whole
+    // life, and `as_raw_fd` always returns that one.
+    unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(io::Error::from)
+}
+
 /// Raises the soft RLIMIT_NOFILE to the hard limit (systemd starts services at 1024): the HTTP
 /// server's connection cap, not the fd limit, should bound its connections. Returns the soft
 /// limit now in force.
@@ -71,21 +81,6 @@ pub fn raise_fd_limit() -> io::Result<u64> {
         limit = raised;
     }
     Ok(limit.rlim_cur)
-}
-
-/// Raises RLIMIT_MEMLOCK to infinity. Kernels since 5.11 account BPF memory to the memory cgroup
-/// and ignore this limit, and raising it needs CAP_SYS_RESOURCE: callers treat failure as a note.
-pub fn raise_memlock_rlimit() -> io::Result<()> {
-    let unlimited = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: `unlimited` is a valid rlimit that outlives the call.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// What the kernel counts for a loaded program.

@@ -1,9 +1,11 @@
 //! Labels of sockets the program has no record for.
 
-use tcpstate_common::state::{CLOSE, LISTEN, NEW_SYN_RECV, SYN_RECV, SYN_SENT};
-use tcpstate_common::{Labels, OTHER_PORT, role};
+use tcpstate_common::{
+    Labels, OTHER_PORT, role,
+    state::{CLOSE, LISTEN, NEW_SYN_RECV, SYN_RECV, SYN_SENT},
+};
 
-use crate::{kernel::Sock, maps};
+use crate::{globals, sock::Sock};
 
 /// The role of a socket first seen moving `from` -> `to`: known where the kernel makes one
 /// (connect, accept, listen) or where its state implies it, unknown otherwise.
@@ -40,7 +42,7 @@ pub fn untracked_labels(sock: &Sock, role: u8) -> Labels {
 
 #[inline(always)]
 fn service_port(port: u16) -> u16 {
-    if maps::is_service_port(port) {
+    if globals::is_service_port(port) {
         port
     } else {
         OTHER_PORT

@@ -1,27 +1,30 @@
-//! Counted TCP events the state tracepoint does not show: resets sent and received (by the
-//! socket's state) and SYN-ACK retransmits (the half-open queue's trouble).
+//! `tcp:tcp_send_reset` and `tcp:tcp_receive_reset`: resets sent and received, by the state
+//! of the socket (the state it left, for an abort).
 
 use aya_ebpf::programs::BtfTracePointContext;
-use tcpstate_common::state::{CLOSE, NEW_SYN_RECV, TIME_WAIT};
-use tcpstate_common::{EventKey, counter, event_kind, recorder, role};
+use tcpstate_common::{
+    EventKey, counter, recorder,
+    state::{CLOSE, NEW_SYN_RECV, TIME_WAIT},
+};
 
 use crate::{
-    kernel::Sock,
+    closed,
     labels::{first_seen_role, untracked_labels},
-    maps, records,
+    maps, records, report,
+    sock::Sock,
 };
 
 /// `tcp_send_reset(sk, skb, reason)` / `tcp_receive_reset(sk)`: `sk` is a full, timewait or
 /// request socket, or NULL for a reset answering a segment no socket owns (not counted).
 #[inline(always)]
-pub fn record_reset(ctx: &BtfTracePointContext, kind: u8) {
+pub fn record(ctx: &BtfTracePointContext, kind: u8) {
     let sock = Sock::new(ctx.arg(0));
     if sock.is_null() {
         return;
     }
     let mut state = sock.state();
     let labels = if state == CLOSE
-        && let Some(closed) = maps::recently_closed(&sock)
+        && let Some(closed) = closed::find(&sock)
     {
         // An abort (SO_LINGER 0, unread data, tcp_disconnect) moves the socket to CLOSE before
         // it sends the reset: count it in the state it left.
@@ -36,33 +39,18 @@ pub fn record_reset(ctx: &BtfTracePointContext, kind: u8) {
     } else {
         untracked_labels(&sock, first_seen_role(state, state))
     };
-    count(EventKey {
+    let key = EventKey {
         labels,
         kind,
         state,
         _padding: [0; 6],
-    });
-}
-
-/// `tcp_retransmit_synack(sk, req)`: `sk` is the listener.
-#[inline(always)]
-pub fn record_synack_retransmit(ctx: &BtfTracePointContext) {
-    let listener = Sock::new(ctx.arg(0));
-    if listener.is_null() {
-        return;
-    }
-    let labels = untracked_labels(&listener, role::LISTENER);
-    count(EventKey {
-        labels,
-        kind: event_kind::SYNACK_RETRANSMIT,
-        state: NEW_SYN_RECV,
-        _padding: [0; 6],
-    });
-}
-
-#[inline(always)]
-fn count(key: EventKey) {
+    };
     if !maps::count_event(&key) {
-        maps::count(recorder::EVENTS, counter::FAILED_EVENTS_MAP_FULL);
+        report::failure(
+            ctx,
+            recorder::EVENTS,
+            counter::FAILED_EVENTS_MAP_FULL,
+            (0, 0),
+        );
     }
 }
