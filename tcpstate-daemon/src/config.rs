@@ -7,7 +7,7 @@ use tcpstate_common::{
     DEFAULT_SOCKET_SLOTS, DEFAULT_TRANSITION_SLOTS, MAX_BUCKETS, SOCKET_SLOT_WINDOW,
 };
 
-use crate::aggregate::View;
+use crate::model::View;
 
 /// The default histogram bounds, in seconds.
 pub const DEFAULT_BUCKETS: [f64; 18] = [

@@ -19,14 +19,15 @@ use tcpstate_common::{
     transition_flag::{DURATION_OBSERVED, FROM_TRACKED, INFERRED, TO_TRACKED},
 };
 use tcpstate_daemon::{
-    aggregate::{Counters, View},
-    baseline::FirstListing,
-    census::Census,
-    collector::{CollectorConfig, Scrape, exposition},
-    kernel_maps::Snapshot,
+    bpf::{maps::Snapshot, socket_slots::SlotSweep as _},
+    metrics::{CollectorConfig, Scrape, exposition},
+    model::{Counters, View},
     netstat::ListenCounters,
-    sock_diag::DiagSocket,
-    sys::{ProgramStats, SlotSweep as _},
+    sockets::{
+        census::{Census, baseline::FirstListing},
+        sock_diag::DiagSocket,
+    },
+    sys::ProgramStats,
 };
 
 const SECOND: u64 = 1_000_000_000;

@@ -27,7 +27,7 @@ pub fn take(ebpf: &mut Ebpf) -> Result<KernelLog, aya_log::Error> {
 /// Writes the programs' records to the log as they come, on the runtime's thread (they are
 /// rare: reading them costs nothing in between).
 pub fn forward(kernel_log: KernelLog) -> std::io::Result<()> {
-    let mut ring = crate::sys::watch_log_ring(kernel_log)?;
+    let mut ring = crate::sys::bpf::watch_log_ring(kernel_log)?;
     tokio::spawn(async move {
         while let Ok(mut ready) = ring.readable_mut().await {
             ready.get_inner_mut().flush();
