@@ -1,7 +1,10 @@
 //! The HTTP endpoints: `/` (landing page), the telemetry path (metrics), `/healthz`; `server`
 //! keeps the connections.
 
+mod connections;
 mod server;
+#[cfg(test)]
+mod testing;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
@@ -185,7 +188,7 @@ mod tests {
     use prometheus::{core::Collector, proto::MetricFamily};
 
     use super::{
-        server::testing::{TestServer, request},
+        testing::{TestServer, request},
         *,
     };
 
