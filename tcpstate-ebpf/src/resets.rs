@@ -45,12 +45,14 @@ pub fn record(ctx: &BtfTracePointContext, kind: u8) {
         state,
         _padding: [0; 6],
     };
-    if !maps::count_event(&key) {
-        report::failure(
-            ctx,
-            recorder::EVENTS,
-            counter::FAILED_EVENTS_MAP_FULL,
-            (0, 0),
-        );
+    count(ctx, &key);
+}
+
+/// Adds one to an `EVENTS` entry (resets and SYN-ACK retransmits); reports a full map.
+#[inline(always)]
+pub fn count(ctx: &BtfTracePointContext, key: &EventKey) {
+    if !maps::count_event(key) {
+        let failed = counter::FAILED_EVENTS_MAP_FULL;
+        report::failure(ctx, recorder::EVENTS, failed, (0, 0));
     }
 }

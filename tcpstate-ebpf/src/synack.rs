@@ -2,9 +2,9 @@
 //! ACK did not come (the half-open queue's trouble, which `inet_sock_set_state` never shows).
 
 use aya_ebpf::programs::BtfTracePointContext;
-use tcpstate_common::{EventKey, counter, event_kind, recorder, role, state::NEW_SYN_RECV};
+use tcpstate_common::{EventKey, event_kind, role, state::NEW_SYN_RECV};
 
-use crate::{labels::untracked_labels, maps, report, sock::Sock};
+use crate::{labels::untracked_labels, resets, sock::Sock};
 
 /// `tcp_retransmit_synack(sk, req)`: `sk` is the listener.
 #[inline(always)]
@@ -19,12 +19,5 @@ pub fn record(ctx: &BtfTracePointContext) {
         state: NEW_SYN_RECV,
         _padding: [0; 6],
     };
-    if !maps::count_event(&key) {
-        report::failure(
-            ctx,
-            recorder::EVENTS,
-            counter::FAILED_EVENTS_MAP_FULL,
-            (0, 0),
-        );
-    }
+    resets::count(ctx, &key);
 }
