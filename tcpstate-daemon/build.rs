@@ -1,5 +1,5 @@
 //! Builds the eBPF object (`tcpstate-ebpf`, target bpfel-unknown-none) with aya-build, into
-//! OUT_DIR, from where `src/loader.rs` embeds it: the daemon binary is all a host needs, and it
+//! OUT_DIR, from where `src/bpf/loader.rs` embeds it: the daemon binary is all a host needs, and it
 //! can never ship a stale object.
 
 use std::{env, path::Path, process::Command};

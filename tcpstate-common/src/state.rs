@@ -1,24 +1,38 @@
 //! TCP states as the kernel numbers them (`include/net/tcp_states.h`). They cross the boundary as
 //! the kernel's `u8`; user space converts with `TryFrom` and names them.
 
+// The numbers, as they cross the boundary (`u8`): match on these; name them with `TcpState`.
+pub const ESTABLISHED: u8 = 1;
+pub const SYN_SENT: u8 = 2;
+pub const SYN_RECV: u8 = 3;
+pub const FIN_WAIT1: u8 = 4;
+pub const FIN_WAIT2: u8 = 5;
+pub const TIME_WAIT: u8 = 6;
+pub const CLOSE: u8 = 7;
+pub const CLOSE_WAIT: u8 = 8;
+pub const LAST_ACK: u8 = 9;
+pub const LISTEN: u8 = 10;
+pub const CLOSING: u8 = 11;
+pub const NEW_SYN_RECV: u8 = 12;
+
 /// Number of states, including the unused 0; state numbers are 1..=12.
 pub const STATE_COUNT: usize = 13;
 
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TcpState {
-    Established = 1,
-    SynSent = 2,
-    SynRecv = 3,
-    FinWait1 = 4,
-    FinWait2 = 5,
-    TimeWait = 6,
-    Close = 7,
-    CloseWait = 8,
-    LastAck = 9,
-    Listen = 10,
-    Closing = 11,
-    NewSynRecv = 12,
+    Established = ESTABLISHED,
+    SynSent = SYN_SENT,
+    SynRecv = SYN_RECV,
+    FinWait1 = FIN_WAIT1,
+    FinWait2 = FIN_WAIT2,
+    TimeWait = TIME_WAIT,
+    Close = CLOSE,
+    CloseWait = CLOSE_WAIT,
+    LastAck = LAST_ACK,
+    Listen = LISTEN,
+    Closing = CLOSING,
+    NewSynRecv = NEW_SYN_RECV,
 }
 
 impl TcpState {
@@ -71,7 +85,7 @@ impl TcpState {
     }
 
     pub const fn is_valid(state: u8) -> bool {
-        state >= TcpState::Established as u8 && state <= TcpState::NewSynRecv as u8
+        state >= ESTABLISHED && state <= NEW_SYN_RECV
     }
 }
 

@@ -1,28 +1,30 @@
 //! tcpstated: follows every TCP socket through its states with eBPF and serves Prometheus metrics.
 //!
-//! Where things are: `loader` loads and attaches the kernel programs; `kernel_maps` reads their
-//! maps at scrape time; `aggregate` merges the raw entries; `baseline` lists the sockets older
-//! than the programs at start-up; `census` counts what the tracepoint never shows (timewait and
-//! request sockets, accept queues, the baseline's sockets) from `sock_diag` polls; `netstat`
-//! reads the listen counters; `labels` decodes numbers to label values; `collector` builds the
-//! metric families; `http` serves them (its `server` keeps the connections: cap, timeouts,
-//! shutdown); `config` is the flags; `kernel_btf` reads the kernel's type information;
-//! `preflight` checks privileges; `sys` holds the raw syscalls.
+//! A folder per stage of the pipeline (docs/ARCHITECTURE.md tells the story):
+//! - `bpf`: loads and attaches the kernel programs, reads their maps, takes the slot table's
+//!   handoffs, forwards their log;
+//! - `sockets`: what the tracepoint never shows, from sock_diag polls: timewait and request
+//!   sockets, accept queues, records left behind, the sockets older than the daemon;
+//! - `model`: the kernel's raw aggregates turned into figures (pure logic);
+//! - `metrics`: the Prometheus collector, one file per group of families;
+//! - `http`: the endpoints and their connections;
+//! - `workload`: whose a socket is (its cgroup decoded into pod, container or unit names).
+//!
+//! Beside them: `config` (the flags), `labels` (numbers to label values), `netstat`
+//! (/proc counters), `preflight` (privileges), `sys` (the raw syscalls, the only `unsafe`).
 #![deny(unsafe_code)]
 
-pub mod aggregate;
-pub mod baseline;
-pub mod census;
-pub mod collector;
+pub mod bpf;
 pub mod config;
 pub mod http;
-pub mod kernel_btf;
-pub mod kernel_maps;
 pub mod labels;
-pub mod loader;
-pub mod namespaces;
+pub mod metrics;
+pub mod model;
 pub mod netstat;
 pub mod preflight;
-pub mod sock_diag;
+pub mod sockets;
 pub mod sys;
 pub mod workload;
+
+// The paths the helper binaries (tcpstate-hook-floor, tcpstate-witness) and other branches use.
+pub use bpf::{btf as kernel_btf, loader};

@@ -1,20 +1,19 @@
-use std::{
-    os::fd::{AsFd as _, AsRawFd as _},
-    process::ExitCode,
-    sync::Arc,
-    time::Duration,
-};
+//! `tcpstated`: wiring only. The stages are in the library (see its documentation).
+
+use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use clap::Parser as _;
-use prometheus::Registry;
 use tcpstate_daemon::{
-    baseline,
-    census::Census,
-    collector::{CollectorConfig, KernelState, TcpStateCollector},
+    bpf::{
+        kernel_log,
+        loader::{self, Tracer, TracerConfig},
+    },
     config::Flags,
-    http::{self, Limits, WebState},
-    loader::{self, Tracer, TracerConfig},
-    preflight, sys,
+    http::{self, WebState},
+    metrics::{self, CollectorConfig, KernelState, TcpStateCollector},
+    preflight,
+    sockets::census::Census,
+    sys,
 };
 
 /// Exit status for runtime failures; usage errors exit with clap's 2.
@@ -44,78 +43,32 @@ fn fail(error: anyhow::Error) -> ExitCode {
 async fn run(flags: Flags) -> anyhow::Result<()> {
     let shutdown = sys::shutdown_signal()?;
     preflight::check_privileges()?;
-    let listener = http::bind(flags.listen_address)?;
-    let fd_limit = sys::raise_fd_limit().unwrap_or_else(|error| {
-        log::warn!("cannot read or raise the fd limit ({error}); assuming 1024");
-        1024
-    });
-    let max_connections = http::connections_within(fd_limit, flags.max_connections);
-    if max_connections < flags.max_connections {
-        log::warn!(
-            "serving at most {max_connections} HTTP connections, not {}: the fd limit is \
-             {fd_limit} (raise LimitNOFILE= in the systemd unit, or ulimit -n)",
-            flags.max_connections
-        );
-    }
-    if let Err(error) = sys::raise_memlock_rlimit() {
-        // Kernels since 5.11 charge BPF memory to the memory cgroup instead.
-        log::debug!("could not raise RLIMIT_MEMLOCK ({error}); relying on memcg accounting");
-    }
-    let tracer = Tracer::attach(&TracerConfig {
-        buckets: &flags.buckets,
-        ports: &flags.ports,
-        socket_slots: flags.socket_slots,
-        transition_slots: flags.transition_slots,
-    })?;
-    let started_ns = sys::monotonic_ns();
-
-    // Sockets older than the programs: counted once now, then as they move (first seen).
-    let ports = loader::port_set(&flags.ports);
-    let baseline = baseline::list(&tracer, &ports).unwrap_or_else(|error| {
-        log::warn!(
-            "cannot list existing sockets with sock_diag ({error}): sockets older than tcpstated \
-             are not counted until they change state"
-        );
-        Default::default()
-    });
-    let census = Census::new(
-        ports,
+    let (listener, limits) = http::listen(flags.listen_address, flags.max_connections)?;
+    let tracer = Tracer::attach(&TracerConfig::from_flags(&flags))?;
+    let census = Census::at_start(
+        &tracer,
+        loader::port_set(&flags.ports),
         flags.buckets.nanoseconds(),
-        started_ns,
-        sys::net_namespace_inode()?,
-        baseline,
+    )?;
+    let programs_loaded = tracer.health_check()?;
+    let Tracer {
+        ebpf,
+        maps,
+        kernel_log,
+    } = tracer;
+    if let Some(kernel_log) = kernel_log {
+        kernel_log::forward(kernel_log)?;
+    }
+    let collector = TcpStateCollector::new(
+        KernelState::new(maps, census),
+        CollectorConfig::from_flags(&flags),
     );
-
-    let Tracer { ebpf, maps, .. } = tracer;
-    let program_fds = maps
-        .programs
-        .iter()
-        .map(|(_, fd)| fd.try_clone())
-        .collect::<Result<Vec<_>, _>>()?;
-    let programs_loaded = move || {
-        program_fds
-            .iter()
-            .all(|fd| sys::program_stats(&fd.as_fd().as_raw_fd()).is_ok())
-    };
-    let config = CollectorConfig {
-        bucket_bounds: flags.buckets.seconds().to_vec(),
-        view: flags.view,
-        poll_min_interval: flags.poll_min_interval,
-        socket_slots: flags.socket_slots,
-    };
-    let state = KernelState::new(maps, census);
-    let collector = TcpStateCollector::new(state, config);
     collector.start_background_poll();
-
-    let registry = Registry::new();
-    registry.register(Box::new(collector))?;
-    registry.register(Box::new(
-        prometheus::process_collector::ProcessCollector::for_self(),
-    ))?;
+    let registry = metrics::registry(collector)?;
 
     log::info!(
         "tcpstated {} attached to sock:inet_sock_set_state; serving http://{}{}",
-        tcpstate_daemon::collector::VERSION,
+        metrics::VERSION,
         listener.local_addr()?,
         flags.telemetry_path
     );
@@ -123,10 +76,6 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         registry,
         programs_loaded: Arc::new(programs_loaded),
         telemetry_path: flags.telemetry_path.clone(),
-    };
-    let limits = Limits {
-        max_connections,
-        ..Limits::default()
     };
     http::serve(listener, state, limits, shutdown).await;
     drop(ebpf); // detaches the programs

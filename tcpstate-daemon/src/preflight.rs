@@ -54,14 +54,11 @@ pub fn check_privileges() -> anyhow::Result<()> {
 }
 
 /// The `main` of a helper binary that loads the eBPF object (tcpstate-hook-floor,
-/// tcpstate-witness): checks privileges, raises RLIMIT_MEMLOCK where the kernel still needs it
-/// (since 5.11 it charges BPF memory to the memory cgroup, so failure is ignored), runs `run`,
-/// and reports its error as `<name>: error: ...` with exit status 1.
+/// tcpstate-witness): checks privileges, runs `run`, and reports its error as
+/// `<name>: error: ...` with exit status 1. (No RLIMIT_MEMLOCK to raise: Linux 5.11+, which
+/// tcpstate requires, charges BPF memory to the memory cgroup.)
 pub fn run_bpf_helper(name: &str, run: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
-    let outcome = check_privileges().and_then(|()| {
-        let _ = crate::sys::raise_memlock_rlimit();
-        run()
-    });
+    let outcome = check_privileges().and_then(|()| run());
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

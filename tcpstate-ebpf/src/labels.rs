@@ -1,14 +1,11 @@
 //! Labels of sockets the program has no record for.
 
-use tcpstate_common::{Labels, OTHER_PORT, TcpState, role};
+use tcpstate_common::{
+    Labels, OTHER_PORT, role,
+    state::{CLOSE, LISTEN, NEW_SYN_RECV, SYN_RECV, SYN_SENT},
+};
 
-use crate::{kernel::Sock, maps};
-
-const CLOSE: u8 = TcpState::Close as u8;
-const LISTEN: u8 = TcpState::Listen as u8;
-const SYN_SENT: u8 = TcpState::SynSent as u8;
-const SYN_RECV: u8 = TcpState::SynRecv as u8;
-const NEW_SYN_RECV: u8 = TcpState::NewSynRecv as u8;
+use crate::{globals, sock::Sock};
 
 /// The role of a socket first seen moving `from` -> `to`: known where the kernel makes one
 /// (connect, accept, listen) or where its state implies it, unknown otherwise.
@@ -45,7 +42,7 @@ pub fn untracked_labels(sock: &Sock, role: u8) -> Labels {
 
 #[inline(always)]
 fn service_port(port: u16) -> u16 {
-    if maps::is_service_port(port) {
+    if globals::is_service_port(port) {
         port
     } else {
         OTHER_PORT

@@ -1,34 +1,40 @@
-//! tcpstate's kernel side: entry points only. The work is in `state_change`.
+//! tcpstate's kernel side: the entry points, one line each over the module of their hook.
+//! `state_change` is what one `inet_sock_set_state` event does; `resets` and `synack` count
+//! the events that tracepoint never shows; `records` keeps the per-socket records, `maps` and
+//! `globals` the maps and the load-time configuration, `sock` the raw reads of `struct sock`,
+//! `report` the rare failures (counted, and logged through aya-log). `witness` belongs to the
+//! benchmark.
 #![no_std]
 #![no_main]
 // `atomic_cxchg`: see `records::claim`.
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
-mod events;
-mod kernel;
+mod closed;
+mod globals;
 mod labels;
 mod maps;
 mod records;
+mod report;
+mod resets;
+mod sock;
 mod state_change;
+mod synack;
 mod witness;
 
 use aya_ebpf::{
     macros::{btf_tracepoint, sock_ops},
     programs::{BtfTracePointContext, SockOpsContext},
 };
-use kernel::Sock;
-use tcpstate_common::{event_kind, recorder};
+use sock::Sock;
+use tcpstate_common::event_kind;
 
 /// Every TCP state change of a full socket (`tcp_set_state` -> `inet_sock_set_state`).
 /// The BTF tracepoint gives the typed `struct sock *` (readable at BTF-checked offsets, accepted
 /// by `bpf_sk_storage_get`) and is cheaper per event than the classic tracepoint.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn record_state_change(ctx: BtfTracePointContext) -> i32 {
-    let sock = Sock::new(ctx.arg(0));
-    let event = state_change::event(&ctx, &sock);
-    maps::note_primary_handled(event);
-    state_change::record(&sock, &event, recorder::PRIMARY);
+    state_change::record_primary(&ctx);
     0
 }
 
@@ -40,37 +46,28 @@ pub fn record_state_change(ctx: BtfTracePointContext) -> i32 {
 /// then: it records exactly the events the primary program did not handle, into its own slots.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn record_nested_state_change(ctx: BtfTracePointContext) -> i32 {
-    let sock = Sock::new(ctx.arg(0));
-    let event = state_change::event(&ctx, &sock);
-    let handled = maps::take_primary_handled(&event);
-    if state_change::missed_by_primary(&sock, &event, handled) {
-        state_change::record(&sock, &event, recorder::NESTED);
-        maps::count(
-            recorder::NESTED,
-            tcpstate_common::counter::NESTED_EVENTS_RECORDED,
-        );
-    }
+    state_change::record_nested(&ctx);
     0
 }
 
 /// Resets this host sends (`tcp_v4_send_reset`/`tcp_v6_send_reset`, `tcp_send_active_reset`).
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn record_reset_sent(ctx: BtfTracePointContext) -> i32 {
-    events::record_reset(&ctx, event_kind::RESET_SENT);
+    resets::record(&ctx, event_kind::RESET_SENT);
     0
 }
 
 /// Resets this host receives (`tcp_reset`).
 #[btf_tracepoint(function = "tcp_receive_reset")]
 pub fn record_reset_received(ctx: BtfTracePointContext) -> i32 {
-    events::record_reset(&ctx, event_kind::RESET_RECEIVED);
+    resets::record(&ctx, event_kind::RESET_RECEIVED);
     0
 }
 
 /// SYN-ACKs a listener retransmits because the handshake's final ACK did not come.
 #[btf_tracepoint(function = "tcp_retransmit_synack")]
 pub fn record_synack_retransmit(ctx: BtfTracePointContext) -> i32 {
-    events::record_synack_retransmit(&ctx);
+    synack::record(&ctx);
     0
 }
 

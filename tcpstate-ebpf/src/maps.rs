@@ -1,18 +1,18 @@
-//! The program's maps and load-time globals, and small typed accessors over them.
+//! The maps the hooks share, and small typed accessors over them.
 
-use crate::kernel::Sock;
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, SkStorage},
     macros::btf_map,
 };
 use tcpstate_common::{
-    ClosedSocket, DEFAULT_SOCKET_SLOTS, DEFAULT_TRANSITION_SLOTS, DISPLACED_HANDOFF_SLOTS,
-    DisplacedHandoff, DurationBuckets, EVENTS_CAPACITY, EventKey, EventToken, FIRST_SEEN_CAPACITY,
-    Handled, HandledEvents, Labels, MAX_BUCKETS, PortSet, RECENTLY_CLOSED_SLOTS, SocketLayout,
+    DEFAULT_SOCKET_SLOTS, DEFAULT_TRANSITION_SLOTS, DISPLACED_HANDOFF_SLOTS, DisplacedHandoff,
+    EVENTS_CAPACITY, EventKey, EventToken, FIRST_SEEN_CAPACITY, Handled, HandledEvents,
     SocketRecord, TIMEWAIT_HANDOFFS_CAPACITY, TRANSITIONS_CAPACITY, TimewaitHandoff, TransitionKey,
     TransitionSlot, TransitionStats, counter,
 };
+
+use crate::globals;
 
 /// Per-socket records, one per slot (see `records`). Its size is set at load time
 /// (`--sockets.slots`). Mmapable so the daemon can read the owners at start-up without a
@@ -92,103 +92,23 @@ static FIRST_SEEN: HashMap<
 #[btf_map]
 static COUNTERS: PerCpuArray<u64, { counter::SLOTS as usize }> = PerCpuArray::new();
 
-/// Sockets that recently reached CLOSE (see `ClosedSocket`), one per slot chosen by a hash of
-/// the ports. Shared by all CPUs, not per CPU: between an abort's CLOSE and its reset the task
-/// can move to another CPU. Writes from two CPUs can race on a slot; a torn entry only fails to
-/// match (that reset is then counted in CLOSE). The two ends of a connection have their ports
-/// swapped, so on loopback the peer's CLOSE, which comes in between, lands in another slot.
-#[btf_map]
-static LAST_CLOSED: Array<ClosedSocket, { RECENTLY_CLOSED_SLOTS as usize }> = Array::new();
-
-/// The slot of a socket: a hash of its ports (a pointer cannot be hashed: the verifier allows
-/// no arithmetic on it).
-#[inline(always)]
-fn closed_slot(sock: &Sock) -> u32 {
-    let ports = u32::from(sock.local_port()) << 16 | u32::from(sock.remote_port());
-    // Fibonacci hashing: the top 10 bits of the product.
-    ports.wrapping_mul(0x9E37_79B1) >> 22
-}
-
 /// The events `record_state_change` handled on this CPU whose nested-event run has not come
 /// yet (see `HandledEvents`).
 #[btf_map]
 static PRIMARY_HANDLED: PerCpuArray<HandledEvents, 1> = PerCpuArray::new();
 
-// Load-time configuration (`.rodata`, frozen before verification, so the verifier sees the
-// values as constants: `SOCKET_LAYOUT`'s offsets must be constants to read `struct sock`).
-// Read only through volatile reads, or the compiler would fold in these defaults.
-#[unsafe(no_mangle)]
-static SOCKET_LAYOUT: SocketLayout = SocketLayout {
-    family: 0,
-    local_port: 0,
-    remote_port: 0,
-    protocol: 0,
-    state: 0,
-    flags: 0,
-    error: 0,
-    net: 0,
-    net_inode: 0,
-    cookie: 0,
-};
-#[unsafe(no_mangle)]
-static DURATION_BUCKETS: DurationBuckets = DurationBuckets::EMPTY;
-#[unsafe(no_mangle)]
-static SERVICE_PORTS: PortSet = PortSet::EMPTY;
-#[unsafe(no_mangle)]
-static SOCKET_SLOT_MASK: u32 = DEFAULT_SOCKET_SLOTS - 1;
-#[unsafe(no_mangle)]
-static TRANSITION_SLOT_MASK: u32 = DEFAULT_TRANSITION_SLOTS - 1;
-
 /// The value new `TRANSITIONS` entries start from. A static so that inserting passes a pointer
 /// to read-only map memory instead of 272 bytes of the 512-byte stack.
 static ZERO_STATS: TransitionStats = TransitionStats::ZERO;
 
-/// The offset of one field of `struct sock` (see `SocketLayout`), read where it is used: an
-/// event loads only the offsets it needs (a read of the whole layout loads all ten).
-#[inline(always)]
-pub fn socket_offset(field: impl FnOnce(&'static SocketLayout) -> &'static u32) -> u32 {
-    // SAFETY: a plain read of a field of an initialised static; volatile so the loader's value
-    // is used.
-    unsafe { core::ptr::read_volatile(field(&SOCKET_LAYOUT)) }
-}
-
 /// The slot at `position` (taken modulo the table's size).
 #[inline(always)]
 pub fn socket_slot(position: u32) -> Option<&'static mut SocketRecord> {
-    // SAFETY: a plain read of an initialised static; volatile so the loader's value is used.
-    let mask = unsafe { core::ptr::read_volatile(&SOCKET_SLOT_MASK) };
-    let slot = SOCKET_SLOTS.get_ptr_mut(position & mask)?;
+    let slot = SOCKET_SLOTS.get_ptr_mut(position & globals::socket_slot_mask())?;
     // SAFETY: an array slot, valid for the program's run. Its owner field is only changed
     // atomically (see `records`); the rest only by the owning socket's events, which the
     // socket's lock serialises.
     Some(unsafe { &mut *slot })
-}
-
-#[inline(always)]
-pub fn duration_bound(index: usize) -> u64 {
-    let bounds = &DURATION_BUCKETS.bounds_ns;
-    if index < MAX_BUCKETS {
-        // SAFETY: in bounds (checked above); volatile so the loader's value is used.
-        unsafe { core::ptr::read_volatile(&bounds[index]) }
-    } else {
-        DurationBuckets::UNUSED
-    }
-}
-
-#[inline(always)]
-pub fn is_service_port(port: u16) -> bool {
-    let (word, mask) = PortSet::position(port);
-    let words = &SERVICE_PORTS.words;
-    // `word` is at most 1023 by construction; the `get` keeps the verifier sure of it.
-    match words.get(word) {
-        Some(word) => {
-            // SAFETY: a reference into an initialised static; volatile so the loader's value is
-            // used.
-            let bits = unsafe { core::ptr::read_volatile(word) };
-            bits & mask != 0
-        }
-        None => false,
-    }
 }
 
 /// Notes that the primary program handles `token` (before it records the event): pushes it on
@@ -215,13 +135,17 @@ pub fn take_primary_handled(token: &EventToken) -> Handled {
     }
 }
 
-/// Adds one to a [`counter`] in `recorder`'s block.
+/// Adds one to a [`counter`] in `recorder`'s block; returns its new value on this CPU.
 #[inline(always)]
-pub fn count(recorder: u8, counter: u32) {
+pub fn count(recorder: u8, counter: u32) -> u64 {
     let index = recorder as u32 * counter::COUNT + counter;
-    if let Some(value) = COUNTERS.get_ptr_mut(index) {
+    match COUNTERS.get_ptr_mut(index) {
         // SAFETY: a per-CPU array slot, only written by `recorder` on this CPU.
-        unsafe { *value += 1 };
+        Some(value) => unsafe {
+            *value += 1;
+            *value
+        },
+        None => 0,
     }
 }
 
@@ -230,9 +154,7 @@ pub fn count(recorder: u8, counter: u32) {
 #[inline(always)]
 pub fn transition_slot_stats(key: &TransitionKey) -> Option<*mut TransitionStats> {
     let words = key.words();
-    // SAFETY: a plain read of an initialised static; volatile so the loader's value is used.
-    let mask = unsafe { core::ptr::read_volatile(&TRANSITION_SLOT_MASK) };
-    let pair = TransitionKey::slot_pair(words, mask);
+    let pair = TransitionKey::slot_pair(words, globals::transition_slot_mask());
     for index in [pair, pair + 1] {
         let slot = TRANSITION_SLOTS.get_ptr_mut(index)?;
         // SAFETY: a per-CPU array slot, valid for the program's run, written only by the
@@ -257,6 +179,10 @@ pub fn transition_stats(key: &TransitionKey) -> Option<*mut TransitionStats> {
     }
     // Another CPU may insert the same key between the lookup and here: NOEXIST then fails
     // harmlessly and the second lookup finds its entry.
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "a pointer to the static: by value, 272 bytes would be copied to the stack"
+    )]
     let _ = TRANSITIONS.insert(key, &ZERO_STATS, BPF_NOEXIST.into());
     TRANSITIONS.get_ptr_mut(key)
 }
@@ -323,28 +249,4 @@ pub fn record_displaced_handoff(recorder: u8, cookie: u64, handoff: &TimewaitHan
 #[inline(always)]
 pub fn note_first_seen(cookie: u64, state: u8) -> bool {
     FIRST_SEEN.insert(cookie, state, BPF_ANY.into()).is_ok()
-}
-
-/// Notes that `sock` just reached CLOSE from `state` (see `ClosedSocket`).
-#[inline(always)]
-pub fn note_closed(sock: &Sock, labels: Labels, state: u8) {
-    if let Some(slot) = LAST_CLOSED.get_ptr_mut(closed_slot(sock)) {
-        // SAFETY: an array slot, valid for this run; a racing write from another CPU can only
-        // make the entry unmatchable (see `LAST_CLOSED`).
-        let slot = unsafe { &mut *slot };
-        // Field by field: the padding stays as the map was created (zero), where a whole
-        // `ClosedSocket` would be zeroed by a `memset` call.
-        slot.socket = sock.address();
-        slot.labels = labels;
-        slot.state = state;
-    }
-}
-
-/// The socket's entry among those that recently reached CLOSE, if any.
-#[inline(always)]
-pub fn recently_closed(sock: &Sock) -> Option<ClosedSocket> {
-    LAST_CLOSED
-        .get(closed_slot(sock))
-        .filter(|closed| closed.socket == sock.address())
-        .copied()
 }

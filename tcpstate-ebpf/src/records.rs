@@ -25,7 +25,7 @@ use tcpstate_common::{
     socket_slot_window,
 };
 
-use crate::{kernel::Sock, maps};
+use crate::{maps, sock::Sock};
 
 /// The record of the socket with `cookie`, if it has one.
 #[inline(always)]

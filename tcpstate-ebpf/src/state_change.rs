@@ -8,23 +8,17 @@
 use aya_ebpf::programs::BtfTracePointContext;
 use tcpstate_common::{
     EventToken, Handled, Labels, SocketRecord, TcpState, TimewaitHandoff, TransitionKey,
-    bucket_index, counter, record_home, transition_detail, transition_flag,
+    bucket_index, counter, record_home, recorder,
+    state::{CLOSE, CLOSING, FIN_WAIT1, FIN_WAIT2, LISTEN, SYN_RECV, SYN_SENT, TIME_WAIT},
+    transition_detail, transition_flag,
 };
 
 use crate::{
-    kernel::{Sock, now_ns},
+    closed, globals,
     labels::{first_seen_role, untracked_labels},
-    maps, records,
+    maps, records, report,
+    sock::{Sock, now_ns},
 };
-
-const CLOSE: u8 = TcpState::Close as u8;
-const LISTEN: u8 = TcpState::Listen as u8;
-const SYN_SENT: u8 = TcpState::SynSent as u8;
-const SYN_RECV: u8 = TcpState::SynRecv as u8;
-const FIN_WAIT1: u8 = TcpState::FinWait1 as u8;
-const FIN_WAIT2: u8 = TcpState::FinWait2 as u8;
-const TIME_WAIT: u8 = TcpState::TimeWait as u8;
-const CLOSING: u8 = TcpState::Closing as u8;
 
 // include/net/sock.h `enum sock_flags`.
 const SOCK_DEAD: u64 = 1 << 0;
@@ -34,10 +28,31 @@ const ECONNRESET: i32 = 104;
 const ETIMEDOUT: i32 = 110;
 const ECONNREFUSED: i32 = 111;
 
+/// The primary program: records every event (see `main.rs`).
+#[inline(always)]
+pub fn record_primary(ctx: &BtfTracePointContext) {
+    let sock = Sock::new(ctx.arg(0));
+    let event = event(ctx, &sock);
+    maps::note_primary_handled(event);
+    record(ctx, &sock, &event, recorder::PRIMARY);
+}
+
+/// The nested-event program: records the events the primary program did not handle.
+#[inline(always)]
+pub fn record_nested(ctx: &BtfTracePointContext) {
+    let sock = Sock::new(ctx.arg(0));
+    let event = event(ctx, &sock);
+    let handled = maps::take_primary_handled(&event);
+    if missed_by_primary(&sock, &event, handled) {
+        record(ctx, &sock, &event, recorder::NESTED);
+        maps::count(recorder::NESTED, counter::NESTED_EVENTS_RECORDED);
+    }
+}
+
 /// The event: its socket and states, and the socket's cookie (assigned now if it had none), which
 /// also identify it for the nested-event program (see `HandledEvents`).
 #[inline(always)]
-pub fn event(ctx: &BtfTracePointContext, sock: &Sock) -> EventToken {
+fn event(ctx: &BtfTracePointContext, sock: &Sock) -> EventToken {
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
     EventToken {
@@ -58,7 +73,7 @@ pub fn event(ctx: &BtfTracePointContext, sock: &Sock) -> EventToken {
 /// a disconnect repeats its transitions with the same cookie. Events of other protocols count as
 /// missed: the primary program's miss counter counts them too (`record` ignores them).
 #[inline(always)]
-pub fn missed_by_primary(sock: &Sock, event: &EventToken, handled: Handled) -> bool {
+fn missed_by_primary(sock: &Sock, event: &EventToken, handled: Handled) -> bool {
     if handled == Handled::Top {
         return false;
     }
@@ -73,7 +88,7 @@ pub fn missed_by_primary(sock: &Sock, event: &EventToken, handled: Handled) -> b
 }
 
 #[inline(always)]
-pub fn record(sock: &Sock, event: &EventToken, recorder: u8) {
+fn record(ctx: &BtfTracePointContext, sock: &Sock, event: &EventToken, recorder: u8) {
     if !sock.is_tcp() {
         return;
     }
@@ -83,7 +98,8 @@ pub fn record(sock: &Sock, event: &EventToken, recorder: u8) {
         || !TcpState::is_valid(from)
         || !TcpState::is_valid(to)
     {
-        maps::count(recorder, counter::FAILED_UNKNOWN_STATE);
+        let states = (event.old_state, event.new_state);
+        report::failure(ctx, recorder, counter::FAILED_UNKNOWN_STATE, states);
         return;
     }
     let now = now_ns();
@@ -111,6 +127,7 @@ pub fn record(sock: &Sock, event: &EventToken, recorder: u8) {
                 // its start nor the gauges move.
                 let flags = transition_flag::FROM_TRACKED | transition_flag::TO_TRACKED;
                 add(
+                    ctx,
                     recorder,
                     key(labels, from, to, flags, recorder, detail),
                     NO_DURATION,
@@ -127,21 +144,12 @@ pub fn record(sock: &Sock, event: &EventToken, recorder: u8) {
                 let inferred = transition_flag::FROM_TRACKED
                     | transition_flag::TO_TRACKED
                     | transition_flag::INFERRED;
-                add(
-                    recorder,
-                    key(
-                        labels,
-                        record.state,
-                        from,
-                        inferred,
-                        recorder,
-                        transition_detail::NONE,
-                    ),
-                    NO_DURATION,
-                );
+                let detail = transition_detail::NONE;
+                let key = key(labels, record.state, from, inferred, recorder, detail);
+                add(ctx, recorder, key, NO_DURATION);
             }
             if to == CLOSE {
-                note_closed(sock, labels, from);
+                closed::note(sock, labels, from);
                 // Every full socket's life ends with a transition to CLOSE.
                 let released = match handoff(detail, from, record.entered_ns, now) {
                     // The connection lives on in a timewait socket, which inherited the
@@ -158,26 +166,28 @@ pub fn record(sock: &Sock, event: &EventToken, recorder: u8) {
                             _padding: [0; 7],
                         };
                         if !maps::record_handoff(cookie, &handoff) {
-                            maps::count(recorder, counter::FAILED_HANDOFF_RECORD);
+                            report::failure(ctx, recorder, counter::FAILED_HANDOFF_RECORD, (0, 0));
                         }
                         records::delete(sock, record)
                     }
                     None => records::delete(sock, record),
                 };
-                maps::count(
-                    recorder,
-                    if released {
-                        counter::RECORDS_DELETED
-                    } else {
-                        counter::FAILED_RECORD_DELETE
-                    },
-                );
+                let counted = if released {
+                    counter::RECORDS_DELETED
+                } else {
+                    counter::FAILED_RECORD_DELETE
+                };
+                let on_this_cpu = maps::count(recorder, counted);
+                if !released {
+                    report::due(ctx, counter::FAILED_RECORD_DELETE, on_this_cpu, (0, 0));
+                }
             } else {
                 flags |= transition_flag::TO_TRACKED;
                 record.state = to;
                 record.entered_ns = now;
             }
             add(
+                ctx,
                 recorder,
                 key(labels, from, to, flags, recorder, detail),
                 duration,
@@ -185,11 +195,11 @@ pub fn record(sock: &Sock, event: &EventToken, recorder: u8) {
         }
         None => {
             if !is_birth(from, to) && !maps::note_first_seen(cookie, from) {
-                maps::count(recorder, counter::FAILED_FIRST_SEEN_RECORD);
+                report::failure(ctx, recorder, counter::FAILED_FIRST_SEEN_RECORD, (0, 0));
             }
             let labels = untracked_labels(sock, first_seen_role(from, to));
             if to == CLOSE {
-                note_closed(sock, labels, from);
+                closed::note(sock, labels, from);
             }
             let mut flags = 0;
             if to != CLOSE {
@@ -204,7 +214,7 @@ pub fn record(sock: &Sock, event: &EventToken, recorder: u8) {
                 };
                 let (created, handoff_kept) = records::create(sock, &mut initial, recorder);
                 if !handoff_kept {
-                    maps::count(recorder, counter::FAILED_HANDOFF_RECORD);
+                    report::failure(ctx, recorder, counter::FAILED_HANDOFF_RECORD, (0, 0));
                 }
                 if let Some(record) = created {
                     flags |= transition_flag::TO_TRACKED;
@@ -213,10 +223,11 @@ pub fn record(sock: &Sock, event: &EventToken, recorder: u8) {
                         maps::count(recorder, counter::RECORDS_IN_SOCKET_STORAGE);
                     }
                 } else {
-                    maps::count(recorder, counter::FAILED_SOCKET_STORAGE);
+                    report::failure(ctx, recorder, counter::FAILED_SOCKET_STORAGE, (0, 0));
                 }
             }
             add(
+                ctx,
                 recorder,
                 key(labels, from, to, flags, recorder, detail),
                 NO_DURATION,
@@ -246,12 +257,6 @@ fn is_birth(from: u8, to: u8) -> bool {
         (from, to),
         (CLOSE, SYN_SENT) | (LISTEN, SYN_RECV) | (CLOSE, LISTEN)
     )
-}
-
-/// Leaves the reset programs what they need about a socket that just reached CLOSE.
-#[inline(always)]
-fn note_closed(sock: &Sock, labels: Labels, from: u8) {
-    maps::note_closed(sock, labels, from);
 }
 
 /// Why a socket reaches CLOSE, from what the kernel left on it just before: `sk_err` is set
@@ -301,14 +306,15 @@ const NO_DURATION: u64 = u64::MAX;
 /// Counts one transition, with its duration in the histogram when the start was seen: the
 /// primary program in its fast slots when the key has one, every other case in `TRANSITIONS`.
 #[inline(always)]
-fn add(recorder: u8, key: TransitionKey, duration_ns: u64) {
+fn add(ctx: &BtfTracePointContext, recorder: u8, key: TransitionKey, duration_ns: u64) {
     let fast = if recorder == tcpstate_common::recorder::PRIMARY {
         maps::transition_slot_stats(&key)
     } else {
         None
     };
     let Some(stats) = fast.or_else(|| maps::transition_stats(&key)) else {
-        maps::count(recorder, counter::FAILED_TRANSITIONS_MAP_FULL);
+        let states = (u32::from(key.from), u32::from(key.to));
+        report::failure(ctx, recorder, counter::FAILED_TRANSITIONS_MAP_FULL, states);
         return;
     };
     // SAFETY: a per-CPU map value valid for this run; `key.recorder` gives each program its own
@@ -317,7 +323,7 @@ fn add(recorder: u8, key: TransitionKey, duration_ns: u64) {
     stats.count += 1;
     if duration_ns != NO_DURATION {
         stats.duration_sum_ns += duration_ns;
-        let index = bucket_index(maps::duration_bound, duration_ns);
+        let index = bucket_index(globals::duration_bound, duration_ns);
         if let Some(bucket) = stats.duration_buckets.get_mut(index) {
             *bucket += 1;
         }

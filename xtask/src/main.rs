@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod lint;
 mod setup;
 
 use std::{
@@ -31,6 +32,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Clippy over every crate, the eBPF crate included (with its own target and toolchain).
+    Lint,
     /// Run every test: unit tests, then the tests that load the program into the real kernel.
     Test {
         /// Only tests whose name contains this.
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::ensure(),
         Task::Build => setup::ensure().and_then(|()| build()).map(|_| ()),
         Task::Run { args } => setup::ensure().and_then(|()| run(&args)),
+        Task::Lint => setup::ensure().and_then(|()| lint::run()),
         Task::Test { filter } => setup::ensure().and_then(|()| test(filter.as_deref())),
         Task::Bench(args) => bench::run(args),
     };

@@ -19,6 +19,8 @@ const PACKAGES: &[&str] = &[
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
+    // Clippy for that rustc, which lints the eBPF crate (`cargo xtask lint`).
+    "rust-web-clippy",
     // Tests: promtool (`promtool check metrics`), namespaces and packet filtering.
     "prometheus",
     "iproute2",
@@ -31,7 +33,7 @@ const PACKAGES: &[&str] = &[
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The name `tcpstate-daemon/build.rs` looks for.
-const DEBIAN_TOOLCHAIN: &str = "tcpstate-bpf";
+pub const DEBIAN_TOOLCHAIN: &str = "tcpstate-bpf";
 
 pub fn ensure() -> anyhow::Result<()> {
     ensure_packages(PACKAGES)?;
@@ -92,7 +94,7 @@ pub fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
     )
 }
 
-fn rustup_has_core_sources(toolchain: &str) -> bool {
+pub fn rustup_has_core_sources(toolchain: &str) -> bool {
     Command::new("rustup")
         .args(["run", toolchain, "rustc", "--print", "sysroot"])
         .output()

@@ -1,7 +1,10 @@
 //! The HTTP endpoints: `/` (landing page), the telemetry path (metrics), `/healthz`; `server`
 //! keeps the connections.
 
+mod connections;
 mod server;
+#[cfg(test)]
+mod testing;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
@@ -40,6 +43,31 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// `net.core.somaxconn`): tokio's default, 128, overflows under a burst of connections, and each
 /// overflow costs a client a one-second SYN retransmission.
 const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds the listen address (inside the runtime) and sizes the connection cap to the fd limit,
+/// which it raises to the hard limit first (systemd starts services at 1024).
+pub fn listen(
+    address: SocketAddr,
+    max_connections: usize,
+) -> anyhow::Result<(TcpListener, Limits)> {
+    let listener = bind(address)?;
+    let fd_limit = crate::sys::raise_fd_limit().unwrap_or_else(|error| {
+        log::warn!("cannot read or raise the fd limit ({error}); assuming 1024");
+        1024
+    });
+    let within = connections_within(fd_limit, max_connections);
+    if within < max_connections {
+        log::warn!(
+            "serving at most {within} HTTP connections, not {max_connections}: the fd limit is \
+             {fd_limit} (raise LimitNOFILE= in the systemd unit, or ulimit -n)"
+        );
+    }
+    let limits = Limits {
+        max_connections: within,
+        ..Limits::default()
+    };
+    Ok((listener, limits))
+}
 
 /// Binds the listen address (inside the runtime), explaining the usual failures.
 pub fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
@@ -130,7 +158,7 @@ async fn landing_page(State(state): State<WebState>) -> Html<String> {
     const PAGE: &str = include_str!("../web/state_machine.html");
     Html(
         PAGE.replace("__TELEMETRY_PATH__", &html_escape(&state.telemetry_path))
-            .replace("__VERSION__", &html_escape(crate::collector::VERSION)),
+            .replace("__VERSION__", &html_escape(crate::metrics::VERSION)),
     )
 }
 
@@ -160,7 +188,7 @@ mod tests {
     use prometheus::{core::Collector, proto::MetricFamily};
 
     use super::{
-        server::testing::{TestServer, request},
+        testing::{TestServer, request},
         *,
     };
 

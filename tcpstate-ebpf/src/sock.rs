@@ -1,4 +1,5 @@
-//! Reads of kernel memory and calls of socket helpers: the only raw accesses of the program.
+//! The tracepoints' `struct sock *`: reads of kernel memory and calls of socket helpers, the
+//! programs' only raw accesses to the kernel.
 
 use core::ffi::c_void;
 
@@ -10,7 +11,7 @@ use aya_ebpf::{
 };
 use tcpstate_common::SocketRecord;
 
-use crate::maps::{self, SOCKET_RECORDS};
+use crate::{globals, maps::SOCKET_RECORDS};
 
 /// `IPPROTO_TCP`. The tracepoint also fires for SCTP (132) and MPTCP (262) sockets.
 const IPPROTO_TCP: u16 = 6;
@@ -53,40 +54,40 @@ impl Sock {
     /// Only for full sockets: `sk_protocol` is past the `sock_common` that timewait and
     /// request sockets share.
     pub fn is_tcp(&self) -> bool {
-        self.read_u16(maps::socket_offset(|layout| &layout.protocol)) == IPPROTO_TCP
+        self.read_u16(globals::socket_offset(|layout| &layout.protocol)) == IPPROTO_TCP
     }
 
     pub fn family(&self) -> u8 {
-        self.read_u16(maps::socket_offset(|layout| &layout.family)) as u8
+        self.read_u16(globals::socket_offset(|layout| &layout.family)) as u8
     }
 
     pub fn local_port(&self) -> u16 {
-        self.read_u16(maps::socket_offset(|layout| &layout.local_port))
+        self.read_u16(globals::socket_offset(|layout| &layout.local_port))
     }
 
     pub fn remote_port(&self) -> u16 {
-        u16::from_be(self.read_u16(maps::socket_offset(|layout| &layout.remote_port)))
+        u16::from_be(self.read_u16(globals::socket_offset(|layout| &layout.remote_port)))
     }
 
     /// `skc_state`: valid for full, timewait and request sockets alike.
     pub fn state(&self) -> u8 {
-        self.read(maps::socket_offset(|layout| &layout.state))
+        self.read(globals::socket_offset(|layout| &layout.state))
     }
 
     /// `sk_err`. Full sockets only.
     pub fn error(&self) -> i32 {
-        self.read(maps::socket_offset(|layout| &layout.error))
+        self.read(globals::socket_offset(|layout| &layout.error))
     }
 
     /// `sk_flags` (`SOCK_DEAD`, `SOCK_DONE`, ...). Full sockets only.
     pub fn flags(&self) -> u64 {
-        self.read(maps::socket_offset(|layout| &layout.flags))
+        self.read(globals::socket_offset(|layout| &layout.flags))
     }
 
     /// The inode number of the socket's network namespace (`sk->__sk_common.skc_net.net->ns.inum`).
     pub fn net_inode(&self) -> u32 {
-        let net: *mut c_void = self.read(maps::socket_offset(|layout| &layout.net));
-        let net_inode = maps::socket_offset(|layout| &layout.net_inode);
+        let net: *mut c_void = self.read(globals::socket_offset(|layout| &layout.net));
+        let net_inode = globals::socket_offset(|layout| &layout.net_inode);
         // SAFETY: `net` is the BTF-typed `struct net *` just read (the verifier knows its type
         // and checks this read's offset and size against `struct net`, from the kernel's BTF
         // like the offset); the load is fault-safe (BPF_PROBE_MEM).
@@ -102,7 +103,7 @@ impl Sock {
     /// from the socket once assigned (never changed after): a helper call costs more.
     #[inline(always)]
     pub fn cookie(&self) -> u64 {
-        let assigned: u64 = self.read(maps::socket_offset(|layout| &layout.cookie));
+        let assigned: u64 = self.read(globals::socket_offset(|layout| &layout.cookie));
         if assigned != 0 {
             return assigned;
         }

@@ -1,14 +1,8 @@
-//! Reads the running kernel's BTF (/sys/kernel/btf/vmlinux) for what the program needs to know
-//! about this kernel: the offsets of the `struct sock` fields it reads, and whether the
-//! `inet_sock_set_state` tracepoint exists.
-//!
-//! The kernel program has no CO-RE relocations (Rust eBPF has none), so the offsets go to it as a
-//! load-time global; the verifier then checks every read against the same BTF. Format:
-//! <https://www.kernel.org/doc/html/v6.18/bpf/btf.html>.
+//! Reads the running kernel's BTF (/sys/kernel/btf/vmlinux): the few types the daemon needs,
+//! decoded on demand (`layout` finds the `struct sock` offsets the programs read in them), and
+//! whether a tracepoint exists. Format: <https://www.kernel.org/doc/html/v6.18/bpf/btf.html>.
 
 use std::path::Path;
-
-use tcpstate_common::SocketLayout;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -32,7 +26,7 @@ pub enum BtfError {
 
 const KIND_INT: u32 = 1;
 const KIND_ARRAY: u32 = 3;
-const KIND_STRUCT: u32 = 4;
+pub(super) const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_ENUM: u32 = 6;
 const KIND_TYPEDEF: u32 = 8;
@@ -189,7 +183,7 @@ impl KernelBtf {
     }
 
     /// The id of the type of `kind` named `name` (a scan: used a few times at start-up).
-    fn id(&self, kind: u32, name: &str) -> Option<u32> {
+    pub(super) fn id(&self, kind: u32, name: &str) -> Option<u32> {
         (1..=self.offsets.len() as u32).find(|id| {
             self.get(*id)
                 .is_some_and(|t| t.kind == kind && self.name(t.name_off) == name.as_bytes())
@@ -212,7 +206,7 @@ impl KernelBtf {
 
     /// Byte offset of the integer field `name`, of `size` bytes, in the struct `struct_id`,
     /// looking through anonymous structs and unions (where `sock_common` keeps its ports).
-    fn int_field(&self, struct_id: u32, name: &str, size: u32) -> Option<u32> {
+    pub(super) fn int_field(&self, struct_id: u32, name: &str, size: u32) -> Option<u32> {
         let container = self.resolve(struct_id)?;
         for member in self.members(container) {
             let ty = self.resolve(member.type_id)?;
@@ -239,78 +233,11 @@ impl KernelBtf {
     }
 
     /// Byte offset and type of the member `name` (any type) of a struct.
-    fn member_offset(&self, struct_id: u32, name: &str) -> Option<(u32, u32)> {
+    pub(super) fn member_offset(&self, struct_id: u32, name: &str) -> Option<(u32, u32)> {
         let container = self.resolve(struct_id)?;
         self.members(container)
             .find(|m| self.name(m.name_off) == name.as_bytes() && m.bit_offset % 8 == 0)
             .map(|m| (m.bit_offset / 8, m.type_id))
-    }
-
-    /// Where the program finds what it reads in `struct sock`.
-    pub fn socket_layout(&self) -> Result<SocketLayout, BtfError> {
-        let sock = self
-            .id(KIND_STRUCT, "sock")
-            .ok_or(BtfError::MissingField("struct sock", "(the struct itself)"))?;
-        let (common, common_type) = self
-            .member_offset(sock, "__sk_common")
-            .ok_or(BtfError::MissingField("struct sock", "__sk_common"))?;
-        let common_field = |name: &'static str, size: u32| {
-            self.int_field(common_type, name, size)
-                .map(|offset| common + offset)
-                .ok_or(BtfError::MissingField("struct sock_common", name))
-        };
-        let sock_field = |name: &'static str, size: u32| {
-            self.int_field(sock, name, size)
-                .ok_or(BtfError::MissingField("struct sock", name))
-        };
-        Ok(SocketLayout {
-            family: common_field("skc_family", 2)?,
-            local_port: common_field("skc_num", 2)?,
-            remote_port: common_field("skc_dport", 2)?,
-            state: common_field("skc_state", 1)?,
-            flags: common_field("skc_flags", 8)?,
-            protocol: sock_field("sk_protocol", 2)?,
-            error: sock_field("sk_err", 4)?,
-            net: self
-                .net_pointer(common_type)
-                .map(|offset| common + offset)?,
-            net_inode: self.net_inode()?,
-            cookie: self.cookie(common_type).map(|offset| common + offset)?,
-        })
-    }
-
-    /// Offset in `struct sock_common` of `skc_cookie.counter`, the socket's cookie.
-    fn cookie(&self, common_type: u32) -> Result<u32, BtfError> {
-        let (field, atomic) = self
-            .member_offset(common_type, "skc_cookie")
-            .ok_or(BtfError::MissingField("struct sock_common", "skc_cookie"))?;
-        self.int_field(atomic, "counter", 8)
-            .map(|counter| field + counter)
-            .ok_or(BtfError::MissingField("atomic64_t", "counter"))
-    }
-
-    /// Offset in `struct sock_common` of `skc_net.net`, the socket's `struct net *`.
-    fn net_pointer(&self, common_type: u32) -> Result<u32, BtfError> {
-        let (field, possible_net) = self
-            .member_offset(common_type, "skc_net")
-            .ok_or(BtfError::MissingField("struct sock_common", "skc_net"))?;
-        let (pointer, _) = self
-            .member_offset(possible_net, "net")
-            .ok_or(BtfError::MissingField("possible_net_t", "net"))?;
-        Ok(field + pointer)
-    }
-
-    /// Offset in `struct net` of `ns.inum`, the namespace's inode number.
-    fn net_inode(&self) -> Result<u32, BtfError> {
-        let net = self
-            .id(KIND_STRUCT, "net")
-            .ok_or(BtfError::MissingField("struct net", "(the struct itself)"))?;
-        let (ns, ns_common) = self
-            .member_offset(net, "ns")
-            .ok_or(BtfError::MissingField("struct net", "ns"))?;
-        self.int_field(ns_common, "inum", 4)
-            .map(|inum| ns + inum)
-            .ok_or(BtfError::MissingField("struct ns_common", "inum"))
     }
 
     /// Fails unless the kernel has the tracepoint (its BTF names `btf_trace_<name>`).
@@ -404,27 +331,5 @@ mod tests {
         truncated.truncate(40);
         assert!(KernelBtf::parse(truncated).is_err());
         assert!(KernelBtf::parse(blob()).unwrap().socket_layout().is_err());
-    }
-
-    /// The running kernel's layout, when the test machine has BTF (every machine this project
-    /// supports does). The sock_common offsets have been the same since Linux 4.x.
-    #[test]
-    fn reads_this_kernels_struct_sock() {
-        let btf = match KernelBtf::from_sys_fs() {
-            Ok(btf) => btf,
-            Err(BtfError::Unreadable(_)) => return,
-            Err(err) => panic!("{err}"),
-        };
-        let layout = btf.socket_layout().unwrap();
-        assert_eq!(
-            (layout.remote_port, layout.local_port, layout.family),
-            (12, 14, 16)
-        );
-        assert!(layout.protocol > 16);
-        btf.require_tracepoint("inet_sock_set_state").unwrap();
-        assert!(matches!(
-            btf.require_tracepoint("no_such_tracepoint"),
-            Err(BtfError::MissingTracepoint(_))
-        ));
     }
 }

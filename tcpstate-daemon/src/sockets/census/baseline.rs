@@ -9,17 +9,18 @@
 //! second listing, made after the first, lists too are kept (README, "Known limits").
 
 use std::{collections::BTreeMap, io};
+use tcpstate_common::state::{SYN_RECV, TIME_WAIT};
 
 use tcpstate_common::{Labels, TcpState};
 
 use crate::{
-    census::{role_in_state, untracked_labels},
-    loader::Tracer,
-    sock_diag::{self, DiagSocket},
+    bpf::loader::Tracer,
+    model::StateKey,
+    sockets::{
+        sock_diag::{self, DiagSocket},
+        untracked::{role_in_state, untracked_labels},
+    },
 };
-
-const SYN_RECV: u8 = TcpState::SynRecv as u8;
-const TIME_WAIT: u8 = TcpState::TimeWait as u8;
 
 /// A socket of the baseline, packed to 16 bytes (a host can hold a million old sockets).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,7 +84,7 @@ impl FirstListing {
         for entry in &baseline.entries {
             *baseline
                 .counts
-                .entry((entry.labels(), entry.state))
+                .entry(StateKey::new(entry.labels(), entry.state))
                 .or_default() += 1;
         }
         baseline.live = baseline.entries.len();
@@ -99,12 +100,12 @@ pub struct Baseline {
     /// Entries still in the baseline.
     live: usize,
     /// Sockets by labels and state.
-    counts: BTreeMap<(Labels, u8), i64>,
+    counts: BTreeMap<StateKey, i64>,
 }
 
 impl Baseline {
     /// Sockets by labels and state.
-    pub fn counts(&self) -> &BTreeMap<(Labels, u8), i64> {
+    pub fn counts(&self) -> &BTreeMap<StateKey, i64> {
         &self.counts
     }
 
@@ -145,7 +146,7 @@ impl Baseline {
         if entry.state == 0 {
             return;
         }
-        let key = (entry.labels(), entry.state);
+        let key = StateKey::new(entry.labels(), entry.state);
         entry.state = 0;
         self.live -= 1;
         if let Some(count) = self.counts.get_mut(&key) {
@@ -201,11 +202,10 @@ fn is_timewait_or_request(socket: &DiagSocket) -> bool {
 #[cfg(test)]
 mod tests {
     use tcpstate_common::role;
+    use tcpstate_common::state::{CLOSE_WAIT, ESTABLISHED};
 
     use super::*;
 
-    const ESTABLISHED: u8 = TcpState::Established as u8;
-    const CLOSE_WAIT: u8 = TcpState::CloseWait as u8;
     const UNKNOWN: Labels = Labels {
         port: 443,
         family: 2,
@@ -224,7 +224,7 @@ mod tests {
         assert_eq!(baseline.len(), 1);
         assert_eq!(
             baseline.counts(),
-            &BTreeMap::from([((UNKNOWN, ESTABLISHED), 1)])
+            &BTreeMap::from([(StateKey::new(UNKNOWN, ESTABLISHED), 1)])
         );
     }
 
@@ -242,16 +242,20 @@ mod tests {
         baseline.first_seen(2);
         baseline.first_seen(2);
         baseline.first_seen(42);
-        assert_eq!(baseline.counts()[&(UNKNOWN, ESTABLISHED)], 5);
+        assert_eq!(baseline.counts()[&StateKey::new(UNKNOWN, ESTABLISHED)], 5);
         assert_eq!(baseline.remove_gone(|_, state| state == CLOSE_WAIT), 4);
         assert_eq!(baseline.remove_gone(|_, _| false), 0);
         assert_eq!(baseline.len(), 5);
-        assert!(!baseline.counts().contains_key(&(UNKNOWN, CLOSE_WAIT)));
+        assert!(
+            !baseline
+                .counts()
+                .contains_key(&StateKey::new(UNKNOWN, CLOSE_WAIT))
+        );
         // Compacted past half gone; lookups still find the rest.
         for cookie in [1, 3, 4] {
             baseline.first_seen(cookie);
         }
-        assert_eq!(baseline.counts()[&(UNKNOWN, ESTABLISHED)], 2);
+        assert_eq!(baseline.counts()[&StateKey::new(UNKNOWN, ESTABLISHED)], 2);
         baseline.first_seen(5);
         baseline.first_seen(6);
         assert!(baseline.is_empty() && baseline.counts().is_empty());

@@ -12,7 +12,7 @@
 
 use std::{io, os::fd::RawFd};
 
-use crate::sys::{SockDiagSocket, monotonic_ns};
+use crate::sys::{monotonic_ns, netlink::SockDiagSocket};
 
 /// The request type that dumps TCP sockets of both families (`inet_diag_rcv_msg_compat`).
 const TCPDIAG_GETSOCK: u16 = 18;

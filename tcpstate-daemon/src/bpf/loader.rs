@@ -1,16 +1,24 @@
 //! Loads the embedded eBPF object with this host's configuration and attaches its programs.
 
-use anyhow::{Context as _, anyhow};
 use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
 
+use anyhow::{Context as _, anyhow};
 use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
-    maps::{Map, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{Map, MapError},
     programs::{BtfTracePoint, ProgramError},
 };
 use tcpstate_common::{DurationBuckets, PortSet, global, map, program};
 
-use crate::{config::Buckets, kernel_btf::KernelBtf, kernel_maps::KernelMaps, sys};
+use super::{
+    btf::KernelBtf,
+    kernel_log::{self, KernelLog},
+    maps::KernelMaps,
+};
+use crate::{
+    config::{Buckets, Flags},
+    sys,
+};
 
 /// The object `build.rs` compiled from `tcpstate-ebpf`, embedded so one binary is all a host needs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpstate"));
@@ -19,6 +27,8 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub struct Tracer {
     pub ebpf: Ebpf,
     pub maps: KernelMaps,
+    /// The programs' log ring (see `kernel_log`), if the object has one.
+    pub kernel_log: Option<KernelLog>,
 }
 
 pub struct TracerConfig<'a> {
@@ -28,6 +38,17 @@ pub struct TracerConfig<'a> {
     pub socket_slots: u32,
     /// Entries per CPU of the transition slot table (a power of two).
     pub transition_slots: u32,
+}
+
+impl<'a> TracerConfig<'a> {
+    pub fn from_flags(flags: &'a Flags) -> Self {
+        TracerConfig {
+            buckets: &flags.buckets,
+            ports: &flags.ports,
+            socket_slots: flags.socket_slots,
+            transition_slots: flags.transition_slots,
+        }
+    }
 }
 
 impl Tracer {
@@ -59,6 +80,11 @@ impl Tracer {
             .map_max_entries(map::TRANSITION_SLOTS, config.transition_slots)
             .load(EBPF_OBJECT)
             .map_err(explain_load_error)?;
+        let kernel_log = kernel_log::take(&mut ebpf)
+            .inspect_err(|error| {
+                log::warn!("the kernel programs' failures will not be logged: {error}")
+            })
+            .ok();
 
         let btf = Btf::from_sys_fs().context("cannot parse the kernel's BTF")?;
         // Primary first: on each event the kernel runs them in attach order; the nested-event
@@ -80,32 +106,28 @@ impl Tracer {
             .iter()
             .map(|(name, _)| Ok((*name, program_fd(&ebpf, name)?)))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let maps = KernelMaps {
-            transitions: PerCpuHashMap::try_from(take_map(&mut ebpf, map::TRANSITIONS)?)?,
-            transition_slots: match take_map(&mut ebpf, map::TRANSITION_SLOTS)? {
-                Map::PerCpuArray(data) => data,
-                _ => anyhow::bail!("map {} is not a per-CPU array", map::TRANSITION_SLOTS),
-            },
-            counters: PerCpuArray::try_from(take_map(&mut ebpf, map::COUNTERS)?)?,
-            events: PerCpuHashMap::try_from(take_map(&mut ebpf, map::EVENTS)?)?,
-            timewait_handoffs: match take_map(&mut ebpf, map::TIMEWAIT_HANDOFFS)? {
-                Map::LruHashMap(data) => data,
-                _ => anyhow::bail!("map {} is not an LRU hash", map::TIMEWAIT_HANDOFFS),
-            },
-            displaced_handoffs: match take_map(&mut ebpf, map::DISPLACED_HANDOFFS)? {
-                Map::PerCpuArray(data) => data,
-                _ => anyhow::bail!("map {} is not a per-CPU array", map::DISPLACED_HANDOFFS),
-            },
-            displaced_taken: Vec::new(),
-            displaced_lost: 0,
-            first_seen: match take_map(&mut ebpf, map::FIRST_SEEN)? {
-                Map::HashMap(data) => data,
-                _ => anyhow::bail!("map {} is not a hash", map::FIRST_SEEN),
-            },
-            socket_slots: map_socket_slots(&ebpf, config.socket_slots)?,
-            programs,
-        };
-        Ok(Tracer { ebpf, maps })
+        let maps = KernelMaps::take(&mut ebpf, programs, config.socket_slots)?;
+        Ok(Tracer {
+            ebpf,
+            maps,
+            kernel_log,
+        })
+    }
+
+    /// Whether the programs are still loaded, for `/healthz` (which must not wait for the
+    /// collector's lock: it holds its own descriptors).
+    pub fn health_check(&self) -> anyhow::Result<impl Fn() -> bool + Send + Sync + 'static> {
+        let program_fds = self
+            .maps
+            .programs
+            .iter()
+            .map(|(_, fd)| fd.try_clone())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(move || {
+            program_fds
+                .iter()
+                .all(|fd| sys::program_stats(&fd.as_fd().as_raw_fd()).is_ok())
+        })
     }
 
     /// The socket-storage map, for sock_diag to tell tracked sockets from untracked ones.
@@ -150,24 +172,6 @@ pub fn attach_btf_tracepoint<'a>(
 /// The object embedded in this build lacks program `name`.
 pub fn missing_program(name: &str) -> anyhow::Error {
     anyhow!("program {name} is missing from the embedded eBPF object: rebuild tcpstate")
-}
-
-/// A live view of the socket slot table: to tell tracked sockets from untracked ones, and to
-/// take the timewait handoffs its slots hold.
-fn map_socket_slots(ebpf: &Ebpf, slots: u32) -> anyhow::Result<sys::SocketSlots> {
-    let map = ebpf
-        .map(map::SOCKET_SLOTS)
-        .ok_or_else(|| anyhow!("map {} is missing from the eBPF object", map::SOCKET_SLOTS))?;
-    let Map::Array(data) = map else {
-        anyhow::bail!("map {} is not an array", map::SOCKET_SLOTS);
-    };
-    sys::SocketSlots::new(data.fd().as_fd(), slots)
-        .with_context(|| format!("cannot keep a descriptor of map {}", map::SOCKET_SLOTS))
-}
-
-fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
-    ebpf.take_map(name)
-        .ok_or_else(|| anyhow!("map {name} is missing from the eBPF object"))
 }
 
 pub fn duration_buckets(buckets: &Buckets) -> DurationBuckets {

@@ -1,22 +1,25 @@
-//! Reads the kernel's aggregates at scrape time. The daemon does no per-event work: the
+//! Reads the kernel's maps at scrape time, as their `Pod` types. The daemon does no per-event work: the
 //! aggregates are proportional to the number of distinct label sets, not to events or sockets;
 //! the sweep of the per-socket records, to the slot table's fixed size (and the handoffs since
 //! the last scrape).
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
+use anyhow::{Context as _, anyhow};
 use aya::{
-    maps::{MapData, PerCpuArray, PerCpuHashMap},
+    Ebpf,
+    maps::{Map, MapData, PerCpuArray, PerCpuHashMap},
     programs::ProgramFd,
 };
 use tcpstate_common::{
-    DISPLACED_HANDOFF_SLOTS, DisplacedHandoff, EventKey, Labels, MAX_BUCKETS, TimewaitHandoff,
-    TransitionKey, TransitionSlot, TransitionStats, counter, program, recorder,
+    DISPLACED_HANDOFF_SLOTS, DisplacedHandoff, EventKey, TimewaitHandoff, TransitionKey,
+    TransitionSlot, TransitionStats, counter, map, program, recorder,
 };
 
 use crate::{
-    aggregate::{Counters, sum_over_cpus},
-    sys::{self, ProgramStats, SlotSweep},
+    bpf::socket_slots::{SlotSweep, SocketSlots},
+    model::{Counters, events_lost, sum_over_cpus},
+    sys::{self, ProgramStats},
 };
 
 pub struct KernelMaps {
@@ -37,7 +40,7 @@ pub struct KernelMaps {
     pub first_seen: MapData,
     /// `SOCKET_SLOTS`, mapped: the records of tracked sockets, and the handoffs of the
     /// connections whose sockets had a slot.
-    pub socket_slots: sys::SocketSlots,
+    pub socket_slots: SocketSlots,
     /// Every attached program, by name.
     pub programs: Vec<(&'static str, ProgramFd)>,
 }
@@ -73,7 +76,7 @@ impl Snapshot {
     /// Events no program saw: the kernel's recursion misses of the state-change program that
     /// the nested-event program did not record, and those of the event programs.
     pub fn events_lost(&self) -> u64 {
-        let state_change = crate::aggregate::events_lost(
+        let state_change = events_lost(
             self.program(program::RECORD_STATE_CHANGE).recursion_misses,
             self.counters.nested_events_recorded,
         );
@@ -90,6 +93,40 @@ impl Snapshot {
 }
 
 impl KernelMaps {
+    /// Takes the maps the daemon reads out of the loaded object (`socket_slots`: the slot
+    /// table's size); `programs`: every attached program, by name.
+    pub fn take(
+        ebpf: &mut Ebpf,
+        programs: Vec<(&'static str, ProgramFd)>,
+        socket_slots: u32,
+    ) -> anyhow::Result<Self> {
+        Ok(KernelMaps {
+            transitions: PerCpuHashMap::try_from(take_map(ebpf, map::TRANSITIONS)?)?,
+            transition_slots: match take_map(ebpf, map::TRANSITION_SLOTS)? {
+                Map::PerCpuArray(data) => data,
+                _ => anyhow::bail!("map {} is not a per-CPU array", map::TRANSITION_SLOTS),
+            },
+            counters: PerCpuArray::try_from(take_map(ebpf, map::COUNTERS)?)?,
+            events: PerCpuHashMap::try_from(take_map(ebpf, map::EVENTS)?)?,
+            timewait_handoffs: match take_map(ebpf, map::TIMEWAIT_HANDOFFS)? {
+                Map::LruHashMap(data) => data,
+                _ => anyhow::bail!("map {} is not an LRU hash", map::TIMEWAIT_HANDOFFS),
+            },
+            displaced_handoffs: match take_map(ebpf, map::DISPLACED_HANDOFFS)? {
+                Map::PerCpuArray(data) => data,
+                _ => anyhow::bail!("map {} is not a per-CPU array", map::DISPLACED_HANDOFFS),
+            },
+            displaced_taken: Vec::new(),
+            displaced_lost: 0,
+            first_seen: match take_map(ebpf, map::FIRST_SEEN)? {
+                Map::HashMap(data) => data,
+                _ => anyhow::bail!("map {} is not a hash", map::FIRST_SEEN),
+            },
+            socket_slots: map_socket_slots(ebpf, socket_slots)?,
+            programs,
+        })
+    }
+
     pub fn read(&self) -> Snapshot {
         let mut snapshot = Snapshot::default();
         for entry in self.transitions.iter() {
@@ -144,30 +181,33 @@ impl KernelMaps {
         &self,
         entries: &mut Vec<(TransitionKey, TransitionStats)>,
     ) -> std::io::Result<()> {
-        const SLOT: usize = size_of::<TransitionSlot>();
         let cpus = aya::util::nr_cpus().map_err(|(_, error)| error)?;
-        let value_size = SLOT * cpus;
-        let fd = self.transition_slots.fd().as_fd().as_raw_fd();
-        sys::read_array(&fd, value_size, (64 << 10) / value_size, |values| {
-            entries.extend(values.chunks_exact(SLOT).filter_map(decode_transition_slot));
+        let chunk = (64 << 10) / (size_of::<TransitionSlot>() * cpus);
+        let map = self.transition_slots.fd().as_fd();
+        sys::bpf::read_per_cpu_array(map, cpus, chunk, |slots: &[TransitionSlot]| {
+            // A free slot's key is [0, 0].
+            entries.extend(
+                slots
+                    .iter()
+                    .filter(|slot| slot.key != [0, 0])
+                    .map(|slot| (TransitionKey::from_words(slot.key), slot.stats)),
+            );
         })
     }
 
-    /// Sweeps the kernel's per-socket records (see `sys::SlotSweep`): takes (reads and releases)
+    /// Sweeps the kernel's per-socket records (see `SlotSweep`): takes (reads and releases)
     /// the records of connections handed to timewait sockets since the last sweep, those left
     /// in the slot table, then those of sockets tracked in socket storage; and releases the
     /// slots of records `sweep` knows to be stale.
     pub fn sweep_records(&mut self, sweep: &mut impl SlotSweep) -> std::io::Result<()> {
-        const KEY: usize = size_of::<u64>();
-        const VALUE: usize = size_of::<TimewaitHandoff>();
         self.socket_slots.sweep(sweep)?;
         self.take_displaced_handoffs(sweep)?;
-        let (keys, values) =
-            sys::drain_hash_map(&self.timewait_handoffs.fd().as_fd().as_raw_fd(), KEY, VALUE)?;
-        for (key, value) in keys.chunks_exact(KEY).zip(values.chunks_exact(VALUE)) {
-            sweep.take_handoff(decode_u64(key), decode_handoff(value));
-        }
-        Ok(())
+        let map = self.timewait_handoffs.fd().as_fd();
+        sys::bpf::drain_hash_map(map, |cookies: &[u64], handoffs: &[TimewaitHandoff]| {
+            for (cookie, handoff) in cookies.iter().zip(handoffs) {
+                sweep.take_handoff(*cookie, *handoff);
+            }
+        })
     }
 
     /// Takes the handoffs new sockets displaced from the slot table since the last sweep, from
@@ -175,7 +215,6 @@ impl KernelMaps {
     /// the kernel writes an entry before counting it). An entry whose two sequence numbers do not
     /// both say so was overwritten (the ring went round before this sweep): counted lost.
     fn take_displaced_handoffs(&mut self, sweep: &mut impl SlotSweep) -> std::io::Result<()> {
-        const ENTRY: usize = size_of::<DisplacedHandoff>();
         const SLOTS: u64 = DISPLACED_HANDOFF_SLOTS as u64;
         let index = u32::from(recorder::PRIMARY) * counter::COUNT + counter::HANDOFFS_DISPLACED;
         let counts: Vec<u64> = match self.counters.get(&index, 0) {
@@ -188,9 +227,10 @@ impl KernelMaps {
         }
         let cpus = counts.len();
         let mut ring = Vec::with_capacity(DISPLACED_HANDOFF_SLOTS as usize * cpus);
-        let fd = self.displaced_handoffs.fd().as_fd().as_raw_fd();
-        sys::read_array(&fd, ENTRY * cpus, (64 << 10) / (ENTRY * cpus), |values| {
-            ring.extend(values.chunks_exact(ENTRY).map(decode_displaced_handoff));
+        let map = self.displaced_handoffs.fd().as_fd();
+        let chunk = (64 << 10) / (size_of::<DisplacedHandoff>() * cpus);
+        sys::bpf::read_per_cpu_array(map, cpus, chunk, |entries: &[DisplacedHandoff]| {
+            ring.extend_from_slice(entries)
         })?;
         for (cpu, (&count, taken)) in counts.iter().zip(&mut self.displaced_taken).enumerate() {
             for sequence in *taken + 1..=count {
@@ -207,119 +247,31 @@ impl KernelMaps {
     }
 
     /// Takes (reads and deletes) the cookies of the sockets the programs first saw mid-life
-    /// since the last call (see `baseline`).
+    /// since the last call (see `sockets::census::baseline`).
     pub fn drain_first_seen(&self) -> std::io::Result<Vec<u64>> {
-        const KEY: usize = size_of::<u64>();
-        let (keys, _states) = sys::drain_hash_map(
-            &self.first_seen.fd().as_fd().as_raw_fd(),
-            KEY,
-            size_of::<u8>(),
-        )?;
-        Ok(keys.chunks_exact(KEY).map(decode_u64).collect())
+        let mut cookies = Vec::new();
+        let map = self.first_seen.fd().as_fd();
+        sys::bpf::drain_hash_map(map, |keys: &[u64], _states: &[u8]| {
+            cookies.extend_from_slice(keys)
+        })?;
+        Ok(cookies)
     }
 }
 
-fn decode_u64(bytes: &[u8]) -> u64 {
-    u64::from_ne_bytes(bytes[..8].try_into().expect("8 bytes"))
-}
-
-/// A used `TransitionSlot` from its bytes (`#[repr(C)]`: 2 + 2 + `MAX_BUCKETS` u64s); `None`
-/// for a free one.
-fn decode_transition_slot(bytes: &[u8]) -> Option<(TransitionKey, TransitionStats)> {
-    let mut words = bytes.chunks_exact(8).map(decode_u64);
-    let mut next = || words.next().unwrap_or(0);
-    let key = [next(), next()];
-    if key == [0, 0] {
-        return None;
-    }
-    let mut stats = TransitionStats {
-        count: next(),
-        duration_sum_ns: next(),
-        duration_buckets: [0; MAX_BUCKETS],
+/// A live view of the socket slot table: to tell tracked sockets from untracked ones, and to
+/// take the timewait handoffs its slots hold.
+fn map_socket_slots(ebpf: &Ebpf, slots: u32) -> anyhow::Result<SocketSlots> {
+    let map = ebpf
+        .map(map::SOCKET_SLOTS)
+        .ok_or_else(|| anyhow!("map {} is missing from the eBPF object", map::SOCKET_SLOTS))?;
+    let Map::Array(data) = map else {
+        anyhow::bail!("map {} is not an array", map::SOCKET_SLOTS);
     };
-    for bucket in &mut stats.duration_buckets {
-        *bucket = next();
-    }
-    Some((TransitionKey::from_words(key), stats))
+    SocketSlots::new(data.fd().as_fd(), slots)
+        .with_context(|| format!("cannot keep a descriptor of map {}", map::SOCKET_SLOTS))
 }
 
-/// `DisplacedHandoff` from its bytes (`#[repr(C)]`: two u64s, a `TimewaitHandoff`, a u64).
-fn decode_displaced_handoff(bytes: &[u8]) -> DisplacedHandoff {
-    DisplacedHandoff {
-        sequence: decode_u64(&bytes[0..8]),
-        cookie: decode_u64(&bytes[8..16]),
-        handoff: decode_handoff(&bytes[16..40]),
-        sequence_end: decode_u64(&bytes[40..48]),
-    }
-}
-
-/// `TimewaitHandoff` from its bytes (`#[repr(C)]`: u64, then `Labels` {u16, u8, u8, [u8; 4]},
-/// then the state).
-fn decode_handoff(bytes: &[u8]) -> TimewaitHandoff {
-    TimewaitHandoff {
-        entered_ns: decode_u64(&bytes[0..8]),
-        labels: Labels {
-            port: u16::from_ne_bytes([bytes[8], bytes[9]]),
-            family: bytes[10],
-            role: bytes[11],
-            _padding: [0; 4],
-        },
-        state: bytes[16],
-        _padding: [0; 7],
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn transition_slots_decode_from_their_repr_c_bytes_and_free_ones_are_skipped() {
-        let key = TransitionKey::new(
-            Labels {
-                port: 443,
-                family: 2,
-                role: 1,
-                _padding: [0; 4],
-            },
-            2,
-            1,
-            3,
-            0,
-            0,
-        );
-        let mut words = vec![key.words()[0], key.words()[1], 7, 1234];
-        words.extend((0..MAX_BUCKETS as u64).map(|bucket| bucket * 10));
-        let bytes: Vec<u8> = words.iter().flat_map(|word| word.to_ne_bytes()).collect();
-        assert_eq!(bytes.len(), size_of::<TransitionSlot>());
-        let (decoded_key, stats) = decode_transition_slot(&bytes).expect("a used slot");
-        assert_eq!(decoded_key, key);
-        assert_eq!((stats.count, stats.duration_sum_ns), (7, 1234));
-        assert_eq!(stats.duration_buckets[3], 30);
-        assert_eq!(
-            decode_transition_slot(&[0; size_of::<TransitionSlot>()]),
-            None
-        );
-    }
-
-    #[test]
-    fn handoffs_decode_from_their_repr_c_bytes() {
-        let handoff = TimewaitHandoff {
-            entered_ns: 0x0102_0304_0506_0708,
-            labels: Labels {
-                port: 443,
-                family: 10,
-                role: 2,
-                _padding: [0; 4],
-            },
-            state: 6,
-            _padding: [0; 7],
-        };
-        let mut bytes = Vec::new();
-        bytes.extend(handoff.entered_ns.to_ne_bytes());
-        bytes.extend(443u16.to_ne_bytes());
-        bytes.extend([10, 2, 0, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(bytes.len(), size_of::<TimewaitHandoff>());
-        assert_eq!(decode_handoff(&bytes), handoff);
-    }
+fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
+    ebpf.take_map(name)
+        .ok_or_else(|| anyhow!("map {name} is missing from the eBPF object"))
 }

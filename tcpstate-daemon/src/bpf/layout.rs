@@ -1,0 +1,104 @@
+//! Where the kernel programs find what they read in `struct sock`, from this kernel's BTF.
+//! The programs have no CO-RE relocations (Rust eBPF has none), so the offsets go to them as
+//! a load-time global (`SOCKET_LAYOUT`); the verifier then checks every read against the same
+//! BTF.
+
+use tcpstate_common::SocketLayout;
+
+use super::btf::{BtfError, KIND_STRUCT, KernelBtf};
+
+impl KernelBtf {
+    /// Where the program finds what it reads in `struct sock`.
+    pub fn socket_layout(&self) -> Result<SocketLayout, BtfError> {
+        let sock = self
+            .id(KIND_STRUCT, "sock")
+            .ok_or(BtfError::MissingField("struct sock", "(the struct itself)"))?;
+        let (common, common_type) = self
+            .member_offset(sock, "__sk_common")
+            .ok_or(BtfError::MissingField("struct sock", "__sk_common"))?;
+        let common_field = |name: &'static str, size: u32| {
+            self.int_field(common_type, name, size)
+                .map(|offset| common + offset)
+                .ok_or(BtfError::MissingField("struct sock_common", name))
+        };
+        let sock_field = |name: &'static str, size: u32| {
+            self.int_field(sock, name, size)
+                .ok_or(BtfError::MissingField("struct sock", name))
+        };
+        Ok(SocketLayout {
+            family: common_field("skc_family", 2)?,
+            local_port: common_field("skc_num", 2)?,
+            remote_port: common_field("skc_dport", 2)?,
+            state: common_field("skc_state", 1)?,
+            flags: common_field("skc_flags", 8)?,
+            protocol: sock_field("sk_protocol", 2)?,
+            error: sock_field("sk_err", 4)?,
+            net: self
+                .net_pointer(common_type)
+                .map(|offset| common + offset)?,
+            net_inode: self.net_inode()?,
+            cookie: self.cookie(common_type).map(|offset| common + offset)?,
+        })
+    }
+
+    /// Offset in `struct sock_common` of `skc_cookie.counter`, the socket's cookie.
+    fn cookie(&self, common_type: u32) -> Result<u32, BtfError> {
+        let (field, atomic) = self
+            .member_offset(common_type, "skc_cookie")
+            .ok_or(BtfError::MissingField("struct sock_common", "skc_cookie"))?;
+        self.int_field(atomic, "counter", 8)
+            .map(|counter| field + counter)
+            .ok_or(BtfError::MissingField("atomic64_t", "counter"))
+    }
+
+    /// Offset in `struct sock_common` of `skc_net.net`, the socket's `struct net *`.
+    fn net_pointer(&self, common_type: u32) -> Result<u32, BtfError> {
+        let (field, possible_net) = self
+            .member_offset(common_type, "skc_net")
+            .ok_or(BtfError::MissingField("struct sock_common", "skc_net"))?;
+        let (pointer, _) = self
+            .member_offset(possible_net, "net")
+            .ok_or(BtfError::MissingField("possible_net_t", "net"))?;
+        Ok(field + pointer)
+    }
+
+    /// Offset in `struct net` of `ns.inum`, the namespace's inode number.
+    fn net_inode(&self) -> Result<u32, BtfError> {
+        let net = self
+            .id(KIND_STRUCT, "net")
+            .ok_or(BtfError::MissingField("struct net", "(the struct itself)"))?;
+        let (ns, ns_common) = self
+            .member_offset(net, "ns")
+            .ok_or(BtfError::MissingField("struct net", "ns"))?;
+        self.int_field(ns_common, "inum", 4)
+            .map(|inum| ns + inum)
+            .ok_or(BtfError::MissingField("struct ns_common", "inum"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The running kernel's layout, when the test machine has BTF (every machine this project
+    /// supports does). The sock_common offsets have been the same since Linux 4.x.
+    #[test]
+    fn reads_this_kernels_struct_sock() {
+        let btf = match KernelBtf::from_sys_fs() {
+            Ok(btf) => btf,
+            Err(BtfError::Unreadable(_)) => return,
+            Err(err) => panic!("{err}"),
+        };
+        let layout = btf.socket_layout().unwrap();
+        assert_eq!(
+            (layout.remote_port, layout.local_port, layout.family),
+            (12, 14, 16)
+        );
+        assert!(layout.protocol > 16);
+        btf.require_tracepoint("inet_sock_set_state").unwrap();
+        assert!(matches!(
+            btf.require_tracepoint("no_such_tracepoint"),
+            Err(BtfError::MissingTracepoint(_))
+        ));
+    }
+}

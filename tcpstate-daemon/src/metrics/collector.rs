@@ -1,0 +1,157 @@
+//! The Prometheus collector: at each scrape, reads the kernel's maps once, takes what the
+//! kernel handed over since the last scrape into the census, starts a sock_diag poll if one is
+//! due, and builds the families (`super::exposition`). Descriptors are built once; concurrent
+//! scrapes serialize on the state's lock.
+
+use std::{
+    sync::{Arc, Mutex, MutexGuard, atomic::AtomicBool},
+    time::Instant,
+};
+
+use prometheus::{
+    core::{Collector, Desc},
+    proto::MetricFamily,
+};
+
+use super::{CollectorConfig, Scrape, exposition, families};
+use crate::{
+    bpf::maps::KernelMaps,
+    netstat,
+    sockets::{
+        census::Census,
+        poller::{self, PollRecord},
+    },
+    sys,
+};
+
+/// What the collector keeps between scrapes.
+pub struct KernelState {
+    pub maps: KernelMaps,
+    pub census: Census,
+    polls: PollRecord,
+}
+
+impl KernelState {
+    pub fn new(maps: KernelMaps, census: Census) -> Self {
+        KernelState {
+            maps,
+            census,
+            polls: PollRecord::default(),
+        }
+    }
+
+    /// Takes what the kernel handed over since the last scrape: the sockets older than the
+    /// daemon it first saw move, the timewait handoffs, the records left behind.
+    fn take_kernel_records(&mut self, read_errors: &mut u64) {
+        match self.maps.drain_first_seen() {
+            Ok(cookies) => cookies
+                .into_iter()
+                .for_each(|cookie| self.census.baseline.first_seen(cookie)),
+            Err(error) => {
+                *read_errors += 1;
+                log::warn!("cannot read the sockets first seen by the kernel programs: {error}");
+            }
+        }
+        let mut sweep = self.census.record_sweep(sys::monotonic_ns());
+        if let Err(error) = self.maps.sweep_records(&mut sweep) {
+            self.polls.errors += 1;
+            log::warn!("cannot sweep the kernel's socket records: {error}");
+        }
+        sweep.release_vanished_baseline();
+    }
+}
+
+fn lock(state: &Mutex<KernelState>) -> MutexGuard<'_, KernelState> {
+    // A panic while holding the lock leaves at worst a partly updated census.
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub struct TcpStateCollector {
+    state: Arc<Mutex<KernelState>>,
+    /// A poll is running beside the scrapes.
+    polling: Arc<AtomicBool>,
+    config: CollectorConfig,
+    descs: Vec<Desc>,
+}
+
+impl TcpStateCollector {
+    pub fn new(state: KernelState, config: CollectorConfig) -> Self {
+        TcpStateCollector {
+            state: Arc::new(Mutex::new(state)),
+            polling: Arc::new(AtomicBool::new(false)),
+            config,
+            descs: families().map(|family| family.desc()).collect(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, KernelState> {
+        lock(&self.state)
+    }
+
+    /// Starts a sock_diag poll if the last one is older than the least interval: in the scrape
+    /// if polls are quick, beside it otherwise.
+    fn poll_if_due(&self, state: &mut KernelState) {
+        if !state.polls.due(self.config.poll_min_interval)
+            || self.polling.load(std::sync::atomic::Ordering::Acquire)
+        {
+            return;
+        }
+        if state.polls.quick() {
+            let started = Instant::now();
+            let poll = poller::poll_sockets();
+            state.polls.fold(&mut state.census, poll, started);
+            return;
+        }
+        if let Err(error) = self.spawn_poll() {
+            state.polls.errors += 1;
+            log::warn!("cannot start a sock_diag poll: {error}");
+        }
+    }
+
+    /// Polls sock_diag on a thread of its own, now: the first poll, at start-up, so the first
+    /// scrape does not wait for it.
+    pub fn start_background_poll(&self) {
+        if let Err(error) = self.spawn_poll() {
+            self.lock().polls.errors += 1;
+            log::warn!("cannot start a sock_diag poll: {error}");
+        }
+    }
+
+    /// A poll beside the scrapes, folded in under the lock when done. The caller may hold it.
+    fn spawn_poll(&self) -> std::io::Result<()> {
+        let shared = self.state.clone();
+        poller::spawn(&self.polling, move |poll, started| {
+            let state = &mut *lock(&shared);
+            state.polls.fold(&mut state.census, poll, started);
+        })
+    }
+}
+
+impl Collector for TcpStateCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let started = Instant::now();
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let mut snapshot = state.maps.read();
+        state.take_kernel_records(&mut snapshot.read_errors);
+        snapshot.handoffs_lost = state.maps.displaced_lost;
+        let read_seconds = started.elapsed().as_secs_f64();
+        self.poll_if_due(state);
+        let scrape = Scrape {
+            snapshot: &snapshot,
+            census: Some(&state.census),
+            netstat: netstat::read().ok(),
+            port_range: netstat::read_port_range(),
+            read_seconds,
+            last_poll_took: state.polls.last_took(),
+            poll_errors: state.polls.errors,
+        };
+        exposition(&scrape, &self.config)
+    }
+}

@@ -1,0 +1,37 @@
+//! Figures of the daemon's network namespace for the TIME_WAIT alerts: timewait sockets the
+//! kernel refused (`TCPTimeWaitOverflow`) and the ephemeral port range.
+
+use prometheus::proto::{MetricFamily, MetricType};
+
+use super::{CollectorConfig, Family, Figures, Scrape, counter_metric, gauge_metric, pairs};
+
+pub(super) const TIMEWAIT_OVERFLOWS: Family = Family {
+    name: "tcpstate_timewait_overflows_total",
+    help: "Connections that closed without a timewait socket because net.ipv4.tcp_max_tw_buckets \
+           was reached (TcpExt TCPTimeWaitOverflow of the daemon's network namespace).",
+    kind: MetricType::COUNTER,
+    labels: &[],
+};
+
+pub(super) const EPHEMERAL_PORTS: Family = Family {
+    name: "tcpstate_ephemeral_ports",
+    help: "Bounds of the ephemeral port range connect() draws local ports from \
+           (net.ipv4.ip_local_port_range of the daemon's network namespace).",
+    kind: MetricType::GAUGE,
+    labels: &["bound"],
+};
+
+pub(super) const FAMILIES: [&Family; 2] = [&TIMEWAIT_OVERFLOWS, &EPHEMERAL_PORTS];
+
+pub(super) fn families(scrape: &Scrape<'_>, _: &Figures, _: &CollectorConfig) -> Vec<MetricFamily> {
+    let mut families = Vec::new();
+    if let Some(netstat) = scrape.netstat {
+        let overflows = netstat.timewait_overflows as f64;
+        families.push(TIMEWAIT_OVERFLOWS.with(vec![counter_metric(vec![], overflows)]));
+    }
+    if let Some((low, high)) = scrape.port_range {
+        let bound = |name, value: u16| gauge_metric(pairs(&[("bound", name)]), value.into());
+        families.push(EPHEMERAL_PORTS.with(vec![bound("low", low), bound("high", high)]));
+    }
+    families
+}

@@ -1,0 +1,158 @@
+//! When the sock_diag polls run. Scrapes start them (the daemon does nothing when nobody
+//! scrapes); a poll starts no sooner than `--sockdiag.min-interval`, nor than 20 times the last
+//! one's duration, after the last (at most 5% of one CPU); a quick one runs in the scrape, which
+//! then shows the freshest figures, a slow one beside it.
+
+use std::{
+    io,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tcpstate_common::state::{NEW_SYN_RECV, SYN_RECV};
+
+use crate::{
+    sockets::{
+        census::{Census, POLLED_STATES},
+        sock_diag::{self, DiagSocket},
+    },
+    sys,
+};
+
+/// A poll starts at least this many times the last poll's duration after the last one started:
+/// however often scrapes come, polls take at most 1/20 (5%) of one CPU. A poll walks every socket
+/// of the host, so on a host with a million connections one takes about a third of a second.
+const POLL_SPACING: u32 = 20;
+
+/// A poll that took longer than this runs next time beside the scrape rather than in it, so
+/// the scrape's latency does not grow with the host's sockets (the kernel walks all of them,
+/// whatever states are asked for: about 0.2 µs each). Below it, the scrape waits and shows the
+/// freshest figures.
+const INLINE_POLL_LIMIT: Duration = Duration::from_millis(20);
+
+/// Sockets in a poll past which the memory its lists took is handed back to the system once
+/// folded in (otherwise the allocator keeps it, and the daemon's resident size stays at the
+/// peak of the largest poll).
+const LARGE_POLL: usize = 10_000;
+
+/// Least time between the starts of two polls, after one that took `last_took`.
+pub fn poll_interval(min_interval: Duration, last_took: Duration) -> Duration {
+    min_interval.max(last_took.saturating_mul(POLL_SPACING))
+}
+
+/// One sock_diag poll's sockets.
+pub struct Poll {
+    /// In `POLLED_STATES`.
+    sockets: Vec<DiagSocket>,
+    requests: Vec<DiagSocket>,
+    started_ns: u64,
+    finished_ns: u64,
+}
+
+/// One dump, so the kernel walks its sockets once: the polled states and the request sockets.
+pub fn poll_sockets() -> io::Result<Poll> {
+    let started_ns = sys::monotonic_ns();
+    let states = sock_diag::state_mask(&POLLED_STATES) | sock_diag::state_mask(&[NEW_SYN_RECV]);
+    // sock_diag reports request sockets in SYN_RECV; full sockets in SYN_RECV are not asked for.
+    let (requests, sockets) = sock_diag::dump(states, None)?
+        .into_iter()
+        .partition(|socket| socket.state == SYN_RECV && !socket.timewait);
+    Ok(Poll {
+        sockets,
+        requests,
+        started_ns,
+        finished_ns: sys::monotonic_ns(),
+    })
+}
+
+/// What the scrapes know of the polls: when the last one started and how long it took, and
+/// how many failed.
+#[derive(Debug, Default)]
+pub struct PollRecord {
+    last: Option<(Instant, Duration)>,
+    pub errors: u64,
+}
+
+impl PollRecord {
+    /// How long the last poll took, if there was one.
+    pub fn last_took(&self) -> Option<Duration> {
+        self.last.map(|(_, took)| took)
+    }
+
+    /// Whether a poll is due: none yet, or the last is older than the least interval.
+    pub fn due(&self, min_interval: Duration) -> bool {
+        self.last
+            .is_none_or(|(at, took)| at.elapsed() >= poll_interval(min_interval, took))
+    }
+
+    /// Whether a poll is quick enough to run in the scrape (see `INLINE_POLL_LIMIT`).
+    pub fn quick(&self) -> bool {
+        self.last_took().is_none_or(|took| took < INLINE_POLL_LIMIT)
+    }
+
+    /// Folds a finished poll, started at `started`, into `census`.
+    pub fn fold(&mut self, census: &mut Census, poll: io::Result<Poll>, started: Instant) {
+        match poll {
+            Ok(poll) => {
+                census.observe(
+                    &poll.sockets,
+                    &poll.requests,
+                    poll.started_ns,
+                    poll.finished_ns,
+                );
+                let large = poll.sockets.len() + poll.requests.len() > LARGE_POLL;
+                drop(poll);
+                if large {
+                    sys::release_free_memory();
+                }
+            }
+            Err(error) => {
+                self.errors += 1;
+                log::warn!("sock_diag poll failed: {error}");
+            }
+        }
+        self.last = Some((started, started.elapsed()));
+    }
+}
+
+/// Runs a poll on a thread of its own, which hands it to `fold` when done; nothing if one is
+/// already running (`running`).
+pub fn spawn(
+    running: &Arc<AtomicBool>,
+    fold: impl FnOnce(io::Result<Poll>, Instant) + Send + 'static,
+) -> io::Result<()> {
+    if running.swap(true, Ordering::AcqRel) {
+        return Ok(());
+    }
+    let done = running.clone();
+    let spawned = std::thread::Builder::new()
+        .name("sock_diag poll".into())
+        .spawn(move || {
+            let started = Instant::now();
+            fold(poll_sockets(), started);
+            done.store(false, Ordering::Release);
+        });
+    if spawned.is_err() {
+        running.store(false, Ordering::Release);
+    }
+    spawned.map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_polls_are_spaced_to_a_twentieth_of_one_cpu() {
+        let second = Duration::from_secs(1);
+        assert_eq!(poll_interval(second, Duration::from_millis(20)), second);
+        assert_eq!(
+            poll_interval(second, Duration::from_millis(337)),
+            Duration::from_millis(6740)
+        );
+        assert_eq!(poll_interval(second, Duration::MAX), Duration::MAX);
+    }
+}
