@@ -23,8 +23,8 @@ pub mod role {
 pub const OTHER_PORT: u16 = 0;
 
 /// Labels fixed for a socket's whole tracked life. Both the per-socket record and the aggregation
-/// key embed this struct, so a new label dimension (network namespace, cgroup) is one new field
-/// here plus its decoder in the daemon.
+/// key embed this struct, so a new label dimension is one new field here plus its decoder in the
+/// daemon.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Labels {
@@ -34,7 +34,10 @@ pub struct Labels {
     pub family: u8,
     /// [`role`] constant.
     pub role: u8,
-    pub _padding: [u8; 4],
+    /// The owner's cgroup v2 (the process that created the socket; an accepted socket's is its
+    /// listener's): the low 32 bits of its id, the inode of its directory, unique among live
+    /// groups. 0 when workload attribution is off, or for a socket whose group was not read.
+    pub cgroup: u32,
 }
 const _: () = assert!(size_of::<Labels>() == 8);
 

@@ -72,7 +72,7 @@ impl TransitionKey {
             port: 0,
             family: 0,
             role: 0,
-            _padding: [0; 4],
+            cgroup: 0,
         },
         from: 0,
         to: 0,
@@ -96,6 +96,7 @@ impl TransitionKey {
         key.labels.port = labels.port;
         key.labels.family = labels.family;
         key.labels.role = labels.role;
+        key.labels.cgroup = labels.cgroup;
         key.from = from;
         key.to = to;
         key.flags = flags;
@@ -110,7 +111,8 @@ impl TransitionKey {
     pub const fn words(&self) -> [u64; 2] {
         let labels = self.labels.port as u64
             | (self.labels.family as u64) << 16
-            | (self.labels.role as u64) << 24;
+            | (self.labels.role as u64) << 24
+            | (self.labels.cgroup as u64) << 32;
         let edge = self.from as u64
             | (self.to as u64) << 8
             | (self.flags as u64) << 16
@@ -125,7 +127,7 @@ impl TransitionKey {
             port: labels as u16,
             family: byte(labels, 2),
             role: byte(labels, 3),
-            _padding: [0; 4],
+            cgroup: (labels >> 32) as u32,
         };
         Self::new(
             labels,
@@ -206,7 +208,7 @@ mod tests {
                 port: 8443,
                 family: 10,
                 role: 3,
-                _padding: [0; 4],
+                cgroup: 0xdead_beef,
             },
             TcpState::FinWait1 as u8,
             TcpState::Close as u8,

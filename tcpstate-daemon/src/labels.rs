@@ -62,7 +62,7 @@ mod tests {
             port: 8080,
             family: 10,
             role: 2,
-            _padding: [0; 4],
+            cgroup: 0,
         };
         assert_eq!(
             socket_labels(&labels),

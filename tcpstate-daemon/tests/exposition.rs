@@ -43,7 +43,7 @@ fn labels(port: u16, family: u8, role: u8) -> Labels {
         port,
         family,
         role,
-        _padding: [0; 4],
+        cgroup: 0,
     }
 }
 
@@ -51,13 +51,13 @@ const CLIENT: Labels = Labels {
     port: 443,
     family: family::IPV4,
     role: role::CLIENT,
-    _padding: [0; 4],
+    cgroup: 0,
 };
 const SERVER: Labels = Labels {
     port: 8080,
     family: family::IPV6,
     role: role::SERVER,
-    _padding: [0; 4],
+    cgroup: 0,
 };
 
 /// A kernel aggregate: `count` transitions, and when the start was seen, `count` durations

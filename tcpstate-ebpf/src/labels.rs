@@ -36,7 +36,7 @@ pub fn untracked_labels(sock: &Sock, role: u8) -> Labels {
         port,
         family: sock.family(),
         role,
-        _padding: [0; 4],
+        cgroup: 0,
     }
 }
 

@@ -293,7 +293,7 @@ mod tests {
             port: 8080,
             family: family::IPV6,
             role: role::SERVER,
-            _padding: [0; 4],
+            cgroup: 0,
         };
         let mut stats = TransitionStats::ZERO;
         stats.count = 2;

@@ -11,7 +11,7 @@ const CLIENT: Labels = Labels {
     port: 443,
     family: family::IPV4,
     role: role::CLIENT,
-    _padding: [0; 4],
+    cgroup: 0,
 };
 const NORMAL: u8 = FROM_TRACKED | TO_TRACKED | DURATION_OBSERVED;
 

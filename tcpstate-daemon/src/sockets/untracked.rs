@@ -33,6 +33,6 @@ pub fn untracked_labels(ports: &PortSet, socket: &DiagSocket, socket_role: u8) -
         port,
         family: socket.family,
         role: socket_role,
-        _padding: [0; 4],
+        cgroup: 0,
     }
 }

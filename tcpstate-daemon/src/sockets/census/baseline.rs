@@ -40,7 +40,7 @@ impl Entry {
             port: self.port,
             family: self.family,
             role: self.role,
-            _padding: [0; 4],
+            cgroup: 0,
         }
     }
 }
@@ -210,7 +210,7 @@ mod tests {
         port: 443,
         family: 2,
         role: role::UNKNOWN,
-        _padding: [0; 4],
+        cgroup: 0,
     };
 
     #[test]

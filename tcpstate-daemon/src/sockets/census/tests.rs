@@ -60,7 +60,7 @@ fn client() -> Labels {
         port: 443,
         family: 2,
         role: role::CLIENT,
-        _padding: [0; 4],
+        cgroup: 0,
     }
 }
 
@@ -273,7 +273,7 @@ fn listeners_queues_and_request_sockets_by_port() {
         port: 443,
         family: 2,
         role: role::SERVER,
-        _padding: [0; 4],
+        cgroup: 0,
     };
     assert_eq!(
         census.sockets_now()[&StateKey::new(server, NEW_SYN_RECV)],
@@ -391,7 +391,7 @@ fn timewait_of_a_listening_port_is_the_servers() {
         port: 443,
         family: 2,
         role: role::SERVER,
-        _padding: [0; 4],
+        cgroup: 0,
     };
     assert_eq!(census.sockets_now()[&StateKey::new(server, TIME_WAIT)], 1);
 }

@@ -75,7 +75,7 @@ impl PendingHandoff {
                 port: self.port,
                 family: self.family,
                 role: self.role,
-                _padding: [0; 4],
+                cgroup: 0,
             },
             state: self.state,
             _padding: [0; 7],
