@@ -4,10 +4,7 @@ use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use clap::Parser as _;
 use tcpstate_daemon::{
-    bpf::{
-        kernel_log,
-        loader::{self, Tracer, TracerConfig},
-    },
+    bpf::loader::{self, Tracer, TracerConfig},
     config::Flags,
     http::{self, WebState},
     metrics::{self, CollectorConfig, KernelState, TcpStateCollector},
@@ -51,14 +48,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         flags.buckets.nanoseconds(),
     )?;
     let programs_loaded = tracer.health_check()?;
-    let Tracer {
-        ebpf,
-        maps,
-        kernel_log,
-    } = tracer;
-    if let Some(kernel_log) = kernel_log {
-        kernel_log::forward(kernel_log)?;
-    }
+    let Tracer { ebpf, maps } = tracer;
     let collector = TcpStateCollector::new(
         KernelState::new(maps, census),
         CollectorConfig::from_flags(&flags),

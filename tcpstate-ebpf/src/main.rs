@@ -1,9 +1,8 @@
 //! tcpstate's kernel side: the entry points, one line each over the module of their hook.
 //! `state_change` is what one `inet_sock_set_state` event does; `resets` and `synack` count
 //! the events that tracepoint never shows; `records` keeps the per-socket records, `maps` and
-//! `globals` the maps and the load-time configuration, `sock` the raw reads of `struct sock`,
-//! `report` the rare failures (counted, and logged through aya-log). `witness` belongs to the
-//! benchmark.
+//! `globals` the maps and the load-time configuration, `sock` the raw reads of `struct sock`.
+//! `witness` belongs to the benchmark.
 #![no_std]
 #![no_main]
 // `atomic_cxchg`: see `records::claim`.
@@ -15,7 +14,6 @@ mod globals;
 mod labels;
 mod maps;
 mod records;
-mod report;
 mod resets;
 mod sock;
 mod state_change;

@@ -135,17 +135,13 @@ pub fn take_primary_handled(token: &EventToken) -> Handled {
     }
 }
 
-/// Adds one to a [`counter`] in `recorder`'s block; returns its new value on this CPU.
+/// Adds one to a [`counter`] in `recorder`'s block.
 #[inline(always)]
-pub fn count(recorder: u8, counter: u32) -> u64 {
+pub fn count(recorder: u8, counter: u32) {
     let index = recorder as u32 * counter::COUNT + counter;
-    match COUNTERS.get_ptr_mut(index) {
+    if let Some(value) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: a per-CPU array slot, only written by `recorder` on this CPU.
-        Some(value) => unsafe {
-            *value += 1;
-            *value
-        },
-        None => 0,
+        unsafe { *value += 1 };
     }
 }
 

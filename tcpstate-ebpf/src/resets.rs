@@ -10,7 +10,7 @@ use tcpstate_common::{
 use crate::{
     closed,
     labels::{first_seen_role, untracked_labels},
-    maps, records, report,
+    maps, records,
     sock::Sock,
 };
 
@@ -45,14 +45,13 @@ pub fn record(ctx: &BtfTracePointContext, kind: u8) {
         state,
         _padding: [0; 6],
     };
-    count(ctx, &key);
+    count(&key);
 }
 
-/// Adds one to an `EVENTS` entry (resets and SYN-ACK retransmits); reports a full map.
+/// Adds one to an `EVENTS` entry (resets and SYN-ACK retransmits); counts a full map.
 #[inline(always)]
-pub fn count(ctx: &BtfTracePointContext, key: &EventKey) {
+pub fn count(key: &EventKey) {
     if !maps::count_event(key) {
-        let failed = counter::FAILED_EVENTS_MAP_FULL;
-        report::failure(ctx, recorder::EVENTS, failed, (0, 0));
+        maps::count(recorder::EVENTS, counter::FAILED_EVENTS_MAP_FULL);
     }
 }

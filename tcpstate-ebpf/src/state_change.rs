@@ -16,7 +16,7 @@ use tcpstate_common::{
 use crate::{
     closed, globals,
     labels::{first_seen_role, untracked_labels},
-    maps, records, report,
+    maps, records,
     sock::{Sock, now_ns},
 };
 
@@ -34,7 +34,7 @@ pub fn record_primary(ctx: &BtfTracePointContext) {
     let sock = Sock::new(ctx.arg(0));
     let event = event(ctx, &sock);
     maps::note_primary_handled(event);
-    record(ctx, &sock, &event, recorder::PRIMARY);
+    record(&sock, &event, recorder::PRIMARY);
 }
 
 /// The nested-event program: records the events the primary program did not handle.
@@ -44,7 +44,7 @@ pub fn record_nested(ctx: &BtfTracePointContext) {
     let event = event(ctx, &sock);
     let handled = maps::take_primary_handled(&event);
     if missed_by_primary(&sock, &event, handled) {
-        record(ctx, &sock, &event, recorder::NESTED);
+        record(&sock, &event, recorder::NESTED);
         maps::count(recorder::NESTED, counter::NESTED_EVENTS_RECORDED);
     }
 }
@@ -88,7 +88,7 @@ fn missed_by_primary(sock: &Sock, event: &EventToken, handled: Handled) -> bool 
 }
 
 #[inline(always)]
-fn record(ctx: &BtfTracePointContext, sock: &Sock, event: &EventToken, recorder: u8) {
+fn record(sock: &Sock, event: &EventToken, recorder: u8) {
     if !sock.is_tcp() {
         return;
     }
@@ -98,8 +98,7 @@ fn record(ctx: &BtfTracePointContext, sock: &Sock, event: &EventToken, recorder:
         || !TcpState::is_valid(from)
         || !TcpState::is_valid(to)
     {
-        let states = (event.old_state, event.new_state);
-        report::failure(ctx, recorder, counter::FAILED_UNKNOWN_STATE, states);
+        maps::count(recorder, counter::FAILED_UNKNOWN_STATE);
         return;
     }
     let now = now_ns();
@@ -127,7 +126,6 @@ fn record(ctx: &BtfTracePointContext, sock: &Sock, event: &EventToken, recorder:
                 // its start nor the gauges move.
                 let flags = transition_flag::FROM_TRACKED | transition_flag::TO_TRACKED;
                 add(
-                    ctx,
                     recorder,
                     key(labels, from, to, flags, recorder, detail),
                     NO_DURATION,
@@ -146,7 +144,7 @@ fn record(ctx: &BtfTracePointContext, sock: &Sock, event: &EventToken, recorder:
                     | transition_flag::INFERRED;
                 let detail = transition_detail::NONE;
                 let key = key(labels, record.state, from, inferred, recorder, detail);
-                add(ctx, recorder, key, NO_DURATION);
+                add(recorder, key, NO_DURATION);
             }
             if to == CLOSE {
                 closed::note(sock, labels, from);
@@ -166,7 +164,7 @@ fn record(ctx: &BtfTracePointContext, sock: &Sock, event: &EventToken, recorder:
                             _padding: [0; 7],
                         };
                         if !maps::record_handoff(cookie, &handoff) {
-                            report::failure(ctx, recorder, counter::FAILED_HANDOFF_RECORD, (0, 0));
+                            maps::count(recorder, counter::FAILED_HANDOFF_RECORD);
                         }
                         records::delete(sock, record)
                     }
@@ -177,17 +175,13 @@ fn record(ctx: &BtfTracePointContext, sock: &Sock, event: &EventToken, recorder:
                 } else {
                     counter::FAILED_RECORD_DELETE
                 };
-                let on_this_cpu = maps::count(recorder, counted);
-                if !released {
-                    report::due(ctx, counter::FAILED_RECORD_DELETE, on_this_cpu, (0, 0));
-                }
+                maps::count(recorder, counted);
             } else {
                 flags |= transition_flag::TO_TRACKED;
                 record.state = to;
                 record.entered_ns = now;
             }
             add(
-                ctx,
                 recorder,
                 key(labels, from, to, flags, recorder, detail),
                 duration,
@@ -195,7 +189,7 @@ fn record(ctx: &BtfTracePointContext, sock: &Sock, event: &EventToken, recorder:
         }
         None => {
             if !is_birth(from, to) && !maps::note_first_seen(cookie, from) {
-                report::failure(ctx, recorder, counter::FAILED_FIRST_SEEN_RECORD, (0, 0));
+                maps::count(recorder, counter::FAILED_FIRST_SEEN_RECORD);
             }
             let labels = untracked_labels(sock, first_seen_role(from, to));
             if to == CLOSE {
@@ -214,7 +208,7 @@ fn record(ctx: &BtfTracePointContext, sock: &Sock, event: &EventToken, recorder:
                 };
                 let (created, handoff_kept) = records::create(sock, &mut initial, recorder);
                 if !handoff_kept {
-                    report::failure(ctx, recorder, counter::FAILED_HANDOFF_RECORD, (0, 0));
+                    maps::count(recorder, counter::FAILED_HANDOFF_RECORD);
                 }
                 if let Some(record) = created {
                     flags |= transition_flag::TO_TRACKED;
@@ -223,11 +217,10 @@ fn record(ctx: &BtfTracePointContext, sock: &Sock, event: &EventToken, recorder:
                         maps::count(recorder, counter::RECORDS_IN_SOCKET_STORAGE);
                     }
                 } else {
-                    report::failure(ctx, recorder, counter::FAILED_SOCKET_STORAGE, (0, 0));
+                    maps::count(recorder, counter::FAILED_SOCKET_STORAGE);
                 }
             }
             add(
-                ctx,
                 recorder,
                 key(labels, from, to, flags, recorder, detail),
                 NO_DURATION,
@@ -306,15 +299,14 @@ const NO_DURATION: u64 = u64::MAX;
 /// Counts one transition, with its duration in the histogram when the start was seen: the
 /// primary program in its fast slots when the key has one, every other case in `TRANSITIONS`.
 #[inline(always)]
-fn add(ctx: &BtfTracePointContext, recorder: u8, key: TransitionKey, duration_ns: u64) {
+fn add(recorder: u8, key: TransitionKey, duration_ns: u64) {
     let fast = if recorder == tcpstate_common::recorder::PRIMARY {
         maps::transition_slot_stats(&key)
     } else {
         None
     };
     let Some(stats) = fast.or_else(|| maps::transition_stats(&key)) else {
-        let states = (u32::from(key.from), u32::from(key.to));
-        report::failure(ctx, recorder, counter::FAILED_TRANSITIONS_MAP_FULL, states);
+        maps::count(recorder, counter::FAILED_TRANSITIONS_MAP_FULL);
         return;
     };
     // SAFETY: a per-CPU map value valid for this run; `key.recorder` gives each program its own

@@ -19,5 +19,5 @@ pub fn record(ctx: &BtfTracePointContext) {
         state: NEW_SYN_RECV,
         _padding: [0; 6],
     };
-    resets::count(ctx, &key);
+    resets::count(&key);
 }

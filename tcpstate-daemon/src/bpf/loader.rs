@@ -10,11 +10,7 @@ use aya::{
 };
 use tcpstate_common::{DurationBuckets, PortSet, global, map, program};
 
-use super::{
-    btf::KernelBtf,
-    kernel_log::{self, KernelLog},
-    maps::KernelMaps,
-};
+use super::{btf::KernelBtf, maps::KernelMaps};
 use crate::{
     config::{Buckets, Flags},
     sys,
@@ -27,8 +23,6 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub struct Tracer {
     pub ebpf: Ebpf,
     pub maps: KernelMaps,
-    /// The programs' log ring (see `kernel_log`), if the object has one.
-    pub kernel_log: Option<KernelLog>,
 }
 
 pub struct TracerConfig<'a> {
@@ -80,11 +74,6 @@ impl Tracer {
             .map_max_entries(map::TRANSITION_SLOTS, config.transition_slots)
             .load(EBPF_OBJECT)
             .map_err(explain_load_error)?;
-        let kernel_log = kernel_log::take(&mut ebpf)
-            .inspect_err(|error| {
-                log::warn!("the kernel programs' failures will not be logged: {error}")
-            })
-            .ok();
 
         let btf = Btf::from_sys_fs().context("cannot parse the kernel's BTF")?;
         // Primary first: on each event the kernel runs them in attach order; the nested-event
@@ -107,11 +96,7 @@ impl Tracer {
             .map(|(name, _)| Ok((*name, program_fd(&ebpf, name)?)))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let maps = KernelMaps::take(&mut ebpf, programs, config.socket_slots)?;
-        Ok(Tracer {
-            ebpf,
-            maps,
-            kernel_log,
-        })
+        Ok(Tracer { ebpf, maps })
     }
 
     /// Whether the programs are still loaded, for `/healthz` (which must not wait for the

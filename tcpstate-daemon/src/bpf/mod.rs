@@ -1,10 +1,9 @@
 //! The kernel side, seen from the daemon: `loader` loads the embedded object with this host's
 //! configuration (`btf` and `layout` read the kernel's types for it) and attaches the
 //! programs; `maps` reads their aggregates at scrape time; `socket_slots` is the slot table's
-//! protocol (handoffs to take, records to release); `kernel_log` forwards the programs' log.
+//! protocol (handoffs to take, records to release).
 
 pub mod btf;
-pub mod kernel_log;
 mod layout;
 pub mod loader;
 pub mod maps;

@@ -13,7 +13,7 @@ use prometheus::{
     proto::MetricFamily,
 };
 
-use super::{CollectorConfig, Scrape, exposition, families};
+use super::{CollectorConfig, Scrape, exposition, families, recording::FailureLog};
 use crate::{
     bpf::maps::KernelMaps,
     netstat,
@@ -29,6 +29,7 @@ pub struct KernelState {
     pub maps: KernelMaps,
     pub census: Census,
     polls: PollRecord,
+    failure_log: FailureLog,
 }
 
 impl KernelState {
@@ -37,6 +38,7 @@ impl KernelState {
             maps,
             census,
             polls: PollRecord::default(),
+            failure_log: FailureLog::default(),
         }
     }
 
@@ -152,6 +154,8 @@ impl Collector for TcpStateCollector {
             last_poll_took: state.polls.last_took(),
             poll_errors: state.polls.errors,
         };
-        exposition(&scrape, &self.config)
+        let families = exposition(&scrape, &self.config);
+        state.failure_log.note(&families, Instant::now());
+        families
     }
 }

@@ -1,6 +1,11 @@
 //! How well the kernel programs record: their records, their maps' use, and everything they
 //! could not record exactly (`tcpstate_recording_failures_total`, all zero on a healthy host).
 
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
 use prometheus::proto::{MetricFamily, MetricType};
 use tcpstate_common::{TRANSITIONS_CAPACITY, map};
 
@@ -132,4 +137,104 @@ fn failures(scrape: &Scrape<'_>, figures: &Figures) -> Vec<prometheus::proto::Me
     .into_iter()
     .map(|(reason, count)| counter_metric(pairs(&[("reason", reason)]), count as f64))
     .collect()
+}
+
+/// Least time between two log lines of one failure reason.
+const LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Tells the daemon's log when a reason of `tcpstate_recording_failures_total` grows: at once
+/// the first time, then at most one line per reason a minute, with the growth since the last
+/// line. (The kernel programs only count: logging from them cost the events' path a few
+/// nanoseconds; see docs/benchmarks.md.)
+#[derive(Debug, Default)]
+pub struct FailureLog {
+    /// By reason: the count when its last line was written, and when.
+    logged: BTreeMap<String, (u64, Instant)>,
+}
+
+impl FailureLog {
+    /// Notes this scrape's failures (read from its families).
+    pub fn note(&mut self, families: &[MetricFamily], now: Instant) {
+        let Some(failures) = families.iter().find(|f| f.name() == FAILURES.name) else {
+            return;
+        };
+        for metric in failures.get_metric() {
+            let reason = metric
+                .get_label()
+                .iter()
+                .find(|pair| pair.name() == "reason")
+                .map(|pair| pair.value().to_owned())
+                .unwrap_or_default();
+            let count = metric.get_counter().get_value() as u64;
+            let (logged, at) = self.logged.get(&reason).copied().unwrap_or((0, now));
+            let first = !self.logged.contains_key(&reason);
+            if count <= logged || (!first && now.duration_since(at) < LOG_INTERVAL) {
+                continue;
+            }
+            log::warn!(
+                "{} more events or sockets not recorded exactly, reason {reason} ({}): {count} \
+                 since tcpstated started (tcpstate_recording_failures_total)",
+                count - logged,
+                meaning(&reason)
+            );
+            self.logged.insert(reason, (count, now));
+        }
+    }
+}
+
+/// What a failure reason means, for the log (README, "Metrics", says more).
+fn meaning(reason: &str) -> &'static str {
+    match reason {
+        "transitions_map_full" => {
+            "the TRANSITIONS map is full: transitions of new label sets go uncounted"
+        }
+        "events_map_full" => "the EVENTS map is full: resets or SYN-ACK retransmits go uncounted",
+        "handoff_record_failed" => "timewait sockets whose handoff was lost get inferred labels",
+        "socket_storage_unavailable" => "no memory for a socket's record: counted, not tracked",
+        "unknown_state" => "a TCP state this tcpstated does not know: upgrade it",
+        "record_delete_failed" => "a socket's record could not be deleted at CLOSE",
+        "first_seen_record_failed" => {
+            "sockets older than tcpstated moved unnoticed: their old state's gauge may stay high"
+        }
+        "event_lost" => "the kernel skipped events for the programs under load",
+        "close_undelivered" => {
+            "sockets whose CLOSE the kernel never ran a program for, found later"
+        }
+        "out_of_sequence" => "an event was lost earlier: the gauges are corrected",
+        "map_read_error" => "a kernel map could not be read",
+        "poll_error" => "a sock_diag poll failed",
+        _ => "see README",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failures(counts: &[(&str, u64)]) -> Vec<MetricFamily> {
+        let metrics = counts
+            .iter()
+            .map(|(reason, count)| counter_metric(pairs(&[("reason", reason)]), *count as f64))
+            .collect();
+        vec![FAILURES.with(metrics)]
+    }
+
+    #[test]
+    fn a_growing_reason_is_logged_at_once_then_once_a_minute() {
+        let mut log = FailureLog::default();
+        let start = Instant::now();
+        log.note(&failures(&[("event_lost", 0)]), start);
+        assert!(log.logged.is_empty(), "nothing grew");
+        log.note(&failures(&[("event_lost", 3)]), start);
+        assert_eq!(log.logged["event_lost"], (3, start));
+        // Within the minute: held back.
+        log.note(
+            &failures(&[("event_lost", 9)]),
+            start + Duration::from_secs(30),
+        );
+        assert_eq!(log.logged["event_lost"], (3, start));
+        let later = start + LOG_INTERVAL;
+        log.note(&failures(&[("event_lost", 9)]), later);
+        assert_eq!(log.logged["event_lost"], (9, later));
+    }
 }

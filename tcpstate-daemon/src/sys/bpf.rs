@@ -162,13 +162,3 @@ fn walk_in_batches<K: Pod, V: Pod>(
     }
     Ok(())
 }
-
-/// Registers the kernel programs' log ring with the runtime, to be woken when records come.
-pub fn watch_log_ring<L>(
-    ring: aya_log::EbpfLogger<L>,
-) -> io::Result<tokio::io::unix::AsyncFd<aya_log::EbpfLogger<L>>> {
-    use tokio::io::{Interest, unix::AsyncFd};
-    // SAFETY: the logger owns its ring buffer map's descriptor (an `OwnedFd`) for its whole
-    // life, and `as_raw_fd` always returns that one.
-    unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(io::Error::from)
-}
