@@ -29,8 +29,17 @@ pub struct SocketLayout {
     pub net_inode: u32,
     /// `__sk_common.skc_cookie.counter` (s64): the socket's cookie, 0 until one is assigned.
     pub cookie: u32,
+    /// `sk_cgrp_data.cgroup` (`struct cgroup *`): the owner's cgroup v2. 0 when workload
+    /// attribution is off: the programs then read no cgroup (the verifier sees the constant and
+    /// drops the reads).
+    pub owner_cgroup: u32,
+    /// `kn` (`struct kernfs_node *`) in `struct cgroup`: the group's directory.
+    pub cgroup_node: u32,
+    /// `id` (u64) in `struct kernfs_node`: the directory's id, its inode in the low 32 bits.
+    pub node_id: u32,
+    pub _padding: u32,
 }
-const _: () = assert!(size_of::<SocketLayout>() == 40);
+const _: () = assert!(size_of::<SocketLayout>() == 56);
 
 /// Histogram upper bounds in nanoseconds, ascending; unused slots hold `u64::MAX`.
 #[repr(C)]

@@ -2,6 +2,7 @@
 
 use std::{process::ExitCode, sync::Arc, time::Duration};
 
+use anyhow::Context as _;
 use clap::Parser as _;
 use tcpstate_daemon::{
     bpf::loader::{self, Tracer, TracerConfig},
@@ -11,6 +12,7 @@ use tcpstate_daemon::{
     preflight,
     sockets::census::Census,
     sys,
+    workload::Resolver,
 };
 
 /// Exit status for runtime failures; usage errors exit with clap's 2.
@@ -49,10 +51,15 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     )?;
     let programs_loaded = tracer.health_check()?;
     let Tracer { ebpf, maps } = tracer;
-    let collector = TcpStateCollector::new(
-        KernelState::new(maps, census),
-        CollectorConfig::from_flags(&flags),
-    );
+    let mut state = KernelState::new(maps, census);
+    if flags.workloads {
+        let resolver = Resolver::new(&flags.host_root, flags.max_workloads).context(
+            "--workloads decodes each socket's cgroup v2 into a workload, but no cgroup v2 \
+             hierarchy is mounted here: mount one, or run without --workloads",
+        )?;
+        state = state.with_workloads(resolver);
+    }
+    let collector = TcpStateCollector::new(state, CollectorConfig::from_flags(&flags));
     collector.start_background_poll();
     let registry = metrics::registry(collector)?;
 

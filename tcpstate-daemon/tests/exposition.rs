@@ -28,6 +28,7 @@ use tcpstate_daemon::{
         sock_diag::DiagSocket,
     },
     sys::ProgramStats,
+    workload::{Workload, WorkloadTable},
 };
 
 const SECOND: u64 = 1_000_000_000;
@@ -343,6 +344,10 @@ impl Collector for Fixed {
 
 /// `/metrics` as the HTTP endpoint writes it (the registry sorts families and series).
 fn metrics(view: View) -> String {
+    metrics_with(view, None)
+}
+
+fn metrics_with(view: View, workloads: Option<&WorkloadTable>) -> String {
     let snapshot = snapshot();
     let census = census();
     let config = CollectorConfig {
@@ -363,6 +368,7 @@ fn metrics(view: View) -> String {
         read_seconds: 0.00125,
         last_poll_took: Some(Duration::from_millis(75)),
         poll_errors: 3,
+        workloads,
     };
     let registry = Registry::new();
     registry
@@ -451,5 +457,19 @@ fn golden_exposition_logical_view() {
 fn golden_exposition_raw_view() {
     let text = metrics(View::Raw);
     assert_matches_fixture(&text, "exposition-raw.prom");
+    assert_promtool_accepts(&text);
+}
+
+/// With `--workloads`: every socket figure also carries its workload's `namespace`, `pod` and
+/// `container`, and the self-metrics say how many workloads are named.
+#[test]
+fn golden_exposition_with_workloads() {
+    let web = Workload {
+        namespace: "shop".into(),
+        pod: "web-7d4b9".into(),
+        container: "nginx".into(),
+    };
+    let text = metrics_with(View::Logical, Some(&WorkloadTable::of(&[(0, web)])));
+    assert_matches_fixture(&text, "exposition-workloads.prom");
     assert_promtool_accepts(&text);
 }

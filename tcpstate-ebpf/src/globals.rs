@@ -21,6 +21,10 @@ static SOCKET_LAYOUT: SocketLayout = SocketLayout {
     net: 0,
     net_inode: 0,
     cookie: 0,
+    owner_cgroup: 0,
+    cgroup_node: 0,
+    node_id: 0,
+    _padding: 0,
 };
 /// The histogram's bounds (`--buckets`), in nanoseconds.
 #[unsafe(no_mangle)]

@@ -20,10 +20,21 @@ pub fn first_seen_role(from: u8, to: u8) -> u8 {
     }
 }
 
-/// Labels of an untracked socket of `role`. The daemon applies the same rule to the sockets its
-/// netlink polls find, so both sides agree on every socket's labels.
+/// Labels of an untracked full socket of `role`, its owner's cgroup included. The daemon applies
+/// the same rule to the sockets its netlink polls find, so both sides agree on every socket's
+/// labels.
 #[inline(always)]
 pub fn untracked_labels(sock: &Sock, role: u8) -> Labels {
+    Labels {
+        cgroup: sock.owner_cgroup(),
+        ..ownerless_labels(sock, role)
+    }
+}
+
+/// Labels of an untracked socket of `role` without its owner: for timewait and request sockets,
+/// which carry no cgroup.
+#[inline(always)]
+pub fn ownerless_labels(sock: &Sock, role: u8) -> Labels {
     let port = match role {
         role::CLIENT => service_port(sock.remote_port()),
         role::SERVER | role::LISTENER => service_port(sock.local_port()),

@@ -9,7 +9,7 @@ use tcpstate_common::{
 
 use crate::{
     closed,
-    labels::{first_seen_role, untracked_labels},
+    labels::{first_seen_role, ownerless_labels, untracked_labels},
     maps, records,
     sock::Sock,
 };
@@ -36,6 +36,8 @@ pub fn record(ctx: &BtfTracePointContext, kind: u8) {
     {
         // Only full sockets have socket-local storage (the helper checks too).
         record.labels
+    } else if state == TIME_WAIT || state == NEW_SYN_RECV {
+        ownerless_labels(&sock, first_seen_role(state, state))
     } else {
         untracked_labels(&sock, first_seen_role(state, state))
     };

@@ -99,6 +99,21 @@ impl Sock {
         }
     }
 
+    /// The inode of the socket owner's cgroup v2 (`sk->sk_cgrp_data.cgroup->kn->id`, low 32
+    /// bits); 0 with attribution off. Full sockets only (timewait and request sockets have no
+    /// `sk_cgrp_data`).
+    #[inline(always)]
+    pub fn owner_cgroup(&self) -> u32 {
+        let owner_cgroup = globals::socket_offset(|layout| &layout.owner_cgroup);
+        if owner_cgroup == 0 {
+            return 0;
+        }
+        let cgroup: *mut c_void = self.read(owner_cgroup);
+        let node: *mut c_void = read_field(cgroup, globals::socket_offset(|l| &l.cgroup_node));
+        let id: u64 = read_field(node, globals::socket_offset(|layout| &layout.node_id));
+        id as u32
+    }
+
     /// The socket's cookie, assigned now if it had none (what `ss -e` and sock_diag show). Read
     /// from the socket once assigned (never changed after): a helper call costs more.
     #[inline(always)]
@@ -154,4 +169,14 @@ impl Sock {
 pub fn now_ns() -> u64 {
     // SAFETY: a helper without arguments.
     unsafe { bpf_ktime_get_ns() }
+}
+
+/// Reads a `T` field at `offset` of the BTF-typed kernel object `object` points to (0 for a
+/// null pointer: the load is fault-safe).
+#[inline(always)]
+fn read_field<T: Copy>(object: *mut c_void, offset: u32) -> T {
+    // SAFETY: `object` is a BTF-typed pointer just read from a checked field (the verifier
+    // knows its type and checks this read's offset and size against it, from the kernel's BTF
+    // like the offset); the load is fault-safe (BPF_PROBE_MEM).
+    unsafe { object.cast::<u8>().add(offset as usize).cast::<T>().read() }
 }

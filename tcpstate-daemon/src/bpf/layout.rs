@@ -38,6 +38,49 @@ impl KernelBtf {
                 .map(|offset| common + offset)?,
             net_inode: self.net_inode()?,
             cookie: self.cookie(common_type).map(|offset| common + offset)?,
+            // Read only with workload attribution on (see `owner_cgroup`).
+            owner_cgroup: 0,
+            cgroup_node: 0,
+            node_id: 0,
+            _padding: 0,
+        })
+    }
+
+    /// `layout` with the offsets that lead from a socket to its owner's cgroup id: `sock`'s
+    /// `sk_cgrp_data.cgroup`, the group's `kn`, the node's `id` (Linux 5.15+ layout).
+    pub fn with_owner_cgroup(&self, layout: SocketLayout) -> Result<SocketLayout, BtfError> {
+        let sock = self
+            .id(KIND_STRUCT, "sock")
+            .ok_or(BtfError::MissingField("struct sock", "(the struct itself)"))?;
+        let (data, data_type) = self
+            .member_offset(sock, "sk_cgrp_data")
+            .ok_or(BtfError::MissingField("struct sock", "sk_cgrp_data"))?;
+        let (cgroup, _) = self
+            .member_offset(data_type, "cgroup")
+            .ok_or(BtfError::MissingField("struct sock_cgroup_data", "cgroup"))?;
+        let group = self
+            .id(KIND_STRUCT, "cgroup")
+            .ok_or(BtfError::MissingField(
+                "struct cgroup",
+                "(the struct itself)",
+            ))?;
+        let (node, _) = self
+            .member_offset(group, "kn")
+            .ok_or(BtfError::MissingField("struct cgroup", "kn"))?;
+        let kernfs_node = self
+            .id(KIND_STRUCT, "kernfs_node")
+            .ok_or(BtfError::MissingField(
+                "struct kernfs_node",
+                "(the struct itself)",
+            ))?;
+        let id = self
+            .int_field(kernfs_node, "id", 8)
+            .ok_or(BtfError::MissingField("struct kernfs_node", "id"))?;
+        Ok(SocketLayout {
+            owner_cgroup: data + cgroup,
+            cgroup_node: node,
+            node_id: id,
+            ..layout
         })
     }
 
@@ -90,6 +133,9 @@ mod tests {
             Err(err) => panic!("{err}"),
         };
         let layout = btf.socket_layout().unwrap();
+        assert_eq!(layout.owner_cgroup, 0, "no cgroup reads unless asked");
+        let owned = btf.with_owner_cgroup(layout).unwrap();
+        assert!(owned.owner_cgroup > layout.protocol && owned.node_id > 0);
         assert_eq!(
             (layout.remote_port, layout.local_port, layout.family),
             (12, 14, 16)

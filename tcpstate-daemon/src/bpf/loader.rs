@@ -32,6 +32,9 @@ pub struct TracerConfig<'a> {
     pub socket_slots: u32,
     /// Entries per CPU of the transition slot table (a power of two).
     pub transition_slots: u32,
+    /// Whether the programs read each socket's owner (its cgroup) into its labels, and for how
+    /// many workloads the transition map is sized then.
+    pub workloads: Option<usize>,
 }
 
 impl<'a> TracerConfig<'a> {
@@ -41,7 +44,12 @@ impl<'a> TracerConfig<'a> {
             ports: &flags.ports,
             socket_slots: flags.socket_slots,
             transition_slots: flags.transition_slots,
+            workloads: flags.workloads.then_some(flags.max_workloads),
         }
+    }
+
+    fn transitions_capacity(&self) -> u32 {
+        crate::config::transitions_capacity(self.workloads)
     }
 }
 
@@ -54,7 +62,15 @@ impl Tracer {
             for (_, tracepoint) in PROGRAMS {
                 kernel_btf.require_tracepoint(tracepoint)?;
             }
-            kernel_btf.socket_layout()?
+            let layout = kernel_btf.socket_layout()?;
+            match config.workloads {
+                Some(_) => kernel_btf.with_owner_cgroup(layout).context(
+                    "--workloads reads each socket's cgroup (struct sock_cgroup_data.cgroup, \
+                     Linux 5.15 and later): this kernel has no such field, run without \
+                     --workloads",
+                )?,
+                None => layout,
+            }
         };
         let buckets = duration_buckets(config.buckets);
         let ports = port_set(config.ports);
@@ -72,6 +88,7 @@ impl Tracer {
             .override_global(global::TRANSITION_SLOT_MASK, &transition_slot_mask, true)
             .map_max_entries(map::SOCKET_SLOTS, config.socket_slots)
             .map_max_entries(map::TRANSITION_SLOTS, config.transition_slots)
+            .map_max_entries(map::TRANSITIONS, config.transitions_capacity())
             .load(EBPF_OBJECT)
             .map_err(explain_load_error)?;
 

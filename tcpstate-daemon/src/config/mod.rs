@@ -3,7 +3,9 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
-use tcpstate_common::{DEFAULT_SOCKET_SLOTS, DEFAULT_TRANSITION_SLOTS, SOCKET_SLOT_WINDOW};
+use tcpstate_common::{
+    DEFAULT_SOCKET_SLOTS, DEFAULT_TRANSITION_SLOTS, SOCKET_SLOT_WINDOW, TRANSITIONS_CAPACITY,
+};
 
 use crate::model::View;
 
@@ -94,6 +96,46 @@ pub struct Flags {
     #[arg(long = "transitions.slots", value_name = "SLOTS", default_value_t = DEFAULT_TRANSITION_SLOTS,
           value_parser = parse_transition_slots, allow_negative_numbers = true)]
     pub transition_slots: u32,
+
+    /// Label every socket figure with its workload (`namespace`, `pod`, `container`): the
+    /// cgroup v2 of the process that created the socket (an accepted socket's is its
+    /// listener's), decoded into Kubernetes names, a systemd unit or a container name. Off by
+    /// default: each workload multiplies the series, bounded by --workloads.max.
+    #[arg(long = "workloads")]
+    pub workloads: bool,
+
+    /// Most distinct workloads labelled by name; further ones are labelled `container="other"`
+    /// (tcpstate_workloads_folded counts them). The kernel's transition map is sized for it:
+    /// 64 entries per workload.
+    #[arg(long = "workloads.max", value_name = "COUNT", default_value_t = DEFAULT_MAX_WORKLOADS,
+          value_parser = parse_max_workloads, allow_negative_numbers = true)]
+    pub max_workloads: usize,
+
+    /// Where the host's root file system is, for the container runtimes' state (`/run/containerd`,
+    /// `/run/containers`, `/var/lib/docker`, ...): `/` on the host, the mount point of the
+    /// host's `/` in a container.
+    #[arg(long = "workloads.host-root", value_name = "PATH", default_value = "/")]
+    pub host_root: std::path::PathBuf,
+}
+
+/// Entries of the kernel's `TRANSITIONS` map: 64 per workload when `workloads` are labelled
+/// (entries are allocated on first use: the capacity costs nothing until used).
+pub fn transitions_capacity(workloads: Option<usize>) -> u32 {
+    let per_workloads = workloads.map_or(0, |workloads| workloads.saturating_mul(64));
+    TRANSITIONS_CAPACITY.max(u32::try_from(per_workloads).unwrap_or(u32::MAX))
+}
+
+/// Default `--workloads.max`.
+pub const DEFAULT_MAX_WORKLOADS: usize = 500;
+
+fn parse_max_workloads(text: &str) -> Result<usize, String> {
+    const MOST: usize = 100_000;
+    match text.trim().parse::<i64>() {
+        Ok(count) if (1..=MOST as i64).contains(&count) => Ok(count as usize),
+        _ => Err(format!(
+            "`{text}` is not a number of workloads between 1 and {MOST}"
+        )),
+    }
 }
 
 /// `--sockets.slots`: a window's worth to 2^26 slots (2 GiB of kernel memory).

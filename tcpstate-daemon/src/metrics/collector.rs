@@ -15,13 +15,14 @@ use prometheus::{
 
 use super::{CollectorConfig, Scrape, exposition, families, recording::FailureLog};
 use crate::{
-    bpf::maps::KernelMaps,
+    bpf::maps::{KernelMaps, Snapshot},
     netstat,
     sockets::{
         census::Census,
         poller::{self, PollRecord},
     },
     sys,
+    workload::{Resolver, WorkloadTable},
 };
 
 /// What the collector keeps between scrapes.
@@ -30,6 +31,8 @@ pub struct KernelState {
     pub census: Census,
     polls: PollRecord,
     failure_log: FailureLog,
+    /// Decodes the labels' cgroups into workloads, when workloads are labelled.
+    workloads: Option<Resolver>,
 }
 
 impl KernelState {
@@ -39,7 +42,32 @@ impl KernelState {
             census,
             polls: PollRecord::default(),
             failure_log: FailureLog::default(),
+            workloads: None,
         }
+    }
+
+    /// Labels every socket figure with its workload, decoded by `resolver`.
+    pub fn with_workloads(self, resolver: Resolver) -> Self {
+        KernelState {
+            workloads: Some(resolver),
+            ..self
+        }
+    }
+
+    /// The workloads of every cgroup this scrape's figures carry.
+    fn workload_table(&mut self, snapshot: &Snapshot) -> Option<WorkloadTable> {
+        let resolver = self.workloads.as_mut()?;
+        let census = &self.census;
+        let cgroups = snapshot
+            .transitions
+            .iter()
+            .map(|(key, _)| key.labels.cgroup)
+            .chain(snapshot.events.iter().map(|(key, _)| key.labels.cgroup))
+            .chain(census.sockets_now().keys().map(|key| key.labels.cgroup))
+            .chain(census.baseline.counts().keys().map(|key| key.labels.cgroup))
+            .chain(census.transitions().keys().map(|key| key.labels.cgroup))
+            .collect::<std::collections::BTreeSet<u32>>();
+        Some(WorkloadTable::build(resolver, cgroups))
     }
 
     /// Takes what the kernel handed over since the last scrape: the sockets older than the
@@ -145,6 +173,7 @@ impl Collector for TcpStateCollector {
         snapshot.handoffs_lost = state.maps.displaced_lost;
         let read_seconds = started.elapsed().as_secs_f64();
         self.poll_if_due(state);
+        let workloads = state.workload_table(&snapshot);
         let scrape = Scrape {
             snapshot: &snapshot,
             census: Some(&state.census),
@@ -153,6 +182,7 @@ impl Collector for TcpStateCollector {
             read_seconds,
             last_poll_took: state.polls.last_took(),
             poll_errors: state.polls.errors,
+            workloads: workloads.as_ref(),
         };
         let families = exposition(&scrape, &self.config);
         state.failure_log.note(&families, Instant::now());

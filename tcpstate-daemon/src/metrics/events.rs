@@ -54,59 +54,60 @@ pub(super) fn families(
 ) -> Vec<MetricFamily> {
     vec![
         CONNECT_FAILURES.with(connect_failures(figures)),
-        RESETS_SENT.with(resets(&figures.events.resets_sent)),
-        RESETS_RECEIVED.with(resets(&figures.events.resets_received)),
+        RESETS_SENT.with(resets(figures, &figures.events.resets_sent)),
+        RESETS_RECEIVED.with(resets(figures, &figures.events.resets_received)),
         SYNACK_RETRANSMITS.with(synack_retransmits(figures)),
     ]
 }
 
-/// By reason, family and port (the role is always the client's).
+/// By reason, family and port (the role is always the client's), and workload if labelled.
 fn connect_failures(figures: &Figures) -> Vec<Metric> {
-    let mut merged = BTreeMap::<(&str, &str, String), u64>::new();
+    let mut merged = BTreeMap::<(&str, &str, String, u32), u64>::new();
     for (key, count) in &figures.connect_failures {
         let reason = connect_failure_reason(key.detail);
         let family = labels::family(key.labels.family);
+        let port = labels::port(key.labels.port);
         *merged
-            .entry((reason, family, labels::port(key.labels.port)))
+            .entry((reason, family, port, key.labels.cgroup))
             .or_default() += count;
     }
     merged
         .into_iter()
-        .map(|((reason, family, port), count)| {
-            counter_metric(
-                pairs(&[("reason", reason), ("family", family), ("port", &port)]),
-                count as f64,
-            )
+        .map(|((reason, family, port, owner), count)| {
+            let mut labels = pairs(&[("reason", reason), ("family", family), ("port", &port)]);
+            labels.extend(figures.workload_pairs(owner));
+            counter_metric(labels, count as f64)
         })
         .collect()
 }
 
-fn resets(by_state: &BTreeMap<StateKey, u64>) -> Vec<Metric> {
+fn resets(figures: &Figures, by_state: &BTreeMap<StateKey, u64>) -> Vec<Metric> {
     by_state
         .iter()
         .filter_map(|(key, count)| {
             let state = labels::state(key.state)?;
             Some(counter_metric(
-                with_socket(&[("state", state)], &key.labels),
+                with_socket(figures, &[("state", state)], &key.labels),
                 *count as f64,
             ))
         })
         .collect()
 }
 
-/// By the listener's family and port.
+/// By the listener's family and port, and workload if labelled.
 fn synack_retransmits(figures: &Figures) -> Vec<Metric> {
-    let mut merged = BTreeMap::<(&str, String), u64>::new();
+    let mut merged = BTreeMap::<(&str, String, u32), u64>::new();
     for (listener, count) in &figures.events.synack_retransmits {
         let family = labels::family(listener.family);
-        *merged
-            .entry((family, labels::port(listener.port)))
-            .or_default() += count;
+        let port = labels::port(listener.port);
+        *merged.entry((family, port, listener.cgroup)).or_default() += count;
     }
     merged
         .into_iter()
-        .map(|((family, port), count)| {
-            counter_metric(pairs(&[("family", family), ("port", &port)]), count as f64)
+        .map(|((family, port, owner), count)| {
+            let mut labels = pairs(&[("family", family), ("port", &port)]);
+            labels.extend(figures.workload_pairs(owner));
+            counter_metric(labels, count as f64)
         })
         .collect()
 }

@@ -2,7 +2,9 @@
 
 use prometheus::proto::{MetricFamily, MetricType};
 
-use super::{CollectorConfig, Family, Figures, Scrape, VERSION, gauge_metric, pairs};
+use super::{
+    CollectorConfig, Family, Figures, Scrape, VERSION, counter_metric, gauge_metric, pairs,
+};
 use crate::sockets::poller::poll_interval;
 
 pub(super) const COLLECT_SECONDS: Family = Family {
@@ -34,11 +36,27 @@ pub(super) const POLL_INTERVAL: Family = Family {
     labels: &[],
 };
 
-pub(super) const FAMILIES: [&Family; 4] = [
+pub(super) const WORKLOADS: Family = Family {
+    name: "tcpstate_workloads",
+    help: "Distinct workloads labelled by name so far (--workloads; at most --workloads.max).",
+    kind: MetricType::GAUGE,
+    labels: &[],
+};
+
+pub(super) const WORKLOAD_GROUPS_FOLDED: Family = Family {
+    name: "tcpstate_workload_groups_folded_total",
+    help: "Cgroups whose workload came past --workloads.max and is labelled container=\"other\".",
+    kind: MetricType::COUNTER,
+    labels: &[],
+};
+
+pub(super) const FAMILIES: [&Family; 6] = [
     &COLLECT_SECONDS,
     &BUILD_INFO,
     &POLL_DURATION,
     &POLL_INTERVAL,
+    &WORKLOADS,
+    &WORKLOAD_GROUPS_FOLDED,
 ];
 
 pub(super) fn families(
@@ -57,6 +75,11 @@ pub(super) fn families(
     ];
     if let Some(took) = scrape.last_poll_took {
         families.push(POLL_DURATION.with(vec![gauge_metric(vec![], took.as_secs_f64())]));
+    }
+    if let Some(table) = scrape.workloads {
+        families.push(WORKLOADS.with(vec![gauge_metric(vec![], table.named as f64)]));
+        families
+            .push(WORKLOAD_GROUPS_FOLDED.with(vec![counter_metric(vec![], table.folded as f64)]));
     }
     families
 }

@@ -36,6 +36,7 @@ use crate::{
     },
     netstat::ListenCounters,
     sockets::census::Census,
+    workload::WorkloadTable,
 };
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -124,6 +125,8 @@ pub struct Scrape<'a> {
     /// How long the last sock_diag poll took, if there was one.
     pub last_poll_took: Option<Duration>,
     pub poll_errors: u64,
+    /// The workloads of the cgroups in this scrape's labels, when workloads are labelled.
+    pub workloads: Option<&'a WorkloadTable>,
 }
 
 /// The scrape's figures: the kernel's aggregates merged, with the census's transitions (in the
@@ -135,6 +138,8 @@ pub(crate) struct Figures {
     connect_failures: BTreeMap<ReasonKey, u64>,
     inferred_transitions: u64,
     events: Events,
+    /// Labels carry a workload's index in it instead of a cgroup (see `by_workload`).
+    workloads: Option<WorkloadTable>,
 }
 
 impl Figures {
@@ -159,14 +164,111 @@ impl Figures {
             merge_transitions(&mut transitions, census.transitions());
             merge_durations(&mut durations, census.durations());
         }
-        Figures {
+        let figures = Figures {
             transitions,
             durations,
             sockets,
             connect_failures: kernel.connect_failures,
             inferred_transitions: kernel.inferred_transitions,
             events: model::events(&snapshot.events),
+            workloads: None,
+        };
+        match scrape.workloads {
+            Some(table) => figures.by_workload(table),
+            None => figures,
         }
+    }
+
+    /// The figures by workload: each label set's cgroup replaced by its workload's index in
+    /// `table`, the figures of cgroups of one workload added up.
+    fn by_workload(self, table: &WorkloadTable) -> Self {
+        let owner = |labels: Labels| Labels {
+            cgroup: table.index(labels.cgroup),
+            ..labels
+        };
+        let add = |total: &mut u64, count: u64| *total += count;
+        Figures {
+            transitions: rekey(
+                self.transitions,
+                |k| EdgeKey::new(owner(k.labels), k.edge.from, k.edge.to),
+                add,
+            ),
+            durations: rekey(
+                self.durations,
+                |k| EdgeKey::new(owner(k.labels), k.edge.from, k.edge.to),
+                |total, histogram| merge_durations_into(total, &histogram),
+            ),
+            sockets: rekey(
+                self.sockets,
+                |k| StateKey::new(owner(k.labels), k.state),
+                |t, c| *t += c,
+            ),
+            connect_failures: rekey(
+                self.connect_failures,
+                |k| ReasonKey {
+                    labels: owner(k.labels),
+                    ..k
+                },
+                add,
+            ),
+            inferred_transitions: self.inferred_transitions,
+            events: Events {
+                resets_sent: rekey(
+                    self.events.resets_sent,
+                    |k| StateKey::new(owner(k.labels), k.state),
+                    add,
+                ),
+                resets_received: rekey(
+                    self.events.resets_received,
+                    |k| StateKey::new(owner(k.labels), k.state),
+                    add,
+                ),
+                synack_retransmits: rekey(self.events.synack_retransmits, owner, add),
+            },
+            workloads: Some(table.clone()),
+        }
+    }
+
+    /// The workload label pairs of the workload at index `owner` (a label set's `cgroup` once
+    /// `by_workload`), none unless workloads are labelled.
+    fn workload_pairs(&self, owner: u32) -> Vec<LabelPair> {
+        let Some(table) = &self.workloads else {
+            return Vec::new();
+        };
+        let workload = table.workload(owner);
+        pairs(&[
+            ("namespace", &workload.namespace),
+            ("pod", &workload.pod),
+            ("container", &workload.container),
+        ])
+    }
+}
+
+/// `map` with its keys replaced by `relabel`, the values of keys made equal merged by `merge`.
+fn rekey<K: Ord, V>(
+    map: BTreeMap<K, V>,
+    relabel: impl Fn(K) -> K,
+    merge: impl Fn(&mut V, V),
+) -> BTreeMap<K, V> {
+    let mut out = BTreeMap::new();
+    for (key, value) in map {
+        match out.entry(relabel(key)) {
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                entry.insert(value);
+            }
+            std::collections::btree_map::Entry::Occupied(mut entry) => {
+                merge(entry.get_mut(), value)
+            }
+        }
+    }
+    out
+}
+
+fn merge_durations_into(total: &mut Histogram, extra: &Histogram) {
+    total.count += extra.count;
+    total.sum_ns += extra.sum_ns;
+    for (total, count) in total.buckets.iter_mut().zip(&extra.buckets) {
+        *total += count;
     }
 }
 
@@ -205,12 +307,14 @@ fn pairs(items: &[(&str, &str)]) -> Vec<LabelPair> {
         .collect()
 }
 
-/// `first`, then a socket's `family`, `role` and `port`.
-fn with_socket(first: &[(&str, &str)], socket: &Labels) -> Vec<LabelPair> {
+/// `first`, then a socket's `family`, `role` and `port`, then its workload's labels if they
+/// are on.
+fn with_socket(figures: &Figures, first: &[(&str, &str)], socket: &Labels) -> Vec<LabelPair> {
     let mut all = pairs(first);
     for (name, value) in labels::socket_labels(socket) {
         all.extend(pairs(&[(name, &value)]));
     }
+    all.extend(figures.workload_pairs(socket.cgroup));
     all
 }
 
@@ -266,6 +370,7 @@ mod tests {
             read_seconds: 0.001,
             last_poll_took,
             poll_errors: 0,
+            workloads: None,
         };
         let families = exposition(&scrape, &config);
         let mut out = Vec::new();

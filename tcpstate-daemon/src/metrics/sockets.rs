@@ -25,7 +25,7 @@ pub(super) fn families(
         .filter_map(|(key, count)| {
             let state = labels::state(key.state)?;
             Some(gauge_metric(
-                with_socket(&[("state", state)], &key.labels),
+                with_socket(figures, &[("state", state)], &key.labels),
                 *count as f64,
             ))
         })

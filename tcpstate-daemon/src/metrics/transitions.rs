@@ -35,7 +35,7 @@ pub(super) fn families(
             let from = labels::state(key.edge.from)?;
             let to = labels::state(key.edge.to)?;
             Some(counter_metric(
-                with_socket(&[("from", from), ("to", to)], &key.labels),
+                with_socket(figures, &[("from", from), ("to", to)], &key.labels),
                 *count as f64,
             ))
         })
@@ -62,7 +62,7 @@ pub(super) fn families(
                     })
                     .collect(),
             );
-            let labels = with_socket(&[("state", state), ("next", next)], &key.labels);
+            let labels = with_socket(figures, &[("state", state), ("next", next)], &key.labels);
             let mut metric = Metric::from_label(labels);
             metric.set_histogram(proto);
             Some(metric)

@@ -200,6 +200,71 @@ impl Resolver {
     }
 }
 
+/// The workloads of one scrape: each cgroup seen, by the workload it belongs to. Groups of one
+/// workload (a pod's containers restarted, groups folded into `other`) share its index, so
+/// their series add up instead of repeating a label set.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkloadTable {
+    index: BTreeMap<u32, u32>,
+    workloads: Vec<Workload>,
+    /// Distinct workloads named so far, and groups folded into `other` (the resolver's).
+    pub named: usize,
+    pub folded: u64,
+}
+
+impl WorkloadTable {
+    /// The table of `cgroups`, resolved with `resolver`.
+    pub fn build(resolver: &mut Resolver, cgroups: impl IntoIterator<Item = u32>) -> Self {
+        let mut table = WorkloadTable::default();
+        let mut seen: BTreeMap<Workload, u32> = BTreeMap::new();
+        for cgroup in cgroups {
+            if table.index.contains_key(&cgroup) {
+                continue;
+            }
+            let workload = resolver.workload(cgroup);
+            let next = table.workloads.len() as u32;
+            let index = *seen.entry(workload.clone()).or_insert(next);
+            if index == next {
+                table.workloads.push(workload);
+            }
+            table.index.insert(cgroup, index);
+        }
+        table.named = resolver.distinct.len();
+        table.folded = resolver.folded;
+        table
+    }
+
+    /// A table of `workloads` already known, by cgroup (for tests).
+    pub fn of(workloads: &[(u32, Workload)]) -> Self {
+        let mut table = WorkloadTable::default();
+        for (cgroup, workload) in workloads {
+            let index = match table.workloads.iter().position(|w| w == workload) {
+                Some(index) => index as u32,
+                None => {
+                    table.workloads.push(workload.clone());
+                    table.workloads.len() as u32 - 1
+                }
+            };
+            table.index.insert(*cgroup, index);
+        }
+        table.named = table.workloads.len();
+        table
+    }
+
+    /// The index of `cgroup`'s workload, which the labels then carry instead of the cgroup.
+    pub fn index(&self, cgroup: u32) -> u32 {
+        self.index.get(&cgroup).copied().unwrap_or(u32::MAX)
+    }
+
+    /// The workload at `index` (`host` for one not in the table).
+    pub fn workload(&self, index: u32) -> Workload {
+        self.workloads
+            .get(index as usize)
+            .cloned()
+            .unwrap_or_else(Workload::host)
+    }
+}
+
 /// A container ID as people read it: its first 12 digits.
 fn short(id: &str) -> String {
     id.chars().take(12).collect()
