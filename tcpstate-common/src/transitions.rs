@@ -113,12 +113,18 @@ impl TransitionKey {
             | (self.labels.family as u64) << 16
             | (self.labels.role as u64) << 24
             | (self.labels.cgroup as u64) << 32;
-        let edge = self.from as u64
-            | (self.to as u64) << 8
-            | (self.flags as u64) << 16
-            | (self.recorder as u64) << 24
-            | (self.detail as u64) << 32;
+        let edge = Self::edge_word(self.from, self.to, self.flags, self.recorder, self.detail);
         [labels, edge]
+    }
+
+    /// The second of [`Self::words`]: the transition and how it was recorded.
+    #[inline(always)]
+    pub const fn edge_word(from: u8, to: u8, flags: u8, recorder: u8, detail: u8) -> u64 {
+        from as u64
+            | (to as u64) << 8
+            | (flags as u64) << 16
+            | (recorder as u64) << 24
+            | (detail as u64) << 32
     }
 
     pub fn from_words([labels, edge]: [u64; 2]) -> Self {

@@ -145,11 +145,11 @@ pub fn count(recorder: u8, counter: u32) {
     }
 }
 
-/// The stats of `key` in this CPU's `TRANSITION_SLOTS`, taking a free slot of its pair on first
-/// use; `None` when both slots hold other keys. Only for the primary program (see the map).
+/// The stats of the key `words` (see `TransitionKey::words`) in this CPU's `TRANSITION_SLOTS`,
+/// taking a free slot of its pair on first use; `None` when both slots hold other keys. Only
+/// for the primary program (see the map).
 #[inline(always)]
-pub fn transition_slot_stats(key: &TransitionKey) -> Option<*mut TransitionStats> {
-    let words = key.words();
+pub fn transition_slot_stats(words: [u64; 2]) -> Option<*mut TransitionStats> {
     let pair = TransitionKey::slot_pair(words, globals::transition_slot_mask());
     for index in [pair, pair + 1] {
         let slot = TRANSITION_SLOTS.get_ptr_mut(index)?;

@@ -281,13 +281,17 @@ fn close_detail(sock: &Sock, from: u8) -> u8 {
     }
 }
 
+/// A transition's key, as the two words `TRANSITION_SLOTS` holds (`TransitionKey::words`).
 #[inline(always)]
-fn key(labels: Labels, from: u8, to: u8, flags: u8, recorder: u8, detail: u8) -> TransitionKey {
-    let words = TransitionKey::new(labels, from, to, flags, recorder, detail).words();
-    // SAFETY: `TransitionKey` is `#[repr(C)]`, 16 bytes of integers with explicit padding, and
-    // its words are its bytes in little-endian order (bpfel), padding zero. Built from words,
-    // the key is two stores; field by field, LLVM merges the zero padding into a `memset` call.
-    unsafe { core::mem::transmute::<[u64; 2], TransitionKey>(words) }
+fn key(labels: Labels, from: u8, to: u8, flags: u8, recorder: u8, detail: u8) -> [u64; 2] {
+    // SAFETY: `Labels` is `#[repr(C)]`, 8 bytes of integers without padding: its bytes are one
+    // word in little-endian order (bpfel), as `TransitionKey::words` composes it. One load of
+    // the record's labels, where composing its fields costs four.
+    let labels = unsafe { core::mem::transmute::<Labels, u64>(labels) };
+    [
+        labels,
+        TransitionKey::edge_word(from, to, flags, recorder, detail),
+    ]
 }
 
 /// `add`'s duration when the start of the state was not seen. A sentinel, not an `Option`:
@@ -299,13 +303,17 @@ const NO_DURATION: u64 = u64::MAX;
 /// Counts one transition, with its duration in the histogram when the start was seen: the
 /// primary program in its fast slots when the key has one, every other case in `TRANSITIONS`.
 #[inline(always)]
-fn add(recorder: u8, key: TransitionKey, duration_ns: u64) {
+fn add(recorder: u8, key: [u64; 2], duration_ns: u64) {
     let fast = if recorder == tcpstate_common::recorder::PRIMARY {
-        maps::transition_slot_stats(&key)
+        maps::transition_slot_stats(key)
     } else {
         None
     };
-    let Some(stats) = fast.or_else(|| maps::transition_stats(&key)) else {
+    // SAFETY: `TransitionKey` is `#[repr(C)]`, 16 bytes of integers with explicit padding, and
+    // its words are its bytes in little-endian order (bpfel), padding zero. Built from words,
+    // the key is two stores; field by field, LLVM merges the zero padding into a `memset` call.
+    let map_key = || unsafe { core::mem::transmute::<[u64; 2], TransitionKey>(key) };
+    let Some(stats) = fast.or_else(|| maps::transition_stats(&map_key())) else {
         maps::count(recorder, counter::FAILED_TRANSITIONS_MAP_FULL);
         return;
     };
