@@ -51,11 +51,17 @@ const CLIENT_CLOSES: [(&str, &str, &str); 12] = [
     ("listener", "LISTEN", "CLOSE"),
 ];
 
+/// A listener on `listen`, a client connected to it, and the server's end, accepted.
+fn connected_pair(listen: SocketAddr) -> (TcpListener, TcpStream, TcpStream) {
+    let listener = TcpListener::bind(listen).expect("bind test port");
+    let client = TcpStream::connect(listen).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    (listener, client, server)
+}
+
 /// Client shuts down first, waits for the server's FIN; the server holds CLOSE_WAIT for `hold`.
 fn client_closes_first(listen: SocketAddr, hold: Duration) {
-    let listener = TcpListener::bind(listen).expect("bind test port");
-    let mut client = TcpStream::connect(listen).unwrap();
-    let (mut server, _) = listener.accept().unwrap();
+    let (listener, mut client, mut server) = connected_pair(listen);
     client.write_all(b"ping").unwrap();
     let mut buf = [0u8; 4];
     server.read_exact(&mut buf).unwrap();

@@ -80,17 +80,7 @@ fn sockets_beyond_the_slot_table_are_tracked_in_socket_storage() {
             )
         }));
         let after = until_transitions(&daemon, &before, port, &want, WAIT);
-        let labels = [("port", "24010"), ("role", "server")];
-        assert_eq!(
-            after.delta(&before, "tcpstate_state_duration_seconds_count", &labels),
-            (4 * CONNECTIONS) as f64,
-            "every server transition after the first has its duration"
-        );
-        assert_eq!(
-            after.sum("tcpstate_recording_failures_total", &[]),
-            0.0,
-            "recording failures"
-        );
+        assert_server_durations_and_no_failures(&after, &before, "24010", CONNECTIONS);
     });
 }
 
@@ -114,19 +104,9 @@ fn transitions_past_the_fast_slots_are_counted_exactly_in_the_hash_map() {
         }
         let want = expect(&CLIENT_CLOSES.map(|(role, from, to)| (role, from, to, CONNECTIONS)));
         let after = until_transitions(&daemon, &before, port, &want, WAIT);
-        let server = [("port", "24012"), ("role", "server")];
-        assert_eq!(
-            after.delta(&before, "tcpstate_state_duration_seconds_count", &server),
-            (4 * CONNECTIONS) as f64,
-            "every server transition after the first has its duration"
-        );
+        assert_server_durations_and_no_failures(&after, &before, "24012", CONNECTIONS);
         let in_map = after.sum("tcpstate_map_entries", &[("map", "TRANSITIONS")]);
         assert!(in_map >= 10.0, "{in_map} keys in the hash map");
-        assert_eq!(
-            after.sum("tcpstate_recording_failures_total", &[]),
-            0.0,
-            "recording failures"
-        );
     });
 }
 
@@ -230,5 +210,26 @@ fn records_whose_last_events_never_came_are_released_and_counted() {
         sockets(&after, "TIME_WAIT", port, "server"),
         1.0,
         "the timewait socket has the record's labels"
+    );
+}
+
+/// Every server transition of `connections` client-first closes to `port` after the first (4 of
+/// 5) has its duration, and nothing went unrecorded.
+fn assert_server_durations_and_no_failures(
+    after: &Exposition,
+    before: &Exposition,
+    port: &str,
+    connections: u64,
+) {
+    let server = [("port", port), ("role", "server")];
+    assert_eq!(
+        after.delta(before, "tcpstate_state_duration_seconds_count", &server),
+        (4 * connections) as f64,
+        "every server transition after the first has its duration"
+    );
+    assert_eq!(
+        after.sum("tcpstate_recording_failures_total", &[]),
+        0.0,
+        "recording failures"
     );
 }

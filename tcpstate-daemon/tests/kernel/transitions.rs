@@ -3,12 +3,14 @@
 
 use std::{
     io::Read as _,
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{Shutdown, SocketAddr, TcpStream},
     time::Duration,
 };
 
-use crate::support::{Daemon, read_to_eof, rerun_once_after_unrecorded_events, until_transitions};
-use crate::{CLIENT_CLOSES, WAIT, client_closes_first, expected};
+use crate::support::{
+    Daemon, expect, handshakes, read_to_eof, rerun_once_after_unrecorded_events, until_transitions,
+};
+use crate::{CLIENT_CLOSES, WAIT, client_closes_first, connected_pair, expected};
 
 #[test]
 #[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
@@ -59,21 +61,15 @@ fn connection_closed_by_the_server() {
         let daemon = Daemon::watching(&[port]);
         let before = daemon.scrape();
         let listen: SocketAddr = ([127, 0, 0, 1], port).into();
-        let listener = TcpListener::bind(listen).unwrap();
-        let mut client = TcpStream::connect(listen).unwrap();
-        let (mut server, _) = listener.accept().unwrap();
+        let (listener, mut client, mut server) = connected_pair(listen);
         server.shutdown(Shutdown::Write).unwrap();
         read_to_eof(&mut client, WAIT); // client in CLOSE_WAIT
         drop(client);
         read_to_eof(&mut server, WAIT);
         drop(server);
         drop(listener);
-        let want = expected(&[
-            ("listener", "CLOSE", "LISTEN"),
-            ("client", "CLOSE", "SYN_SENT"),
-            ("client", "SYN_SENT", "ESTABLISHED"),
-            ("server", "LISTEN", "SYN_RECV"),
-            ("server", "SYN_RECV", "ESTABLISHED"),
+        let mut want = expect(&handshakes(1));
+        want.extend(expected(&[
             ("server", "ESTABLISHED", "FIN_WAIT1"),
             ("client", "ESTABLISHED", "CLOSE_WAIT"),
             ("server", "FIN_WAIT1", "FIN_WAIT2"),
@@ -81,7 +77,7 @@ fn connection_closed_by_the_server() {
             ("server", "FIN_WAIT2", "TIME_WAIT"),
             ("client", "LAST_ACK", "CLOSE"),
             ("listener", "LISTEN", "CLOSE"),
-        ]);
+        ]));
         until_transitions(&daemon, &before, port, &want, WAIT);
     });
 }
@@ -94,9 +90,7 @@ fn abort_with_linger_zero_resets_both_sides() {
         let daemon = Daemon::watching(&[port]);
         let before = daemon.scrape();
         let listen: SocketAddr = ([127, 0, 0, 1], port).into();
-        let listener = TcpListener::bind(listen).unwrap();
-        let client = TcpStream::connect(listen).unwrap();
-        let (mut server, _) = listener.accept().unwrap();
+        let (listener, client, mut server) = connected_pair(listen);
         socket2::SockRef::from(&client)
             .set_linger(Some(Duration::ZERO))
             .unwrap();
@@ -109,16 +103,12 @@ fn abort_with_linger_zero_resets_both_sides() {
         );
         drop(server);
         drop(listener);
-        let want = expected(&[
-            ("listener", "CLOSE", "LISTEN"),
-            ("client", "CLOSE", "SYN_SENT"),
-            ("client", "SYN_SENT", "ESTABLISHED"),
-            ("server", "LISTEN", "SYN_RECV"),
-            ("server", "SYN_RECV", "ESTABLISHED"),
+        let mut want = expect(&handshakes(1));
+        want.extend(expected(&[
             ("client", "ESTABLISHED", "CLOSE"),
             ("server", "ESTABLISHED", "CLOSE"),
             ("listener", "LISTEN", "CLOSE"),
-        ]);
+        ]));
         let after = until_transitions(&daemon, &before, port, &want, WAIT);
         let resets = |name, role| {
             after.delta(

@@ -7,15 +7,17 @@ use std::{collections::BTreeMap, time::Duration};
 use crate::WEB_PORT;
 use crate::support::{Daemon, Exposition, Netns, SsSocket, eventually, sockets};
 
-/// The three-way handshake of `n` connections to a listener of this test, and the listener's
-/// own `CLOSE -> LISTEN`.
-pub fn handshakes(n: u64) -> Vec<(&'static str, &'static str, &'static str, u64)> {
+/// The orderly close of `n` connections whose client closes first and whose server closes
+/// after the client's FIN: the client through FIN_WAIT2 into TIME_WAIT (its timewait socket, in
+/// the logical view), the server through CLOSE_WAIT and LAST_ACK.
+pub fn client_first_closes(n: u64) -> Vec<(&'static str, &'static str, &'static str, u64)> {
     vec![
-        ("listener", "CLOSE", "LISTEN", 1),
-        ("client", "CLOSE", "SYN_SENT", n),
-        ("client", "SYN_SENT", "ESTABLISHED", n),
-        ("server", "LISTEN", "SYN_RECV", n),
-        ("server", "SYN_RECV", "ESTABLISHED", n),
+        ("client", "ESTABLISHED", "FIN_WAIT1", n),
+        ("client", "FIN_WAIT1", "FIN_WAIT2", n),
+        ("client", "FIN_WAIT2", "TIME_WAIT", n),
+        ("server", "ESTABLISHED", "CLOSE_WAIT", n),
+        ("server", "CLOSE_WAIT", "LAST_ACK", n),
+        ("server", "LAST_ACK", "CLOSE", n),
     ]
 }
 

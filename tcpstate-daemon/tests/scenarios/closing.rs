@@ -8,12 +8,12 @@ use std::{
 };
 
 use crate::checks::{
-    TIMER_SLACK, assert_durations, assert_mean_duration, edge, handshakes, relevant, ss_count,
-    until_metrics, until_ss,
+    TIMER_SLACK, assert_durations, assert_mean_duration, client_first_closes, edge, relevant,
+    ss_count, until_metrics, until_ss,
 };
 use crate::support::{
-    Daemon, Exposition, Netns, expect, joined, rerun_once_after_unrecorded_events, sockets,
-    until_transitions,
+    Daemon, Exposition, Netns, expect, handshakes, joined, rerun_once_after_unrecorded_events,
+    sockets, until_transitions,
 };
 use crate::traffic::{accept, connect, listen, shut_down_together};
 use crate::{RAW_VIEW_WEB_PORT, WAIT, start};
@@ -135,15 +135,8 @@ fn close_wait_leak_shows_in_the_gauge_until_the_server_closes() {
         drop(servers);
         let held_at_most = closing.elapsed();
         let mut want = expect(&handshakes(N as u64));
-        want.extend(expect(&[
-            ("listener", "LISTEN", "CLOSE", 1),
-            ("client", "ESTABLISHED", "FIN_WAIT1", N as u64),
-            ("client", "FIN_WAIT1", "FIN_WAIT2", N as u64),
-            ("client", "FIN_WAIT2", "TIME_WAIT", N as u64),
-            ("server", "ESTABLISHED", "CLOSE_WAIT", N as u64),
-            ("server", "CLOSE_WAIT", "LAST_ACK", N as u64),
-            ("server", "LAST_ACK", "CLOSE", N as u64),
-        ]));
+        want.extend(expect(&[("listener", "LISTEN", "CLOSE", 1)]));
+        want.extend(expect(&client_first_closes(N as u64)));
         let after = until_transitions(&daemon, &before, port, &want, WAIT);
         // CLOSE_WAIT began when each client's FIN arrived (during `drop(clients)`, microseconds on
         // loopback) and ended at the servers' close: at least LEAK (3 s), and as long as this

@@ -10,11 +10,10 @@ use std::{
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::checks::{
-    assert_durations, edge, handshakes, relevant, ss_count, until_metrics, until_ss,
-};
+use crate::checks::{assert_durations, edge, relevant, ss_count, until_metrics, until_ss};
 use crate::support::{
-    Exposition, Netns, expect, rerun_once_after_unrecorded_events, sockets, until_transitions,
+    Exposition, Netns, expect, handshakes, rerun_once_after_unrecorded_events, sockets,
+    until_transitions,
 };
 use crate::traffic::{accept, at, connect, connect_in_background, listen};
 use crate::{WAIT, start};

@@ -8,8 +8,10 @@ use std::{
 
 use socket2::SockRef;
 
-use crate::checks::{handshakes, relevant};
-use crate::support::{Netns, expect, rerun_once_after_unrecorded_events, until_transitions};
+use crate::checks::relevant;
+use crate::support::{
+    Netns, expect, handshakes, rerun_once_after_unrecorded_events, until_transitions,
+};
 use crate::traffic::{accept, at, connect, listen};
 use crate::{WAIT, start};
 

@@ -11,11 +11,11 @@ use std::{
 use socket2::SockRef;
 
 use crate::checks::{
-    TIMER_SLACK, assert_durations, assert_mean_duration, edge, handshakes, relevant, shown,
-    ss_count, until_metrics, until_ss,
+    TIMER_SLACK, assert_durations, assert_mean_duration, client_first_closes, edge, relevant,
+    shown, ss_count, until_metrics, until_ss,
 };
 use crate::support::{
-    Exposition, Netns, Transitions, eventually, expect, read_to_eof,
+    Exposition, Netns, Transitions, eventually, expect, handshakes, read_to_eof,
     rerun_once_after_unrecorded_events, sockets, transitions, until_transitions,
 };
 use crate::traffic::{accept, at, close_clients_first, connect_from, listen};
@@ -51,14 +51,7 @@ fn time_wait_is_counted_like_ss_and_ends_early_on_reuse_or_after_60s() {
         let (entering, entered) = close_clients_first(&netns, port, clients, servers);
 
         let mut want = expect(&handshakes(N as u64));
-        want.extend(expect(&[
-            ("client", "ESTABLISHED", "FIN_WAIT1", N as u64),
-            ("client", "FIN_WAIT1", "FIN_WAIT2", N as u64),
-            ("client", "FIN_WAIT2", "TIME_WAIT", N as u64),
-            ("server", "ESTABLISHED", "CLOSE_WAIT", N as u64),
-            ("server", "CLOSE_WAIT", "LAST_ACK", N as u64),
-            ("server", "LAST_ACK", "CLOSE", N as u64),
-        ]));
+        want.extend(expect(&client_first_closes(N as u64)));
         until_transitions(&daemon, &before, port, &want, WAIT);
         let time_wait_like_ss = |expected: usize| {
             let mut listed = netns.sockets();
@@ -212,15 +205,8 @@ fn ipv6_timewait_sockets_are_followed_too() {
             ss_count(listed, "TIME-WAIT", port) == 1
         });
         let mut want = expect(&handshakes(1));
-        want.extend(expect(&[
-            ("listener", "LISTEN", "CLOSE", 1),
-            ("client", "ESTABLISHED", "FIN_WAIT1", 1),
-            ("client", "FIN_WAIT1", "FIN_WAIT2", 1),
-            ("client", "FIN_WAIT2", "TIME_WAIT", 1),
-            ("server", "ESTABLISHED", "CLOSE_WAIT", 1),
-            ("server", "CLOSE_WAIT", "LAST_ACK", 1),
-            ("server", "LAST_ACK", "CLOSE", 1),
-        ]));
+        want.extend(expect(&[("listener", "LISTEN", "CLOSE", 1)]));
+        want.extend(expect(&client_first_closes(1)));
         let after = until_transitions(&daemon, &before, port, &want, WAIT);
         assert_eq!(
             after.delta(

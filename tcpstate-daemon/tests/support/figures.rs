@@ -36,6 +36,18 @@ pub fn expect(items: &[(&str, &str, &str, u64)]) -> Transitions {
     out
 }
 
+/// The three-way handshake of `n` connections to one listener, and the listener's own
+/// `CLOSE -> LISTEN`.
+pub fn handshakes(n: u64) -> Vec<(&'static str, &'static str, &'static str, u64)> {
+    vec![
+        ("listener", "CLOSE", "LISTEN", 1),
+        ("client", "CLOSE", "SYN_SENT", n),
+        ("client", "SYN_SENT", "ESTABLISHED", n),
+        ("server", "LISTEN", "SYN_RECV", n),
+        ("server", "SYN_RECV", "ESTABLISHED", n),
+    ]
+}
+
 /// `reason -> count` of the recording failures counted since `before`, the reasons that grew only.
 pub fn recording_failures(after: &Exposition, before: &Exposition) -> BTreeMap<String, u64> {
     let earlier = before.recording_failures();

@@ -32,7 +32,7 @@ use std::{
 
 pub use daemon::{Daemon, free_local_address};
 pub use figures::{
-    Transitions, expect, recording_failures, sockets, transitions, until_transitions,
+    Transitions, expect, handshakes, recording_failures, sockets, transitions, until_transitions,
 };
 pub use netns::{Netns, NftTable, run_in_netns};
 pub use rerun::{UNRECORDED_EVENTS, rerun_once_after_unrecorded_events};
