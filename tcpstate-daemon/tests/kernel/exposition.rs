@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeSet,
-    io::{ErrorKind, Read as _, Write as _},
+    io::{ErrorKind, Write as _},
     net::{SocketAddr, TcpStream},
     path::Path,
     process::{Command, Stdio},
@@ -15,7 +15,7 @@ use crate::support::{
     Daemon, Exposition, Netns, expect, handshakes, rerun_once_after_unrecorded_events,
     until_transitions,
 };
-use crate::{CLIENT_CLOSES, WAIT, client_closes_first, connected_pair};
+use crate::{CLIENT_CLOSES, WAIT, abort, client_closes_first};
 
 #[test]
 #[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
@@ -130,23 +130,6 @@ fn exposition_matches_the_golden_fixture() {
             differing.join("\n")
         );
     });
-}
-
-/// A connection to `listen` aborted by its client (SO_LINGER 0: an RST), seen reset by the
-/// server.
-fn abort(listen: SocketAddr) {
-    let (listener, client, mut server) = connected_pair(listen);
-    socket2::SockRef::from(&client)
-        .set_linger(Some(Duration::ZERO))
-        .unwrap();
-    drop(client);
-    server.set_read_timeout(Some(WAIT)).unwrap();
-    let reset = server.read(&mut [0u8; 1]);
-    assert!(
-        reset.is_err() || reset.is_ok_and(|n| n == 0),
-        "server sees the reset"
-    );
-    drop((server, listener));
 }
 
 /// What of an exposition the same traffic must reproduce: the families that have series of

@@ -73,3 +73,20 @@ fn client_closes_first(listen: SocketAddr, hold: Duration) {
     drop(client);
     drop(listener);
 }
+
+/// A connection to `listen` aborted by its client (SO_LINGER 0: an RST), seen reset by the
+/// server.
+fn abort(listen: SocketAddr) {
+    let (listener, client, mut server) = connected_pair(listen);
+    socket2::SockRef::from(&client)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(client); // RST
+    server.set_read_timeout(Some(WAIT)).unwrap();
+    let reset = server.read(&mut [0u8; 1]);
+    assert!(
+        reset.is_err() || reset.is_ok_and(|n| n == 0),
+        "server sees the reset"
+    );
+    drop((server, listener));
+}

@@ -2,7 +2,6 @@
 //! closed by either side, aborted, refused, over IPv6.
 
 use std::{
-    io::Read as _,
     net::{Shutdown, SocketAddr, TcpStream},
     time::Duration,
 };
@@ -10,7 +9,7 @@ use std::{
 use crate::support::{
     Daemon, expect, handshakes, read_to_eof, rerun_once_after_unrecorded_events, until_transitions,
 };
-use crate::{CLIENT_CLOSES, WAIT, client_closes_first, connected_pair, expected};
+use crate::{CLIENT_CLOSES, WAIT, abort, client_closes_first, connected_pair, expected};
 
 #[test]
 #[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
@@ -90,19 +89,7 @@ fn abort_with_linger_zero_resets_both_sides() {
         let daemon = Daemon::watching(&[port]);
         let before = daemon.scrape();
         let listen: SocketAddr = ([127, 0, 0, 1], port).into();
-        let (listener, client, mut server) = connected_pair(listen);
-        socket2::SockRef::from(&client)
-            .set_linger(Some(Duration::ZERO))
-            .unwrap();
-        drop(client); // RST
-        server.set_read_timeout(Some(WAIT)).unwrap();
-        let reset = server.read(&mut [0u8; 1]);
-        assert!(
-            reset.is_err() || reset.is_ok_and(|n| n == 0),
-            "server sees the reset"
-        );
-        drop(server);
-        drop(listener);
+        abort(listen);
         let mut want = expect(&handshakes(1));
         want.extend(expected(&[
             ("client", "ESTABLISHED", "CLOSE"),
