@@ -38,7 +38,8 @@ impl Response {
 pub fn get(address: SocketAddr, path: &str, read_timeout: Duration) -> io::Result<Response> {
     let mut stream = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT)?;
     stream.set_read_timeout(Some(read_timeout))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n")?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
+    stream.write_all(request.as_bytes())?;
     let mut raw = String::new();
     stream.read_to_string(&mut raw)?;
     Ok(Response::parse(&raw))
@@ -101,12 +102,19 @@ mod tests {
         let address = listener.local_addr().unwrap();
         let server = thread::spawn(move || {
             let (mut stream, _) = listener.accept().unwrap();
-            let mut request = [0u8; 256];
-            let read = stream.read(&mut request).unwrap();
+            // The whole request first: closing with unread bytes would reset the connection.
+            let mut request = Vec::new();
+            while !request.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                if stream.read(&mut byte).unwrap() == 0 {
+                    break;
+                }
+                request.push(byte[0]);
+            }
             stream
                 .write_all(b"HTTP/1.0 503 Service Unavailable\r\n\r\nnot yet")
                 .unwrap();
-            String::from_utf8_lossy(&request[..read]).into_owned()
+            String::from_utf8_lossy(&request).into_owned()
         });
         let error = get_ok(address, "/healthz", Duration::from_secs(5)).unwrap_err();
         assert!(
