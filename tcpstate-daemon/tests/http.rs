@@ -15,6 +15,7 @@ use std::{
 };
 
 use support::{Daemon, eventually};
+use tcpstate_testkit::http::Response;
 
 /// The daemon's resident memory stays under this with any number of idle connections (README,
 /// "Known limits").
@@ -141,7 +142,7 @@ fn ten_thousand_idle_connections_leave_scrapes_and_health_checks_answering() {
     let started = Instant::now();
     let scrape = daemon.get("/metrics");
     let took = started.elapsed();
-    let (status, body) = scrape.unwrap_or_else(|error| {
+    let Response { status, body } = scrape.unwrap_or_else(|error| {
         panic!(
             "/metrics did not answer with {} idle connections open: {error}",
             idle.len()
@@ -150,7 +151,10 @@ fn ten_thousand_idle_connections_leave_scrapes_and_health_checks_answering() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("tcpstate_build_info"), "{body}");
     eprintln!("/metrics answered in {took:?}");
-    let (status, health) = daemon.get("/healthz").expect("/healthz answers");
+    let Response {
+        status,
+        body: health,
+    } = daemon.get("/healthz").expect("/healthz answers");
     assert_eq!(status, 200, "{health}");
     assert!(
         refused.is_none(),
@@ -186,7 +190,7 @@ fn sigterm_ends_the_daemon_promptly_while_a_client_holds_a_half_sent_request() {
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: tcpstated\r\n")
         .unwrap();
     // The daemon has accepted it (it answers the next connection after it).
-    assert_eq!(daemon.get("/healthz").unwrap().0, 200);
+    assert_eq!(daemon.get("/healthz").unwrap().status, 200);
 
     let signalled = Instant::now();
     daemon.signal("TERM");
@@ -209,7 +213,10 @@ fn sighup_is_ignored_and_the_daemon_keeps_serving() {
         None,
         "SIGHUP ends tcpstated"
     );
-    let (status, health) = daemon.get("/healthz").unwrap();
+    let Response {
+        status,
+        body: health,
+    } = daemon.get("/healthz").unwrap();
     assert_eq!(status, 200, "{health}");
     assert!(daemon.stop().success(), "SIGTERM after SIGHUP exits with 0");
 }

@@ -520,12 +520,10 @@ fn measure_run(
                 text,
             )?;
             let misses = |program: &str| {
-                samples
-                    .sum(
-                        "tcpstate_bpf_program_recursion_misses_total",
-                        &[("program", program)],
-                    )
-                    .unwrap_or(0.0) as u64
+                samples.sum(
+                    "tcpstate_bpf_program_recursion_misses_total",
+                    &[("program", program)],
+                ) as u64
             };
             Some(DaemonFigures {
                 cpu_during_churn_ns: cpu_after
@@ -535,9 +533,7 @@ fn measure_run(
                 exactness,
                 settle,
                 failures: samples.recording_failures(),
-                nested_events: samples
-                    .sum("tcpstate_nested_events_recorded_total", &[])
-                    .unwrap_or(0.0) as u64,
+                nested_events: samples.sum("tcpstate_nested_events_recorded_total", &[]) as u64,
                 primary_misses: misses("primary"),
                 nested_misses: misses("nested"),
             })
@@ -568,12 +564,14 @@ fn settled_counts(
     address: std::net::SocketAddr,
     churn: &ChurnReport,
     port: u16,
-) -> anyhow::Result<(String, prometheus::Samples, Exactness, Duration)> {
+) -> anyhow::Result<(String, prometheus::Exposition, Exactness, Duration)> {
     let started = std::time::Instant::now();
+    let port = port.to_string();
     loop {
         let text = prometheus::scrape_text(address)?;
-        let samples = prometheus::Samples::parse(&text);
-        let exactness = expect::check(churn, &samples.transitions_for_port(port));
+        let samples = prometheus::Exposition::parse(&text)?;
+        let counts = samples.transitions(&[("port", &port), ("family", "ipv4")]);
+        let exactness = expect::check(churn, &counts);
         if exactness.is_exact() || started.elapsed() >= SETTLE_LIMIT {
             return Ok((text, samples, exactness, started.elapsed()));
         }

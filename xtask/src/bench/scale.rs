@@ -347,11 +347,11 @@ fn measure_level(
         let started = Instant::now();
         let text = prometheus::scrape_text(address)?;
         level.scrape_ms.push(started.elapsed().as_secs_f64() * 1e3);
-        let samples = prometheus::Samples::parse(&text);
-        if let Some(seconds) = samples.sum("tcpstate_collect_duration_seconds", &[]) {
+        let samples = prometheus::Exposition::parse(&text)?;
+        if let Some(seconds) = samples.sum_if_any("tcpstate_collect_duration_seconds", &[]) {
             collect_ms.push(seconds * 1e3);
         }
-        if let Some(seconds) = samples.sum("tcpstate_poll_duration_seconds", &[]) {
+        if let Some(seconds) = samples.sum_if_any("tcpstate_poll_duration_seconds", &[]) {
             poll_ms.push(seconds * 1e3);
         }
         last = Some(samples);
@@ -362,8 +362,9 @@ fn measure_level(
     level.poll_ms = median(&poll_ms);
     level.poll_interval_seconds = last
         .as_ref()
-        .and_then(|samples| samples.sum("tcpstate_poll_interval_seconds", &[]));
-    level.tracked_sockets = last.and_then(|samples| samples.sum("tcpstate_tracked_sockets", &[]));
+        .and_then(|samples| samples.sum_if_any("tcpstate_poll_interval_seconds", &[]));
+    level.tracked_sockets =
+        last.and_then(|samples| samples.sum_if_any("tcpstate_tracked_sockets", &[]));
     level.map_memlock_bytes = procfs::maps_of(pid)?.values().map(|map| map.memlock).sum();
     level.peak_rss_bytes = procfs::peak_rss_bytes(pid)?;
 

@@ -188,7 +188,7 @@ impl Tracer {
 fn wait_until_healthy(process: &mut Process, address: SocketAddr) -> anyhow::Result<()> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
-        if prometheus::http_get(address, "/healthz").is_ok_and(|(status, _)| status == 200) {
+        if prometheus::healthy(address) {
             return Ok(());
         }
         if let Some(status) = process.exit_status()? {

@@ -11,7 +11,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::json::Json;
+use tcpstate_testkit::http;
+
+use super::{
+    files::temporary_directory,
+    free_local_address,
+    json::{Value, items},
+};
+
+/// Longest wait for a read of an answer of Prometheus' API.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The scrape job name the alert rules expect (`up{job="tcpstate"}`).
 pub const JOB: &str = "tcpstate";
@@ -29,28 +38,11 @@ pub struct Sample {
     pub value: f64,
 }
 
-/// The project's rule files (deploy/prometheus/*.rules.yml).
-pub fn rule_files() -> Vec<PathBuf> {
-    let directory = super::deploy_directory().join("prometheus");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&directory)
-        .expect("deploy/prometheus")
-        .map(|entry| entry.expect("entry").path())
-        .filter(|path| path.to_string_lossy().ends_with(".rules.yml"))
-        .collect();
-    files.sort();
-    assert!(
-        !files.is_empty(),
-        "no rule files in {}",
-        directory.display()
-    );
-    files
-}
-
 impl Prometheus {
     /// Starts Prometheus scraping `target` every second and evaluating `rules` every second,
     /// and waits (bounded) until it is ready.
     pub fn start(target: SocketAddr, rules: &[PathBuf]) -> Prometheus {
-        let directory = super::temporary_directory("prometheus");
+        let directory = temporary_directory("prometheus");
         let rule_files: String = rules
             .iter()
             .map(|path| format!("  - {}\n", path.display()))
@@ -62,7 +54,7 @@ impl Prometheus {
         );
         let config_file = directory.join("prometheus.yml");
         std::fs::write(&config_file, config).expect("write prometheus.yml");
-        let address = crate::support::free_local_address();
+        let address = free_local_address();
         let log = std::fs::File::create(directory.join("prometheus.log")).expect("log file");
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config_file.display()))
@@ -89,8 +81,7 @@ impl Prometheus {
             if let Ok(Some(status)) = prometheus.child.try_wait() {
                 panic!("prometheus exited with {status}:\n{}", prometheus.log());
             }
-            if crate::support::http_get(address, "/-/ready").is_ok_and(|(status, _)| status == 200)
-            {
+            if http::get(address, "/-/ready", READ_TIMEOUT).is_ok_and(|ready| ready.status == 200) {
                 return prometheus;
             }
             assert!(
@@ -107,16 +98,16 @@ impl Prometheus {
     }
 
     /// GET an API path; the `data` member of a successful answer.
-    pub fn api(&self, path_and_query: &str) -> Json {
-        let (status, body) = crate::support::http_get(self.address, path_and_query)
+    pub fn api(&self, path_and_query: &str) -> Value {
+        let http::Response { status, body } = http::get(self.address, path_and_query, READ_TIMEOUT)
             .unwrap_or_else(|error| panic!("GET {path_and_query}: {error}"));
-        let answer = Json::parse(&body)
+        let mut answer: Value = serde_json::from_str(&body)
             .unwrap_or_else(|error| panic!("GET {path_and_query}: {error}: {body}"));
         assert!(
-            status == 200 && answer.get("status").as_str() == Some("success"),
+            status == 200 && answer["status"] == "success",
             "GET {path_and_query}: {status} {body}"
         );
-        answer.get("data").clone()
+        answer["data"].take()
     }
 
     /// An instant query evaluated at `time` (Unix seconds), or now.
@@ -128,14 +119,11 @@ impl Prometheus {
             "/api/v1/query?query={}{time}",
             percent_encode(expression)
         ));
-        match data.get("resultType").as_str() {
-            Some("vector") => data
-                .get("result")
-                .as_array()
+        match data["resultType"].as_str() {
+            Some("vector") => items(&data["result"])
                 .iter()
                 .map(|item| Sample {
-                    labels: item
-                        .get("metric")
+                    labels: item["metric"]
                         .as_object()
                         .map(|labels| {
                             labels
@@ -146,12 +134,12 @@ impl Prometheus {
                                 .collect()
                         })
                         .unwrap_or_default(),
-                    value: sample_value(&item.get("value").as_array()[1]),
+                    value: sample_value(&item["value"][1]),
                 })
                 .collect(),
             Some("scalar") => vec![Sample {
                 labels: BTreeMap::new(),
-                value: sample_value(&data.get("result").as_array()[1]),
+                value: sample_value(&data["result"][1]),
             }],
             other => panic!("{expression}: unexpected result type {other:?}"),
         }
@@ -173,12 +161,10 @@ impl Prometheus {
     }
 
     /// Every rule Prometheus loaded: (group, rule object of /api/v1/rules).
-    pub fn rules(&self) -> Vec<Json> {
-        self.api("/api/v1/rules")
-            .get("groups")
-            .as_array()
+    pub fn rules(&self) -> Vec<Value> {
+        items(&self.api("/api/v1/rules")["groups"])
             .iter()
-            .flat_map(|group| group.get("rules").as_array().to_vec())
+            .flat_map(|group| items(&group["rules"]).to_vec())
             .collect()
     }
 }
@@ -201,7 +187,7 @@ impl Drop for Prometheus {
     }
 }
 
-fn sample_value(value: &Json) -> f64 {
+fn sample_value(value: &Value) -> f64 {
     match value.as_str() {
         Some("NaN") => f64::NAN,
         Some("+Inf") => f64::INFINITY,

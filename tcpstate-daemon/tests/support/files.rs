@@ -1,18 +1,32 @@
-//! What the operations tests share (tests/operations.rs needs root, tests/deploy.rs does not):
-//! a JSON reader, the names a PromQL expression uses, a real Prometheus server, headless
-//! Chromium. Kept apart from `support` (the kernel tests' helpers), which they build on.
-#![allow(dead_code, reason = "each test binary uses a different part")]
-
-pub mod chromium;
-pub mod json;
-pub mod prometheus;
-pub mod promql;
+//! The repository's files the operations tests read, and scratch directories.
 
 use std::path::{Path, PathBuf};
 
 /// The repository's `deploy/` directory.
 pub fn deploy_directory() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+/// The project's rule files (deploy/prometheus/*.rules.yml), sorted.
+pub fn rule_files() -> Vec<PathBuf> {
+    let directory = deploy_directory().join("prometheus");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&directory)
+        .expect("deploy/prometheus")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.to_string_lossy().ends_with(".rules.yml"))
+        .collect();
+    files.sort();
+    assert!(
+        !files.is_empty(),
+        "no rule files in {}",
+        directory.display()
+    );
+    files
+}
+
+/// The Grafana dashboard.
+pub fn dashboard_path() -> PathBuf {
+    deploy_directory().join("grafana/tcpstate.json")
 }
 
 /// A new empty directory under the system's temporary directory, unique to this process and

@@ -13,14 +13,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::json::{Json, quote};
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use super::files::temporary_directory;
 
 const ANSWER_WAIT: Duration = Duration::from_secs(30);
 
 pub struct Chromium {
     child: Child,
     to_browser: ChildStdin,
-    from_browser: Receiver<Json>,
+    from_browser: Receiver<Value>,
     next_id: u64,
     profile: PathBuf,
 }
@@ -32,7 +35,7 @@ pub struct Tab {
 
 impl Chromium {
     pub fn start(width: u32, height: u32) -> Chromium {
-        let profile = super::temporary_directory("chromium");
+        let profile = temporary_directory("chromium");
         // The shell moves our pipes to the descriptors Chromium reads (3) and writes (4).
         let mut child = Command::new("sh")
             .arg("-c")
@@ -75,7 +78,7 @@ impl Chromium {
                     Ok(_) => {}
                 }
                 message.pop_if(|byte| *byte == 0);
-                if let Ok(json) = Json::parse(&String::from_utf8_lossy(&message))
+                if let Ok(json) = serde_json::from_slice::<Value>(&message)
                     && sender.send(json).is_err()
                 {
                     return;
@@ -92,18 +95,17 @@ impl Chromium {
     }
 
     /// Sends one DevTools command (`params` is a JSON object) and waits for its answer.
-    pub fn call(&mut self, session: Option<&str>, method: &str, params: &str) -> Json {
+    pub fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
         let id = self.next_id;
         self.next_id += 1;
-        let session = session
-            .map(|session| format!(",\"sessionId\":{}", quote(session)))
-            .unwrap_or_default();
-        let message = format!(
-            "{{\"id\":{id},\"method\":{}{session},\"params\":{params}}}\0",
-            quote(method)
-        );
+        let mut message = json!({"id": id, "method": method, "params": params});
+        if let Some(session) = session {
+            message["sessionId"] = session.into();
+        }
+        let mut message = message.to_string().into_bytes();
+        message.push(0);
         self.to_browser
-            .write_all(message.as_bytes())
+            .write_all(&message)
             .and_then(|()| self.to_browser.flush())
             .expect("write to chromium");
         let deadline = Instant::now() + ANSWER_WAIT;
@@ -113,36 +115,27 @@ impl Chromium {
                 .from_browser
                 .recv_timeout(left)
                 .unwrap_or_else(|error| panic!("chromium did not answer {method} ({error})"));
-            if answer.get("id").as_f64() != Some(id as f64) {
+            if answer["id"].as_u64() != Some(id) {
                 continue; // an event, or another command's answer
             }
-            if let Json::Object(_) = answer.get("error") {
-                panic!("chromium refused {method}: {:?}", answer.get("error"));
+            if answer["error"].is_object() {
+                panic!("chromium refused {method}: {:?}", answer["error"]);
             }
-            return answer.get("result").clone();
+            return answer["result"].clone();
         }
     }
 
     /// Opens `url` in a new tab.
     pub fn open(&mut self, url: &str) -> Tab {
-        let target = self.call(
-            None,
-            "Target.createTarget",
-            &format!("{{\"url\":{}}}", quote(url)),
-        );
-        let target = target
-            .get("targetId")
-            .as_str()
-            .expect("targetId")
-            .to_owned();
+        let target = self.call(None, "Target.createTarget", json!({"url": url}));
+        let target = target["targetId"].as_str().expect("targetId");
         let attached = self.call(
             None,
             "Target.attachToTarget",
-            &format!("{{\"targetId\":{},\"flatten\":true}}", quote(&target)),
+            json!({"targetId": target, "flatten": true}),
         );
         Tab {
-            session: attached
-                .get("sessionId")
+            session: attached["sessionId"]
                 .as_str()
                 .expect("sessionId")
                 .to_owned(),
@@ -150,19 +143,16 @@ impl Chromium {
     }
 
     /// Evaluates a JavaScript expression in the tab and returns its value.
-    pub fn evaluate(&mut self, tab: &Tab, expression: &str) -> Json {
+    pub fn evaluate(&mut self, tab: &Tab, expression: &str) -> Value {
         let result = self.call(
             Some(&tab.session),
             "Runtime.evaluate",
-            &format!(
-                "{{\"expression\":{},\"returnByValue\":true}}",
-                quote(expression)
-            ),
+            json!({"expression": expression, "returnByValue": true}),
         );
-        if let Json::Object(_) = result.get("exceptionDetails") {
-            panic!("`{expression}` threw: {:?}", result.get("exceptionDetails"));
+        if result["exceptionDetails"].is_object() {
+            panic!("`{expression}` threw: {:?}", result["exceptionDetails"]);
         }
-        result.get("result").get("value").clone()
+        result["result"]["value"].clone()
     }
 
     /// Sets the tab's viewport to `width` x `height` CSS pixels.
@@ -170,9 +160,7 @@ impl Chromium {
         self.call(
             Some(&tab.session),
             "Emulation.setDeviceMetricsOverride",
-            &format!(
-                "{{\"width\":{width},\"height\":{height},\"deviceScaleFactor\":1,\"mobile\":false}}"
-            ),
+            json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": false}),
         );
     }
 
@@ -181,9 +169,12 @@ impl Chromium {
         let result = self.call(
             Some(&tab.session),
             "Page.captureScreenshot",
-            "{\"format\":\"png\"}",
+            json!({"format": "png"}),
         );
-        decode_base64(result.get("data").as_str().expect("screenshot data"))
+        let data = result["data"].as_str().expect("screenshot data");
+        base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .expect("a screenshot in base64")
     }
 }
 
@@ -193,27 +184,4 @@ impl Drop for Chromium {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
     }
-}
-
-fn decode_base64(text: &str) -> Vec<u8> {
-    let value = |byte: u8| -> u32 {
-        match byte {
-            b'A'..=b'Z' => u32::from(byte - b'A'),
-            b'a'..=b'z' => u32::from(byte - b'a') + 26,
-            b'0'..=b'9' => u32::from(byte - b'0') + 52,
-            b'+' => 62,
-            b'/' => 63,
-            other => panic!("not base64: {other}"),
-        }
-    };
-    let bytes: Vec<u8> = text.bytes().filter(|byte| *byte != b'=').collect();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let bits = chunk.iter().enumerate().fold(0u32, |bits, (index, byte)| {
-            bits | value(*byte) << (18 - 6 * index)
-        });
-        let produced = chunk.len() * 6 / 8;
-        out.extend_from_slice(&bits.to_be_bytes()[1..1 + produced]);
-    }
-    out
 }

@@ -1,0 +1,91 @@
+//! The `tcpstate_sockets` gauges, following open connections and back to zero.
+
+use std::{
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    process::Command,
+};
+
+use crate::WAIT;
+use crate::support::{Daemon, Exposition, eventually, sockets};
+use tcpstate_testkit::Series;
+
+#[test]
+#[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
+fn gauges_follow_open_connections_and_return_to_zero() {
+    let port = 24007;
+    let daemon = Daemon::watching(&[port]);
+    let listen: SocketAddr = ([127, 0, 0, 1], port).into();
+    let listener = TcpListener::bind(listen).unwrap();
+    let clients: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(listen).unwrap())
+        .collect();
+    let servers: Vec<TcpStream> = (0..3).map(|_| listener.accept().unwrap().0).collect();
+    let open = |m: &Exposition| {
+        (
+            sockets(m, "ESTABLISHED", port, "client"),
+            sockets(m, "ESTABLISHED", port, "server"),
+            sockets(m, "LISTEN", port, "listener"),
+        )
+    };
+    let mut metrics = daemon.scrape();
+    eventually(WAIT, || {
+        metrics = daemon.scrape();
+        open(&metrics) == (3.0, 3.0, 1.0)
+    });
+    assert_eq!(open(&metrics), (3.0, 3.0, 1.0));
+    assert!(metrics.sum("tcpstate_tracked_sockets", &[]) >= 7.0);
+
+    for client in &clients {
+        client.shutdown(Shutdown::Write).unwrap();
+    }
+    // The server may delay its ACK of the FINs (delayed ACK), so FIN_WAIT2 can come later.
+    eventually(WAIT, || {
+        metrics = daemon.scrape();
+        sockets(&metrics, "CLOSE_WAIT", port, "server") == 3.0
+            && sockets(&metrics, "FIN_WAIT2", port, "client") == 3.0
+    });
+    assert_eq!(
+        sockets(&metrics, "CLOSE_WAIT", port, "server"),
+        3.0,
+        "servers have not closed"
+    );
+    assert_eq!(sockets(&metrics, "FIN_WAIT2", port, "client"), 3.0);
+
+    drop(servers);
+    drop(clients);
+    drop(listener);
+    // Everything closed; the clients closed first, so their connections wait in TIME_WAIT.
+    let of_the_port = |series: &Series| series.matches("tcpstate_sockets", &[("port", "24007")]);
+    let all_zero = |m: &Exposition| {
+        m.samples()
+            .filter(|(s, _)| of_the_port(s))
+            .filter(|(s, _)| s.label("state") != Some("TIME_WAIT"))
+            .all(|(_, v)| v == 0.0)
+            // As many as `ss` lists: these 3, those of an earlier run still there (they last
+            // 60 s), or none if the host's timewait table (tcp_max_tw_buckets) is full.
+            && sockets(m, "TIME_WAIT", port, "client") == time_wait_in_ss(port)
+    };
+    eventually(WAIT, || {
+        metrics = daemon.scrape();
+        all_zero(&metrics)
+    });
+    let gauges: Vec<_> = metrics
+        .samples()
+        .filter(|(s, _)| of_the_port(s))
+        .map(|(s, v)| format!("{s} {v}"))
+        .collect();
+    assert!(
+        all_zero(&metrics),
+        "every gauge of the port back to 0 but TIME_WAIT (as in ss): {gauges:?}"
+    );
+}
+
+/// Timewait sockets of client connections to `port`, as `ss` lists them.
+fn time_wait_in_ss(port: u16) -> f64 {
+    let filter = format!("( dport = :{port} )");
+    let output = Command::new("ss")
+        .args(["-Htan", "state", "time-wait", &filter])
+        .output()
+        .expect("ss (iproute2) runs");
+    String::from_utf8_lossy(&output.stdout).lines().count() as f64
+}
