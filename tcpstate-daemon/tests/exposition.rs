@@ -244,7 +244,8 @@ fn handoff(labels: Labels, state: TcpState, entered_ns: u64) -> TimewaitHandoff 
         entered_ns,
         labels,
         state: state as u8,
-        _padding: [0; 7],
+        _padding: [0; 3],
+        net_inode: NET,
     }
 }
 

@@ -82,7 +82,8 @@ fn handoff(state: u8, entered_ns: u64) -> TimewaitHandoff {
         entered_ns,
         labels: client(),
         state,
-        _padding: [0; 7],
+        _padding: [0; 3],
+        net_inode: NET,
     }
 }
 

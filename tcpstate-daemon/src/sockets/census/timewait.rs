@@ -78,7 +78,8 @@ impl PendingHandoff {
                 cgroup: 0,
             },
             state: self.state,
-            _padding: [0; 7],
+            _padding: [0; 3],
+            net_inode: 0,
         }
     }
 }
