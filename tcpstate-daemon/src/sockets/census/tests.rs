@@ -39,6 +39,7 @@ fn tw(state: u8, cookie: u64, expires_ms: u32) -> DiagSocket {
         receive_queue: 0,
         send_queue: 0,
         tracked: false,
+        cgroup: 0,
         seen_ns: 0,
     }
 }
