@@ -258,7 +258,7 @@ fn census() -> Census {
     let mut ports = PortSet::EMPTY;
     SERVICE_PORTS.iter().for_each(|port| ports.insert(*port));
     let unknown = labels(443, family::IPV4, role::UNKNOWN);
-    let mut listing = FirstListing::default();
+    let mut listing = FirstListing::new(NET);
     listing.add(100, unknown, Established as u8);
     listing.add(101, unknown, Established as u8);
     listing.add(102, unknown, CloseWait as u8);

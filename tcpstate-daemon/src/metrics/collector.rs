@@ -20,6 +20,7 @@ use crate::{
     sockets::{
         census::Census,
         poller::{self, PollRecord},
+        survey::{self, PollPlan},
     },
     sys,
     workload::{Resolver, WorkloadTable},
@@ -121,20 +122,22 @@ impl TcpStateCollector {
     }
 
     /// Starts a sock_diag poll if the last one is older than the least interval: in the scrape
-    /// if polls are quick, beside it otherwise.
+    /// if polls are quick, beside it otherwise. The census plans it (which namespaces, how
+    /// deep) under the lock.
     fn poll_if_due(&self, state: &mut KernelState) {
         if !state.polls.due(self.config.poll_min_interval)
             || self.polling.load(std::sync::atomic::Ordering::Acquire)
         {
             return;
         }
+        let plan = state.census.plan_poll();
         if state.polls.quick() {
             let started = Instant::now();
-            let poll = poller::poll_sockets();
+            let poll = survey::run(plan);
             state.polls.fold(&mut state.census, poll, started);
             return;
         }
-        if let Err(error) = self.spawn_poll() {
+        if let Err(error) = self.spawn_poll(plan) {
             state.polls.errors += 1;
             log::warn!("cannot start a sock_diag poll: {error}");
         }
@@ -143,16 +146,17 @@ impl TcpStateCollector {
     /// Polls sock_diag on a thread of its own, now: the first poll, at start-up, so the first
     /// scrape does not wait for it.
     pub fn start_background_poll(&self) {
-        if let Err(error) = self.spawn_poll() {
+        let plan = self.lock().census.plan_poll();
+        if let Err(error) = self.spawn_poll(plan) {
             self.lock().polls.errors += 1;
             log::warn!("cannot start a sock_diag poll: {error}");
         }
     }
 
     /// A poll beside the scrapes, folded in under the lock when done. The caller may hold it.
-    fn spawn_poll(&self) -> std::io::Result<()> {
+    fn spawn_poll(&self, plan: PollPlan) -> std::io::Result<()> {
         let shared = self.state.clone();
-        poller::spawn(&self.polling, move |poll, started| {
+        poller::spawn(&self.polling, plan, move |poll, started| {
             let state = &mut *lock(&shared);
             state.polls.fold(&mut state.census, poll, started);
         })
@@ -177,8 +181,8 @@ impl Collector for TcpStateCollector {
         let scrape = Scrape {
             snapshot: &snapshot,
             census: Some(&state.census),
-            netstat: netstat::read().ok(),
-            port_range: netstat::read_port_range(),
+            netstat: state.census.listen_counters(netstat::read().ok()),
+            port_range: state.census.port_range(netstat::read_port_range()),
             read_seconds,
             last_poll_took: state.polls.last_took(),
             poll_errors: state.polls.errors,

@@ -1,5 +1,5 @@
-//! Figures of the daemon's network namespace for the TIME_WAIT alerts: timewait sockets the
-//! kernel refused (`TCPTimeWaitOverflow`) and the ephemeral port range.
+//! Figures of the host's network namespaces for the TIME_WAIT alerts: timewait sockets the
+//! kernel refused (`TCPTimeWaitOverflow`, summed) and the narrowest ephemeral port range.
 
 use prometheus::proto::{MetricFamily, MetricType};
 

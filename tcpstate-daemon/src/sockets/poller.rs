@@ -12,19 +12,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tcpstate_common::state::{NEW_SYN_RECV, SYN_RECV};
-
 use crate::{
     sockets::{
-        census::{Census, POLLED_STATES},
-        sock_diag::{self, DiagSocket},
+        census::Census,
+        survey::{self, PollPlan, Survey},
     },
     sys,
 };
 
 /// A poll starts at least this many times the last poll's duration after the last one started:
 /// however often scrapes come, polls take at most 1/20 (5%) of one CPU. A poll walks every socket
-/// of the host, so on a host with a million connections one takes about a third of a second.
+/// of the host once per namespace it lists whole, so on a host with a million connections one
+/// such listing takes about a third of a second.
 const POLL_SPACING: u32 = 20;
 
 /// A poll that took longer than this runs next time beside the scrape rather than in it, so
@@ -41,31 +40,6 @@ const LARGE_POLL: usize = 10_000;
 /// Least time between the starts of two polls, after one that took `last_took`.
 pub fn poll_interval(min_interval: Duration, last_took: Duration) -> Duration {
     min_interval.max(last_took.saturating_mul(POLL_SPACING))
-}
-
-/// One sock_diag poll's sockets.
-pub struct Poll {
-    /// In `POLLED_STATES`.
-    sockets: Vec<DiagSocket>,
-    requests: Vec<DiagSocket>,
-    started_ns: u64,
-    finished_ns: u64,
-}
-
-/// One dump, so the kernel walks its sockets once: the polled states and the request sockets.
-pub fn poll_sockets() -> io::Result<Poll> {
-    let started_ns = sys::monotonic_ns();
-    let states = sock_diag::state_mask(&POLLED_STATES) | sock_diag::state_mask(&[NEW_SYN_RECV]);
-    // sock_diag reports request sockets in SYN_RECV; full sockets in SYN_RECV are not asked for.
-    let (requests, sockets) = sock_diag::dump(states, None)?
-        .into_iter()
-        .partition(|socket| socket.state == SYN_RECV && !socket.timewait);
-    Ok(Poll {
-        sockets,
-        requests,
-        started_ns,
-        finished_ns: sys::monotonic_ns(),
-    })
 }
 
 /// What the scrapes know of the polls: when the last one started and how long it took, and
@@ -94,17 +68,28 @@ impl PollRecord {
     }
 
     /// Folds a finished poll, started at `started`, into `census`.
-    pub fn fold(&mut self, census: &mut Census, poll: io::Result<Poll>, started: Instant) {
+    pub fn fold(&mut self, census: &mut Census, poll: io::Result<Survey>, started: Instant) {
         match poll {
-            Ok(poll) => {
-                census.observe(
-                    &poll.sockets,
-                    &poll.requests,
-                    poll.started_ns,
-                    poll.finished_ns,
+            Ok(survey) => {
+                log::debug!(
+                    "sock_diag poll: {} network namespaces ({} whole, {} missed), {} sockets, {:?}",
+                    survey.visits.len(),
+                    survey
+                        .visits
+                        .iter()
+                        .filter(|visit| visit.depth == survey::Depth::Full)
+                        .count(),
+                    survey.failures.len(),
+                    survey.sockets(),
+                    started.elapsed()
                 );
-                let large = poll.sockets.len() + poll.requests.len() > LARGE_POLL;
-                drop(poll);
+                self.errors += survey
+                    .failures
+                    .iter()
+                    .filter(|failure| matches!(failure.missed, survey::Missed::Failed(_)))
+                    .count() as u64;
+                let large = survey.sockets() > LARGE_POLL;
+                census.fold(survey);
                 if large {
                     sys::release_free_memory();
                 }
@@ -118,11 +103,12 @@ impl PollRecord {
     }
 }
 
-/// Runs a poll on a thread of its own, which hands it to `fold` when done; nothing if one is
-/// already running (`running`).
+/// Runs the poll `plan` on a thread of its own, which hands it to `fold` when done; nothing
+/// if one is already running (`running`).
 pub fn spawn(
     running: &Arc<AtomicBool>,
-    fold: impl FnOnce(io::Result<Poll>, Instant) + Send + 'static,
+    plan: PollPlan,
+    fold: impl FnOnce(io::Result<Survey>, Instant) + Send + 'static,
 ) -> io::Result<()> {
     if running.swap(true, Ordering::AcqRel) {
         return Ok(());
@@ -132,7 +118,7 @@ pub fn spawn(
         .name("sock_diag poll".into())
         .spawn(move || {
             let started = Instant::now();
-            fold(poll_sockets(), started);
+            fold(survey::run(plan), started);
             done.store(false, Ordering::Release);
         });
     if spawned.is_err() {

@@ -50,9 +50,14 @@ const RAW_VIEW_WEB_PORT: u16 = 25098;
 const FAST_POLL: &str = "--sockdiag.min-interval=0.1";
 
 /// tcpstated in `netns`, exporting `ports` by number, with histogram bounds `buckets` (chosen by
-/// each test at the edges of its tolerances; empty: the defaults).
+/// each test at the edges of its tolerances; empty: the defaults). Its polls cover that
+/// namespace only (`--sockdiag.namespaces=own`): a scenario's figures are its namespace's, and
+/// its polls' timing does not depend on the host's sockets (`namespaces` tests the others).
 fn start(netns: &Netns, ports: &[u16], buckets: &[f64], extra: &[&str]) -> Daemon {
-    let mut args = vec![format!("--port={}", joined(ports))];
+    let mut args = vec![
+        format!("--port={}", joined(ports)),
+        "--sockdiag.namespaces=own".to_owned(),
+    ];
     if !buckets.is_empty() {
         args.push(format!("--buckets={}", joined(buckets)));
     }

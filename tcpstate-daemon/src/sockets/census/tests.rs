@@ -214,7 +214,7 @@ fn handoffs_give_labels_and_exact_starts_and_wait_two_polls() {
         },
     );
     // Record 12 was never matched: counted ended after two polls, without a duration.
-    assert!(census.timewait.handoffs.is_empty());
+    assert!(census.timewait.namespaces[&NET].handoffs.is_empty());
     assert_eq!(census.transitions()[&edge(TIME_WAIT, CLOSE)], 1);
     assert!(!census.durations().contains_key(&edge(TIME_WAIT, CLOSE)));
     poll(&mut census, &[], START + 100 * SECOND);
@@ -258,14 +258,20 @@ fn listeners_queues_and_request_sockets_by_port() {
         START,
     );
     assert_eq!(
-        census.listen_queues()[&443],
+        census.listen_queues()[&ListenKey {
+            port: 443,
+            cgroup: 0
+        }],
         ListenQueue {
             length: 3,
             limit: 4
         }
     );
     assert_eq!(
-        census.listen_queues()[&OTHER_PORT],
+        census.listen_queues()[&ListenKey {
+            port: OTHER_PORT,
+            cgroup: 0
+        }],
         ListenQueue {
             length: 0,
             limit: 4096
@@ -404,7 +410,7 @@ fn sockets_older_than_the_daemon_that_two_polls_did_not_list_leave_the_baseline(
         role: role::UNKNOWN,
         ..client()
     };
-    let mut listing = baseline::FirstListing::default();
+    let mut listing = baseline::FirstListing::new(NET);
     listing.add(40, unknown, LAST_ACK);
     listing.add(41, unknown, LAST_ACK);
     listing.add(42, unknown, ESTABLISHED);
