@@ -92,8 +92,10 @@ impl Census {
         }
     }
 
-    /// Takes the kernel's records of connections handed to timewait sockets (by cookie).
+    /// Takes the kernel's records of connections handed to timewait sockets (by cookie): an
+    /// unknown namespace's asks for a listing.
     pub fn add_handoff(&mut self, cookie: u64, handoff: TimewaitHandoff) {
+        self.coverage.note(handoff.net_inode);
         self.timewait.add_handoff(cookie, handoff);
     }
 
@@ -271,5 +273,7 @@ fn sum_counts<'a, K: Ord + Copy + 'a>(
     sum
 }
 
+#[cfg(test)]
+mod namespace_tests;
 #[cfg(test)]
 mod tests;

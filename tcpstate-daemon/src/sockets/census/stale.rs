@@ -219,7 +219,6 @@ impl RecordSweep<'_> {
 
 impl SlotSweep for RecordSweep<'_> {
     fn take_handoff(&mut self, cookie: u64, handoff: TimewaitHandoff) {
-        self.census.note_namespace(handoff.net_inode);
         self.census.add_handoff(cookie, handoff);
     }
 
