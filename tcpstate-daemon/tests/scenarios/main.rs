@@ -19,6 +19,10 @@
 //! speed adds to the delay (sleeps, ss listings on a loaded host), against bounds the test
 //! measured around it.
 //!
+//! `namespaces` and `namespace_changes` are the exception: their daemon runs in the host's
+//! namespace and covers every namespace, the traffic runs in several of the test's own, on
+//! ports 26001-26099 (see `namespaces`).
+//!
 //! They need root: `cargo test -p tcpstate-daemon --test scenarios -- --ignored --test-threads=1`.
 //! One test waits for TIME_WAIT's natural end (65 s); the others take a few seconds each.
 
@@ -29,6 +33,8 @@ mod checks;
 mod closing;
 mod gauges;
 mod handshake;
+mod namespace_changes;
+mod namespaces;
 mod resets;
 mod restarts;
 mod timewait;
