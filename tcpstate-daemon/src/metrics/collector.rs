@@ -19,8 +19,8 @@ use crate::{
     netstat,
     sockets::{
         census::Census,
-        poller::{self, PollRecord},
-        survey::{self, PollPlan},
+        poller::{PollRecord, PollThread},
+        survey::PollPlan,
     },
     sys,
     workload::{Resolver, WorkloadTable},
@@ -103,6 +103,8 @@ pub struct TcpStateCollector {
     state: Arc<Mutex<KernelState>>,
     /// A poll is running beside the scrapes.
     polling: Arc<AtomicBool>,
+    /// Where polls run.
+    poll_thread: PollThread,
     config: CollectorConfig,
     descs: Vec<Desc>,
 }
@@ -112,6 +114,7 @@ impl TcpStateCollector {
         TcpStateCollector {
             state: Arc::new(Mutex::new(state)),
             polling: Arc::new(AtomicBool::new(false)),
+            poll_thread: PollThread::default(),
             config,
             descs: families().map(|family| family.desc()).collect(),
         }
@@ -133,7 +136,7 @@ impl TcpStateCollector {
         let plan = state.census.plan_poll();
         if state.polls.quick() {
             let started = Instant::now();
-            let poll = survey::run(plan);
+            let poll = self.poll_thread.run(plan);
             state.polls.fold(&mut state.census, poll, started);
             return;
         }
@@ -156,10 +159,11 @@ impl TcpStateCollector {
     /// A poll beside the scrapes, folded in under the lock when done. The caller may hold it.
     fn spawn_poll(&self, plan: PollPlan) -> std::io::Result<()> {
         let shared = self.state.clone();
-        poller::spawn(&self.polling, plan, move |poll, started| {
-            let state = &mut *lock(&shared);
-            state.polls.fold(&mut state.census, poll, started);
-        })
+        self.poll_thread
+            .spawn(&self.polling, plan, move |poll, started| {
+                let state = &mut *lock(&shared);
+                state.polls.fold(&mut state.census, poll, started);
+            })
     }
 }
 

@@ -1,10 +1,10 @@
-//! One poll across the host's network namespaces, on a thread of its own: the daemon's own
-//! namespace is listed where the thread starts; every other one is entered (`sys::netns`),
+//! One poll across the host's network namespaces, on the poll thread: the daemon's own
+//! namespace is listed where the thread is; every other one is entered (`sys::netns`),
 //! listed with a sock_diag socket made there, its `TcpExt` counters and port range read, and
 //! left before the next. What to list in each is the census's [`PollPlan`]; nothing is kept
 //! open once the poll is over.
 
-use std::{collections::VecDeque, io, path::PathBuf, thread};
+use std::{collections::VecDeque, io, path::PathBuf};
 
 use tcpstate_common::state::{LISTEN, NEW_SYN_RECV, SYN_RECV};
 
@@ -118,19 +118,17 @@ impl Survey {
     }
 }
 
-/// Carries out `plan` on a thread of its own (it moves between namespaces). An error: the
-/// daemon's own namespace could not be listed.
-pub fn run(plan: PollPlan) -> io::Result<Survey> {
-    thread::scope(|scope| {
-        let poll = thread::Builder::new()
-            .name("namespace poll".into())
-            .spawn_scoped(scope, || survey(&plan))?;
-        poll.join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
+/// Carries out `plan` on the calling thread, which must be in the daemon's namespace (the
+/// poll thread: see `poller::PollThread`). An error: the daemon's own namespace could not be
+/// listed. True in `.1` if the thread could not return to the daemon's namespace: it must do
+/// no more.
+pub fn run(plan: &PollPlan) -> (io::Result<Survey>, bool) {
+    let mut stranded = false;
+    let survey = survey(plan, &mut stranded);
+    (survey, stranded)
 }
 
-fn survey(plan: &PollPlan) -> io::Result<Survey> {
+fn survey(plan: &PollPlan, stranded: &mut bool) -> io::Result<Survey> {
     let mut survey = Survey::default();
     survey
         .visits
@@ -182,6 +180,7 @@ fn survey(plan: &PollPlan) -> io::Result<Survey> {
                 log::error!(
                     "sock_diag poll: cannot return to tcpstated's network namespace: {error}"
                 );
+                *stranded = true;
                 break;
             }
         }
