@@ -44,7 +44,8 @@ pub struct Listen {
 
 impl Listen {
     /// Folds in a poll of namespace `inode`: its listeners, and its request sockets when the
-    /// dump listed them (`None`: a listeners-only dump, which leaves the last ones).
+    /// dump listed them (`None`: a listeners-only dump, which leaves the last ones). The sums
+    /// wait for `sum`, once a poll.
     pub(super) fn observe(
         &mut self,
         inode: u32,
@@ -75,7 +76,6 @@ impl Listen {
                     .or_default() += 1;
             }
         }
-        self.sum();
     }
 
     /// Forgets a namespace gone.
@@ -93,7 +93,8 @@ impl Listen {
             .map(|(inode, _)| *inode)
     }
 
-    fn sum(&mut self) {
+    /// The sums over the namespaces.
+    pub(super) fn sum(&mut self) {
         self.queues.clear();
         for namespace in self.namespaces.values() {
             for (key, queue) in &namespace.queues {

@@ -162,6 +162,7 @@ impl Census {
                 self.retire(failure.inode, now_ns);
             }
         }
+        self.listen.sum();
         let coverage = &self.coverage;
         self.timewait
             .end_unmatched_handoffs(&dumped, |inode| coverage.covers(inode));
