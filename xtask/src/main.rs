@@ -143,6 +143,8 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
         "scenarios",
         "--test",
         "http",
+        "--test",
+        "workloads",
     ]);
     kernel
         .args(["--", "--ignored", "--test-threads=1"])

@@ -28,6 +28,9 @@ const PACKAGES: &[&str] = &[
     // Tests of the state-machine page (headless) and of the systemd unit (systemd-analyze).
     "chromium",
     "systemd",
+    // Tests of workloads: a real container (runc) with a busybox root file system.
+    "runc",
+    "busybox-static",
 ];
 
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
