@@ -213,9 +213,11 @@ impl Drop for Container {
             .flatten()
         {
             let mut directory = hierarchy.path().join(self.group.trim_start_matches('/'));
+            // runc removes the leaf itself; a parent still in use stays.
             while directory.starts_with(hierarchy.path()) && directory != hierarchy.path() {
-                if fs::remove_dir(&directory).is_err() {
-                    break;
+                match fs::remove_dir(&directory) {
+                    Err(error) if error.kind() != std::io::ErrorKind::NotFound => break,
+                    _ => {}
                 }
                 directory.pop();
             }
