@@ -53,9 +53,10 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let Tracer { ebpf, maps } = tracer;
     let mut state = KernelState::new(maps, census);
     if flags.workloads {
-        let resolver = Resolver::new(&flags.host_root, flags.max_workloads).context(
-            "--workloads decodes each socket's cgroup v2 into a workload, but no cgroup v2 \
-             hierarchy is mounted here: mount one, or run without --workloads",
+        let cgroup_root = flags.cgroup_root.as_deref();
+        let resolver = Resolver::new(&flags.host_root, cgroup_root, flags.max_workloads).context(
+            "--workloads decodes each socket's cgroup v2 into a workload: give the host's \
+                 cgroup v2 hierarchy with --workloads.cgroup-root, or run without --workloads",
         )?;
         state = state.with_workloads(resolver);
     }

@@ -116,6 +116,12 @@ pub struct Flags {
     /// host's `/` in a container.
     #[arg(long = "workloads.host-root", value_name = "PATH", default_value = "/")]
     pub host_root: std::path::PathBuf,
+
+    /// Where the host's cgroup v2 hierarchy is mounted, to find each socket's group by its
+    /// inode; default: this process's cgroup2 mount. In a container (whose own cgroup
+    /// namespace hides the host's groups), the mount point of the host's.
+    #[arg(long = "workloads.cgroup-root", value_name = "PATH")]
+    pub cgroup_root: Option<std::path::PathBuf>,
 }
 
 /// Entries of the kernel's `TRANSITIONS` map: 64 per workload when `workloads` are labelled

@@ -63,13 +63,27 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    /// `host_root`: where the host's `/` is (the runtimes' state); `max_workloads`: how many
-    /// distinct workloads get a name of their own.
-    pub fn new(host_root: &Path, max_workloads: usize) -> io::Result<Self> {
-        let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
-        let cgroup_root = cgroup2_mount(&mountinfo).ok_or_else(|| {
-            io::Error::other("no cgroup v2 hierarchy is mounted (fstype cgroup2 in mountinfo)")
-        })?;
+    /// `host_root`: where the host's `/` is (the runtimes' state); `cgroup_root`: where the
+    /// host's cgroup v2 hierarchy is (default: this process's cgroup2 mount);
+    /// `max_workloads`: how many distinct workloads get a name of their own.
+    pub fn new(
+        host_root: &Path,
+        cgroup_root: Option<&Path>,
+        max_workloads: usize,
+    ) -> io::Result<Self> {
+        let cgroup_root =
+            match cgroup_root {
+                Some(root) if root.join("cgroup.procs").exists() => root.to_owned(),
+                Some(root) => {
+                    return Err(io::Error::other(format!(
+                        "{} is no cgroup v2 hierarchy (no cgroup.procs in it)",
+                        root.display()
+                    )));
+                }
+                None => cgroup2_mount(&fs::read_to_string("/proc/self/mountinfo")?).ok_or_else(
+                    || io::Error::other("no cgroup v2 hierarchy is mounted (fstype cgroup2)"),
+                )?,
+            };
         Ok(Resolver::with_cgroup_root(
             cgroup_root,
             host_root,
