@@ -16,6 +16,7 @@ use prometheus::{
 use super::{CollectorConfig, Scrape, exposition, families, recording::FailureLog};
 use crate::{
     bpf::maps::{KernelMaps, Snapshot},
+    model::{self, View},
     netstat,
     sockets::{
         census::Census,
@@ -54,10 +55,21 @@ impl KernelState {
         }
     }
 
-    /// The workloads of every cgroup this scrape's figures carry.
+    /// The workloads of every cgroup this scrape's figures carry; those of groups gone a while
+    /// with no socket left retire first.
     fn workload_table(&mut self, snapshot: &Snapshot) -> Option<WorkloadTable> {
         let resolver = self.workloads.as_mut()?;
         let census = &self.census;
+        let kernel = model::aggregate(&snapshot.transitions, 0, View::Raw);
+        let in_use = kernel
+            .sockets
+            .iter()
+            .chain(&census.sockets_now())
+            .chain(census.baseline.counts())
+            .filter(|(_, count)| **count > 0)
+            .map(|(key, _)| key.labels.cgroup)
+            .collect();
+        resolver.retire_gone(&in_use, Instant::now());
         let cgroups = snapshot
             .transitions
             .iter()

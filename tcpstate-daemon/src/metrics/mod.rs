@@ -36,7 +36,7 @@ use crate::{
     },
     netstat::ListenCounters,
     sockets::census::Census,
-    workload::WorkloadTable,
+    workload::{RETIRED, WorkloadTable},
 };
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -245,14 +245,19 @@ impl Figures {
 }
 
 /// `map` with its keys replaced by `relabel`, the values of keys made equal merged by `merge`.
-fn rekey<K: Ord, V>(
+fn rekey<K: Ord + Copy + HasLabels, V>(
     map: BTreeMap<K, V>,
     relabel: impl Fn(K) -> K,
     merge: impl Fn(&mut V, V),
 ) -> BTreeMap<K, V> {
     let mut out = BTreeMap::new();
     for (key, value) in map {
-        match out.entry(relabel(key)) {
+        let key = relabel(key);
+        // A retired workload's figures are no longer exported.
+        if key.labels().cgroup == RETIRED {
+            continue;
+        }
+        match out.entry(key) {
             std::collections::btree_map::Entry::Vacant(entry) => {
                 entry.insert(value);
             }
@@ -262,6 +267,35 @@ fn rekey<K: Ord, V>(
         }
     }
     out
+}
+
+/// The keys `rekey` re-labels.
+trait HasLabels {
+    fn labels(&self) -> Labels;
+}
+
+impl HasLabels for EdgeKey {
+    fn labels(&self) -> Labels {
+        self.labels
+    }
+}
+
+impl HasLabels for StateKey {
+    fn labels(&self) -> Labels {
+        self.labels
+    }
+}
+
+impl HasLabels for ReasonKey {
+    fn labels(&self) -> Labels {
+        self.labels
+    }
+}
+
+impl HasLabels for Labels {
+    fn labels(&self) -> Labels {
+        *self
+    }
 }
 
 fn merge_durations_into(total: &mut Histogram, extra: &Histogram) {
