@@ -71,7 +71,7 @@ fn missing_packages<'a>(packages: &[&'a str]) -> Vec<&'a str> {
         .collect()
 }
 
-pub fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
+fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
     let missing = missing_packages(packages);
     if missing.is_empty() {
         return Ok(());
