@@ -31,7 +31,7 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Clippy over every crate, the eBPF crate included (with its own target and toolchain).
+    /// Clippy over every crate, the eBPF crates included (with their own target and toolchain).
     Lint,
     /// Run every test: unit tests, then the tests that load the program into the real kernel.
     Test {
@@ -145,7 +145,12 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
 fn test(filter: Option<&str>) -> anyhow::Result<()> {
     // Unprivileged tests of every crate (pure logic, exposition, flag parsing).
     let mut unit = cargo();
-    unit.args(["test", "--workspace", "--exclude", "tcpstate-ebpf"]);
+    unit.args(["test", "--workspace"]).args([
+        "--exclude",
+        "tcpstate-ebpf",
+        "--exclude",
+        "tcpstate-bench-ebpf",
+    ]);
     unit.args(["--", "--test-threads=2"]).args(filter);
     run_command(&mut unit)?;
 
@@ -172,5 +177,12 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
     kernel
         .args(["--", "--ignored", "--test-threads=1"])
         .args(filter);
-    run_command(&mut kernel)
+    run_command(&mut kernel)?;
+    // The benchmark's own kernel programs (its witness), against the real kernel too.
+    let mut bench = cargo();
+    bench.args(["test", "--package", "tcpstate-bench", "--test", "witness"]);
+    bench
+        .args(["--", "--ignored", "--test-threads=1"])
+        .args(filter);
+    run_command(&mut bench)
 }

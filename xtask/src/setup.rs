@@ -32,7 +32,7 @@ const PACKAGES: &[&str] = &[
 
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// The name `tcpstate-daemon/build.rs` looks for.
+/// The name `tcpstate-daemon/build_ebpf.rs` looks for.
 pub const DEBIAN_TOOLCHAIN: &str = "tcpstate-bpf";
 
 pub fn ensure() -> anyhow::Result<()> {
