@@ -26,5 +26,5 @@ pub mod sockets;
 pub mod sys;
 pub mod workload;
 
-// The paths the helper binaries (tcpstate-hook-floor, tcpstate-witness) and other branches use.
+// Older paths, kept for branches that still use them (the benchmark's tools use `bpf::...`).
 pub use bpf::{btf as kernel_btf, loader};

@@ -35,7 +35,7 @@ const PACKAGES: &[&str] = &[
 
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// The name `tcpstate-daemon/build.rs` looks for.
+/// The name `tcpstate-daemon/build_ebpf.rs` looks for.
 pub const DEBIAN_TOOLCHAIN: &str = "tcpstate-bpf";
 
 pub fn ensure() -> anyhow::Result<()> {
@@ -74,7 +74,7 @@ fn missing_packages<'a>(packages: &[&'a str]) -> Vec<&'a str> {
         .collect()
 }
 
-pub fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
+fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
     let missing = missing_packages(packages);
     if missing.is_empty() {
         return Ok(());

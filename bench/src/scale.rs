@@ -188,8 +188,8 @@ impl Held {
                 command
                     .arg(format!("--nofile={file_limit}:{file_limit}"))
                     .arg("--")
-                    .arg(&context.xtask)
-                    .args(["bench", "hold", "--port", &context.port.to_string()])
+                    .arg(&context.bench)
+                    .args(["hold", "--port", &context.port.to_string()])
                     .args(["--index", &index.to_string()])
                     .args(["--connections", &share.to_string()]);
                 let holder = Process::spawn("a connection holder", &mut command, true)?;
@@ -251,7 +251,7 @@ fn wait_for_timewait_to_expire() {
         }
         if !said {
             eprintln!(
-                "xtask: scale: waiting for {timewait} timewait sockets to expire (up to 60 s)"
+                "bench: scale: waiting for {timewait} timewait sockets to expire (up to 60 s)"
             );
             said = true;
         }
@@ -286,7 +286,7 @@ pub fn measure(
                 per_connection.unwrap_or(0.0),
                 available as f64 / f64::from(1u32 << 30),
             );
-            eprintln!("xtask: scale: {note}");
+            eprintln!("bench: scale: {note}");
             outcome.notes.push(note);
         }
         if connections == 0 {
@@ -295,7 +295,7 @@ pub fn measure(
         if quiet_timewait {
             wait_for_timewait_to_expire();
         }
-        eprintln!("xtask: scale: holding {connections} connections under tcpstated");
+        eprintln!("bench: scale: holding {connections} connections under tcpstated");
         let _limits = file_limits_for(connections)?;
         let level = measure_level(context, connections, scrapes, &mut outcome)?;
         per_connection = level.memory_per_connection.or(per_connection);

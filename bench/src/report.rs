@@ -836,7 +836,7 @@ pub fn merge_notes(generated: &str, existing: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::{
+    use crate::{
         DaemonFigures, Environment, Plan, RunResult,
         churn::{ChurnReport, CloseMode},
         expect::CheckOutcome,
