@@ -6,6 +6,7 @@
 //! figures), `recording` (records, maps, failures), `programs` (the kernel's per-program
 //! counters), `exporter` (the daemon about itself).
 
+mod ages;
 pub mod collector;
 mod events;
 mod exporter;
@@ -31,7 +32,7 @@ use crate::{
     config::Flags,
     labels,
     model::{
-        self, EdgeKey, Events, Histogram, ReasonKey, StateKey, View, merge_durations,
+        self, EdgeKey, Events, Histogram, ReasonKey, StateKey, View, ages::Ages, merge_durations,
         merge_transitions, sockets_now,
     },
     netstat::ListenCounters,
@@ -76,6 +77,7 @@ fn families() -> impl Iterator<Item = &'static Family> {
     transitions::FAMILIES
         .into_iter()
         .chain(sockets::FAMILIES)
+        .chain(ages::FAMILIES)
         .chain(recording::FAMILIES)
         .chain(programs::FAMILIES)
         .chain(exporter::FAMILIES)
@@ -127,6 +129,8 @@ pub struct Scrape<'a> {
     pub poll_errors: u64,
     /// The workloads of the cgroups in this scrape's labels, when workloads are labelled.
     pub workloads: Option<&'a WorkloadTable>,
+    /// How long the tracked sockets now in each state have been there.
+    pub ages: Option<&'a Ages>,
 }
 
 /// The scrape's figures: the kernel's aggregates merged, with the census's transitions (in the
@@ -138,6 +142,7 @@ pub(crate) struct Figures {
     connect_failures: BTreeMap<ReasonKey, u64>,
     inferred_transitions: u64,
     events: Events,
+    ages: Ages,
     /// Labels carry a workload's index in it instead of a cgroup (see `by_workload`).
     workloads: Option<WorkloadTable>,
 }
@@ -171,6 +176,7 @@ impl Figures {
             connect_failures: kernel.connect_failures,
             inferred_transitions: kernel.inferred_transitions,
             events: model::events(&snapshot.events),
+            ages: scrape.ages.cloned().unwrap_or_default(),
             workloads: None,
         };
         match scrape.workloads {
@@ -225,6 +231,11 @@ impl Figures {
                 ),
                 synack_retransmits: rekey(self.events.synack_retransmits, owner, add),
             },
+            ages: rekey(
+                self.ages,
+                |k| StateKey::new(owner(k.labels), k.state),
+                |total, ages| total.merge(&ages),
+            ),
             workloads: Some(table.clone()),
         }
     }
@@ -313,6 +324,7 @@ pub fn exposition(scrape: &Scrape<'_>, config: &CollectorConfig) -> Vec<MetricFa
     let groups = [
         transitions::families,
         sockets::families,
+        ages::families,
         recording::families,
         programs::families,
         exporter::families,
@@ -405,6 +417,7 @@ mod tests {
             last_poll_took,
             poll_errors: 0,
             workloads: None,
+            ages: None,
         };
         let families = exposition(&scrape, &config);
         let mut out = Vec::new();
