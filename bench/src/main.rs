@@ -90,6 +90,13 @@ pub struct BenchArgs {
     /// [default: 1000,100000,1000000, --quick: 1000,20000].
     #[arg(long, value_delimiter = ',')]
     scale: Option<Vec<u64>>,
+    /// Network namespaces the scale's namespace levels spread their connections over,
+    /// comma-separated; `0` skips them [default: 1,10,100, --quick: 1,10].
+    #[arg(long, value_delimiter = ',')]
+    namespaces: Option<Vec<usize>>,
+    /// Connections the namespace levels hold in all [default: 100000, --quick: 10000].
+    #[arg(long)]
+    namespace_connections: Option<u64>,
     /// Leave the bpftrace peer out (it is installed with apt when missing otherwise).
     #[arg(long)]
     no_bpftrace: bool,
@@ -216,6 +223,9 @@ pub struct Plan {
     pub mode: CloseMode,
     pub exchange: u16,
     pub scale: Vec<u64>,
+    /// Namespace counts of the namespace levels, and the connections they hold in all.
+    pub namespaces: Vec<usize>,
+    pub namespace_connections: u64,
     pub scrapes: usize,
     pub output: PathBuf,
 }
@@ -247,6 +257,18 @@ impl Plan {
             mode: args.mode,
             exchange: args.exchange,
             scale,
+            namespaces: args
+                .namespaces
+                .clone()
+                .unwrap_or_else(|| if quick { vec![1, 10] } else { vec![1, 10, 100] })
+                .into_iter()
+                .filter(|count| *count > 0)
+                .collect(),
+            namespace_connections: args.namespace_connections.unwrap_or(if quick {
+                10_000
+            } else {
+                100_000
+            }),
             scrapes: if quick { 4 } else { 10 },
             output: args.output.clone().unwrap_or_else(|| {
                 workspace_root().join(if quick {
@@ -270,6 +292,8 @@ impl Plan {
             mode: CloseMode::ClientFirst,
             exchange: 0,
             scale: Vec::new(),
+            namespaces: Vec::new(),
+            namespace_connections: 0,
             scrapes: 0,
             output: PathBuf::new(),
         }
@@ -451,7 +475,14 @@ fn measure(plan: &Plan, context: &Context) -> anyhow::Result<Results> {
     // minute, and tcpstated's sock_diag polls walk them, which would blur how its scrapes grow
     // with the sockets it tracks.
     // The quick run does not wait for the host's timewait sockets to expire (up to a minute).
-    let scale = scale::measure(context, &plan.scale, plan.scrapes, !plan.quick)?;
+    let mut scale = scale::measure(context, &plan.scale, plan.scrapes, !plan.quick)?;
+    scale::measure_namespaces(
+        context,
+        plan.namespace_connections,
+        &plan.namespaces,
+        plan.scrapes,
+        &mut scale,
+    )?;
     let mut runs = Vec::new();
     let mut other_programs = BTreeSet::new();
     for round in 0..plan.rounds {
