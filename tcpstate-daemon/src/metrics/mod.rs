@@ -39,7 +39,7 @@ use crate::{
     workload::{RETIRED, WorkloadTable},
 };
 
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use crate::version::VERSION;
 
 /// One metric family's identity: name, help, type and label names.
 pub(crate) struct Family {
