@@ -92,6 +92,8 @@ pub struct CollectorConfig {
     pub poll_min_interval: Duration,
     /// Entries of the kernel's socket slot table.
     pub socket_slots: u32,
+    /// `--port`: the ports whose event families are exported as 0 before any event.
+    pub service_ports: Vec<u16>,
 }
 
 impl CollectorConfig {
@@ -101,6 +103,7 @@ impl CollectorConfig {
             view: flags.view,
             poll_min_interval: flags.poll_min_interval,
             socket_slots: flags.socket_slots,
+            service_ports: flags.ports.clone(),
         }
     }
 }
@@ -391,6 +394,7 @@ mod tests {
             view: View::Logical,
             poll_min_interval: Duration::from_secs(1),
             socket_slots: tcpstate_common::DEFAULT_SOCKET_SLOTS,
+            service_ports: Vec::new(),
         };
         let scrape = Scrape {
             snapshot,
