@@ -12,6 +12,7 @@ mod source;
 #[cfg(test)]
 mod tests;
 mod tls;
+mod verifiers;
 
 use std::{
     collections::BTreeMap,
