@@ -64,136 +64,146 @@ fn empty_files_and_files_without_tls_serve_plain_http() {
     }
 }
 
+/// The start of a TLS configuration that loads.
+macro_rules! good_tls {
+    () => {
+        "tls_server_config:\n  cert_file: test-server.pem\n  key_file: test-server-key.pem\n"
+    };
+}
+
+/// Bad files: (text, the line, the key, part of the message).
+const BAD_FILES: &[(&str, usize, &str, &str)] = &[
+    (
+        "tls_server_config:\n  cert_file: a.pem\n   key_file: b.pem\n",
+        3,
+        "",
+        "mapping values are not allowed",
+    ),
+    (
+        "tls_server_config:\n  cert_file: [a.pem]\n",
+        2,
+        "tls_server_config.cert_file",
+        "invalid type: sequence",
+    ),
+    (
+        concat!(good_tls!(), "basic_auth_user:\n  alice: x\n"),
+        4,
+        "",
+        "unknown field `basic_auth_user`",
+    ),
+    (
+        concat!(good_tls!(), "  certfile: other.pem\n"),
+        4,
+        "tls_server_config",
+        "unknown field `certfile`",
+    ),
+    (
+        concat!(good_tls!(), "  client_auth_type: RequireCert\n"),
+        4,
+        "tls_server_config.client_auth_type",
+        "unknown variant `RequireCert`",
+    ),
+    (
+        concat!(good_tls!(), "  min_version: TLS14\n"),
+        4,
+        "tls_server_config.min_version",
+        "unknown variant `TLS14`",
+    ),
+    (
+        "tls_server_config:\n  cert_file: missing.pem\n  key_file: test-server-key.pem\n",
+        2,
+        "tls_server_config.cert_file",
+        "cannot read",
+    ),
+    (
+        "tls_server_config:\n  cert_file: test-server.pem\n  key_file: test-client-key.pem\n",
+        3,
+        "tls_server_config.key_file",
+        "does not fit the certificate",
+    ),
+    (
+        "tls_server_config:\n  cert_file: test-server-key.pem\n  key_file: test-server-key.pem\n",
+        2,
+        "tls_server_config.cert_file",
+        "no PEM certificate",
+    ),
+    (
+        "tls_server_config:\n  cert_file: test-server.pem\n",
+        1,
+        "tls_server_config",
+        "missing one of key or key_file",
+    ),
+    (
+        concat!(good_tls!(), "  client_ca_file: test-ca.pem\n"),
+        4,
+        "tls_server_config.client_ca_file",
+        "without a client auth type",
+    ),
+    (
+        concat!(
+            good_tls!(),
+            "  client_auth_type: RequireAndVerifyClientCert\n"
+        ),
+        4,
+        "tls_server_config.client_auth_type",
+        "needs client_ca_file",
+    ),
+    (
+        concat!(good_tls!(), "  cipher_suites: [TLS_RSA_WITH_RC4_128_SHA]\n"),
+        4,
+        "tls_server_config.cipher_suites",
+        "TLS_RSA_WITH_RC4_128_SHA",
+    ),
+    (
+        concat!(good_tls!(), "  curve_preferences:\n    - CurveP521\n"),
+        4,
+        "tls_server_config.curve_preferences",
+        "CurveP521",
+    ),
+    (
+        concat!(good_tls!(), "  min_version: TLS13\n  max_version: TLS12\n"),
+        4,
+        "tls_server_config.min_version",
+        "above max_version",
+    ),
+    (
+        "basic_auth_users:\n  alice: secret\n",
+        2,
+        "basic_auth_users.alice",
+        "not a bcrypt hash",
+    ),
+    (
+        "http_server_config:\n  headers:\n    X-Powered-By: tcpstated\n",
+        3,
+        "http_server_config.headers.X-Powered-By",
+        "cannot be set",
+    ),
+    (
+        "http_server_config:\n  headers:\n    X-Frame-Options: allow\n",
+        3,
+        "http_server_config.headers.X-Frame-Options",
+        "not one of",
+    ),
+    (
+        "rate_limit:\n  interval: soon\n  burst: 1\n",
+        2,
+        "rate_limit.interval",
+        "not a duration",
+    ),
+    (
+        "basic_auth_users: [alice]\n",
+        1,
+        "basic_auth_users",
+        "invalid type",
+    ),
+];
+
 #[test]
 fn bad_files_name_the_key_and_the_line() {
     let (directory, _) = folder("bad");
-    let good_tls =
-        "tls_server_config:\n  cert_file: test-server.pem\n  key_file: test-server-key.pem\n";
-    let cases: Vec<(String, usize, &str, &str)> = vec![
-        (
-            "tls_server_config:\n  cert_file: a.pem\n   key_file: b.pem\n".into(),
-            3,
-            "",
-            "mapping values are not allowed",
-        ),
-        (
-            "tls_server_config:\n  cert_file: [a.pem]\n".into(),
-            2,
-            "tls_server_config.cert_file",
-            "invalid type: sequence",
-        ),
-        (
-            format!("{good_tls}basic_auth_user:\n  alice: x\n"),
-            4,
-            "",
-            "unknown field `basic_auth_user`",
-        ),
-        (
-            format!("{good_tls}  certfile: other.pem\n"),
-            4,
-            "tls_server_config",
-            "unknown field `certfile`",
-        ),
-        (
-            format!("{good_tls}  client_auth_type: RequireCert\n"),
-            4,
-            "tls_server_config.client_auth_type",
-            "unknown variant `RequireCert`",
-        ),
-        (
-            format!("{good_tls}  min_version: TLS14\n"),
-            4,
-            "tls_server_config.min_version",
-            "unknown variant `TLS14`",
-        ),
-        (
-            "tls_server_config:\n  cert_file: missing.pem\n  key_file: test-server-key.pem\n".into(),
-            2,
-            "tls_server_config.cert_file",
-            "cannot read",
-        ),
-        (
-            "tls_server_config:\n  cert_file: test-server.pem\n  key_file: test-client-key.pem\n".into(),
-            3,
-            "tls_server_config.key_file",
-            "does not fit the certificate",
-        ),
-        (
-            "tls_server_config:\n  cert_file: test-server-key.pem\n  key_file: test-server-key.pem\n".into(),
-            2,
-            "tls_server_config.cert_file",
-            "no PEM certificate",
-        ),
-        (
-            "tls_server_config:\n  cert_file: test-server.pem\n".into(),
-            1,
-            "tls_server_config",
-            "missing one of key or key_file",
-        ),
-        (
-            format!("{good_tls}  client_ca_file: test-ca.pem\n"),
-            4,
-            "tls_server_config.client_ca_file",
-            "without a client auth type",
-        ),
-        (
-            format!("{good_tls}  client_auth_type: RequireAndVerifyClientCert\n"),
-            4,
-            "tls_server_config.client_auth_type",
-            "needs client_ca_file",
-        ),
-        (
-            format!("{good_tls}  cipher_suites: [TLS_RSA_WITH_RC4_128_SHA]\n"),
-            4,
-            "tls_server_config.cipher_suites",
-            "TLS_RSA_WITH_RC4_128_SHA",
-        ),
-        (
-            format!("{good_tls}  curve_preferences:\n    - CurveP521\n"),
-            4,
-            "tls_server_config.curve_preferences",
-            "CurveP521",
-        ),
-        (
-            format!("{good_tls}  min_version: TLS13\n  max_version: TLS12\n"),
-            4,
-            "tls_server_config.min_version",
-            "above max_version",
-        ),
-        (
-            "basic_auth_users:\n  alice: secret\n".into(),
-            2,
-            "basic_auth_users.alice",
-            "not a bcrypt hash",
-        ),
-        (
-            "http_server_config:\n  headers:\n    X-Powered-By: tcpstated\n".into(),
-            3,
-            "http_server_config.headers.X-Powered-By",
-            "cannot be set",
-        ),
-        (
-            "http_server_config:\n  headers:\n    X-Frame-Options: allow\n".into(),
-            3,
-            "http_server_config.headers.X-Frame-Options",
-            "not one of",
-        ),
-        (
-            "rate_limit:\n  interval: soon\n  burst: 1\n".into(),
-            2,
-            "rate_limit.interval",
-            "not a duration",
-        ),
-        (
-            "basic_auth_users: [alice]\n".into(),
-            1,
-            "basic_auth_users",
-            "invalid type",
-        ),
-    ];
     let mut wrong = Vec::new();
-    for (text, line, key, message) in cases {
-        let error = load(&directory, &text).expect_err(&text);
+    for &(text, line, key, message) in BAD_FILES {
+        let error = load(&directory, text).expect_err(text);
         let shown = error.to_string();
         let right = (error.line, error.key.as_str()) == (Some(line), key)
             && error.message.contains(message)
