@@ -36,27 +36,16 @@ impl Certificates {
         };
         let ca_key = file("ca-key");
         let c = &certificates;
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
+        self_signed(
+            (&c.ca, &ca_key),
             "/CN=tcpstate test CA",
-            "-keyout",
-            path(&ca_key),
-            "-out",
-            path(&c.ca),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ])?;
+            &[
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        )?;
         signed(
             directory,
             (&c.ca, &ca_key),
@@ -71,25 +60,32 @@ impl Certificates {
             "/CN=prometheus",
             "subjectAltName=DNS:prometheus.example\nextendedKeyUsage=clientAuth",
         )?;
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=stranger",
-            "-keyout",
-            path(&c.stranger_key),
-            "-out",
-            path(&c.stranger_cert),
-        ])?;
+        self_signed((&c.stranger_cert, &c.stranger_key), "/CN=stranger", &[])?;
         Ok(certificates)
     }
+}
+
+/// A new P-256 key and a certificate for it signed by itself, with `extra` arguments.
+fn self_signed((cert, key): (&Path, &Path), subject: &str, extra: &[&str]) -> io::Result<()> {
+    let mut args = vec![
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        subject,
+        "-keyout",
+        path(key),
+        "-out",
+        path(cert),
+    ];
+    args.extend_from_slice(extra);
+    openssl(&args)
 }
 
 /// A key and a certificate for it signed by `ca`, with the extensions `extensions`.
