@@ -377,6 +377,7 @@ fn metrics_with(view: View, workloads: Option<&WorkloadTable>) -> String {
         view,
         poll_min_interval: Duration::from_secs(1),
         socket_slots: 1 << 16,
+        service_ports: SERVICE_PORTS.to_vec(),
     };
     let scrape = Scrape {
         snapshot: &snapshot,
@@ -401,7 +402,17 @@ fn metrics_with(view: View, workloads: Option<&WorkloadTable>) -> String {
     TextEncoder::new()
         .encode(&registry.gather(), &mut body)
         .unwrap();
-    String::from_utf8(body).unwrap()
+    mask_build(&String::from_utf8(body).unwrap())
+}
+
+/// The exposition with the build's revision, compiler and target replaced by placeholders:
+/// they change with every commit and machine, the fixture must not.
+fn mask_build(text: &str) -> String {
+    use tcpstate_daemon::version::{REVISION, RUSTC_VERSION, TARGET};
+    text.replace(
+        &format!("revision=\"{REVISION}\",rustc_version=\"{RUSTC_VERSION}\",target=\"{TARGET}\""),
+        "revision=\"REVISION\",rustc_version=\"RUSTC_VERSION\",target=\"TARGET\"",
+    )
 }
 
 fn fixture(name: &str) -> PathBuf {

@@ -40,7 +40,7 @@ use crate::{
     workload::{RETIRED, WorkloadTable},
 };
 
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use crate::version::VERSION;
 
 /// One metric family's identity: name, help, type and label names.
 pub(crate) struct Family {
@@ -94,6 +94,8 @@ pub struct CollectorConfig {
     pub poll_min_interval: Duration,
     /// Entries of the kernel's socket slot table.
     pub socket_slots: u32,
+    /// `--port`: the ports whose event families are exported as 0 before any event.
+    pub service_ports: Vec<u16>,
 }
 
 impl CollectorConfig {
@@ -103,6 +105,7 @@ impl CollectorConfig {
             view: flags.view,
             poll_min_interval: flags.poll_min_interval,
             socket_slots: flags.socket_slots,
+            service_ports: flags.ports.clone(),
         }
     }
 }
@@ -403,6 +406,7 @@ mod tests {
             view: View::Logical,
             poll_min_interval: Duration::from_secs(1),
             socket_slots: tcpstate_common::DEFAULT_SOCKET_SLOTS,
+            service_ports: Vec::new(),
         };
         let scrape = Scrape {
             snapshot,
