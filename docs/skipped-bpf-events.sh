@@ -9,7 +9,7 @@
 set -euo pipefail
 secs=${1:-10}; shift || true
 churn=("$@")
-[ ${#churn[@]} -gt 0 ] || churn=(./target/release/xtask bench churn --port 24000 --seconds "$secs"
+[ ${#churn[@]} -gt 0 ] || churn=(./target/release/tcpstate-bench churn --port 24000 --seconds "$secs"
                                  --addresses 8 --clients 2 --mode client-first)
 T=/sys/kernel/tracing
 [ -e $T/trace ] || mount -t tracefs nodev $T

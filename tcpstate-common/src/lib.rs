@@ -20,7 +20,6 @@ pub mod names;
 pub mod records;
 pub mod state;
 pub mod transitions;
-pub mod witness;
 
 pub use capacity::*;
 pub use config::*;

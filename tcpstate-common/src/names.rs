@@ -14,16 +14,8 @@ pub mod program {
     /// `tcp:tcp_retransmit_synack`: SYN-ACKs retransmitted by a listener (the half-open queue's
     /// troubles, which `inet_sock_set_state` never shows).
     pub const RECORD_SYNACK_RETRANSMIT: &str = "record_synack_retransmit";
-    /// An empty program on the same tracepoint, for the benchmark's floor; never loaded by the
-    /// daemon.
-    pub const EMPTY_HOOK_FLOOR: &str = "empty_hook_floor";
-    /// Counts the TCP state changes the tracepoint delivers, by transition (see [`crate::witness`]);
-    /// never loaded by the daemon.
-    pub const WITNESS_TRACEPOINT: &str = "witness_tracepoint";
-    /// Counts the TCP state changes `tcp_set_state()` announces to sock_ops programs, by
-    /// transition (see [`crate::witness`]); never loaded by the daemon.
-    pub const WITNESS_SOCK_OPS: &str = "witness_sock_ops";
-    /// The kernel function whose BTF tracepoint both programs attach to.
+    /// The kernel function whose BTF tracepoint both state-change programs attach to (and the
+    /// benchmark's floor and witness, in their own object).
     pub const TRACEPOINT: &str = "inet_sock_set_state";
 }
 
@@ -57,8 +49,6 @@ pub mod map {
     /// `HASH`: socket cookie -> `u8` state it left, for sockets the programs first saw mid-life
     /// (no record, not at their birth): the daemon takes them out of its start-up baseline.
     pub const FIRST_SEEN: &str = "FIRST_SEEN";
-    /// `PERCPU_ARRAY`: [`crate::witness::slot`] -> `u64` count.
-    pub const WITNESS: &str = "WITNESS";
 }
 
 pub mod global {

@@ -11,20 +11,23 @@
 //! - `workload`: whose a socket is (its cgroup decoded into pod, container or unit names).
 //!
 //! Beside them: `config` (the flags), `labels` (numbers to label values), `netstat`
-//! (/proc counters), `preflight` (privileges), `sys` (the raw syscalls, the only `unsafe`).
+//! (/proc counters), `preflight` (privileges), `sys` (the raw syscalls, the only `unsafe`),
+//! `version` (the build), `logging` (the log's level and format).
 #![deny(unsafe_code)]
 
 pub mod bpf;
 pub mod config;
 pub mod http;
 pub mod labels;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod netstat;
 pub mod preflight;
 pub mod sockets;
 pub mod sys;
+pub mod version;
 pub mod workload;
 
-// The paths the helper binaries (tcpstate-hook-floor, tcpstate-witness) and other branches use.
+// Older paths, kept for branches that still use them (the benchmark's tools use `bpf::...`).
 pub use bpf::{btf as kernel_btf, loader};

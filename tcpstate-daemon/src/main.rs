@@ -7,7 +7,8 @@ use clap::Parser as _;
 use tcpstate_daemon::{
     bpf::loader::{self, Tracer, TracerConfig},
     config::{Flags, NamespaceScope},
-    http::{self, WebState},
+    http::{self, WebConfigSource, WebState},
+    logging,
     metrics::{self, CollectorConfig, KernelState, TcpStateCollector},
     preflight,
     sockets::{census::Census, untracked::LabelRule},
@@ -17,15 +18,25 @@ use tcpstate_daemon::{
 
 /// Exit status for runtime failures; usage errors exit with clap's 2.
 const EXIT_RUNTIME_FAILURE: u8 = 1;
+/// Exit status for a bad `--web.config.file`: a usage error, as clap's.
+const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    logging::init(flags.log_level, flags.log_format);
+    let web_config = match flags.web_config_file.as_deref().map(WebConfigSource::open) {
+        None => None,
+        Some(Ok(source)) => Some(Arc::new(source)),
+        Some(Err(error)) => {
+            eprintln!("tcpstated: error: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     let runtime = match http::runtime() {
         Ok(runtime) => runtime,
         Err(error) => return fail(error.into()),
     };
-    let result = runtime.block_on(run(flags));
+    let result = runtime.block_on(run(flags, web_config));
     // Not waiting for a scrape still blocked in a collector: the programs are detached.
     runtime.shutdown_timeout(Duration::from_millis(500));
     match result {
@@ -39,10 +50,10 @@ fn fail(error: anyhow::Error) -> ExitCode {
     ExitCode::from(EXIT_RUNTIME_FAILURE)
 }
 
-async fn run(flags: Flags) -> anyhow::Result<()> {
+async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::Result<()> {
     let shutdown = sys::shutdown_signal()?;
     preflight::check_privileges()?;
-    let (listener, limits) = http::listen(flags.listen_address, flags.max_connections)?;
+    let (bound, limits) = http::listen(&flags.listen_addresses, flags.max_connections)?;
     let tracer = Tracer::attach(&TracerConfig::from_flags(&flags))?;
     let label_rule = LabelRule {
         ports: loader::port_set(&flags.ports),
@@ -58,9 +69,10 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let Tracer { ebpf, maps } = tracer;
     let mut state = KernelState::new(maps, census);
     if flags.workloads {
-        let resolver = Resolver::new(&flags.host_root, flags.max_workloads).context(
-            "--workloads decodes each socket's cgroup v2 into a workload, but no cgroup v2 \
-             hierarchy is mounted here: mount one, or run without --workloads",
+        let cgroup_root = flags.cgroup_root.as_deref();
+        let resolver = Resolver::new(&flags.host_root, cgroup_root, flags.max_workloads).context(
+            "--workloads decodes each socket's cgroup v2 into a workload: give the host's \
+                 cgroup v2 hierarchy with --workloads.cgroup-root, or run without --workloads",
         )?;
         state = state.with_workloads(resolver);
     }
@@ -68,18 +80,27 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     collector.start_background_poll();
     let registry = metrics::registry(collector)?;
 
+    let scheme = match &web_config {
+        Some(source) if source.tls => "https",
+        _ => "http",
+    };
+    let serving: Vec<String> = bound
+        .iter()
+        .map(|bound| format!("{scheme}://{}{}", bound.description, flags.telemetry_path))
+        .collect();
     log::info!(
-        "tcpstated {} attached to sock:inet_sock_set_state; serving http://{}{}",
+        "tcpstated {} attached to sock:inet_sock_set_state; serving {}",
         metrics::VERSION,
-        listener.local_addr()?,
-        flags.telemetry_path
+        serving.join(", ")
     );
     let state = WebState {
         registry,
         programs_loaded: Arc::new(programs_loaded),
         telemetry_path: flags.telemetry_path.clone(),
+        web_config,
     };
-    http::serve(listener, state, limits, shutdown).await;
+    let listeners = bound.into_iter().map(|bound| bound.listener).collect();
+    http::serve(listeners, state, limits, shutdown).await?;
     drop(ebpf); // detaches the programs
     log::info!("detached; exiting");
     Ok(())

@@ -53,8 +53,8 @@ pub fn check_privileges() -> anyhow::Result<()> {
     )
 }
 
-/// The `main` of a helper binary that loads the eBPF object (tcpstate-hook-floor,
-/// tcpstate-witness): checks privileges, runs `run`, and reports its error as
+/// The `main` of a helper binary that loads an eBPF object (the benchmark's tcpstate-hook-floor
+/// and tcpstate-witness): checks privileges, runs `run`, and reports its error as
 /// `<name>: error: ...` with exit status 1. (No RLIMIT_MEMLOCK to raise: Linux 5.11+, which
 /// tcpstate requires, charges BPF memory to the memory cgroup.)
 pub fn run_bpf_helper(name: &str, run: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {

@@ -21,7 +21,10 @@ use tcpstate_common::{
 use tcpstate_daemon::{
     bpf::{maps::Snapshot, socket_slots::SlotSweep as _},
     metrics::{CollectorConfig, Scrape, exposition},
-    model::{Counters, View},
+    model::{
+        Counters, StateKey, View,
+        ages::{Ages, add_age},
+    },
     netstat::ListenCounters,
     sockets::{
         census::{Census, baseline::FirstListing},
@@ -253,6 +256,24 @@ fn handoff(labels: Labels, state: TcpState, entered_ns: u64) -> TimewaitHandoff 
 /// The sock_diag side: a start-up baseline, two polls (listeners and their queues, request
 /// sockets, timewait sockets with and without handoffs, orphans, closing sockets), the
 /// handoffs the sweeps took, and sockets whose CLOSE never reached the programs.
+/// How long the tracked sockets now in each state have been there: a server's CLOSE_WAIT
+/// sockets, one of them leaked for an hour and a half, and a client's ESTABLISHED one.
+fn ages() -> Ages {
+    use TcpState::*;
+    let now = START + 10_000 * SECOND;
+    let mut ages = Ages::new();
+    for (labels, state, age_seconds) in [
+        (SERVER, CloseWait, 5),
+        (SERVER, CloseWait, 400),
+        (SERVER, CloseWait, 5400),
+        (CLIENT, Established, 70),
+    ] {
+        let key = StateKey::new(labels, state as u8);
+        add_age(&mut ages, key, now - age_seconds * SECOND, now);
+    }
+    ages
+}
+
 fn census() -> Census {
     use TcpState::*;
     let mut ports = PortSet::EMPTY;
@@ -352,11 +373,13 @@ fn metrics(view: View) -> String {
 fn metrics_with(view: View, workloads: Option<&WorkloadTable>) -> String {
     let snapshot = snapshot();
     let census = census();
+    let ages = ages();
     let config = CollectorConfig {
         bucket_bounds: BOUNDS.to_vec(),
         view,
         poll_min_interval: Duration::from_secs(1),
         socket_slots: 1 << 16,
+        service_ports: SERVICE_PORTS.to_vec(),
     };
     let scrape = Scrape {
         snapshot: &snapshot,
@@ -371,6 +394,7 @@ fn metrics_with(view: View, workloads: Option<&WorkloadTable>) -> String {
         last_poll_took: Some(Duration::from_millis(75)),
         poll_errors: 3,
         workloads,
+        ages: Some(&ages),
     };
     let registry = Registry::new();
     registry
@@ -380,7 +404,17 @@ fn metrics_with(view: View, workloads: Option<&WorkloadTable>) -> String {
     TextEncoder::new()
         .encode(&registry.gather(), &mut body)
         .unwrap();
-    String::from_utf8(body).unwrap()
+    mask_build(&String::from_utf8(body).unwrap())
+}
+
+/// The exposition with the build's revision, compiler and target replaced by placeholders:
+/// they change with every commit and machine, the fixture must not.
+fn mask_build(text: &str) -> String {
+    use tcpstate_daemon::version::{REVISION, RUSTC_VERSION, TARGET};
+    text.replace(
+        &format!("revision=\"{REVISION}\",rustc_version=\"{RUSTC_VERSION}\",target=\"{TARGET}\""),
+        "revision=\"REVISION\",rustc_version=\"RUSTC_VERSION\",target=\"TARGET\"",
+    )
 }
 
 fn fixture(name: &str) -> PathBuf {

@@ -2,7 +2,7 @@
 //! `state_change` is what one `inet_sock_set_state` event does; `resets` and `synack` count
 //! the events that tracepoint never shows; `records` keeps the per-socket records, `maps` and
 //! `globals` the maps and the load-time configuration, `sock` the raw reads of `struct sock`.
-//! `witness` belongs to the benchmark.
+//! The benchmark's programs (its floor, its witness) are in its own object, bench/ebpf.
 #![no_std]
 #![no_main]
 // `atomic_cxchg`: see `records::claim`.
@@ -18,13 +18,8 @@ mod resets;
 mod sock;
 mod state_change;
 mod synack;
-mod witness;
 
-use aya_ebpf::{
-    macros::{btf_tracepoint, sock_ops},
-    programs::{BtfTracePointContext, SockOpsContext},
-};
-use sock::Sock;
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use tcpstate_common::event_kind;
 
 /// Every TCP state change of a full socket (`tcp_set_state` -> `inet_sock_set_state`).
@@ -67,34 +62,6 @@ pub fn record_reset_received(ctx: BtfTracePointContext) -> i32 {
 pub fn record_synack_retransmit(ctx: BtfTracePointContext) -> i32 {
     synack::record(&ctx);
     0
-}
-
-/// Does nothing: attached alone by the benchmark (`cargo xtask bench`) to measure the cost of
-/// the hook itself, the floor every program on this tracepoint pays. The daemon never loads it.
-#[btf_tracepoint(function = "inet_sock_set_state")]
-pub fn empty_hook_floor(_ctx: BtfTracePointContext) -> i32 {
-    0
-}
-
-/// Counts the TCP state changes this tracepoint delivers, by transition: one side of the
-/// benchmark's witness (`cargo xtask bench witness`, see `tcpstate_common::witness`). The daemon
-/// never loads it.
-#[btf_tracepoint(function = "inet_sock_set_state")]
-pub fn witness_tracepoint(ctx: BtfTracePointContext) -> i32 {
-    let sock = Sock::new(ctx.arg(0));
-    if sock.is_tcp() {
-        witness::count_tracepoint(ctx.arg(1), ctx.arg(2));
-    }
-    0
-}
-
-/// The other side of the witness: the state changes `tcp_set_state()` announces to sock_ops
-/// programs, on sockets that asked for them (see `witness::count_sock_ops`). The daemon never
-/// loads it.
-#[sock_ops]
-pub fn witness_sock_ops(ctx: SockOpsContext) -> u32 {
-    witness::count_sock_ops(&ctx);
-    1
 }
 
 #[cfg(not(test))]

@@ -1,12 +1,13 @@
-//! `cargo xtask lint`: clippy over every crate, the eBPF one included. The eBPF crate builds
-//! only for `bpfel-unknown-none` with `-Z build-std=core` (see `tcpstate-daemon/build.rs`), so a
-//! plain `cargo clippy` leaves it out: it is linted here with the toolchain that builds it.
+//! `cargo xtask lint`: clippy over every crate, the eBPF ones included (tcpstated's programs,
+//! `tcpstate-ebpf`, and the benchmark's, `tcpstate-bench-ebpf`). They build only for
+//! `bpfel-unknown-none` with `-Z build-std=core` (see `tcpstate-daemon/build_ebpf.rs`), so a
+//! plain `cargo clippy` leaves them out: they are linted here with the toolchain that builds them.
 
 use std::process::Command;
 
 use crate::{cargo, run_command, setup};
 
-/// The same choice as `tcpstate-daemon/build.rs`: `TCPSTATE_EBPF_TOOLCHAIN`, else a nightly
+/// The same choice as `tcpstate-daemon/build_ebpf.rs`: `TCPSTATE_EBPF_TOOLCHAIN`, else a nightly
 /// with `rust-src`, else Debian's rustc linked by `cargo xtask setup`.
 fn ebpf_toolchain() -> String {
     std::env::var("TCPSTATE_EBPF_TOOLCHAIN").unwrap_or_else(|_| {
@@ -29,6 +30,8 @@ pub fn run() -> anyhow::Result<()> {
         "clippy",
         "--package",
         "tcpstate-ebpf",
+        "--package",
+        "tcpstate-bench-ebpf",
     ])
     .args([
         "--lib",

@@ -2,7 +2,6 @@
 //! missing on this machine (see `setup`) and says what it is doing.
 #![forbid(unsafe_code)]
 
-mod bench;
 mod lint;
 mod setup;
 
@@ -32,16 +31,22 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Clippy over every crate, the eBPF crate included (with its own target and toolchain).
+    /// Clippy over every crate, the eBPF crates included (with their own target and toolchain).
     Lint,
     /// Run every test: unit tests, then the tests that load the program into the real kernel.
     Test {
         /// Only tests whose name contains this.
         filter: Option<String>,
     },
-    /// Measure tcpstated's overhead under connection churn, its exactness and its scaling;
-    /// writes docs/benchmarks.md (`--quick`: a CI smoke run in under 2 minutes).
-    Bench(bench::BenchArgs),
+    /// Run the benchmark (bench/): tcpstated's overhead under churn, exactness and scaling.
+    ///
+    /// Builds tcpstated and the benchmark (release), then hands the arguments over to it: `cargo
+    /// xtask bench --help` lists them; `--quick` is CI's smoke run (under 2 minutes).
+    #[command(disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -52,7 +57,7 @@ fn main() -> ExitCode {
         Task::Run { args } => setup::ensure().and_then(|()| run(&args)),
         Task::Lint => setup::ensure().and_then(|()| lint::run()),
         Task::Test { filter } => setup::ensure().and_then(|()| test(filter.as_deref())),
-        Task::Bench(args) => bench::run(args),
+        Task::Bench { args } => setup::ensure().and_then(|()| bench(&args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -117,10 +122,35 @@ fn run(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Builds tcpstated and the benchmark (release) and runs the benchmark with `args`; exits with
+/// its status (it reports its own errors).
+fn bench(args: &[String]) -> anyhow::Result<()> {
+    run_command(cargo().args(["build", "--release"]).args([
+        "--package",
+        "tcpstate-daemon",
+        "--package",
+        "tcpstate-bench",
+    ]))?;
+    let bench = workspace_root().join("target/release/tcpstate-bench");
+    let status = Command::new(&bench)
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot start {}", bench.display()))?;
+    if !status.success() {
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    Ok(())
+}
+
 fn test(filter: Option<&str>) -> anyhow::Result<()> {
     // Unprivileged tests of every crate (pure logic, exposition, flag parsing).
     let mut unit = cargo();
-    unit.args(["test", "--workspace", "--exclude", "tcpstate-ebpf"]);
+    unit.args(["test", "--workspace"]).args([
+        "--exclude",
+        "tcpstate-ebpf",
+        "--exclude",
+        "tcpstate-bench-ebpf",
+    ]);
     unit.args(["--", "--test-threads=2"]).args(filter);
     run_command(&mut unit)?;
 
@@ -143,9 +173,18 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
         "scenarios",
         "--test",
         "http",
+        "--test",
+        "workloads",
     ]);
     kernel
         .args(["--", "--ignored", "--test-threads=1"])
         .args(filter);
-    run_command(&mut kernel)
+    run_command(&mut kernel)?;
+    // The benchmark's own kernel programs (its witness), against the real kernel too.
+    let mut bench = cargo();
+    bench.args(["test", "--package", "tcpstate-bench", "--test", "witness"]);
+    bench
+        .args(["--", "--ignored", "--test-threads=1"])
+        .args(filter);
+    run_command(&mut bench)
 }

@@ -28,11 +28,14 @@ const PACKAGES: &[&str] = &[
     // Tests of the state-machine page (headless) and of the systemd unit (systemd-analyze).
     "chromium",
     "systemd",
+    // Tests of workloads: a real container (runc) with a busybox root file system.
+    "runc",
+    "busybox-static",
 ];
 
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// The name `tcpstate-daemon/build.rs` looks for.
+/// The name `tcpstate-daemon/build_ebpf.rs` looks for.
 pub const DEBIAN_TOOLCHAIN: &str = "tcpstate-bpf";
 
 pub fn ensure() -> anyhow::Result<()> {
@@ -71,7 +74,7 @@ fn missing_packages<'a>(packages: &[&'a str]) -> Vec<&'a str> {
         .collect()
 }
 
-pub fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
+fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
     let missing = missing_packages(packages);
     if missing.is_empty() {
         return Ok(());

@@ -49,6 +49,26 @@ impl SocketSlots {
         )?))
     }
 
+    /// Hands `each` every live record of the table (not the handoffs), a chunk at a time, as
+    /// the kernel has it now.
+    pub fn for_each_live(&self, mut each: impl FnMut(&SocketRecord)) -> io::Result<()> {
+        for first in (0..self.slots).step_by(SLOTS_PER_CHUNK) {
+            let count = SLOTS_PER_CHUNK.min(self.slots - first);
+            let view = MappedArray::<SocketRecord>::map(self.map.as_fd(), first, count)?;
+            for index in 0..count {
+                let owner = view.atomic_u64(index, OWNER).load(Ordering::Acquire);
+                if owner != 0 && slot_owner::handoff_cookie(owner).is_none() {
+                    let record = view.read(index);
+                    // A slot claimed by another socket during the read is that socket's.
+                    if record.cookie == owner {
+                        each(&record);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Sweeps the whole table, a chunk at a time: takes every handoff the slots hold, one by
     /// one (a busy host leaves hundreds of thousands between two scrapes: no list of them is
     /// built), and releases the records `sweep` knows to be stale. A slot is released (owner 0)

@@ -1,6 +1,6 @@
 //! Command-line flags, validated into the daemon's configuration.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use clap::Parser;
 use tcpstate_common::{
@@ -10,12 +10,17 @@ use tcpstate_common::{
 use crate::model::View;
 
 mod buckets;
+mod log;
+mod web;
 
 use buckets::parse_buckets;
 pub use buckets::{Buckets, DEFAULT_BUCKETS, MAX_BUCKET_SECONDS};
+pub use log::{LogFormat, LogLevel};
+pub use web::ListenAddress;
 
-/// Default `--web.listen-address`: 9816, in the exporter range and not used by common exporters.
-pub const DEFAULT_LISTEN_ADDRESS: &str = "0.0.0.0:9816";
+/// Default `--web.listen-address`: 9816 (in the exporter range and not used by common
+/// exporters) on every address, IPv6 and IPv4.
+pub const DEFAULT_LISTEN_ADDRESS: &str = ":9816";
 
 /// Default `--web.max-connections`: a few Prometheus servers, probes and open pages need a
 /// handful; the cap bounds the daemon's memory and file descriptors.
@@ -27,11 +32,27 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 /// Needs root, or CAP_BPF + CAP_PERFMON (+ CAP_SYS_RESOURCE on kernels without memcg
 /// accounting of BPF memory), and a kernel with BTF (/sys/kernel/btf/vmlinux).
 #[derive(Parser, Debug, Clone)]
-#[command(name = "tcpstated", version, max_term_width = 100)]
+#[command(name = "tcpstated", version = crate::version::LONG_VERSION, max_term_width = 100)]
 pub struct Flags {
-    /// Address on which to expose metrics and the web interface.
-    #[arg(long = "web.listen-address", value_name = "ADDRESS", default_value = DEFAULT_LISTEN_ADDRESS)]
-    pub listen_address: SocketAddr,
+    /// Address on which to expose metrics and the web interface: HOST:PORT, [IPv6]:PORT, or
+    /// :PORT for every address (IPv6 and IPv4). Repeat the flag to listen on several.
+    #[arg(long = "web.listen-address", value_name = "ADDRESS", default_value = DEFAULT_LISTEN_ADDRESS,
+          value_parser = web::parse_listen_address)]
+    pub listen_addresses: Vec<ListenAddress>,
+
+    /// Web configuration file in prometheus/exporter-toolkit's format: TLS, client
+    /// certificates, basic auth, response headers. Checked at start-up; re-read when it or the
+    /// certificates it names change.
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
+
+    /// Least severity logged: debug, info, warn or error (RUST_LOG, if set, overrides it).
+    #[arg(long = "log.level", value_name = "LEVEL", default_value = "info", value_parser = log::parse_log_level)]
+    pub log_level: LogLevel,
+
+    /// Log line format: logfmt or json.
+    #[arg(long = "log.format", value_name = "FORMAT", default_value = "logfmt", value_parser = log::parse_log_format)]
+    pub log_format: LogFormat,
 
     /// Path under which to expose metrics.
     #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = "/metrics",
@@ -124,6 +145,12 @@ pub struct Flags {
     /// host's `/` in a container.
     #[arg(long = "workloads.host-root", value_name = "PATH", default_value = "/")]
     pub host_root: std::path::PathBuf,
+
+    /// Where the host's cgroup v2 hierarchy is mounted, to find each socket's group by its
+    /// inode; default: this process's cgroup2 mount. In a container (whose own cgroup
+    /// namespace hides the host's groups), the mount point of the host's.
+    #[arg(long = "workloads.cgroup-root", value_name = "PATH")]
+    pub cgroup_root: Option<std::path::PathBuf>,
 }
 
 /// Entries of the kernel's `TRANSITIONS` map: 64 per workload when `workloads` are labelled
@@ -284,9 +311,10 @@ mod tests {
     #[test]
     fn defaults_are_the_documented_ones() {
         let flags = parse(&[]).unwrap();
+        assert_eq!(flags.listen_addresses, [ListenAddress::Everywhere(9816)]);
         assert_eq!(
-            flags.listen_address,
-            DEFAULT_LISTEN_ADDRESS.parse().unwrap()
+            (flags.log_level, flags.log_format),
+            (LogLevel::Info, LogFormat::Logfmt)
         );
         assert_eq!(flags.telemetry_path, "/metrics");
         assert_eq!(flags.namespaces, NamespaceScope::All);

@@ -1,24 +1,34 @@
-//! The HTTP endpoints: `/` (landing page), the telemetry path (metrics), `/healthz`; `server`
-//! keeps the connections.
+//! The HTTP endpoints: `/` (landing page), the telemetry path (metrics, gzip when asked for),
+//! `/healthz`; `server` keeps the connections, `listen` binds the addresses, `web_config`,
+//! `gate` and `tls` apply `--web.config.file`, `telemetry` counts requests.
 
 mod connections;
+mod gate;
+mod listen;
 mod server;
+mod telemetry;
 #[cfg(test)]
 mod testing;
+mod tls;
+pub mod web_config;
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, io::Write as _, sync::Arc};
 
 use axum::{
     Router,
     extract::State,
-    http::{StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     response::{Html, IntoResponse, Response},
     routing::get,
 };
 use prometheus::{Encoder as _, Registry, TextEncoder};
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 
+pub use listen::Bound;
 pub use server::{Limits, connections_within};
+pub use web_config::{WebConfigError, WebConfigSource};
+
+use crate::config::ListenAddress;
 
 #[derive(Clone)]
 pub struct WebState {
@@ -27,6 +37,8 @@ pub struct WebState {
     /// the collector, whose lock a scrape holds.
     pub programs_loaded: Arc<dyn Fn() -> bool + Send + Sync>,
     pub telemetry_path: String,
+    /// `--web.config.file`, if given.
+    pub web_config: Option<Arc<WebConfigSource>>,
 }
 
 /// The daemon's runtime: one thread for every connection (they only wait), and a small pool
@@ -39,18 +51,16 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// Connections the kernel queues until the server accepts them (capped by
-/// `net.core.somaxconn`): tokio's default, 128, overflows under a burst of connections, and each
-/// overflow costs a client a one-second SYN retransmission.
-const LISTEN_BACKLOG: u32 = 1024;
-
-/// Binds the listen address (inside the runtime) and sizes the connection cap to the fd limit,
-/// which it raises to the hard limit first (systemd starts services at 1024).
+/// Binds the listen addresses (inside the runtime) and sizes the connection cap to the fd
+/// limit, which it raises to the hard limit first (systemd starts services at 1024).
 pub fn listen(
-    address: SocketAddr,
+    addresses: &[ListenAddress],
     max_connections: usize,
-) -> anyhow::Result<(TcpListener, Limits)> {
-    let listener = bind(address)?;
+) -> anyhow::Result<(Vec<Bound>, Limits)> {
+    let bound = addresses
+        .iter()
+        .map(|address| listen::bind(*address))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let fd_limit = crate::sys::raise_fd_limit().unwrap_or_else(|error| {
         log::warn!("cannot read or raise the fd limit ({error}); assuming 1024");
         1024
@@ -66,74 +76,118 @@ pub fn listen(
         max_connections: within,
         ..Limits::default()
     };
-    Ok((listener, limits))
-}
-
-/// Binds the listen address (inside the runtime), explaining the usual failures.
-pub fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
-    let socket = match address {
-        SocketAddr::V4(_) => TcpSocket::new_v4(),
-        SocketAddr::V6(_) => TcpSocket::new_v6(),
-    };
-    let listener = socket.and_then(|socket| {
-        socket.set_reuseaddr(true)?;
-        socket.bind(address)?;
-        socket.listen(LISTEN_BACKLOG)
-    });
-    listener.map_err(|error| {
-        let hint = match error.kind() {
-            std::io::ErrorKind::AddrInUse => format!(
-                "address {address} is already in use (another tcpstated or exporter?): stop it or \
-                 choose another address with --web.listen-address"
-            ),
-            std::io::ErrorKind::AddrNotAvailable => format!(
-                "address {address} is not an address of this host: fix --web.listen-address"
-            ),
-            std::io::ErrorKind::PermissionDenied => format!(
-                "not allowed to listen on {address} (ports below 1024 need CAP_NET_BIND_SERVICE)"
-            ),
-            _ => format!("cannot listen on {address}"),
-        };
-        anyhow::Error::new(error).context(hint)
-    })
+    Ok((bound, limits))
 }
 
 /// Serves the endpoints until `shutdown` resolves; then requests in flight get
 /// `limits.shutdown_grace` before every connection is closed.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     state: WebState,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
-) {
-    server::serve(listener, router(state), limits, shutdown).await;
+) -> anyhow::Result<()> {
+    let metrics = telemetry::HttpMetrics::register(&state.registry, &state.telemetry_path)?;
+    let tls = state
+        .web_config
+        .clone()
+        .filter(|source| source.tls)
+        .map(|source| {
+            Arc::new(tls::TlsAcceptance {
+                source,
+                failures: metrics.tls_handshake_failures.clone(),
+            })
+        });
+    let router = router(state).layer(axum::middleware::from_fn_with_state(
+        metrics,
+        telemetry::count,
+    ));
+    server::serve(listeners, router, limits, tls, shutdown).await;
+    Ok(())
 }
 
+/// The endpoints, behind the web configuration's gate if there is one.
 fn router(state: WebState) -> Router {
-    Router::new()
+    let gate = state
+        .web_config
+        .clone()
+        .map(|source| Arc::new(gate::Gate::new(source)));
+    let router = Router::new()
         .route("/", get(landing_page))
         .route(&state.telemetry_path, get(metrics))
         .route("/healthz", get(health))
-        .with_state(state)
+        .with_state(state);
+    match gate {
+        Some(gate) => router.layer(axum::middleware::from_fn_with_state(gate, gate::gate)),
+        None => router,
+    }
 }
 
-async fn metrics(State(state): State<WebState>) -> Response {
+async fn metrics(State(state): State<WebState>, request_headers: HeaderMap) -> Response {
+    let gzip = accepts_gzip(&request_headers);
     // Off the async thread: a scrape blocks, and health checks must not wait for it.
     let scrape = tokio::task::spawn_blocking(move || {
         let mut body = Vec::new();
-        TextEncoder::new()
-            .encode(&state.registry.gather(), &mut body)
-            .map(|()| body)
+        TextEncoder::new().encode(&state.registry.gather(), &mut body)?;
+        if gzip {
+            body = compress(&body)?;
+        }
+        Ok::<_, prometheus::Error>(body)
     })
     .await;
     let error = match scrape {
         Ok(Ok(body)) => {
-            return ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response();
+            let mut response = (
+                [
+                    (header::CONTENT_TYPE, prometheus::TEXT_FORMAT),
+                    (header::VARY, "Accept-Encoding"),
+                ],
+                body,
+            )
+                .into_response();
+            if gzip {
+                response.headers_mut().insert(
+                    header::CONTENT_ENCODING,
+                    header::HeaderValue::from_static("gzip"),
+                );
+            }
+            return response;
         }
         Ok(Err(error)) => format!("cannot encode metrics: {error}"),
         Err(error) => format!("the scrape failed: {error}"),
     };
     (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")).into_response()
+}
+
+/// Whether `Accept-Encoding` takes gzip (Prometheus always sends `gzip`), not refused by `q=0`.
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            let name = parts.next().unwrap_or_default();
+            let refused = parts.any(|parameter| {
+                parameter
+                    .strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q == 0.0)
+            });
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
+        })
+}
+
+/// gzip at the fastest level: the exposition compresses about tenfold even so, and a scrape
+/// should cost little CPU.
+fn compress(body: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 8),
+        flate2::Compression::fast(),
+    );
+    encoder.write_all(body)?;
+    encoder.finish()
 }
 
 async fn health(State(state): State<WebState>) -> Response {
@@ -225,6 +279,7 @@ mod tests {
             registry,
             programs_loaded: Arc::new(|| true),
             telemetry_path: "/metrics".into(),
+            web_config: None,
         };
         let server = TestServer::start(router(state), Limits::default());
 

@@ -14,6 +14,7 @@ use std::{
     future::Future,
     pin::pin,
     sync::Arc,
+    task::Poll,
     time::{Duration, Instant},
 };
 
@@ -21,13 +22,17 @@ use axum::Router;
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use tokio::{
+    io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
     sync::watch,
 };
 
-use super::connections::{
-    Activity, Connections, Phase, RateLimited, Registration, ResponseDone, TrackedBody,
-    WatchedStream,
+use super::{
+    connections::{
+        Activity, Connections, Phase, RateLimited, Registration, ResponseDone, TrackedBody,
+        WatchedStream,
+    },
+    tls::{self, TlsAcceptance},
 };
 
 /// What the server allows its clients.
@@ -77,12 +82,13 @@ const LOG_EVERY: Duration = Duration::from_secs(60);
 /// Pause after an accept failed for want of descriptors or memory, so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Serves `router` on `listener` until `shutdown` resolves, then gives requests in flight
-/// `limits.shutdown_grace` and closes every connection.
+/// Serves `router` on `listeners` (over TLS with `tls`) until `shutdown` resolves, then gives
+/// requests in flight `limits.shutdown_grace` and closes every connection.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     router: Router,
     limits: Limits,
+    tls: Option<Arc<TlsAcceptance>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let connections = Arc::new(Connections::default());
@@ -90,13 +96,14 @@ pub async fn serve(
     let mut shutdown = pin!(shutdown);
     let mut cap_log = RateLimited::new(LOG_EVERY);
     let mut accept_log = RateLimited::new(LOG_EVERY);
+    let mut next_listener = 0;
     loop {
         let accepted = tokio::select! {
             () = shutdown.as_mut() => break,
-            accepted = listener.accept() => accepted,
+            accepted = accept_any(&listeners, &mut next_listener) => accepted,
         };
         let stream = match accepted {
-            Ok((stream, _)) => stream,
+            Ok(stream) => stream,
             Err(error) => {
                 let exhausted = matches!(
                     error.raw_os_error(),
@@ -150,10 +157,11 @@ pub async fn serve(
             router.clone(),
             registration,
             limits,
+            tls.clone(),
             stopped.clone(),
         ));
     }
-    drop(listener);
+    drop(listeners);
     stop.send_replace(true);
     let grace = tokio::time::timeout(limits.shutdown_grace, connections.all_closed()).await;
     if grace.is_err() {
@@ -165,6 +173,22 @@ pub async fn serve(
         // Closed connections go within a turn of the runtime; the bound is a safety net.
         let _ = tokio::time::timeout(Duration::from_millis(200), connections.all_closed()).await;
     }
+}
+
+/// The next connection of any listener, taking them in turn so none starves the others.
+async fn accept_any(listeners: &[TcpListener], next: &mut usize) -> std::io::Result<TcpStream> {
+    std::future::poll_fn(|cx| {
+        let count = listeners.len();
+        for offset in 0..count {
+            let index = (*next + offset) % count;
+            if let Poll::Ready(accepted) = listeners[index].poll_accept(cx) {
+                *next = (index + 1) % count;
+                return Poll::Ready(accepted.map(|(stream, _)| stream));
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 fn held_back_note(held_back: u64) -> String {
@@ -180,13 +204,41 @@ async fn serve_connection(
     router: Router,
     registration: Registration,
     limits: Limits,
+    tls: Option<Arc<TlsAcceptance>>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let activity = registration.activity.clone();
-    let io = TokioIo::new(WatchedStream {
+    let stream = WatchedStream {
         stream,
         activity: activity.clone(),
-    });
+    };
+    let Some(tls) = tls else {
+        return serve_http(stream, router, activity, limits, stopped).await;
+    };
+    // The handshake is part of the request's head: the same deadline.
+    let secured = tokio::select! {
+        secured = tls::accept(stream, &tls) => secured,
+        () = tokio::time::sleep(limits.header_read_timeout) => {
+            tls.failures.inc();
+            log::debug!("TLS handshake timed out");
+            None
+        }
+        () = activity.close.notified() => None,
+        _ = stopped.changed() => None,
+    };
+    if let Some(stream) = secured {
+        serve_http(stream, router, activity, limits, stopped).await;
+    }
+}
+
+/// HTTP/1.1 on a connection (plain or TLS), under its phase's deadline.
+async fn serve_http(
+    io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    router: Router,
+    activity: Arc<Activity>,
+    limits: Limits,
+    mut stopped: watch::Receiver<bool>,
+) {
     let service = service_fn({
         let activity = activity.clone();
         move |request| respond(router.clone(), activity.clone(), request)
@@ -194,9 +246,12 @@ async fn serve_connection(
     let mut connection = pin!(
         http1::Builder::new()
             .max_buf_size(MAX_HEAD_BYTES)
-            .serve_connection(io, service)
+            .serve_connection(TokioIo::new(io), service)
     );
-    let mut stopping = false;
+    let mut stopping = *stopped.borrow();
+    if stopping {
+        connection.as_mut().graceful_shutdown();
+    }
     loop {
         let deadline = activity.deadline(&limits);
         tokio::select! {
@@ -235,155 +290,5 @@ async fn respond(
 }
 
 #[cfg(test)]
-mod tests {
-    use std::{io::Write as _, time::Duration};
-
-    use axum::{Router, routing::get};
-
-    use super::*;
-    use crate::http::testing::{TestServer, closed_by_server, request};
-
-    fn router() -> Router {
-        Router::new().route("/", get(|| async { "hello" })).route(
-            "/slow",
-            get(|| async {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                "slow"
-            }),
-        )
-    }
-
-    fn limits() -> Limits {
-        Limits {
-            max_connections: 2,
-            ..Limits::default()
-        }
-    }
-
-    #[test]
-    fn a_new_connection_at_the_cap_closes_the_one_waiting_longest() {
-        let server = TestServer::start(router(), limits());
-        let mut oldest = server.connect();
-        oldest.write_all(b"GET /me").unwrap();
-        let mut kept_alive = server.connect();
-        assert_eq!(request(&mut kept_alive, "/").unwrap().0, 200);
-        // Two open: a third takes the place of the one that has waited longest.
-        let mut newest = server.connect();
-        assert_eq!(request(&mut newest, "/").unwrap(), (200, "hello".into()));
-        assert!(
-            closed_by_server(&mut oldest),
-            "the oldest waiting one closed"
-        );
-        kept_alive
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        assert!(!closed_by_server(&mut kept_alive));
-        assert_eq!(request(&mut kept_alive, "/").unwrap().0, 200);
-    }
-
-    #[test]
-    fn connections_with_a_request_in_progress_are_never_closed_for_new_ones() {
-        let server = TestServer::start(
-            router(),
-            Limits {
-                max_connections: 1,
-                ..limits()
-            },
-        );
-        let mut busy = server.connect();
-        write!(busy, "GET /slow HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-        // Waits for the slow one to end, then is served.
-        let mut waiting = server.connect();
-        assert_eq!(request(&mut waiting, "/").unwrap(), (200, "hello".into()));
-        let mut response = String::new();
-        std::io::Read::read_to_string(&mut busy, &mut response).unwrap();
-        assert!(response.ends_with("slow"), "{response}");
-    }
-
-    #[test]
-    fn a_request_head_not_finished_in_time_is_closed() {
-        let server = TestServer::start(
-            router(),
-            Limits {
-                header_read_timeout: Duration::from_millis(200),
-                ..limits()
-            },
-        );
-        let mut silent = server.connect();
-        assert!(
-            closed_by_server(&mut silent),
-            "a connection that sends nothing"
-        );
-        let mut slow = server.connect();
-        slow.write_all(b"GET / HTTP/1.1\r\nHost: te").unwrap();
-        assert!(closed_by_server(&mut slow), "a head never finished");
-    }
-
-    #[test]
-    fn kept_alive_connections_outlast_the_header_timeout_until_the_idle_timeout() {
-        let server = TestServer::start(
-            router(),
-            Limits {
-                header_read_timeout: Duration::from_millis(200),
-                idle_timeout: Duration::from_secs(3),
-                ..limits()
-            },
-        );
-        let mut connection = server.connect();
-        assert_eq!(request(&mut connection, "/").unwrap().0, 200);
-        std::thread::sleep(Duration::from_secs(1));
-        assert_eq!(
-            request(&mut connection, "/").unwrap().0,
-            200,
-            "reused after a wait longer than the header timeout"
-        );
-        connection
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        assert!(closed_by_server(&mut connection), "closed once idle 3 s");
-    }
-
-    #[test]
-    fn shutdown_ends_requests_in_flight_then_closes_everything() {
-        let server = TestServer::start(
-            router(),
-            Limits {
-                shutdown_grace: Duration::from_millis(500),
-                ..limits()
-            },
-        );
-        let mut half_sent = server.connect();
-        half_sent.write_all(b"GET / HTTP/1.1\r\n").unwrap();
-        let mut in_flight = server.connect();
-        write!(in_flight, "GET /slow HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-        let server_thread = server.shut_down();
-        let mut response = String::new();
-        std::io::Read::read_to_string(&mut in_flight, &mut response).unwrap();
-        assert!(
-            response.ends_with("slow"),
-            "answered within the grace: {response}"
-        );
-        assert!(closed_by_server(&mut half_sent));
-        server_thread.join().unwrap();
-    }
-
-    #[test]
-    fn connections_fit_in_the_fd_limit() {
-        assert_eq!(connections_within(1024, 256), 256);
-        assert_eq!(connections_within(200, 256), 136);
-        assert_eq!(connections_within(10, 256), 1);
-    }
-
-    #[test]
-    fn repeated_log_lines_are_let_through_once_a_period_with_a_count() {
-        let mut log = RateLimited::new(Duration::from_secs(60));
-        let start = Instant::now();
-        assert_eq!(log.allow(start), Some(0));
-        assert_eq!(log.allow(start + Duration::from_secs(1)), None);
-        assert_eq!(log.allow(start + Duration::from_secs(59)), None);
-        assert_eq!(log.allow(start + Duration::from_secs(60)), Some(2));
-        assert_eq!(log.allow(start + Duration::from_secs(61)), None);
-    }
-}
+#[path = "server_tests.rs"]
+mod tests;

@@ -24,7 +24,7 @@ impl TestServer {
         let thread = std::thread::spawn(move || {
             crate::http::runtime().unwrap().block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                serve(listener, router, limits, async {
+                serve(vec![listener], router, limits, None, async {
                     let _ = stopped.await;
                 })
                 .await;

@@ -16,6 +16,10 @@ use prometheus::{
 use super::{CollectorConfig, Scrape, exposition, families, recording::FailureLog};
 use crate::{
     bpf::maps::{KernelMaps, Snapshot},
+    model::{
+        self, StateKey, View,
+        ages::{Ages, add_age},
+    },
     netstat,
     sockets::{
         census::Census,
@@ -55,10 +59,37 @@ impl KernelState {
         }
     }
 
-    /// The workloads of every cgroup this scrape's figures carry.
+    /// How long the tracked sockets now in each state have been there (the slot table's records;
+    /// a read error counts in `read_errors`).
+    fn socket_ages(&self, read_errors: &mut u64) -> Ages {
+        let now = sys::monotonic_ns();
+        let mut ages = Ages::new();
+        let read = self.maps.socket_slots.for_each_live(|record| {
+            let key = StateKey::new(record.labels, record.state);
+            add_age(&mut ages, key, record.entered_ns, now);
+        });
+        if let Err(error) = read {
+            *read_errors += 1;
+            log::warn!("cannot read the kernel's socket records for their ages: {error}");
+        }
+        ages
+    }
+
+    /// The workloads of every cgroup this scrape's figures carry; those of groups gone a while
+    /// with no socket left retire first.
     fn workload_table(&mut self, snapshot: &Snapshot) -> Option<WorkloadTable> {
         let resolver = self.workloads.as_mut()?;
         let census = &self.census;
+        let kernel = model::aggregate(&snapshot.transitions, 0, View::Raw);
+        let in_use = kernel
+            .sockets
+            .iter()
+            .chain(&census.sockets_now())
+            .chain(census.baseline.counts())
+            .filter(|(_, count)| **count > 0)
+            .map(|(key, _)| key.labels.cgroup)
+            .collect();
+        resolver.retire_gone(&in_use, Instant::now());
         let cgroups = snapshot
             .transitions
             .iter()
@@ -179,6 +210,7 @@ impl Collector for TcpStateCollector {
         let mut snapshot = state.maps.read();
         state.take_kernel_records(&mut snapshot.read_errors);
         snapshot.handoffs_lost = state.maps.displaced_lost;
+        let ages = state.socket_ages(&mut snapshot.read_errors);
         let read_seconds = started.elapsed().as_secs_f64();
         self.poll_if_due(state);
         let workloads = state.workload_table(&snapshot);
@@ -191,6 +223,7 @@ impl Collector for TcpStateCollector {
             last_poll_took: state.polls.last_took(),
             poll_errors: state.polls.errors,
             workloads: workloads.as_ref(),
+            ages: Some(&ages),
         };
         let families = exposition(&scrape, &self.config);
         state.failure_log.note(&families, Instant::now());

@@ -2,10 +2,8 @@
 
 use prometheus::proto::{MetricFamily, MetricType};
 
-use super::{
-    CollectorConfig, Family, Figures, Scrape, VERSION, counter_metric, gauge_metric, pairs,
-};
-use crate::sockets::poller::poll_interval;
+use super::{CollectorConfig, Family, Figures, Scrape, counter_metric, gauge_metric, pairs};
+use crate::{sockets::poller::poll_interval, version};
 
 pub(super) const COLLECT_SECONDS: Family = Family {
     name: "tcpstate_collect_duration_seconds",
@@ -18,7 +16,7 @@ pub(super) const BUILD_INFO: Family = Family {
     name: "tcpstate_build_info",
     help: "Always 1; the labels say which tcpstated build is running.",
     kind: MetricType::GAUGE,
-    labels: &["version"],
+    labels: &["version", "revision", "rustc_version", "target"],
 };
 
 pub(super) const POLL_DURATION: Family = Family {
@@ -70,7 +68,7 @@ pub(super) fn families(
     );
     let mut families = vec![
         COLLECT_SECONDS.with(vec![gauge_metric(vec![], scrape.read_seconds)]),
-        BUILD_INFO.with(vec![gauge_metric(pairs(&[("version", VERSION)]), 1.0)]),
+        BUILD_INFO.with(vec![gauge_metric(build_labels(), 1.0)]),
         POLL_INTERVAL.with(vec![gauge_metric(vec![], interval.as_secs_f64())]),
     ];
     if let Some(took) = scrape.last_poll_took {
@@ -82,4 +80,15 @@ pub(super) fn families(
             .push(WORKLOAD_GROUPS_FOLDED.with(vec![counter_metric(vec![], table.folded as f64)]));
     }
     families
+}
+
+/// node_exporter's habit (`version`, `revision`, `goversion`): which build, of which source,
+/// built by which compiler for which target.
+fn build_labels() -> Vec<prometheus::proto::LabelPair> {
+    pairs(&[
+        ("version", version::VERSION),
+        ("revision", version::REVISION),
+        ("rustc_version", version::RUSTC_VERSION),
+        ("target", version::TARGET),
+    ])
 }

@@ -6,6 +6,7 @@
 //! figures), `recording` (records, maps, failures), `programs` (the kernel's per-program
 //! counters), `exporter` (the daemon about itself).
 
+mod ages;
 pub mod collector;
 mod events;
 mod exporter;
@@ -31,15 +32,15 @@ use crate::{
     config::Flags,
     labels,
     model::{
-        self, EdgeKey, Events, Histogram, ReasonKey, StateKey, View, merge_durations,
+        self, EdgeKey, Events, Histogram, ReasonKey, StateKey, View, ages::Ages, merge_durations,
         merge_transitions, sockets_now,
     },
     netstat::ListenCounters,
     sockets::census::Census,
-    workload::WorkloadTable,
+    workload::{RETIRED, WorkloadTable},
 };
 
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use crate::version::VERSION;
 
 /// One metric family's identity: name, help, type and label names.
 pub(crate) struct Family {
@@ -76,6 +77,7 @@ fn families() -> impl Iterator<Item = &'static Family> {
     transitions::FAMILIES
         .into_iter()
         .chain(sockets::FAMILIES)
+        .chain(ages::FAMILIES)
         .chain(recording::FAMILIES)
         .chain(programs::FAMILIES)
         .chain(exporter::FAMILIES)
@@ -92,6 +94,8 @@ pub struct CollectorConfig {
     pub poll_min_interval: Duration,
     /// Entries of the kernel's socket slot table.
     pub socket_slots: u32,
+    /// `--port`: the ports whose event families are exported as 0 before any event.
+    pub service_ports: Vec<u16>,
 }
 
 impl CollectorConfig {
@@ -101,6 +105,7 @@ impl CollectorConfig {
             view: flags.view,
             poll_min_interval: flags.poll_min_interval,
             socket_slots: flags.socket_slots,
+            service_ports: flags.ports.clone(),
         }
     }
 }
@@ -127,6 +132,8 @@ pub struct Scrape<'a> {
     pub poll_errors: u64,
     /// The workloads of the cgroups in this scrape's labels, when workloads are labelled.
     pub workloads: Option<&'a WorkloadTable>,
+    /// How long the tracked sockets now in each state have been there.
+    pub ages: Option<&'a Ages>,
 }
 
 /// The scrape's figures: the kernel's aggregates merged, with the census's transitions (in the
@@ -138,6 +145,7 @@ pub(crate) struct Figures {
     connect_failures: BTreeMap<ReasonKey, u64>,
     inferred_transitions: u64,
     events: Events,
+    ages: Ages,
     /// Labels carry a workload's index in it instead of a cgroup (see `by_workload`).
     workloads: Option<WorkloadTable>,
 }
@@ -171,6 +179,7 @@ impl Figures {
             connect_failures: kernel.connect_failures,
             inferred_transitions: kernel.inferred_transitions,
             events: model::events(&snapshot.events),
+            ages: scrape.ages.cloned().unwrap_or_default(),
             workloads: None,
         };
         match scrape.workloads {
@@ -225,6 +234,11 @@ impl Figures {
                 ),
                 synack_retransmits: rekey(self.events.synack_retransmits, owner, add),
             },
+            ages: rekey(
+                self.ages,
+                |k| StateKey::new(owner(k.labels), k.state),
+                |total, ages| total.merge(&ages),
+            ),
             workloads: Some(table.clone()),
         }
     }
@@ -245,14 +259,19 @@ impl Figures {
 }
 
 /// `map` with its keys replaced by `relabel`, the values of keys made equal merged by `merge`.
-fn rekey<K: Ord, V>(
+fn rekey<K: Ord + Copy + HasLabels, V>(
     map: BTreeMap<K, V>,
     relabel: impl Fn(K) -> K,
     merge: impl Fn(&mut V, V),
 ) -> BTreeMap<K, V> {
     let mut out = BTreeMap::new();
     for (key, value) in map {
-        match out.entry(relabel(key)) {
+        let key = relabel(key);
+        // A retired workload's figures are no longer exported.
+        if key.labels().cgroup == RETIRED {
+            continue;
+        }
+        match out.entry(key) {
             std::collections::btree_map::Entry::Vacant(entry) => {
                 entry.insert(value);
             }
@@ -262,6 +281,35 @@ fn rekey<K: Ord, V>(
         }
     }
     out
+}
+
+/// The keys `rekey` re-labels.
+trait HasLabels {
+    fn labels(&self) -> Labels;
+}
+
+impl HasLabels for EdgeKey {
+    fn labels(&self) -> Labels {
+        self.labels
+    }
+}
+
+impl HasLabels for StateKey {
+    fn labels(&self) -> Labels {
+        self.labels
+    }
+}
+
+impl HasLabels for ReasonKey {
+    fn labels(&self) -> Labels {
+        self.labels
+    }
+}
+
+impl HasLabels for Labels {
+    fn labels(&self) -> Labels {
+        *self
+    }
 }
 
 fn merge_durations_into(total: &mut Histogram, extra: &Histogram) {
@@ -279,6 +327,7 @@ pub fn exposition(scrape: &Scrape<'_>, config: &CollectorConfig) -> Vec<MetricFa
     let groups = [
         transitions::families,
         sockets::families,
+        ages::families,
         recording::families,
         programs::families,
         exporter::families,
@@ -357,6 +406,7 @@ mod tests {
             view: View::Logical,
             poll_min_interval: Duration::from_secs(1),
             socket_slots: tcpstate_common::DEFAULT_SOCKET_SLOTS,
+            service_ports: Vec::new(),
         };
         let scrape = Scrape {
             snapshot,
@@ -371,6 +421,7 @@ mod tests {
             last_poll_took,
             poll_errors: 0,
             workloads: None,
+            ages: None,
         };
         let families = exposition(&scrape, &config);
         let mut out = Vec::new();

@@ -1,10 +1,12 @@
 //! The kernel's raw aggregates turned into the figures the metrics export. Pure logic: no
 //! maps, no syscalls. `transitions` merges the transition entries into transitions, durations
-//! and gauges; `counters` sums the counters; `events` splits resets and SYN-ACK retransmits.
+//! and gauges; `counters` sums the counters; `events` splits resets and SYN-ACK retransmits;
+//! `ages` says how long the sockets now in each state have been there.
 //!
 //! The kernel keeps one entry per (labels, from, to, flags, recorder); the flags say what each
 //! transition did to the per-state gauges (see `tcpstate_common::transition_flag`).
 
+pub mod ages;
 mod counters;
 mod events;
 mod transitions;

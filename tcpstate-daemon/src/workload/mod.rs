@@ -6,10 +6,11 @@ pub mod cgroup;
 pub mod runtime;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fs, io,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use cgroup::Owner;
@@ -60,16 +61,42 @@ pub struct Resolver {
     max_workloads: usize,
     /// Groups whose workload folded into `other`.
     pub folded: u64,
+    /// When the hierarchy was last walked, and since when each named group has been missing
+    /// from it.
+    last_walk: Option<Instant>,
+    gone_since: HashMap<u32, Instant>,
+    /// Groups gone for good, whose figures are no longer exported.
+    retired: HashSet<u32>,
 }
 
+/// How often the hierarchy is walked to notice groups that are gone.
+const REFRESH: Duration = Duration::from_secs(60);
+/// How long a gone group's figures stay exported (a few scrapes see its last values) before
+/// its workload is retired and its name's place in `--workloads.max` is freed.
+const GRACE: Duration = Duration::from_secs(300);
+
 impl Resolver {
-    /// `host_root`: where the host's `/` is (the runtimes' state); `max_workloads`: how many
-    /// distinct workloads get a name of their own.
-    pub fn new(host_root: &Path, max_workloads: usize) -> io::Result<Self> {
-        let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
-        let cgroup_root = cgroup2_mount(&mountinfo).ok_or_else(|| {
-            io::Error::other("no cgroup v2 hierarchy is mounted (fstype cgroup2 in mountinfo)")
-        })?;
+    /// `host_root`: where the host's `/` is (the runtimes' state); `cgroup_root`: where the
+    /// host's cgroup v2 hierarchy is (default: this process's cgroup2 mount);
+    /// `max_workloads`: how many distinct workloads get a name of their own.
+    pub fn new(
+        host_root: &Path,
+        cgroup_root: Option<&Path>,
+        max_workloads: usize,
+    ) -> io::Result<Self> {
+        let cgroup_root =
+            match cgroup_root {
+                Some(root) if root.join("cgroup.procs").exists() => root.to_owned(),
+                Some(root) => {
+                    return Err(io::Error::other(format!(
+                        "{} is no cgroup v2 hierarchy (no cgroup.procs in it)",
+                        root.display()
+                    )));
+                }
+                None => cgroup2_mount(&fs::read_to_string("/proc/self/mountinfo")?).ok_or_else(
+                    || io::Error::other("no cgroup v2 hierarchy is mounted (fstype cgroup2)"),
+                )?,
+            };
         Ok(Resolver::with_cgroup_root(
             cgroup_root,
             host_root,
@@ -88,6 +115,62 @@ impl Resolver {
             distinct: BTreeMap::new(),
             max_workloads,
             folded: 0,
+            last_walk: None,
+            gone_since: HashMap::new(),
+            retired: HashSet::new(),
+        }
+    }
+
+    /// Whether group `cgroup` is gone for good: its figures are no longer exported.
+    pub fn is_retired(&self, cgroup: u32) -> bool {
+        self.retired.contains(&cgroup)
+    }
+
+    /// Retires the named groups gone for `GRACE` that no socket counted `in_use` still has (a
+    /// pod ended, its last timewait sockets too): their series go from /metrics and their
+    /// workloads' places in `--workloads.max` are freed. Walks the hierarchy at most every
+    /// `REFRESH`.
+    pub fn retire_gone(&mut self, in_use: &BTreeSet<u32>, now: Instant) {
+        if self
+            .last_walk
+            .is_none_or(|at| now.duration_since(at) >= REFRESH)
+        {
+            self.walk_again(now);
+        }
+        let due: Vec<u32> = self
+            .gone_since
+            .iter()
+            .filter(|(cgroup, since)| {
+                now.duration_since(**since) >= GRACE && !in_use.contains(cgroup)
+            })
+            .map(|(cgroup, _)| *cgroup)
+            .collect();
+        for cgroup in due {
+            self.gone_since.remove(&cgroup);
+            self.retired.insert(cgroup);
+            let Some(workload) = self.named.remove(&cgroup) else {
+                continue;
+            };
+            if let Some(groups) = self.distinct.get_mut(&workload) {
+                *groups -= 1;
+                if *groups == 0 {
+                    self.distinct.remove(&workload);
+                }
+            }
+        }
+    }
+
+    /// Walks the hierarchy, noting which named groups are missing from it.
+    fn walk_again(&mut self, now: Instant) {
+        self.paths = walk(&self.cgroup_root);
+        self.walks += 1;
+        self.last_walk = Some(now);
+        for cgroup in self.named.keys() {
+            if self.paths.contains_key(cgroup) {
+                self.gone_since.remove(cgroup);
+            } else {
+                self.gone_since.entry(*cgroup).or_insert(now);
+            }
         }
     }
 
@@ -117,8 +200,7 @@ impl Resolver {
         if self.missing_since.get(&cgroup) == Some(&self.walks) {
             return None;
         }
-        self.paths = walk(&self.cgroup_root);
-        self.walks += 1;
+        self.walk_again(Instant::now());
         let found = self.paths.get(&cgroup).cloned();
         if found.is_none() {
             self.missing_since.insert(cgroup, self.walks);
@@ -200,6 +282,9 @@ impl Resolver {
     }
 }
 
+/// The index of a retired group's figures: not exported.
+pub const RETIRED: u32 = u32::MAX - 1;
+
 /// The workloads of one scrape: each cgroup seen, by the workload it belongs to. Groups of one
 /// workload (a pod's containers restarted, groups folded into `other`) share its index, so
 /// their series add up instead of repeating a label set.
@@ -219,6 +304,10 @@ impl WorkloadTable {
         let mut seen: BTreeMap<Workload, u32> = BTreeMap::new();
         for cgroup in cgroups {
             if table.index.contains_key(&cgroup) {
+                continue;
+            }
+            if resolver.is_retired(cgroup) {
+                table.index.insert(cgroup, RETIRED);
                 continue;
             }
             let workload = resolver.workload(cgroup);
@@ -353,5 +442,37 @@ mod tests {
         assert_eq!(resolver.workload(gone).container, format!("cgroup-{gone}"));
         assert_eq!(resolver.workload(gone).container, format!("cgroup-{gone}"));
         assert_eq!(resolver.walks, walks + 1);
+    }
+
+    #[test]
+    fn gone_groups_retire_after_the_grace_unless_sockets_still_count_them() {
+        let root = std::env::temp_dir().join(format!("tcpstate-retire-{}", std::process::id()));
+        let groups = ["a.service", "b.service", "c.service"].map(|g| root.join(g));
+        for group in &groups {
+            fs::create_dir_all(group).unwrap();
+        }
+        let [a, b, c] = groups
+            .clone()
+            .map(|group| fs::metadata(group).unwrap().ino() as u32);
+        let mut resolver = Resolver::with_cgroup_root(root.clone(), Path::new("/nonexistent"), 2);
+        assert_eq!(resolver.workload(a).container, "a.service");
+        assert_eq!(resolver.workload(b).container, "b.service");
+        assert_eq!(resolver.workload(c), Workload::other(), "two at most");
+        fs::remove_dir(&groups[0]).unwrap();
+        fs::remove_dir(&groups[1]).unwrap();
+        let start = Instant::now();
+        resolver.retire_gone(&BTreeSet::new(), start + REFRESH);
+        assert!(!resolver.is_retired(a), "within the grace");
+        // `b` still has sockets counted: it stays.
+        resolver.retire_gone(&BTreeSet::from([b]), start + REFRESH + GRACE);
+        assert!(resolver.is_retired(a) && !resolver.is_retired(b));
+        let table = WorkloadTable::build(&mut resolver, [a, b]);
+        assert_eq!((table.index(a), table.named), (RETIRED, 1));
+        // `a`'s place is free: a new workload gets a name.
+        let d = root.join("d.service");
+        fs::create_dir(&d).unwrap();
+        let d = fs::metadata(&d).unwrap().ino() as u32;
+        assert_eq!(resolver.workload(d).container, "d.service");
+        fs::remove_dir_all(&root).unwrap();
     }
 }

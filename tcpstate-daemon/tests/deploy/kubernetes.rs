@@ -29,6 +29,35 @@ fn kubernetes_daemonset_uses_capabilities_not_privileged() {
     assert_eq!(btf_mount, Some("readOnly: true"));
     assert!(!manifest.contains("privileged: true"));
     assert!(!manifest.contains("SYS_ADMIN"));
+    // Workloads: the node's cgroup hierarchy and runtime state, read-only, and labels kept.
+    for (flag, mount) in [
+        (
+            "--workloads.cgroup-root=/host/sys/fs/cgroup",
+            "/host/sys/fs/cgroup",
+        ),
+        ("--workloads.host-root=/host", "/host/run/containerd"),
+    ] {
+        assert!(
+            lines.contains(&format!("- {flag}").as_str()),
+            "tcpstated.yaml has {flag}"
+        );
+        let read_only = manifest
+            .split(&format!("mountPath: {mount}"))
+            .nth(1)
+            .and_then(|rest| rest.lines().nth(1))
+            .map(str::trim);
+        assert_eq!(
+            read_only,
+            Some("readOnly: true"),
+            "{mount} is mounted read-only"
+        );
+    }
     let monitor = read(&deploy_directory().join("kubernetes/servicemonitor.yaml"));
     assert!(monitor.contains("kind: ServiceMonitor"));
+    assert!(
+        monitor
+            .lines()
+            .any(|line| line.trim() == "honorLabels: true"),
+        "the ServiceMonitor keeps tcpstated's namespace, pod and container labels"
+    );
 }

@@ -89,3 +89,60 @@ fn time_wait_in_ss(port: u16) -> f64 {
         .expect("ss (iproute2) runs");
     String::from_utf8_lossy(&output.stdout).lines().count() as f64
 }
+
+/// A CLOSE_WAIT leak the test makes (the server never closes after the client's FIN): the
+/// socket's age grows with time and passes the 10 s threshold, which no duration histogram
+/// could show (the socket never leaves its state).
+#[test]
+#[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
+fn a_leaked_close_wait_socket_shows_its_age() {
+    let port = 24015;
+    let daemon = Daemon::watching(&[port]);
+    let listen: SocketAddr = ([127, 0, 0, 1], port).into();
+    let listener = TcpListener::bind(listen).unwrap();
+    let client = TcpStream::connect(listen).unwrap();
+    let (mut leaked, _) = listener.accept().unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    crate::support::read_to_eof(&mut leaked, WAIT);
+    let labels = |seconds: Option<&'static str>| {
+        let mut labels = vec![("state", "CLOSE_WAIT"), ("role", "server")];
+        labels.extend(seconds.map(|seconds| ("seconds", seconds)));
+        labels
+    };
+    let port_label = port.to_string();
+    let age = |m: &Exposition| {
+        let mut labels = labels(None);
+        labels.push(("port", &port_label));
+        m.sum_if_any("tcpstate_socket_age_max_seconds", &labels)
+    };
+    let older_than_10s = |m: &Exposition| {
+        let mut labels = labels(Some("10"));
+        labels.push(("port", &port_label));
+        m.sum("tcpstate_sockets_older_than", &labels)
+    };
+    let mut first = daemon.scrape();
+    eventually(WAIT, || {
+        first = daemon.scrape();
+        age(&first).is_some()
+    });
+    let young = age(&first).expect("the CLOSE_WAIT socket's age");
+    assert!(young < 5.0, "{young} s old just after the client's FIN");
+    assert_eq!(older_than_10s(&first), 0.0);
+    std::thread::sleep(std::time::Duration::from_secs(11));
+    let later = daemon.scrape();
+    let old = age(&later).expect("still in CLOSE_WAIT");
+    assert!(old >= young + 10.0, "{young} s, then {old} s 11 s later");
+    assert_eq!(older_than_10s(&later), 1.0, "the leaked socket, past 10 s");
+    assert_eq!(
+        later.sum(
+            "tcpstate_sockets_older_than",
+            &[
+                ("state", "CLOSE_WAIT"),
+                ("port", &port_label),
+                ("seconds", "60")
+            ]
+        ),
+        0.0
+    );
+    drop((leaked, client, listener));
+}

@@ -12,7 +12,6 @@ mod gauges;
 mod lifecycle;
 mod maps;
 mod transitions;
-mod witness;
 
 use std::{
     io::{Read as _, Write as _},

@@ -181,7 +181,9 @@ fn variable_query_as_promql(query: &str) -> Option<String> {
 #[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
 fn dashboard_and_rules_use_only_metrics_and_labels_the_daemon_exports() {
     let (port, refused, deferred) = (24201, 24202, 24203);
-    let daemon = Daemon::watching(&[port, refused, deferred]);
+    // With --workloads: the dashboard and the rules may use the workload labels too.
+    let ports = format!("--port={port},{refused},{deferred}");
+    let daemon = Daemon::start(&[&ports, "--workloads"]);
     // Traffic that makes every family of series appear: a connection with its durations, a
     // listener, a refused connect, a SYN-ACK retransmitted, a connection aborted by an RST.
     let label = port.to_string();

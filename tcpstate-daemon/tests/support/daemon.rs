@@ -52,6 +52,14 @@ impl Daemon {
         Daemon::until_healthy(child, address, Some(netns.name().to_owned()))
     }
 
+    /// Like [`Daemon::start`], healthy when `healthy` says so: a daemon serving TLS or asking
+    /// for basic auth answers a plain GET with an error.
+    pub fn start_until(args: &[&str], healthy: impl Fn(SocketAddr) -> bool) -> Daemon {
+        let address = free_local_address();
+        let child = Daemon::spawn(Command::new(env!("CARGO_BIN_EXE_tcpstated")), address, args);
+        Daemon::until(child, address, None, |daemon| healthy(daemon.address))
+    }
+
     /// Like [`Daemon::start`], with `configure` applied to the command last (to capture its
     /// stderr, set its resource limits).
     pub fn start_with(args: &[&str], configure: impl FnOnce(&mut Command)) -> Daemon {
@@ -111,6 +119,19 @@ impl Daemon {
     }
 
     fn until_healthy(child: Child, address: SocketAddr, netns: Option<String>) -> Daemon {
+        Daemon::until(child, address, netns, |daemon| {
+            daemon
+                .get("/healthz")
+                .is_ok_and(|response| response.status == 200)
+        })
+    }
+
+    fn until(
+        child: Child,
+        address: SocketAddr,
+        netns: Option<String>,
+        healthy: impl Fn(&Daemon) -> bool,
+    ) -> Daemon {
         let mut daemon = Daemon {
             child,
             address,
@@ -121,10 +142,7 @@ impl Daemon {
             if let Ok(Some(status)) = daemon.child.try_wait() {
                 panic!("tcpstated exited during start-up with {status}");
             }
-            if daemon
-                .get("/healthz")
-                .is_ok_and(|response| response.status == 200)
-            {
+            if healthy(&daemon) {
                 return daemon;
             }
             assert!(

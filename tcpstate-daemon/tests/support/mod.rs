@@ -3,7 +3,7 @@
 //! `ss` lists there ([`SsSocket`]), the figures of a scrape ([`figures`]), one more run after
 //! events the kernel did not hand over ([`rerun_once_after_unrecorded_events`]), and for the
 //! operations kit a real Prometheus ([`prometheus`]), headless Chromium ([`chromium`]), JSON
-//! ([`json`]) and PromQL ([`promql`]). Scrapes are read by `tcpstate-testkit`, which the
+//! ([`json`]) and PromQL ([`promql`]); a TLS client ([`tls`]). Scrapes are read by `tcpstate-testkit`, which the
 //! benchmark shares.
 #![allow(
     dead_code,
@@ -21,6 +21,7 @@ pub mod prometheus;
 pub mod promql;
 mod rerun;
 mod ss;
+pub mod tls;
 
 use std::{
     io::Read as _,

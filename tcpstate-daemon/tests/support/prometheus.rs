@@ -42,6 +42,12 @@ impl Prometheus {
     /// Starts Prometheus scraping `target` every second and evaluating `rules` every second,
     /// and waits (bounded) until it is ready.
     pub fn start(target: SocketAddr, rules: &[PathBuf]) -> Prometheus {
+        Prometheus::start_with(target, rules, "")
+    }
+
+    /// Like [`Prometheus::start`], with `job_settings` (YAML lines indented for the job:
+    /// `scheme`, `tls_config`, `basic_auth`, ...) added to the scrape job.
+    pub fn start_with(target: SocketAddr, rules: &[PathBuf], job_settings: &str) -> Prometheus {
         let directory = temporary_directory("prometheus");
         let rule_files: String = rules
             .iter()
@@ -50,7 +56,7 @@ impl Prometheus {
         let config = format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
              rule_files:\n{rule_files}\
-             scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n      - targets: ['{target}']\n"
+             scrape_configs:\n  - job_name: {JOB}\n{job_settings}    static_configs:\n      - targets: ['{target}']\n"
         );
         let config_file = directory.join("prometheus.yml");
         std::fs::write(&config_file, config).expect("write prometheus.yml");

@@ -1,12 +1,13 @@
 //! `tcpstate-witness`: counts every TCP state change by transition through two kernel paths at
 //! once, the `inet_sock_set_state` tracepoint (tcpstated's hook) and sock_ops' state callback,
 //! until SIGINT or SIGTERM, then prints both counts of each transition. Where they differ, the
-//! tracepoint did not deliver the difference to BPF (see `tcpstate_common::witness`).
+//! tracepoint did not deliver the difference to BPF (see `tcpstate_bench_common::witness`).
 //!
 //! The benchmark runs it (`cargo xtask bench witness`). Once attached it prints
 //! `attached tracepoint=<program id> sock_ops=<program id>`; at the end, one line per transition
 //! seen: `transition=<old>-><new> tracepoint=<count> sock_ops=<count>`, with the kernel's
 //! names of the states. Only sockets born after the attach ask for sock_ops' state callbacks.
+//! The programs are in the benchmark's object (bench/ebpf).
 #![forbid(unsafe_code)]
 
 use std::{fs, io::Write as _, path::PathBuf, process::ExitCode};
@@ -17,10 +18,11 @@ use aya::{
     maps::PerCpuArray,
     programs::{CgroupAttachMode, SockOps},
 };
-use tcpstate_common::{TcpState, global, map, program, witness};
+use tcpstate_bench::EBPF_OBJECT;
+use tcpstate_bench_common::{global, map, program, witness};
+use tcpstate_common::TcpState;
 use tcpstate_daemon::{
-    kernel_btf::KernelBtf,
-    loader::{self, EBPF_OBJECT},
+    bpf::{btf::KernelBtf, loader},
     preflight, sys,
 };
 
@@ -30,19 +32,20 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<()> {
     let cgroup_root = cgroup2_root()?;
-    // The tracepoint's program filters TCP with `sk_protocol`, whose offset comes from BTF.
-    let layout = KernelBtf::from_sys_fs()?.socket_layout()?;
+    // The tracepoint's program filters TCP with `sk_protocol`, whose offset comes from BTF
+    // (read as tcpstated reads it).
+    let protocol_offset = KernelBtf::from_sys_fs()?.socket_layout()?.protocol;
     let mut ebpf = EbpfLoader::new()
         .btf(None)
-        .override_global(global::SOCKET_LAYOUT, &layout, true)
+        .override_global(global::SK_PROTOCOL_OFFSET, &protocol_offset, true)
         .load(EBPF_OBJECT)
-        .context("cannot load the embedded eBPF object")?;
+        .context("cannot load the benchmark's embedded eBPF object")?;
 
     let btf = Btf::from_sys_fs().context("cannot parse the kernel's BTF")?;
     let tracepoint_id = loader::attach_btf_tracepoint(
         &mut ebpf,
         program::WITNESS_TRACEPOINT,
-        program::TRACEPOINT,
+        tcpstate_common::program::TRACEPOINT,
         &btf,
     )?
     .info()?
@@ -80,7 +83,7 @@ fn run() -> anyhow::Result<()> {
 
     let counts: PerCpuArray<_, u64> = PerCpuArray::try_from(
         ebpf.map(map::WITNESS)
-            .ok_or_else(|| anyhow!("map {} is missing: rebuild tcpstate", map::WITNESS))?,
+            .ok_or_else(|| anyhow!("map {} is missing: rebuild the benchmark", map::WITNESS))?,
     )?;
     let total = |slot: u32| -> anyhow::Result<u64> { Ok(counts.get(&slot, 0)?.iter().sum()) };
     for slot in 0..witness::SLOTS / 2 {

@@ -1,14 +1,21 @@
-//! `cargo xtask bench`: what tcpstated costs, measured against no tracer, the empty program on
-//! the same hook (the floor) and a bpftrace peer, under loopback connection churn; whether it
-//! counted every transition; and how its scrapes scale with tracked sockets. Writes
-//! docs/benchmarks.md (`--quick`: target/bench/quick.md).
+//! `tcpstate-bench`, run by `cargo xtask bench` (which builds it and tcpstated, then hands over):
+//! what tcpstated costs, measured against no tracer, the empty program on the same hook (the
+//! floor) and a bpftrace peer, under loopback connection churn; whether it counted every
+//! transition; and how its scrapes scale with tracked sockets. Writes docs/benchmarks.md
+//! (`--quick`: target/bench/quick.md).
 //!
 //! Absolute figures on a shared 2-core machine drift from run to run, so every configuration
 //! runs once per round, rounds repeat (A B C D, A B C D, ...), and the report gives medians and
 //! per-round ratios. Throughput runs keep `kernel.bpf_stats_enabled` off (as in production: the
 //! stats cost two clock reads per program run); separate cost runs turn it on to read each
 //! program's run time per event.
+//!
+//! The benchmark's own tools sit beside this binary and are built with it: `tcpstate-hook-floor`
+//! (the floor) and `tcpstate-witness` (`bench witness`); this binary also runs the load
+//! generator (`churn`) and the connection holders (`hold`) as its own subprocesses.
+#![forbid(unsafe_code)]
 
+mod bpftrace;
 mod churn;
 mod compare;
 mod expect;
@@ -28,13 +35,13 @@ use std::{
     fs,
     net::TcpListener,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, ExitCode},
     thread,
     time::Duration,
 };
 
-use anyhow::bail;
-use clap::Subcommand;
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
 
 use self::{
     churn::{ChurnArgs, ChurnReport, CloseMode},
@@ -45,10 +52,15 @@ use self::{
     sysctl::Sysctl,
     tracer::{Binaries, Config, Tracer},
 };
-use crate::{setup, workspace_root};
 
-#[derive(clap::Args, Debug)]
-#[command(args_conflicts_with_subcommands = true)]
+/// Measure tcpstated's overhead under connection churn, its exactness and its scaling; writes
+/// docs/benchmarks.md (`--quick`: a CI smoke run in under 2 minutes).
+#[derive(Parser, Debug)]
+#[command(
+    name = "tcpstate-bench",
+    bin_name = "cargo xtask bench",
+    args_conflicts_with_subcommands = true
+)]
 pub struct BenchArgs {
     #[command(subcommand)]
     part: Option<Part>,
@@ -78,6 +90,13 @@ pub struct BenchArgs {
     /// [default: 1000,100000,1000000, --quick: 1000,20000].
     #[arg(long, value_delimiter = ',')]
     scale: Option<Vec<u64>>,
+    /// Network namespaces the scale's namespace levels spread their connections over,
+    /// comma-separated; `0` skips them [default: 1,10,100, --quick: 1,10].
+    #[arg(long, value_delimiter = ',')]
+    namespaces: Option<Vec<usize>>,
+    /// Connections the namespace levels hold in all [default: 100000, --quick: 10000].
+    #[arg(long)]
+    namespace_connections: Option<u64>,
     /// Leave the bpftrace peer out (it is installed with apt when missing otherwise).
     #[arg(long)]
     no_bpftrace: bool,
@@ -107,7 +126,29 @@ enum Part {
     Hold(HoldArgs),
 }
 
-pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    match run(BenchArgs::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("bench: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The directory `cargo xtask bench` runs in (paths in the report are relative to it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("bench/ sits in the workspace")
+        .to_owned()
+}
+
+fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+fn run(args: BenchArgs) -> anyhow::Result<()> {
     match &args.part {
         Some(Part::Churn(churn)) => return churn::main(churn),
         Some(Part::Compare(compare)) => return compare::run(compare),
@@ -115,21 +156,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(Part::Hold(hold)) => return hold::main(hold),
         None => {}
     }
-    if !setup::is_root() {
+    if !is_root() {
         bail!(
             "the benchmark loads eBPF programs and changes kernel settings for its run: \
              run `sudo -E cargo xtask bench`"
         );
     }
-    setup::ensure()?;
     let plan = Plan::from_args(&args);
     let bpftrace = if args.no_bpftrace {
         None
     } else {
-        if let Err(error) = setup::ensure_packages(&["bpftrace"]) {
-            eprintln!("xtask: warning: no bpftrace peer: {error:#}");
-        }
-        tracer::find_bpftrace()
+        bpftrace::peer()?
     };
     sysctl::restore_leftovers()?;
     let work_dir = workspace_root().join("target/bench");
@@ -142,7 +179,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let output = plan.output.clone();
     report::write_preserving_notes(&output, &markdown)?;
     println!("{markdown}");
-    eprintln!("xtask: wrote {}", output.display());
+    eprintln!("bench: wrote {}", output.display());
     let faults = summary.own_faults();
     if !faults.is_empty() {
         bail!(
@@ -154,7 +191,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if !summary.exact() {
         eprintln!(
-            "xtask: note: not exact: the kernel ran no program for some events (its tracepoint \
+            "bench: note: not exact: the kernel ran no program for some events (its tracepoint \
              dispatch skips a few under saturation); tcpstated found and counted each one, see \
              the exactness section of {}",
             output.display()
@@ -186,6 +223,9 @@ pub struct Plan {
     pub mode: CloseMode,
     pub exchange: u16,
     pub scale: Vec<u64>,
+    /// Namespace counts of the namespace levels, and the connections they hold in all.
+    pub namespaces: Vec<usize>,
+    pub namespace_connections: u64,
     pub scrapes: usize,
     pub output: PathBuf,
 }
@@ -217,6 +257,18 @@ impl Plan {
             mode: args.mode,
             exchange: args.exchange,
             scale,
+            namespaces: args
+                .namespaces
+                .clone()
+                .unwrap_or_else(|| if quick { vec![1, 10] } else { vec![1, 10, 100] })
+                .into_iter()
+                .filter(|count| *count > 0)
+                .collect(),
+            namespace_connections: args.namespace_connections.unwrap_or(if quick {
+                10_000
+            } else {
+                100_000
+            }),
             scrapes: if quick { 4 } else { 10 },
             output: args.output.clone().unwrap_or_else(|| {
                 workspace_root().join(if quick {
@@ -240,6 +292,8 @@ impl Plan {
             mode: CloseMode::ClientFirst,
             exchange: 0,
             scale: Vec::new(),
+            namespaces: Vec::new(),
+            namespace_connections: 0,
             scrapes: 0,
             output: PathBuf::new(),
         }
@@ -254,20 +308,19 @@ impl Plan {
     }
 }
 
-/// What `bench compare` and `bench witness` (`part`) share before their rounds: root, the
-/// project's tools, leftover sysctls restored, the default load's plan and the built binaries.
+/// What `bench compare` and `bench witness` (`part`) share before their rounds: root, leftover
+/// sysctls restored, the default load's plan and the binaries.
 fn prepare_default_load(
     part: &str,
     rounds: usize,
     seconds: f64,
 ) -> anyhow::Result<(Plan, Context)> {
-    if !setup::is_root() {
+    if !is_root() {
         bail!(
             "`bench {part}` loads eBPF programs and turns on kernel.bpf_stats_enabled for its \
              run: run `sudo -E cargo xtask bench {part} ...`"
         );
     }
-    setup::ensure()?;
     sysctl::restore_leftovers()?;
     let plan = Plan::with_default_load(rounds, seconds);
     let work_dir = workspace_root().join("target/bench");
@@ -279,8 +332,8 @@ fn prepare_default_load(
 /// What the runs share: binaries, the service port, the kernel settings held for the run.
 pub struct Context {
     pub binaries: Binaries,
-    /// The release build of this xtask, which runs the load generator and the holders.
-    pub xtask: PathBuf,
+    /// This binary, which runs the load generator and the holders.
+    pub bench: PathBuf,
     /// The port every listener of the benchmark uses, passed to tcpstated's --port.
     pub port: u16,
     bpf_stats: Sysctl,
@@ -293,16 +346,24 @@ impl Context {
         bpftrace: Option<PathBuf>,
         work_dir: PathBuf,
     ) -> anyhow::Result<Context> {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        crate::run_command(Command::new(cargo).args([
-            "build",
-            "--release",
-            "--package",
-            "tcpstate-daemon",
-            "--package",
-            "xtask",
-        ]))?;
-        let release = workspace_root().join("target/release");
+        let bench = std::env::current_exe().context("cannot find the benchmark's own binary")?;
+        if cfg!(debug_assertions) {
+            eprintln!(
+                "bench: warning: a debug build runs the load generator, which then makes less \
+                 churn: run the benchmark with `cargo xtask bench`"
+            );
+        }
+        // `cargo xtask bench` builds tcpstated and the benchmark's tools beside this binary.
+        let beside = |name: &str| -> anyhow::Result<PathBuf> {
+            let path = bench.with_file_name(name);
+            if !path.is_file() {
+                bail!(
+                    "no {} beside the benchmark: run it with `cargo xtask bench`, which builds it",
+                    path.display()
+                );
+            }
+            Ok(path)
+        };
         let holders = plan
             .scale
             .iter()
@@ -322,13 +383,13 @@ impl Context {
         };
         Ok(Context {
             binaries: Binaries {
-                tcpstated: release.join("tcpstated"),
-                hook_floor: release.join("tcpstate-hook-floor"),
-                witness: release.join("tcpstate-witness"),
+                tcpstated: beside("tcpstated")?,
+                hook_floor: beside("tcpstate-hook-floor")?,
+                witness: beside("tcpstate-witness")?,
                 bpftrace,
                 work_dir,
             },
-            xtask: release.join("xtask"),
+            bench,
             port,
             bpf_stats,
             _tw_reuse: tw_reuse,
@@ -414,7 +475,14 @@ fn measure(plan: &Plan, context: &Context) -> anyhow::Result<Results> {
     // minute, and tcpstated's sock_diag polls walk them, which would blur how its scrapes grow
     // with the sockets it tracks.
     // The quick run does not wait for the host's timewait sockets to expire (up to a minute).
-    let scale = scale::measure(context, &plan.scale, plan.scrapes, !plan.quick)?;
+    let mut scale = scale::measure(context, &plan.scale, plan.scrapes, !plan.quick)?;
+    scale::measure_namespaces(
+        context,
+        plan.namespace_connections,
+        &plan.namespaces,
+        plan.scrapes,
+        &mut scale,
+    )?;
     let mut runs = Vec::new();
     let mut other_programs = BTreeSet::new();
     for round in 0..plan.rounds {
@@ -425,7 +493,7 @@ fn measure(plan: &Plan, context: &Context) -> anyhow::Result<Results> {
         other_programs.extend(procfs::other_programs_on(HOOK, &[]));
         for &config in &order {
             eprintln!(
-                "xtask: round {}/{}: {} (throughput)",
+                "bench: round {}/{}: {} (throughput)",
                 round + 1,
                 plan.rounds,
                 config.name()
@@ -438,7 +506,7 @@ fn measure(plan: &Plan, context: &Context) -> anyhow::Result<Results> {
             .filter(|config| **config != Config::NoTracer)
             .map(|&config| {
                 eprintln!(
-                    "xtask: round {}/{}: {} (kernel cost)",
+                    "bench: round {}/{}: {} (kernel cost)",
                     round + 1,
                     plan.rounds,
                     config.name()
@@ -580,9 +648,9 @@ fn settled_counts(
 }
 
 fn run_churn(plan: &Plan, context: &Context, seconds: f64) -> anyhow::Result<ChurnReport> {
-    let mut command = Command::new(&context.xtask);
+    let mut command = Command::new(&context.bench);
     command
-        .args(["bench", "churn", "--port", &context.port.to_string()])
+        .args(["churn", "--port", &context.port.to_string()])
         .args(["--addresses", &plan.addresses.to_string()])
         .args(["--clients", &plan.clients.to_string()])
         .args(["--seconds", &seconds.to_string()])
@@ -597,7 +665,7 @@ fn run_churn(plan: &Plan, context: &Context, seconds: f64) -> anyhow::Result<Chu
     let report = ChurnReport::parse(&output)?;
     if report.other_errors > 0 || report.connect_errors > 0 {
         eprintln!(
-            "xtask: warning: the load generator saw errors: {} (connect errors: {}, others: {})",
+            "bench: warning: the load generator saw errors: {} (connect errors: {}, others: {})",
             report.error_kinds, report.connect_errors, report.other_errors
         );
     }

@@ -5,7 +5,7 @@ use std::{
     fs::{self, File},
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -169,7 +169,7 @@ impl Tracer {
                 // bpftrace's way out is its own (detach, END, print the maps): once it took
                 // over 20 s on this shared host and was killed. Every figure of the run was
                 // read before the stop, and the kill detaches its programs, so the run stands.
-                eprintln!("xtask: warning: {error:#}; the run's figures were read before the stop");
+                eprintln!("bench: warning: {error:#}; the run's figures were read before the stop");
                 return Ok(());
             }
             let status = stopped?;
@@ -199,28 +199,6 @@ fn wait_until_healthy(process: &mut Process, address: SocketAddr) -> anyhow::Res
         }
         thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// bpftrace's path, when installed.
-pub fn find_bpftrace() -> Option<PathBuf> {
-    [
-        "/usr/bin/bpftrace",
-        "/usr/local/bin/bpftrace",
-        "/usr/sbin/bpftrace",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|path| path.exists())
-    .or_else(|| {
-        let output = Command::new("sh")
-            .args(["-c", "command -v bpftrace"])
-            .stderr(Stdio::null())
-            .output()
-            .ok()?;
-        let path = String::from_utf8(output.stdout).ok()?;
-        let path = PathBuf::from(path.trim());
-        path.exists().then_some(path)
-    })
 }
 
 #[cfg(test)]

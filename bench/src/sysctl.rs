@@ -71,7 +71,7 @@ pub fn restore_leftovers() -> anyhow::Result<()> {
         return Ok(());
     };
     for (name, value) in parse_restore_lines(&text) {
-        eprintln!("xtask: restoring {name}={value}, left changed by an interrupted benchmark");
+        eprintln!("bench: restoring {name}={value}, left changed by an interrupted benchmark");
         write(&name, &value)?;
     }
     let _ = fs::remove_file(&path);
@@ -110,7 +110,7 @@ impl Drop for Sysctl {
                 });
             }
             Err(error) => eprintln!(
-                "xtask: warning: could not restore {}={}: {error:#}; set it by hand",
+                "bench: warning: could not restore {}={}: {error:#}; set it by hand",
                 self.name, self.original
             ),
         }

@@ -2,20 +2,20 @@
 //! `inet_sock_set_state` BTF tracepoint and holds it until SIGINT or SIGTERM.
 //!
 //! The benchmark (`cargo xtask bench`) runs it as its floor: what any program on this hook costs
-//! before doing anything, measured with the same embedded object, hook and attach type as
-//! tcpstated. It prints `program_id=<id>` on stdout once attached, so the benchmark can read the
-//! program's `run_time_ns` and `run_cnt` (bpf_stats).
+//! before doing anything, measured with the same hook and attach type as tcpstated, attached by
+//! tcpstated's own code. The program is in the benchmark's object (bench/ebpf). It prints
+//! `program_id=<id>` on stdout once attached, so the benchmark can read the program's
+//! `run_time_ns` and `run_cnt` (bpf_stats).
 #![forbid(unsafe_code)]
 
 use std::{io::Write as _, process::ExitCode};
 
 use anyhow::Context as _;
 use aya::{Btf, EbpfLoader};
-use tcpstate_common::program;
-use tcpstate_daemon::{
-    loader::{self, EBPF_OBJECT},
-    preflight, sys,
-};
+use tcpstate_bench::EBPF_OBJECT;
+use tcpstate_bench_common::program::EMPTY_HOOK_FLOOR;
+use tcpstate_common::program::TRACEPOINT;
+use tcpstate_daemon::{bpf::loader, preflight, sys};
 
 fn main() -> ExitCode {
     preflight::run_bpf_helper("tcpstate-hook-floor", run)
@@ -26,21 +26,15 @@ fn run() -> anyhow::Result<()> {
         "cannot read the kernel's BTF (/sys/kernel/btf/vmlinux): the hook needs a kernel built \
          with CONFIG_DEBUG_INFO_BTF=y",
     )?;
-    // The load-time globals (socket layout, buckets, ports) keep their defaults: only the
-    // programs read them, and the empty program reads nothing. The object's maps are created
-    // but stay unused.
+    // The witness's global keeps its default and its map is created but stays unused: the
+    // empty program reads nothing.
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&btf))
         .load(EBPF_OBJECT)
-        .context("cannot load the embedded eBPF object")?;
-    let id = loader::attach_btf_tracepoint(
-        &mut ebpf,
-        program::EMPTY_HOOK_FLOOR,
-        program::TRACEPOINT,
-        &btf,
-    )?
-    .info()?
-    .id();
+        .context("cannot load the benchmark's embedded eBPF object")?;
+    let id = loader::attach_btf_tracepoint(&mut ebpf, EMPTY_HOOK_FLOOR, TRACEPOINT, &btf)?
+        .info()?
+        .id();
 
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "program_id={id}")?;

@@ -1,7 +1,10 @@
-//! The benchmark's witness (`cargo xtask bench witness`, see `tcpstate_common::witness`):
-//! counts of the TCP state changes two kernel paths report, by transition.
+//! The witness (`cargo xtask bench witness`, see `tcpstate_bench_common::witness`): counts of
+//! the TCP state changes two kernel paths report, by transition.
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::{
+    ffi::c_void,
+    intrinsics::{AtomicOrdering, atomic_xadd},
+};
 
 use aya_ebpf::{
     bindings::{
@@ -13,10 +16,30 @@ use aya_ebpf::{
     macros::btf_map,
     programs::SockOpsContext,
 };
-use tcpstate_common::witness;
+use tcpstate_bench_common::witness;
 
 #[btf_map]
 static WITNESS: PerCpuArray<u64, { witness::SLOTS as usize }> = PerCpuArray::new();
+
+/// Where `struct sock` keeps `sk_protocol`, from the kernel's BTF: set at load time, so the
+/// verifier sees a constant offset (read volatile, or the compiler would fold in this 0).
+#[unsafe(no_mangle)]
+static SK_PROTOCOL_OFFSET: u32 = 0;
+
+/// `IPPROTO_TCP`. The tracepoint also fires for SCTP (132) and MPTCP (262) sockets.
+const IPPROTO_TCP: u16 = 6;
+
+/// Whether the tracepoint's socket is a TCP one.
+#[inline(always)]
+pub fn is_tcp(sk: *mut c_void) -> bool {
+    // SAFETY: a plain read of an initialised static; volatile so the loader's value is used.
+    let offset = unsafe { core::ptr::read_volatile(&SK_PROTOCOL_OFFSET) };
+    // SAFETY: `sk` is the BTF tracepoint's typed `struct sock *` and `offset` that of its
+    // `sk_protocol` (u16) from the same BTF: the verifier checks the read against the kernel's
+    // `struct sock` and makes the load fault-safe (BPF_PROBE_MEM).
+    let protocol = unsafe { sk.cast::<u8>().add(offset as usize).cast::<u16>().read() };
+    protocol == IPPROTO_TCP
+}
 
 /// One more `old -> new` delivered by the tracepoint.
 #[inline(always)]

@@ -1,8 +1,8 @@
 //! The connection-churn load generator: loopback listeners and client threads that connect,
 //! optionally exchange a few bytes, and close, for a fixed time.
 //!
-//! Run by the benchmark as a subprocess (`cargo xtask bench churn ...`, from the release build of
-//! xtask) so that its CPU, file descriptors and sockets are its own, and usable alone:
+//! Run by the benchmark as a subprocess (`tcpstate-bench churn ...`, its own release binary) so
+//! that its CPU, file descriptors and sockets are its own, and usable alone:
 //! `cargo xtask bench churn --port 28080 --seconds 5 --mode abort`. It prints its report as
 //! `key=value` lines on stdout.
 //!

@@ -1,13 +1,37 @@
-//! The benchmark's witness program, checked against the tracepoint on a real connection.
+//! The benchmark's witness programs, checked against the tracepoint on a real connection. It
+//! needs root: `cargo xtask test` runs it (`--ignored`).
 
 use std::{
-    io::Read as _,
+    io::{Read as _, Write as _},
+    net::{Shutdown, TcpListener, TcpStream},
     process::{Command, Stdio},
     thread,
     time::Duration,
 };
 
-use crate::client_closes_first;
+const WAIT: Duration = Duration::from_secs(5);
+
+/// A loopback connection whose client shuts down first: every transition of a connection's
+/// life but TIME_WAIT's end, on both sides, and the listener's own.
+fn client_closes_first() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    client.write_all(b"ping").unwrap();
+    server.read_exact(&mut [0u8; 4]).unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    read_to_eof(&mut server); // server now in CLOSE_WAIT, client in FIN_WAIT2
+    drop(server); // CLOSE_WAIT -> LAST_ACK; the client's FIN_WAIT2 ends
+    read_to_eof(&mut client);
+    drop((client, listener));
+}
+
+fn read_to_eof(stream: &mut TcpStream) {
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream
+        .read_to_end(&mut Vec::new())
+        .expect("the peer closes");
+}
 
 /// The benchmark's witness (`cargo xtask bench witness`): its sock_ops program attaches to the
 /// cgroup v2 root and hears `tcp_set_state()` announce each transition of a real connection
@@ -24,7 +48,7 @@ fn witness_hears_each_state_change_through_the_tracepoint_and_sock_ops() {
     std::io::BufRead::read_line(&mut stdout, &mut attached).unwrap();
     assert!(attached.starts_with("attached tracepoint="), "{attached}");
 
-    client_closes_first(([127, 0, 0, 1], 24013).into(), Duration::ZERO);
+    client_closes_first();
     // The client's FIN_WAIT2 -> CLOSE comes with the server's last ACK, in a softirq.
     thread::sleep(Duration::from_millis(200));
     let status = Command::new("kill")

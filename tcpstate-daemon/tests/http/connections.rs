@@ -1,8 +1,5 @@
-//! The HTTP server of the real daemon under clients that misbehave: thousands of idle
-//! connections, a request never finished at shutdown, SIGHUP. They need root (the daemon loads
-//! its programs): `cargo xtask test` runs them (`--ignored`, one at a time).
-
-mod support;
+//! Clients that misbehave: thousands of idle connections, a request never finished at
+//! shutdown, SIGHUP.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -14,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{Daemon, eventually};
+use crate::support::{Daemon, eventually};
 use tcpstate_testkit::http::Response;
 
 /// The daemon's resident memory stays under this with any number of idle connections (README,

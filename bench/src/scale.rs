@@ -41,6 +41,9 @@ const MEMORY_MARGIN: u64 = 2 << 30;
 #[derive(Debug, Clone, Default)]
 pub struct ScaleLevel {
     pub connections: u64,
+    /// Network namespaces of the benchmark's own the connections are spread over (0: the
+    /// host's).
+    pub namespaces: usize,
     /// `tcpstate_tracked_sockets` while they are held.
     pub tracked_sockets: Option<f64>,
     /// Wall time of each scrape of /metrics, in milliseconds.
@@ -74,6 +77,9 @@ impl ScaleLevel {
 #[derive(Debug, Clone, Default)]
 pub struct ScaleOutcome {
     pub levels: Vec<ScaleLevel>,
+    /// The same connections spread over 1, 10, 100 namespaces: a sock_diag poll per namespace
+    /// walks every socket of the host.
+    pub namespace_levels: Vec<ScaleLevel>,
     /// Socket-local storage charged to each tracked socket (`ss -m`'s `o`, with minus without
     /// tcpstated).
     pub storage_bytes_per_socket: Option<u64>,
@@ -171,9 +177,30 @@ struct Held {
 }
 
 impl Held {
-    fn open(context: &Context, connections: u64) -> anyhow::Result<Held> {
+    /// Holds `connections` in the host's namespace, or spread evenly over `namespaces`.
+    fn open(context: &Context, connections: u64, namespaces: &[String]) -> anyhow::Result<Held> {
         let file_limit = file_limit()?;
-        let shares = split_over_holders(connections, connections_per_holder(file_limit));
+        let per_holder = connections_per_holder(file_limit);
+        let shares: Vec<(Option<&str>, u64)> = if namespaces.is_empty() {
+            split_over_holders(connections, per_holder)
+                .into_iter()
+                .map(|share| (None, share))
+                .collect()
+        } else {
+            let count = namespaces.len() as u64;
+            namespaces
+                .iter()
+                .enumerate()
+                .flat_map(|(index, name)| {
+                    let here =
+                        connections / count + u64::from((index as u64) < connections % count);
+                    split_over_holders(here, per_holder)
+                        .into_iter()
+                        .map(move |share| (Some(name.as_str()), share))
+                })
+                .filter(|(_, share)| *share > 0)
+                .collect()
+        };
         let started = Instant::now();
         let mut held = Held {
             holders: Vec::new(),
@@ -181,15 +208,22 @@ impl Held {
         };
         for (batch_number, batch) in shares.chunks(HOLDERS_AT_ONCE).enumerate() {
             let mut starting = Vec::new();
-            for (offset, share) in batch.iter().enumerate() {
+            for (offset, (namespace, share)) in batch.iter().enumerate() {
                 let index = batch_number * HOLDERS_AT_ONCE + offset;
                 // Raising the soft limit to the hard one needs no privilege.
-                let mut command = Command::new("prlimit");
+                let mut command = match namespace {
+                    Some(name) => {
+                        let mut command = Command::new("ip");
+                        command.args(["netns", "exec", name, "prlimit"]);
+                        command
+                    }
+                    None => Command::new("prlimit"),
+                };
                 command
                     .arg(format!("--nofile={file_limit}:{file_limit}"))
                     .arg("--")
-                    .arg(&context.xtask)
-                    .args(["bench", "hold", "--port", &context.port.to_string()])
+                    .arg(&context.bench)
+                    .args(["hold", "--port", &context.port.to_string()])
                     .args(["--index", &index.to_string()])
                     .args(["--connections", &share.to_string()]);
                 let holder = Process::spawn("a connection holder", &mut command, true)?;
@@ -251,7 +285,7 @@ fn wait_for_timewait_to_expire() {
         }
         if !said {
             eprintln!(
-                "xtask: scale: waiting for {timewait} timewait sockets to expire (up to 60 s)"
+                "bench: scale: waiting for {timewait} timewait sockets to expire (up to 60 s)"
             );
             said = true;
         }
@@ -286,7 +320,7 @@ pub fn measure(
                 per_connection.unwrap_or(0.0),
                 available as f64 / f64::from(1u32 << 30),
             );
-            eprintln!("xtask: scale: {note}");
+            eprintln!("bench: scale: {note}");
             outcome.notes.push(note);
         }
         if connections == 0 {
@@ -295,9 +329,9 @@ pub fn measure(
         if quiet_timewait {
             wait_for_timewait_to_expire();
         }
-        eprintln!("xtask: scale: holding {connections} connections under tcpstated");
+        eprintln!("bench: scale: holding {connections} connections under tcpstated");
         let _limits = file_limits_for(connections)?;
-        let level = measure_level(context, connections, scrapes, &mut outcome)?;
+        let level = measure_level(context, connections, &[], scrapes, &mut outcome)?;
         per_connection = level.memory_per_connection.or(per_connection);
         outcome.levels.push(level);
     }
@@ -307,6 +341,7 @@ pub fn measure(
 fn measure_level(
     context: &Context,
     connections: u64,
+    namespaces: &[String],
     scrapes: usize,
     outcome: &mut ScaleOutcome,
 ) -> anyhow::Result<ScaleLevel> {
@@ -316,13 +351,14 @@ fn measure_level(
     let tracer = Tracer::start(Config::Tcpstated, &context.binaries, context.port, &[])?;
     let pid = tracer.pid().context("tcpstated has a pid")?;
     let address = tracer.metrics.context("tcpstated has an address")?;
-    let held = Held::open(context, connections)?;
+    let held = Held::open(context, connections, namespaces)?;
     thread::sleep(Duration::from_secs(1));
     let memory_held = procfs::mem_available_bytes()?;
     let host_timewait_sockets = procfs::timewait_sockets();
 
     let mut level = ScaleLevel {
         connections,
+        namespaces: namespaces.len(),
         setup_seconds: held.setup_seconds,
         host_timewait_sockets,
         memory_per_connection: Some(
@@ -371,8 +407,9 @@ fn measure_level(
     // The same sockets with and without tcpstated's records: freeing the map (when tcpstated
     // exits) deletes every record and uncharges it from its socket. Measured once, on the
     // smallest level (ss lists every socket).
-    let measure_storage =
-        outcome.storage_bytes_per_socket.is_none() && connections <= MOST_SOCKETS_LISTED / 2;
+    let measure_storage = outcome.storage_bytes_per_socket.is_none()
+        && namespaces.is_empty()
+        && connections <= MOST_SOCKETS_LISTED / 2;
     let traced = if measure_storage {
         socket_option_memory(context.port)?
     } else {
@@ -388,6 +425,59 @@ fn measure_level(
     }
     held.close()?;
     Ok(level)
+}
+
+/// Network namespaces of the benchmark's own, each with its loopback up, deleted when dropped.
+struct Namespaces(Vec<String>);
+
+impl Namespaces {
+    fn create(count: usize) -> anyhow::Result<Namespaces> {
+        let mut namespaces = Namespaces(Vec::new());
+        for index in 0..count {
+            let name = format!("tcpstate-bench-{index}");
+            let _ = Command::new("ip").args(["netns", "delete", &name]).output();
+            let added = Command::new("ip").args(["netns", "add", &name]).status()?;
+            if !added.success() {
+                bail!("cannot make network namespace {name} (ip netns add: {added})");
+            }
+            namespaces.0.push(name.clone());
+            let up = Command::new("ip")
+                .args(["netns", "exec", &name, "ip", "link", "set", "lo", "up"])
+                .status()?;
+            if !up.success() {
+                bail!("cannot bring up the loopback of {name}");
+            }
+        }
+        Ok(namespaces)
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = Command::new("ip").args(["netns", "delete", name]).output();
+        }
+    }
+}
+
+/// The same `connections` spread over each count of network namespaces in `counts`, the daemon
+/// in the host's: every namespace's sock_diag dump walks every socket of the host, and the
+/// polls must stay within their CPU budget and the scrapes flat.
+pub fn measure_namespaces(
+    context: &Context,
+    connections: u64,
+    counts: &[usize],
+    scrapes: usize,
+    outcome: &mut ScaleOutcome,
+) -> anyhow::Result<()> {
+    for &count in counts {
+        eprintln!("bench: scale: holding {connections} connections in {count} namespaces");
+        let namespaces = Namespaces::create(count)?;
+        let _limits = file_limits_for(connections)?;
+        let level = measure_level(context, connections, &namespaces.0, scrapes, outcome)?;
+        outcome.namespace_levels.push(level);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
