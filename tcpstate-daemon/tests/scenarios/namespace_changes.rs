@@ -257,7 +257,7 @@ fn a_vanishing_or_unreadable_namespace_is_logged_once_and_the_others_are_unaffec
         log.join("\n")
     );
     assert!(
-        unreadable_lines[0].contains("WARN"),
+        unreadable_lines[0].contains("level=warn"),
         "{}",
         unreadable_lines[0]
     );
