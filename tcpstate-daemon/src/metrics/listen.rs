@@ -24,8 +24,8 @@ pub(super) const LISTEN_QUEUE_LIMIT: Family = Family {
 
 pub(super) const LISTEN_OVERFLOWS: Family = Family {
     name: "tcpstate_listen_overflows_total",
-    help: "Handshakes completed while the accept queue was full (TcpExt ListenOverflows of the \
-           daemon's network namespace).",
+    help: "Handshakes completed while the accept queue was full (TcpExt ListenOverflows, summed \
+           over the host's network namespaces polled).",
     kind: MetricType::COUNTER,
     labels: &[],
 };
@@ -33,7 +33,7 @@ pub(super) const LISTEN_OVERFLOWS: Family = Family {
 pub(super) const LISTEN_DROPS: Family = Family {
     name: "tcpstate_listen_drops_total",
     help: "SYNs and handshake ACKs dropped by listeners, overflows included (TcpExt ListenDrops \
-           of the daemon's network namespace).",
+           summed over the host's network namespaces polled).",
     kind: MetricType::COUNTER,
     labels: &[],
 };

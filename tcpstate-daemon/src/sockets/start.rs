@@ -79,6 +79,15 @@ fn enterable_namespaces() -> Option<Namespaces> {
         );
         return None;
     }
+    if let Ok(refused) = namespaces::refused_links(Path::new(PROC))
+        && refused > 0
+    {
+        log::warn!(
+            "{refused} processes of other users refuse tcpstated their network namespace (it \
+             needs CAP_SYS_PTRACE): namespaces only they hold, with no bind mount, are not \
+             polled (their timewait and request sockets and accept queues are not counted)"
+        );
+    }
     match namespaces::list(Path::new(PROC)) {
         Ok(listing) => Some(listing),
         Err(error) => {

@@ -34,6 +34,7 @@ mod closing;
 mod gauges;
 mod handshake;
 mod namespace_changes;
+mod namespace_privileges;
 mod namespaces;
 mod resets;
 mod restarts;

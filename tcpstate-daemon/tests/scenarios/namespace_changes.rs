@@ -175,7 +175,7 @@ impl Drop for HeldNamespaces {
 }
 
 /// The daemon's stderr, line by line, as it comes.
-fn log_lines(daemon: &mut Daemon) -> Arc<Mutex<Vec<String>>> {
+pub fn log_lines(daemon: &mut Daemon) -> Arc<Mutex<Vec<String>>> {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let stderr = daemon.take_stderr().expect("stderr piped");
     let sink = lines.clone();

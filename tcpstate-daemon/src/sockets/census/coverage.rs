@@ -334,4 +334,9 @@ impl Coverage {
     pub fn is_empty(&self) -> bool {
         self.known.is_empty()
     }
+
+    /// Namespaces known that could not be entered at their last visit.
+    pub fn unreadable(&self) -> usize {
+        self.known.values().filter(|known| known.unreadable).count()
+    }
 }

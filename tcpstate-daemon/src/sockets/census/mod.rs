@@ -259,6 +259,11 @@ impl Census {
     pub fn namespaces(&self) -> usize {
         self.coverage.len()
     }
+
+    /// How many of them could not be entered at their last visit.
+    pub fn unreadable_namespaces(&self) -> usize {
+        self.coverage.unreadable()
+    }
 }
 
 /// The sum of count maps (a key in any of them is in the sum, even at 0).
