@@ -46,7 +46,11 @@ pub fn list(proc: &Path) -> io::Result<Namespaces> {
 pub fn refused_links(proc: &Path) -> io::Result<usize> {
     let mut refused = 0;
     for entry in fs::read_dir(proc)?.flatten() {
-        if entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit())
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
             && fs::metadata(entry.path().join("ns/net"))
                 .is_err_and(|error| error.kind() == io::ErrorKind::PermissionDenied)
         {
