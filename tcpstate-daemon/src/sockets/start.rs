@@ -6,6 +6,7 @@ use std::{io, path::Path, thread};
 
 use crate::{
     bpf::loader::Tracer,
+    preflight,
     sockets::{
         census::{Baseline, Census, Coverage, baseline},
         namespaces::{self, Namespaces},
@@ -82,7 +83,14 @@ fn enterable_namespaces() -> Option<Namespaces> {
     if let Ok(refused) = namespaces::refused_links(Path::new(PROC))
         && refused > 0
     {
-        log::warn!(
+        // With CAP_SYS_PTRACE only a security module or a sandbox refuses: not actionable.
+        let level = if preflight::has_capability(preflight::CAP_SYS_PTRACE) {
+            log::Level::Debug
+        } else {
+            log::Level::Warn
+        };
+        log::log!(
+            level,
             "{refused} processes of other users refuse tcpstated their network namespace (it \
              needs CAP_SYS_PTRACE): namespaces only they hold, with no bind mount, are not \
              polled (their timewait and request sockets and accept queues are not counted)"
