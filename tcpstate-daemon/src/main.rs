@@ -11,7 +11,7 @@ use tcpstate_daemon::{
     logging,
     metrics::{self, CollectorConfig, KernelState, TcpStateCollector},
     preflight,
-    sockets::{census::Census, untracked::LabelRule},
+    sockets::{census::Census, poller::PollThread, untracked::LabelRule},
     sys,
     workload::Resolver,
 };
@@ -76,7 +76,9 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
         )?;
         state = state.with_workloads(resolver);
     }
-    let collector = TcpStateCollector::new(state, CollectorConfig::from_flags(&flags));
+    let poll_thread =
+        PollThread::start(|| Ok(())).context("cannot start the sock_diag poll thread")?;
+    let collector = TcpStateCollector::new(state, CollectorConfig::from_flags(&flags), poll_thread);
     collector.start_background_poll();
     let registry = metrics::registry(collector)?;
 

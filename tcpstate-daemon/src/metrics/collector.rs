@@ -141,11 +141,11 @@ pub struct TcpStateCollector {
 }
 
 impl TcpStateCollector {
-    pub fn new(state: KernelState, config: CollectorConfig) -> Self {
+    pub fn new(state: KernelState, config: CollectorConfig, poll_thread: PollThread) -> Self {
         TcpStateCollector {
             state: Arc::new(Mutex::new(state)),
             polling: Arc::new(AtomicBool::new(false)),
-            poll_thread: PollThread::default(),
+            poll_thread,
             config,
             descs: families().map(|family| family.desc()).collect(),
         }

@@ -63,6 +63,13 @@ pub fn raise_fd_limit() -> io::Result<u64> {
     Ok(limit.rlim_cur)
 }
 
+/// The calling thread's id (what `/proc/self/task` lists it as).
+pub fn thread_id() -> u32 {
+    // SAFETY: gettid has no arguments and cannot fail.
+    let id = unsafe { libc::gettid() };
+    id as u32
+}
+
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of the kernel program's `bpf_ktime_get_ns()`.
 pub fn monotonic_ns() -> u64 {
     let mut now = libc::timespec {
