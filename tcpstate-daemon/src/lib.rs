@@ -11,11 +11,13 @@
 //! - `workload`: whose a socket is (its cgroup decoded into pod, container or unit names).
 //!
 //! Beside them: `config` (the flags), `labels` (numbers to label values), `netstat`
-//! (/proc counters), `preflight` (privileges), `sys` (the raw syscalls, the only `unsafe`),
-//! `version` (the build), `logging` (the log's level and format).
+//! (/proc counters), `preflight` (privileges to start), `capabilities` (what each thread keeps
+//! once serving), `sys` (the raw syscalls, the only `unsafe`), `version` (the build),
+//! `logging` (the log's level and format).
 #![deny(unsafe_code)]
 
 pub mod bpf;
+pub mod capabilities;
 pub mod config;
 pub mod http;
 pub mod labels;

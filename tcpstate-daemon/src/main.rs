@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use tcpstate_daemon::{
     bpf::loader::{self, Tracer, TracerConfig},
+    capabilities::{self, AfterStart, Keep},
     config::{Flags, NamespaceScope},
     http::{self, WebConfigSource, WebState},
     logging,
@@ -66,6 +67,14 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
         flags.namespaces == NamespaceScope::All,
     )?;
     let programs_loaded = tracer.health_check()?;
+    let after_start = match flags.keep_capabilities {
+        Keep::All => None,
+        Keep::Only(kept) => Some(AfterStart::plan(
+            kept,
+            census.enters_other_namespaces(),
+            capabilities::bpf_needs_capability(&programs_loaded),
+        )),
+    };
     let Tracer { ebpf, maps } = tracer;
     let mut state = KernelState::new(maps, census);
     if flags.workloads {
@@ -76,11 +85,20 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
         )?;
         state = state.with_workloads(resolver);
     }
-    let poll_thread =
-        PollThread::start(|| Ok(())).context("cannot start the sock_diag poll thread")?;
+    let poll_thread = PollThread::start(move || match after_start {
+        Some(plan) => plan.confine_poll_thread(),
+        None => Ok(()),
+    })
+    .context("cannot start the sock_diag poll thread")?;
+    let poll_thread_id = poll_thread.id();
     let collector = TcpStateCollector::new(state, CollectorConfig::from_flags(&flags), poll_thread);
     collector.start_background_poll();
     let registry = metrics::registry(collector)?;
+    match after_start {
+        // From here on no thread but the poll thread holds more than `--capabilities.keep`.
+        Some(plan) => plan.enforce(poll_thread_id)?,
+        None => log::info!("--capabilities.keep=all: every thread keeps its capabilities"),
+    }
 
     let scheme = match &web_config {
         Some(source) if source.tls => "https",

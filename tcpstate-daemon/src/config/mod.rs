@@ -7,7 +7,10 @@ use tcpstate_common::{
     DEFAULT_SOCKET_SLOTS, DEFAULT_TRANSITION_SLOTS, SOCKET_SLOT_WINDOW, TRANSITIONS_CAPACITY,
 };
 
-use crate::model::View;
+use crate::{
+    capabilities::{self, Keep},
+    model::View,
+};
 
 mod buckets;
 mod log;
@@ -151,6 +154,14 @@ pub struct Flags {
     /// namespace hides the host's groups), the mount point of the host's.
     #[arg(long = "workloads.cgroup-root", value_name = "PATH")]
     pub cgroup_root: Option<std::path::PathBuf>,
+
+    /// Capabilities every thread keeps once tcpstated serves (its programs attached, the
+    /// sockets older than it listed): `none`, `all` (nothing is dropped), or names separated
+    /// by commas (`cap_net_raw,cap_syslog`). Whatever this says, the sock_diag poll thread
+    /// keeps CAP_SYS_ADMIN and CAP_SYS_PTRACE while it polls other network namespaces.
+    #[arg(long = "capabilities.keep", value_name = "CAPABILITIES", default_value = "none",
+          value_parser = capabilities::parse_keep)]
+    pub keep_capabilities: Keep,
 }
 
 /// Entries of the kernel's `TRANSITIONS` map: 64 per workload when `workloads` are labelled
@@ -318,6 +329,13 @@ mod tests {
         );
         assert_eq!(flags.telemetry_path, "/metrics");
         assert_eq!(flags.namespaces, NamespaceScope::All);
+        assert_eq!(
+            flags.keep_capabilities,
+            Keep::Only(capabilities::CapabilitySet::NONE)
+        );
+        let keep = parse(&["--capabilities.keep=cap_everything"]).unwrap_err();
+        assert_eq!(keep.exit_code(), 2);
+        assert!(keep.to_string().contains("is not a capability"), "{keep}");
         assert!(parse(&["--sockdiag.namespaces=own"]).is_ok());
         assert!(parse(&["--sockdiag.namespaces=some"]).is_err());
         assert!(flags.ports.is_empty());

@@ -110,9 +110,9 @@ type Job = Box<dyn FnOnce(&Home) + Send>;
 
 /// The thread every poll runs on, for the daemon's life: a poll moves it between network
 /// namespaces (setns changes only the calling thread: the others never leave the daemon's), it
-/// can keep the capabilities that takes when the others drop theirs (a thread started later
-/// would inherit none), and one thread keeps the polls' large, short-lived lists in one malloc
-/// arena (a thread per poll left the daemon 10 MB larger with 100,000 timewait sockets).
+/// alone keeps the capabilities that takes (`crate::capabilities`), and one thread keeps the
+/// polls' large, short-lived lists in one malloc arena (a thread per poll left the daemon 10 MB
+/// larger with 100,000 timewait sockets).
 pub struct PollThread {
     jobs: Mutex<mpsc::Sender<Job>>,
     id: u32,

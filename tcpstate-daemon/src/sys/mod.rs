@@ -1,7 +1,8 @@
 //! The few system calls the daemon makes itself (aya covers the rest), split by kernel
-//! interface: `bpf` (program statistics, batch map reads, the log ring), `mmap` (a live view of
-//! an mmapable map), `netlink` (the sock_diag socket), `netns` (entering network namespaces),
-//! `process` (signals, limits, clock, allocator, thread ids). The only module allowed `unsafe`, each block with its `// SAFETY:`;
+//! interface: `bpf` (program statistics, batch map reads, the log ring), `capabilities` (the
+//! calling thread's capability sets), `mmap` (a live view of an mmapable map), `netlink` (the
+//! sock_diag socket), `netns` (entering network namespaces), `process` (signals, limits, clock,
+//! allocator, thread ids). The only module allowed `unsafe`, each block with its `// SAFETY:`;
 //! the protocols built on these calls (the slot table's sweep, sock_diag's messages) are safe
 //! code beside their users.
 #![expect(
@@ -10,6 +11,7 @@
 )]
 
 pub mod bpf;
+pub mod capabilities;
 pub mod mmap;
 pub mod netlink;
 pub mod netns;

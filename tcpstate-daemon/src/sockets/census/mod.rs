@@ -255,6 +255,11 @@ impl Census {
         self.coverage.port_range(own_now)
     }
 
+    /// Whether the polls enter other network namespaces than the daemon's.
+    pub fn enters_other_namespaces(&self) -> bool {
+        self.coverage.enters_others()
+    }
+
     /// How many network namespaces the polls know (the daemon's included).
     pub fn namespaces(&self) -> usize {
         self.coverage.len()
