@@ -12,13 +12,14 @@
 //!
 //! Beside them: `config` (the flags), `labels` (numbers to label values), `netstat`
 //! (/proc counters), `preflight` (privileges to start), `capabilities` (what each thread keeps
-//! once serving), `sys` (the raw syscalls, the only `unsafe`), `version` (the build),
-//! `logging` (the log's level and format).
+//! once serving), `exit` (the exit statuses), `sys` (the raw syscalls, the only `unsafe`),
+//! `version` (the build), `logging` (the log's level and format).
 #![deny(unsafe_code)]
 
 pub mod bpf;
 pub mod capabilities;
 pub mod config;
+pub mod exit;
 pub mod http;
 pub mod labels;
 pub mod logging;

@@ -8,6 +8,7 @@ use tcpstate_daemon::{
     bpf::loader::{self, Tracer, TracerConfig},
     capabilities::{self, AfterStart, Keep},
     config::{Flags, NamespaceScope},
+    exit::Failure,
     http::{self, WebConfigSource, WebState},
     logging,
     metrics::{self, CollectorConfig, KernelState, TcpStateCollector},
@@ -17,11 +18,6 @@ use tcpstate_daemon::{
     workload::Resolver,
 };
 
-/// Exit status for runtime failures; usage errors exit with clap's 2.
-const EXIT_RUNTIME_FAILURE: u8 = 1;
-/// Exit status for a bad `--web.config.file`: a usage error, as clap's.
-const EXIT_USAGE: u8 = 2;
-
 fn main() -> ExitCode {
     let flags = Flags::parse();
     logging::init(flags.log_level, flags.log_format);
@@ -30,9 +26,12 @@ fn main() -> ExitCode {
         Some(Ok(source)) => Some(Arc::new(source)),
         Some(Err(error)) => {
             eprintln!("tcpstated: error: {error}");
-            return ExitCode::from(EXIT_USAGE);
+            return Failure::Usage.exit_code();
         }
     };
+    if flags.check {
+        return check(&flags);
+    }
     let runtime = match http::runtime() {
         Ok(runtime) => runtime,
         Err(error) => return fail(error.into()),
@@ -48,7 +47,28 @@ fn main() -> ExitCode {
 
 fn fail(error: anyhow::Error) -> ExitCode {
     eprintln!("tcpstated: error: {error:#}");
-    ExitCode::from(EXIT_RUNTIME_FAILURE)
+    Failure::of(&error).exit_code()
+}
+
+/// `--check`: what the start does with the kernel (privileges, BTF, loading and attaching
+/// every program) and the host (`--workloads`' hierarchy), then detaching, without serving.
+fn check(flags: &Flags) -> ExitCode {
+    let checked = preflight::check_privileges()
+        .map_err(anyhow::Error::from)
+        .and_then(|()| Tracer::attach(&TracerConfig::from_flags(flags)))
+        .and_then(|tracer| workload_resolver(flags).map(|_| tracer));
+    match checked {
+        Ok(tracer) => {
+            drop(tracer); // detaches
+            log::info!(
+                "check passed: tcpstated {} can run on this kernel with these flags (every \
+                 program loaded, verified, attached and detached)",
+                metrics::VERSION
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(error),
+    }
 }
 
 async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::Result<()> {
@@ -77,12 +97,7 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
     };
     let Tracer { ebpf, maps } = tracer;
     let mut state = KernelState::new(maps, census);
-    if flags.workloads {
-        let cgroup_root = flags.cgroup_root.as_deref();
-        let resolver = Resolver::new(&flags.host_root, cgroup_root, flags.max_workloads).context(
-            "--workloads decodes each socket's cgroup v2 into a workload: give the host's \
-                 cgroup v2 hierarchy with --workloads.cgroup-root, or run without --workloads",
-        )?;
+    if let Some(resolver) = workload_resolver(&flags)? {
         state = state.with_workloads(resolver);
     }
     let poll_thread = PollThread::start(move || match after_start {
@@ -124,4 +139,17 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
     drop(ebpf); // detaches the programs
     log::info!("detached; exiting");
     Ok(())
+}
+
+/// With `--workloads`, what decodes each socket's cgroup into a workload.
+fn workload_resolver(flags: &Flags) -> anyhow::Result<Option<Resolver>> {
+    if !flags.workloads {
+        return Ok(None);
+    }
+    let cgroup_root = flags.cgroup_root.as_deref();
+    let resolver = Resolver::new(&flags.host_root, cgroup_root, flags.max_workloads).context(
+        "--workloads decodes each socket's cgroup v2 into a workload: give the host's cgroup v2 \
+         hierarchy with --workloads.cgroup-root, or run without --workloads",
+    )?;
+    Ok(Some(resolver))
 }

@@ -162,6 +162,13 @@ pub struct Flags {
     #[arg(long = "capabilities.keep", value_name = "CAPABILITIES", default_value = "none",
           value_parser = capabilities::parse_keep)]
     pub keep_capabilities: Keep,
+
+    /// Check that this host can run tcpstated with these flags, then exit without serving:
+    /// the privileges, the kernel's BTF, loading every program (the kernel's verifier) and
+    /// attaching it, then detaching. Exit status 0 if it can, 3 if this kernel cannot, 4
+    /// without the privilege.
+    #[arg(long = "check")]
+    pub check: bool,
 }
 
 /// Entries of the kernel's `TRANSITIONS` map: 64 per workload when `workloads` are labelled
@@ -333,6 +340,7 @@ mod tests {
             flags.keep_capabilities,
             Keep::Only(capabilities::CapabilitySet::NONE)
         );
+        assert!(!flags.check);
         let keep = parse(&["--capabilities.keep=cap_everything"]).unwrap_err();
         assert_eq!(keep.exit_code(), 2);
         assert!(keep.to_string().contains("is not a capability"), "{keep}");
