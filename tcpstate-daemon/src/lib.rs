@@ -12,8 +12,9 @@
 //!
 //! Beside them: `config` (the flags), `labels` (numbers to label values), `netstat`
 //! (/proc counters), `preflight` (privileges to start), `capabilities` (what each thread keeps
-//! once serving), `exit` (the exit statuses), `sys` (the raw syscalls, the only `unsafe`),
-//! `version` (the build), `logging` (the log's level and format).
+//! once serving), `exit` (the exit statuses), `systemd` (readiness notifications), `sys` (the
+//! raw syscalls, the only `unsafe`), `version` (the build), `logging` (the log's level and
+//! format).
 #![deny(unsafe_code)]
 
 pub mod bpf;
@@ -29,6 +30,7 @@ pub mod netstat;
 pub mod preflight;
 pub mod sockets;
 pub mod sys;
+pub mod systemd;
 pub mod version;
 pub mod workload;
 

@@ -14,7 +14,7 @@ use tcpstate_daemon::{
     metrics::{self, CollectorConfig, KernelState, TcpStateCollector},
     preflight,
     sockets::{census::Census, poller::PollThread, untracked::LabelRule},
-    sys,
+    sys, systemd,
     workload::Resolver,
 };
 
@@ -135,6 +135,11 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
         web_config,
     };
     let listeners = bound.into_iter().map(|bound| bound.listener).collect();
+    systemd::notify("READY=1");
+    let shutdown = async {
+        shutdown.await;
+        systemd::notify("STOPPING=1");
+    };
     http::serve(listeners, state, limits, shutdown).await?;
     drop(ebpf); // detaches the programs
     log::info!("detached; exiting");

@@ -1,12 +1,15 @@
 //! The daemon as a program: its pages, its clean shutdown, its errors and exit codes, its
-//! `--check`.
+//! `--check`, and what it tells systemd.
 
 use std::{
+    cell::RefCell,
     net::TcpListener,
+    os::unix::net::UnixDatagram,
     process::{Command, Output},
+    time::Duration,
 };
 
-use crate::support::Daemon;
+use crate::support::{Daemon, files::temporary_directory};
 
 const TCPSTATED: &str = env!("CARGO_BIN_EXE_tcpstated");
 
@@ -105,4 +108,41 @@ fn check_attaches_every_program_and_tells_an_unfit_kernel_from_a_missing_privile
     let unprivileged = run_unprivileged(&["--check"]);
     let stderr = String::from_utf8_lossy(&unprivileged.stderr);
     assert_eq!(unprivileged.status.code(), Some(4), "{stderr}");
+}
+
+#[test]
+#[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
+fn tells_systemd_it_is_ready_once_serving_and_when_it_stops() {
+    let directory = temporary_directory("notify");
+    let path = directory.join("notify");
+    let systemd = UnixDatagram::bind(&path).expect("bind the notify socket");
+    let heard = RefCell::new(Vec::new());
+    let listen = |wait: Duration| {
+        systemd.set_read_timeout(Some(wait)).unwrap();
+        let mut datagram = [0u8; 256];
+        if let Ok(length) = systemd.recv(&mut datagram) {
+            let state = String::from_utf8_lossy(&datagram[..length]).into_owned();
+            heard.borrow_mut().push(state);
+        }
+    };
+    let mut daemon = Daemon::start_with_until(
+        &[],
+        |command| {
+            command.env("NOTIFY_SOCKET", &path);
+        },
+        |_| {
+            listen(Duration::from_millis(20));
+            !heard.borrow().is_empty()
+        },
+    );
+    assert_eq!(*heard.borrow(), ["READY=1"]);
+    let health = daemon.get("/healthz").expect("ready means serving");
+    assert_eq!(health.status, 200, "{}", health.body);
+
+    daemon.signal("TERM");
+    listen(Duration::from_secs(5));
+    assert_eq!(*heard.borrow(), ["READY=1", "STOPPING=1"]);
+    let status = daemon.exit_within(Duration::from_secs(10));
+    assert!(status.is_some_and(|status| status.success()), "{status:?}");
+    let _ = std::fs::remove_dir_all(directory);
 }
