@@ -44,11 +44,13 @@ pub fn poll_interval(min_interval: Duration, last_took: Duration) -> Duration {
     min_interval.max(last_took.saturating_mul(POLL_SPACING))
 }
 
-/// What the scrapes know of the polls: when the last one started and how long it took, and
-/// how many failed.
+/// What the scrapes know of the polls: when the last one started, how long it took and whether
+/// it succeeded, and how many failed.
 #[derive(Debug, Default)]
 pub struct PollRecord {
     last: Option<(Instant, Duration)>,
+    /// The last poll, or the last attempt to start one, failed.
+    last_failed: bool,
     pub errors: u64,
 }
 
@@ -56,6 +58,18 @@ impl PollRecord {
     /// How long the last poll took, if there was one.
     pub fn last_took(&self) -> Option<Duration> {
         self.last.map(|(_, took)| took)
+    }
+
+    /// Whether the last poll listed every namespace it entered (one it could not enter is no
+    /// failure: `tcpstate_network_namespaces` counts those), and the last start succeeded.
+    pub fn last_succeeded(&self) -> bool {
+        !self.last_failed
+    }
+
+    /// A poll could not be started (logged by the caller).
+    pub fn failed_to_start(&mut self) {
+        self.errors += 1;
+        self.last_failed = true;
     }
 
     /// Whether a poll is due: none yet, or the last is older than the least interval.
@@ -85,11 +99,13 @@ impl PollRecord {
                     survey.sockets(),
                     started.elapsed()
                 );
-                self.errors += survey
+                let failed = survey
                     .failures
                     .iter()
                     .filter(|failure| matches!(failure.missed, survey::Missed::Failed(_)))
                     .count() as u64;
+                self.errors += failed;
+                self.last_failed = failed > 0;
                 let large = survey.sockets() > LARGE_POLL;
                 census.fold(survey);
                 if large {
@@ -98,6 +114,7 @@ impl PollRecord {
             }
             Err(error) => {
                 self.errors += 1;
+                self.last_failed = true;
                 log::warn!("sock_diag poll failed: {error}");
             }
         }

@@ -262,6 +262,6 @@ fn list_here(inode: u32, path: PathBuf, depth: Depth) -> io::Result<NamespacePol
         started_ns,
         finished_ns: sys::monotonic_ns(),
         tcp_ext: netstat::read_tcp_ext().ok(),
-        port_range: netstat::read_port_range(),
+        port_range: netstat::read_port_range().ok(),
     })
 }

@@ -12,7 +12,7 @@ use std::{
 };
 
 use crate::support::{
-    Daemon, Exposition, Netns, expect, handshakes, rerun_once_after_unrecorded_events,
+    Daemon, Exposition, Netns, eventually, expect, handshakes, rerun_once_after_unrecorded_events,
     until_transitions,
 };
 use crate::{CLIENT_CLOSES, WAIT, abort, client_closes_first};
@@ -114,6 +114,14 @@ fn exposition_matches_the_golden_fixture() {
             ("client", "SYN_SENT", "CLOSE", 1),
         ]);
         until_transitions(&daemon, &before, GOLDEN_PORT, &expect(&want), WAIT);
+        // The poll's series come with the first poll, which may still run on a busy host.
+        let polled = || {
+            daemon
+                .scrape()
+                .sum_if_any("tcpstate_poll_duration_seconds", &[])
+                .is_some()
+        };
+        assert!(eventually(WAIT, polled), "a first sock_diag poll");
 
         let exposed = golden(&daemon.scrape_text());
         promtool_check_metrics(&exposed);

@@ -84,6 +84,12 @@ fn once_serving_only_the_poll_thread_holds_a_capability_and_only_what_polls_need
         }),
         "the TIME_WAIT socket of a namespace made after the start is polled"
     );
+    for part in ["bpf", "sockdiag", "netstat"] {
+        let success = daemon
+            .scrape()
+            .sum("tcpstate_scrape_collector_success", &[("collector", part)]);
+        assert_eq!(success, 1.0, "collector {part} succeeded");
+    }
 
     let threads = threads(daemon.pid());
     let (polls, others): (Vec<_>, Vec<_>) = threads
