@@ -199,7 +199,10 @@ fn no_persistence(tcpstated: &std::path::Path) -> anyhow::Result<Vec<String>> {
     }
     Ok(vec![
         "--no-bpf.persist".into(),
-        format!("--bpf.pin-path=/nonexistent/tcpstate-bench-{}", std::process::id()),
+        format!(
+            "--bpf.pin-path=/nonexistent/tcpstate-bench-{}",
+            std::process::id()
+        ),
     ])
 }
 
