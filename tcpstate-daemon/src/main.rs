@@ -6,12 +6,12 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use tcpstate_daemon::{
     bpf::loader::{self, Tracer, TracerConfig},
-    config::Flags,
+    config::{Flags, NamespaceScope},
     http::{self, WebConfigSource, WebState},
     logging,
     metrics::{self, CollectorConfig, KernelState, TcpStateCollector},
     preflight,
-    sockets::census::Census,
+    sockets::{census::Census, untracked::LabelRule},
     sys,
     workload::Resolver,
 };
@@ -55,10 +55,15 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
     preflight::check_privileges()?;
     let (bound, limits) = http::listen(&flags.listen_addresses, flags.max_connections)?;
     let tracer = Tracer::attach(&TracerConfig::from_flags(&flags))?;
+    let label_rule = LabelRule {
+        ports: loader::port_set(&flags.ports),
+        owners: flags.workloads,
+    };
     let census = Census::at_start(
         &tracer,
-        loader::port_set(&flags.ports),
+        label_rule,
         flags.buckets.nanoseconds(),
+        flags.namespaces == NamespaceScope::All,
     )?;
     let programs_loaded = tracer.health_check()?;
     let Tracer { ebpf, maps } = tracer;

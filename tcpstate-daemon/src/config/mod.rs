@@ -100,6 +100,14 @@ pub struct Flags {
           allow_negative_numbers = true)]
     pub poll_min_interval: Duration,
 
+    /// Which network namespaces the sock_diag polls cover: `all` (every one of the host's:
+    /// tcpstated enters each, which needs CAP_SYS_ADMIN, CAP_SYS_PTRACE for other users'
+    /// processes' namespaces, and the host's PID namespace to find them) or `own` (the
+    /// daemon's). The tracepoint's figures cover every namespace either way.
+    #[arg(long = "sockdiag.namespaces", value_name = "WHICH", default_value = "all",
+          value_parser = parse_namespaces)]
+    pub namespaces: NamespaceScope,
+
     /// Slots of the kernel's socket table, where each tracked socket's record lives: a power of
     /// two, 32 bytes each (the default, 262144, takes 8 MiB of kernel memory). Give about twice
     /// the host's peak number of TCP sockets: a socket that finds no free slot near its hash is
@@ -213,6 +221,21 @@ fn parse_view(text: &str) -> Result<View, String> {
     }
 }
 
+/// `--sockdiag.namespaces`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NamespaceScope {
+    All,
+    Own,
+}
+
+fn parse_namespaces(text: &str) -> Result<NamespaceScope, String> {
+    match text {
+        "all" => Ok(NamespaceScope::All),
+        "own" => Ok(NamespaceScope::Own),
+        _ => Err(format!("`{text}` is not a choice: use `all` or `own`")),
+    }
+}
+
 fn parse_interval(text: &str) -> Result<Duration, String> {
     match text.trim().parse::<f64>() {
         Ok(seconds) if seconds.is_finite() && (0.0..=3600.0).contains(&seconds) => {
@@ -294,6 +317,9 @@ mod tests {
             (LogLevel::Info, LogFormat::Logfmt)
         );
         assert_eq!(flags.telemetry_path, "/metrics");
+        assert_eq!(flags.namespaces, NamespaceScope::All);
+        assert!(parse(&["--sockdiag.namespaces=own"]).is_ok());
+        assert!(parse(&["--sockdiag.namespaces=some"]).is_err());
         assert!(flags.ports.is_empty());
         assert_eq!(flags.buckets, Buckets::default());
         assert_eq!(flags.buckets.nanoseconds()[0], 100_000);

@@ -23,7 +23,8 @@ use crate::{
     netstat,
     sockets::{
         census::Census,
-        poller::{self, PollRecord},
+        poller::{PollRecord, PollThread},
+        survey::PollPlan,
     },
     sys,
     workload::{Resolver, WorkloadTable},
@@ -133,6 +134,8 @@ pub struct TcpStateCollector {
     state: Arc<Mutex<KernelState>>,
     /// A poll is running beside the scrapes.
     polling: Arc<AtomicBool>,
+    /// Where polls run.
+    poll_thread: PollThread,
     config: CollectorConfig,
     descs: Vec<Desc>,
 }
@@ -142,6 +145,7 @@ impl TcpStateCollector {
         TcpStateCollector {
             state: Arc::new(Mutex::new(state)),
             polling: Arc::new(AtomicBool::new(false)),
+            poll_thread: PollThread::default(),
             config,
             descs: families().map(|family| family.desc()).collect(),
         }
@@ -152,20 +156,22 @@ impl TcpStateCollector {
     }
 
     /// Starts a sock_diag poll if the last one is older than the least interval: in the scrape
-    /// if polls are quick, beside it otherwise.
+    /// if polls are quick, beside it otherwise. The census plans it (which namespaces, how
+    /// deep) under the lock.
     fn poll_if_due(&self, state: &mut KernelState) {
         if !state.polls.due(self.config.poll_min_interval)
             || self.polling.load(std::sync::atomic::Ordering::Acquire)
         {
             return;
         }
+        let plan = state.census.plan_poll();
         if state.polls.quick() {
             let started = Instant::now();
-            let poll = poller::poll_sockets();
+            let poll = self.poll_thread.run(plan);
             state.polls.fold(&mut state.census, poll, started);
             return;
         }
-        if let Err(error) = self.spawn_poll() {
+        if let Err(error) = self.spawn_poll(plan) {
             state.polls.errors += 1;
             log::warn!("cannot start a sock_diag poll: {error}");
         }
@@ -174,19 +180,21 @@ impl TcpStateCollector {
     /// Polls sock_diag on a thread of its own, now: the first poll, at start-up, so the first
     /// scrape does not wait for it.
     pub fn start_background_poll(&self) {
-        if let Err(error) = self.spawn_poll() {
+        let plan = self.lock().census.plan_poll();
+        if let Err(error) = self.spawn_poll(plan) {
             self.lock().polls.errors += 1;
             log::warn!("cannot start a sock_diag poll: {error}");
         }
     }
 
     /// A poll beside the scrapes, folded in under the lock when done. The caller may hold it.
-    fn spawn_poll(&self) -> std::io::Result<()> {
+    fn spawn_poll(&self, plan: PollPlan) -> std::io::Result<()> {
         let shared = self.state.clone();
-        poller::spawn(&self.polling, move |poll, started| {
-            let state = &mut *lock(&shared);
-            state.polls.fold(&mut state.census, poll, started);
-        })
+        self.poll_thread
+            .spawn(&self.polling, plan, move |poll, started| {
+                let state = &mut *lock(&shared);
+                state.polls.fold(&mut state.census, poll, started);
+            })
     }
 }
 
@@ -209,8 +217,8 @@ impl Collector for TcpStateCollector {
         let scrape = Scrape {
             snapshot: &snapshot,
             census: Some(&state.census),
-            netstat: netstat::read().ok(),
-            port_range: netstat::read_port_range(),
+            netstat: state.census.listen_counters(netstat::read().ok()),
+            port_range: state.census.port_range(netstat::read_port_range()),
             read_seconds,
             last_poll_took: state.polls.last_took(),
             poll_errors: state.polls.errors,

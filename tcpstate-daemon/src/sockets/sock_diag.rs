@@ -1,5 +1,5 @@
-//! Netlink sock_diag (INET_DIAG), the interface `ss` uses: lists the TCP sockets of the daemon's
-//! network namespace, including the timewait sockets (TIME_WAIT, and FIN_WAIT2 of orphaned
+//! Netlink sock_diag (INET_DIAG), the interface `ss` uses: lists the TCP sockets of a network
+//! namespace (the one the calling thread was in when it opened the socket), including the timewait sockets (TIME_WAIT, and FIN_WAIT2 of orphaned
 //! connections) and request sockets (the half-open queue) that `inet_sock_set_state` never
 //! reports. Requests are built and answers parsed here; `sys::SockDiagSocket` moves the bytes.
 //! Format: include/uapi/linux/inet_diag.h, include/uapi/linux/sock_diag.h.
@@ -28,6 +28,8 @@ const MESSAGE_LEN: usize = 72;
 const INET_DIAG_REQ_SK_BPF_STORAGES: u16 = 2;
 const SK_DIAG_BPF_STORAGE_REQ_MAP_FD: u16 = 1;
 const INET_DIAG_SK_BPF_STORAGES: u16 = 20;
+/// u64: the socket's cgroup v2 id (full sockets only).
+const INET_DIAG_CGROUP_ID: u16 = 21;
 /// `idiag_timer` of a timewait socket.
 const TIMER_TIMEWAIT: u8 = 3;
 
@@ -57,6 +59,10 @@ pub struct DiagSocket {
     /// Whether the kernel program has a record for the socket: its entry in the BPF
     /// socket-storage map the dump asked about; the caller adds the records in slots.
     pub tracked: bool,
+    /// The owner's cgroup v2: the low 32 bits of its id, the inode of its directory (what the
+    /// kernel programs keep in `Labels::cgroup`). 0 for timewait and request sockets, which
+    /// have none.
+    pub cgroup: u32,
     /// When it was read (CLOCK_MONOTONIC ns): `expires_ms` counts from then.
     pub seen_ns: u64,
 }
@@ -140,7 +146,7 @@ fn parse_socket(payload: &[u8]) -> Option<DiagSocket> {
     let u32_at = |at: usize| u32::from_ne_bytes(message[at..at + 4].try_into().unwrap());
     // inet_diag_sockid starts at 4: sport, dport (network order), src[16], dst[16], if, cookie[2].
     let cookie = u64::from(u32_at(44)) | u64::from(u32_at(48)) << 32;
-    let mut tracked = false;
+    let (mut tracked, mut cgroup) = (false, 0);
     let mut attributes = &payload[MESSAGE_LEN..];
     while attributes.len() >= 4 {
         let length = u16::from_ne_bytes([attributes[0], attributes[1]]) as usize;
@@ -149,6 +155,12 @@ fn parse_socket(payload: &[u8]) -> Option<DiagSocket> {
             break;
         }
         tracked |= kind == INET_DIAG_SK_BPF_STORAGES;
+        if kind == INET_DIAG_CGROUP_ID
+            && let Some(id) = attributes.get(4..12)
+        {
+            // The low 32 bits: the inode of the group's directory.
+            cgroup = u64::from_ne_bytes(id.try_into().unwrap()) as u32;
+        }
         attributes = &attributes[align(length).min(attributes.len())..];
     }
     Some(DiagSocket {
@@ -162,42 +174,82 @@ fn parse_socket(payload: &[u8]) -> Option<DiagSocket> {
         receive_queue: u32_at(56),
         send_queue: u32_at(60),
         tracked,
+        cgroup,
         seen_ns: 0,
     })
 }
 
-/// Dumps the TCP sockets of both families in `states` (see [`state_mask`]).
-pub fn dump(states: u32, storage_map: Option<RawFd>) -> io::Result<Vec<DiagSocket>> {
-    let mut sockets = Vec::new();
-    for_each(states, storage_map, |socket| sockets.push(socket))?;
-    Ok(sockets)
+/// A sock_diag socket, answering for the network namespace the calling thread was in when it
+/// opened it, and the buffer its answers are read into. Closed on drop (it holds a reference
+/// to its namespace).
+pub struct Session {
+    socket: SockDiagSocket,
+    buffer: Vec<u8>,
+    sequence: u32,
 }
 
-/// Hands each TCP socket of both families in `states` to `visit` as it is read, keeping none:
-/// memory stays flat whatever the number of sockets.
+impl Session {
+    pub fn open() -> io::Result<Self> {
+        Ok(Session {
+            socket: SockDiagSocket::open()?,
+            buffer: vec![0u8; 64 * 1024],
+            sequence: 0,
+        })
+    }
+
+    /// The cookie of the namespace this session answers for (0: unknown, before Linux 5.14).
+    pub fn namespace_cookie(&self) -> u64 {
+        self.socket.namespace_cookie()
+    }
+
+    /// Dumps the TCP sockets of both families in `states` (see [`state_mask`]).
+    pub fn dump(&mut self, states: u32, storage_map: Option<RawFd>) -> io::Result<Vec<DiagSocket>> {
+        let mut sockets = Vec::new();
+        self.for_each(states, storage_map, |socket| sockets.push(socket))?;
+        Ok(sockets)
+    }
+
+    /// Hands each TCP socket of both families in `states` to `visit` as it is read, keeping
+    /// none: memory stays flat whatever the number of sockets.
+    pub fn for_each(
+        &mut self,
+        states: u32,
+        storage_map: Option<RawFd>,
+        mut visit: impl FnMut(DiagSocket),
+    ) -> io::Result<()> {
+        self.sequence = self.sequence.wrapping_add(1);
+        self.socket
+            .send(&dump_request(states, storage_map, self.sequence))?;
+        loop {
+            // The kernel fills each datagram during the receive call: that is when these
+            // sockets' timers were read.
+            let before = monotonic_ns();
+            let length = self.socket.receive(&mut self.buffer)?;
+            let seen_ns = before + (monotonic_ns() - before) / 2;
+            let batch = parse_batch(&self.buffer[..length])?;
+            batch
+                .sockets
+                .into_iter()
+                .for_each(|s| visit(DiagSocket { seen_ns, ..s }));
+            if batch.done || length == 0 {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Dumps the TCP sockets of both families in `states` of the calling thread's namespace.
+pub fn dump(states: u32, storage_map: Option<RawFd>) -> io::Result<Vec<DiagSocket>> {
+    Session::open()?.dump(states, storage_map)
+}
+
+/// [`Session::for_each`] on a session of its own.
 pub fn for_each(
     states: u32,
     storage_map: Option<RawFd>,
-    mut visit: impl FnMut(DiagSocket),
+    visit: impl FnMut(DiagSocket),
 ) -> io::Result<()> {
-    let socket = SockDiagSocket::open()?;
-    let mut buffer = vec![0u8; 64 * 1024];
-    socket.send(&dump_request(states, storage_map, 1))?;
-    loop {
-        // The kernel fills each datagram during the receive call: that is when these sockets'
-        // timers were read.
-        let before = monotonic_ns();
-        let length = socket.receive(&mut buffer)?;
-        let seen_ns = before + (monotonic_ns() - before) / 2;
-        let batch = parse_batch(&buffer[..length])?;
-        batch
-            .sockets
-            .into_iter()
-            .for_each(|s| visit(DiagSocket { seen_ns, ..s }));
-        if batch.done || length == 0 {
-            return Ok(());
-        }
-    }
+    Session::open()?.for_each(states, storage_map, visit)
 }
 
 #[cfg(test)]
@@ -228,12 +280,21 @@ mod tests {
             payload.extend((INET_DIAG_SK_BPF_STORAGES | 0x8000).to_ne_bytes());
             payload.extend([0u8; 4]);
         }
+        if !timer_is_timewait(timer) {
+            payload.extend(12u16.to_ne_bytes());
+            payload.extend(INET_DIAG_CGROUP_ID.to_ne_bytes());
+            payload.extend(0x0000_0001_0000_02c8u64.to_ne_bytes());
+        }
         let mut message = Vec::new();
         message.extend(((NLMSG_HEADER_LEN + payload.len()) as u32).to_ne_bytes());
         message.extend(TCPDIAG_GETSOCK.to_ne_bytes());
         message.extend([0u8; 10]);
         message.extend(payload);
         message
+    }
+
+    fn timer_is_timewait(timer: u8) -> bool {
+        timer == TIMER_TIMEWAIT
     }
 
     fn done() -> Vec<u8> {
@@ -263,6 +324,8 @@ mod tests {
             (59_000, 3, 128, false)
         );
         assert!(batch.sockets[1].tracked && !batch.sockets[1].timewait);
+        // The cgroup id's low 32 bits; a timewait socket has none.
+        assert_eq!((tw.cgroup, batch.sockets[1].cgroup), (0, 0x2c8));
     }
 
     #[test]
