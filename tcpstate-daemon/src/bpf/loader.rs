@@ -176,7 +176,13 @@ impl Tracer {
         if let Some(root) = &pin_root {
             root.remove_all_but(config.pins.persist.then_some(name.as_str()), &name);
         }
+        if !config.pins.persist {
+            // Unpinned: nothing will read what this daemon would keep.
+            tracer.kept.store = None;
+        }
         tracer.pin_root = pin_root;
+        // The kernel's BTF, parsed above, is large: hand its memory back.
+        sys::release_free_memory();
         Ok(tracer)
     }
 
