@@ -10,7 +10,7 @@
 //! - `http`: the endpoints and their connections;
 //! - `workload`: whose a socket is (its cgroup decoded into pod, container or unit names).
 //!
-//! Beside them: `config` (the flags), `labels` (numbers to label values), `netstat`
+//! Beside them: `kept` (what a daemon hands the next through a restart), `config` (the flags), `labels` (numbers to label values), `netstat`
 //! (/proc counters), `preflight` (privileges), `sys` (the raw syscalls, the only `unsafe`),
 //! `version` (the build), `logging` (the log's level and format).
 #![deny(unsafe_code)]
@@ -18,6 +18,7 @@
 pub mod bpf;
 pub mod config;
 pub mod http;
+pub mod kept;
 pub mod labels;
 pub mod logging;
 pub mod metrics;

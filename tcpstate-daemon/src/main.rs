@@ -5,7 +5,10 @@ use std::{process::ExitCode, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use clap::Parser as _;
 use tcpstate_daemon::{
-    bpf::loader::{self, Tracer, TracerConfig},
+    bpf::{
+        loader::{self, Tracer, TracerConfig},
+        pinning::PinError,
+    },
     config::{Flags, NamespaceScope},
     http::{self, WebConfigSource, WebState},
     logging,
@@ -20,6 +23,8 @@ use tcpstate_daemon::{
 const EXIT_RUNTIME_FAILURE: u8 = 1;
 /// Exit status for a bad `--web.config.file`: a usage error, as clap's.
 const EXIT_USAGE: u8 = 2;
+/// Exit status when another daemon holds the pinned state (`--bpf.pin-path`).
+const EXIT_PIN_PATH_IN_USE: u8 = 3;
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
@@ -47,7 +52,10 @@ fn main() -> ExitCode {
 
 fn fail(error: anyhow::Error) -> ExitCode {
     eprintln!("tcpstated: error: {error:#}");
-    ExitCode::from(EXIT_RUNTIME_FAILURE)
+    match error.downcast_ref::<PinError>() {
+        Some(PinError::InUse { .. }) => ExitCode::from(EXIT_PIN_PATH_IN_USE),
+        _ => ExitCode::from(EXIT_RUNTIME_FAILURE),
+    }
 }
 
 async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::Result<()> {
@@ -55,6 +63,7 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
     preflight::check_privileges()?;
     let (bound, limits) = http::listen(&flags.listen_addresses, flags.max_connections)?;
     let tracer = Tracer::attach(&TracerConfig::from_flags(&flags))?;
+    let adopted = tracer.kept.adopted;
     let label_rule = LabelRule {
         ports: loader::port_set(&flags.ports),
         owners: flags.workloads,
@@ -64,10 +73,16 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
         label_rule,
         flags.buckets.nanoseconds(),
         flags.namespaces == NamespaceScope::All,
+        tracer.kept.attached_ns(),
     )?;
     let programs_loaded = tracer.health_check()?;
-    let Tracer { ebpf, maps } = tracer;
-    let mut state = KernelState::new(maps, census);
+    let Tracer {
+        maps,
+        links,
+        kept,
+        pin_root,
+    } = tracer;
+    let mut state = KernelState::new(maps, census).keeping(kept);
     if flags.workloads {
         let cgroup_root = flags.cgroup_root.as_deref();
         let resolver = Resolver::new(&flags.host_root, cgroup_root, flags.max_workloads).context(
@@ -89,8 +104,13 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
         .map(|bound| format!("{scheme}://{}{}", bound.description, flags.telemetry_path))
         .collect();
     log::info!(
-        "tcpstated {} attached to sock:inet_sock_set_state; serving {}",
+        "tcpstated {} {} sock:inet_sock_set_state; serving {}",
         metrics::VERSION,
+        if adopted {
+            "adopted the pinned programs on"
+        } else {
+            "attached to"
+        },
         serving.join(", ")
     );
     let state = WebState {
@@ -101,7 +121,14 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
     };
     let listeners = bound.into_iter().map(|bound| bound.listener).collect();
     http::serve(listeners, state, limits, shutdown).await?;
-    drop(ebpf); // detaches the programs
-    log::info!("detached; exiting");
+    // Detaches the programs, unless their state is pinned for the next daemon.
+    drop(links);
+    match pin_root {
+        Some(root) if flags.pin_settings().persist => log::info!(
+            "exiting; the programs stay attached, their state pinned in {}",
+            root.path().display()
+        ),
+        _ => log::info!("detached; exiting"),
+    }
     Ok(())
 }

@@ -12,6 +12,7 @@ use std::{
 };
 
 use crate::{
+    kept::{Reader, Unreadable, Writer},
     netstat::{ListenCounters, TcpExt},
     sockets::{
         namespaces::Namespaces,
@@ -214,6 +215,48 @@ impl Coverage {
             .filter(|inode| !listing.contains_key(inode))
             .collect();
         gone
+    }
+
+    /// Writes the listen counters a restarted daemon must keep in its sums: those of the
+    /// namespaces gone, and each known one's last.
+    pub(super) fn save(&self, out: &mut Writer) {
+        let counters = |out: &mut Writer, counters: &ListenCounters| {
+            out.u64(counters.overflows);
+            out.u64(counters.drops);
+            out.u64(counters.timewait_overflows);
+        };
+        counters(out, &self.gone);
+        let known: Vec<(u32, ListenCounters)> = self
+            .known
+            .iter()
+            .filter_map(|(inode, known)| Some((*inode, known.tcp_ext?.listen)))
+            .collect();
+        out.count(known.len());
+        for (inode, listen) in &known {
+            out.u32(*inode);
+            counters(out, listen);
+        }
+    }
+
+    /// Takes back what `save` wrote: the namespaces an earlier daemon knew that this one does
+    /// not (gone while no daemon ran) join the gone ones' sums.
+    pub(super) fn restore(&mut self, input: &mut Reader<'_>) -> Result<(), Unreadable> {
+        let counters = |input: &mut Reader<'_>| -> Result<ListenCounters, Unreadable> {
+            Ok(ListenCounters {
+                overflows: input.u64()?,
+                drops: input.u64()?,
+                timewait_overflows: input.u64()?,
+            })
+        };
+        self.gone = self.gone.plus(counters(input)?);
+        for _ in 0..input.count()? {
+            let inode = input.u32()?;
+            let listen = counters(input)?;
+            if !self.known.contains_key(&inode) {
+                self.gone = self.gone.plus(listen);
+            }
+        }
+        Ok(())
     }
 
     /// A namespace gone: its counters stay in the sums.
