@@ -1,10 +1,13 @@
-//! tcpstated's exit statuses (README, "Exit status"), numbered as systemd numbers them
-//! (systemd.exec(5), "Process exit codes"), so that a unit can tell a failure a restart may
-//! cure from one it cannot (`RestartPreventExitStatus=`).
+//! tcpstated's exit statuses (README, "Exit status"). Each failure a restart cannot cure has one
+//! of its own, so that a unit can leave them alone (`RestartPreventExitStatus=`); systemd names
+//! 4 and 5 after LSB's codes (`status=4/NOPERMISSION`, `status=5/NOTINSTALLED`).
 
 use std::process::ExitCode;
 
-use crate::{bpf::btf::BtfError, bpf::loader::LoadError, preflight::MissingCapabilities};
+use crate::{
+    bpf::{btf::BtfError, loader::LoadError, pinning::PinError},
+    preflight::MissingCapabilities,
+};
 
 /// Why tcpstated stopped, as its exit status says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,11 +16,15 @@ pub enum Failure {
     Runtime = 1,
     /// A flag or the web config file cannot be used (clap's status too).
     Usage = 2,
-    /// This kernel cannot run tcpstated: no BTF, a tracepoint, field or program type missing,
-    /// or its programs refused (`EXIT_NOTIMPLEMENTED`).
-    KernelUnsupported = 3,
-    /// It lacks the privilege to load and attach its programs (`EXIT_NOPERMISSION`).
+    /// Another tcpstated holds the pinned state at `--bpf.pin-path` (it may let go: a restart
+    /// can cure this one).
+    PinPathInUse = 3,
+    /// It lacks the privilege to load and attach its programs (LSB's "insufficient
+    /// privilege").
     NoPermission = 4,
+    /// This kernel cannot run tcpstated: no BTF, a tracepoint, field or program type missing,
+    /// or its programs refused (LSB's "not installed": what tcpstated needs is not there).
+    KernelUnsupported = 5,
 }
 
 impl Failure {
@@ -29,6 +36,9 @@ impl Failure {
             }
             if cause.is::<MissingCapabilities>() {
                 return Failure::NoPermission;
+            }
+            if let Some(PinError::InUse { .. }) = cause.downcast_ref::<PinError>() {
+                return Failure::PinPathInUse;
             }
             match cause.downcast_ref::<LoadError>() {
                 Some(LoadError::Denied(_)) => return Failure::NoPermission,
@@ -64,8 +74,15 @@ mod tests {
         assert_eq!(Failure::of(&rejected), Failure::KernelUnsupported);
         let denied = Err::<(), _>(MissingCapabilities(vec!["CAP_BPF"])).context("starting");
         assert_eq!(Failure::of(&denied.unwrap_err()), Failure::NoPermission);
+        let pinned = anyhow::Error::new(PinError::InUse {
+            path: "/sys/fs/bpf/tcpstate".into(),
+        });
+        assert_eq!(Failure::of(&pinned), Failure::PinPathInUse);
         let in_use = anyhow::anyhow!("address already in use");
         assert_eq!(Failure::of(&in_use), Failure::Runtime);
-        assert_eq!(Failure::Usage as u8, 2);
+        assert_eq!(
+            [Failure::Usage, Failure::KernelUnsupported].map(|failure| failure as u8),
+            [2, 5]
+        );
     }
 }

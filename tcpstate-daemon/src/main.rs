@@ -51,11 +51,12 @@ fn fail(error: anyhow::Error) -> ExitCode {
 }
 
 /// `--check`: what the start does with the kernel (privileges, BTF, loading and attaching
-/// every program) and the host (`--workloads`' hierarchy), then detaching, without serving.
+/// every program) and the host (`--workloads`' hierarchy), then detaching, without serving and
+/// without touching the pinned state (a running daemon's, or the one the next will adopt).
 fn check(flags: &Flags) -> ExitCode {
     let checked = preflight::check_privileges()
         .map_err(anyhow::Error::from)
-        .and_then(|()| Tracer::attach(&TracerConfig::from_flags(flags)))
+        .and_then(|()| Tracer::attach_unpinned(&TracerConfig::from_flags(flags)))
         .and_then(|tracer| workload_resolver(flags).map(|_| tracer));
     match checked {
         Ok(tracer) => {
@@ -76,6 +77,7 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
     preflight::check_privileges()?;
     let (bound, limits) = http::listen(&flags.listen_addresses, flags.max_connections)?;
     let tracer = Tracer::attach(&TracerConfig::from_flags(&flags))?;
+    let adopted = tracer.kept.adopted;
     let label_rule = LabelRule {
         ports: loader::port_set(&flags.ports),
         owners: flags.workloads,
@@ -85,6 +87,7 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
         label_rule,
         flags.buckets.nanoseconds(),
         flags.namespaces == NamespaceScope::All,
+        tracer.kept.attached_ns(),
     )?;
     let programs_loaded = tracer.health_check()?;
     let after_start = match flags.keep_capabilities {
@@ -95,8 +98,13 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
             capabilities::bpf_needs_capability(&programs_loaded),
         )),
     };
-    let Tracer { ebpf, maps } = tracer;
-    let mut state = KernelState::new(maps, census);
+    let Tracer {
+        maps,
+        links,
+        kept,
+        pin_root,
+    } = tracer;
+    let mut state = KernelState::new(maps, census).keeping(kept);
     if let Some(resolver) = workload_resolver(&flags)? {
         state = state.with_workloads(resolver);
     }
@@ -124,8 +132,13 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
         .map(|bound| format!("{scheme}://{}{}", bound.description, flags.telemetry_path))
         .collect();
     log::info!(
-        "tcpstated {} attached to sock:inet_sock_set_state; serving {}",
+        "tcpstated {} {} sock:inet_sock_set_state; serving {}",
         metrics::VERSION,
+        if adopted {
+            "adopted the pinned programs on"
+        } else {
+            "attached to"
+        },
         serving.join(", ")
     );
     let state = WebState {
@@ -141,8 +154,15 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
         systemd::notify("STOPPING=1");
     };
     http::serve(listeners, state, limits, shutdown).await?;
-    drop(ebpf); // detaches the programs
-    log::info!("detached; exiting");
+    // Detaches the programs, unless their state is pinned for the next daemon.
+    drop(links);
+    match pin_root {
+        Some(root) if flags.pin_settings().persist => log::info!(
+            "exiting; the programs stay attached, their state pinned in {}",
+            root.path().display()
+        ),
+        _ => log::info!("detached; exiting"),
+    }
     Ok(())
 }
 

@@ -155,6 +155,19 @@ pub struct Flags {
     #[arg(long = "workloads.cgroup-root", value_name = "PATH")]
     pub cgroup_root: Option<std::path::PathBuf>,
 
+    /// Directory on a BPF filesystem where the kernel state is pinned (programs, their
+    /// attachments, maps, and the daemon's own figures), so that a restarted tcpstated of the
+    /// same build and configuration adopts it: counters continue, open sockets keep their
+    /// labels and times, no event is missed. Locked by the daemon using it; nothing there
+    /// survives a reboot.
+    #[arg(long = "bpf.pin-path", value_name = "DIR", default_value = DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+
+    /// Keep nothing for the next daemon: a state left under --bpf.pin-path is adopted, then
+    /// removed, and this daemon's ends with it (even on SIGKILL).
+    #[arg(long = "no-bpf.persist")]
+    pub no_persist: bool,
+
     /// Capabilities every thread keeps once tcpstated serves (its programs attached, the
     /// sockets older than it listed): `none`, `all` (nothing is dropped), or names separated
     /// by commas (`cap_net_raw,cap_syslog`). Whatever this says, the sock_diag poll thread
@@ -165,10 +178,23 @@ pub struct Flags {
 
     /// Check that this host can run tcpstated with these flags, then exit without serving:
     /// the privileges, the kernel's BTF, loading every program (the kernel's verifier) and
-    /// attaching it, then detaching. Exit status 0 if it can, 3 if this kernel cannot, 4
+    /// attaching it, then detaching. Exit status 0 if it can, 5 if this kernel cannot, 4
     /// without the privilege.
     #[arg(long = "check")]
     pub check: bool,
+}
+
+/// Default `--bpf.pin-path`.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/tcpstate";
+
+impl Flags {
+    /// Where the kernel state is pinned, and whether it outlives this daemon.
+    pub fn pin_settings(&self) -> crate::bpf::pinning::PinSettings {
+        crate::bpf::pinning::PinSettings {
+            path: self.pin_path.clone(),
+            persist: !self.no_persist,
+        }
+    }
 }
 
 /// Entries of the kernel's `TRANSITIONS` map: 64 per workload when `workloads` are labelled

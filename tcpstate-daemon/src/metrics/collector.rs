@@ -15,7 +15,12 @@ use prometheus::{
 
 use super::{CollectorConfig, PartRun, Parts, Scrape, exposition, families, recording::FailureLog};
 use crate::{
-    bpf::maps::{KernelMaps, Snapshot},
+    bpf::{
+        figure_store::FigureStore,
+        loader::KeptState,
+        maps::{KernelMaps, Snapshot},
+    },
+    kept::{DaemonFigures, Reader, Unreadable, Writer},
     model::{
         self, StateKey, View,
         ages::{Ages, add_age},
@@ -40,6 +45,12 @@ pub struct KernelState {
     netstat_failing: bool,
     /// Decodes the labels' cgroups into workloads, when workloads are labelled.
     workloads: Option<Resolver>,
+    /// Where the daemon's figures are kept for the next daemon, and since when the programs
+    /// are attached.
+    store: Option<FigureStore>,
+    attached_ns: u64,
+    /// A failed write of the figures was logged (once until one succeeds).
+    store_failing: bool,
 }
 
 impl KernelState {
@@ -51,6 +62,66 @@ impl KernelState {
             failure_log: FailureLog::default(),
             netstat_failing: false,
             workloads: None,
+            store: None,
+            attached_ns: 0,
+            store_failing: false,
+        }
+    }
+
+    /// Continues the figures an earlier daemon kept (`kept.earlier`, for a census taken with
+    /// `kept.attached_ns()`), and keeps this one's in `kept.store` at each scrape.
+    pub fn keeping(mut self, kept: KeptState) -> Self {
+        self.attached_ns = kept.attached_ns();
+        if let Some(bytes) = kept.earlier.as_deref()
+            && let Err(error) = self.restore(bytes)
+        {
+            log::warn!(
+                "{error}: TIME_WAIT ends, close_undelivered and listen counters of gone \
+                 namespaces start again from 0 (the kernel's counters continue)"
+            );
+        }
+        self.store = kept.store;
+        self
+    }
+
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), Unreadable> {
+        let mut input = Reader::new(bytes);
+        let figures = DaemonFigures::restore(&mut input)?;
+        self.census.restore(&mut input)?;
+        if !input.is_done() {
+            return Err(Unreadable);
+        }
+        self.maps.displaced_taken = figures.displaced_taken;
+        self.maps.displaced_lost = figures.displaced_lost;
+        self.polls.errors = figures.poll_errors;
+        Ok(())
+    }
+
+    /// Writes the figures the next daemon continues: before the scrape's answer goes out, so
+    /// that what Prometheus saw is never lost.
+    fn keep(&mut self) {
+        let Some(store) = &mut self.store else {
+            return;
+        };
+        let mut out = Writer::default();
+        DaemonFigures {
+            attached_ns: self.attached_ns,
+            displaced_taken: self.maps.displaced_taken.clone(),
+            displaced_lost: self.maps.displaced_lost,
+            poll_errors: self.polls.errors,
+        }
+        .save(&mut out);
+        self.census.save(&mut out);
+        match store.write(&out.into_bytes()) {
+            Ok(()) => self.store_failing = false,
+            Err(error) if !self.store_failing => {
+                self.store_failing = true;
+                log::warn!(
+                    "cannot keep the daemon's figures in the pinned state ({error}): a restart \
+                     would not continue them from this scrape"
+                );
+            }
+            Err(_) => {}
         }
     }
 
@@ -275,6 +346,7 @@ impl Collector for TcpStateCollector {
         };
         let families = exposition(&scrape, &self.config);
         state.failure_log.note(&families, Instant::now());
+        state.keep();
         families
     }
 }

@@ -22,14 +22,16 @@ impl Census {
     /// The census of a daemon starting now, with the programs of `tracer` attached: the
     /// sockets older than them listed in every namespace it covers (or, where sock_diag cannot,
     /// counted from their first move).
-    /// Other namespaces are covered only if `every_namespace`.
+    /// Other namespaces are covered only if `every_namespace`. `attached_ns`: when the
+    /// programs were first attached (by an earlier daemon, if their state was adopted).
     pub fn at_start(
         tracer: &Tracer,
         rule: LabelRule,
         bounds_ns: Vec<u64>,
         every_namespace: bool,
+        attached_ns: u64,
     ) -> anyhow::Result<Self> {
-        let started_ns = sys::monotonic_ns();
+        let started_ns = attached_ns;
         let own = sys::net_namespace_inode()?;
         let mut baseline = baseline::list_here(tracer, &rule, own).unwrap_or_else(|error| {
             log::warn!(

@@ -29,6 +29,13 @@ fn kubernetes_daemonset_uses_capabilities_not_privileged() {
         .map(str::trim);
     assert_eq!(btf_mount, Some("readOnly: true"));
     assert!(!manifest.contains("privileged: true"));
+    // The node's BPF filesystem, where the kernel state is pinned for the next pod.
+    let bpffs_mount = manifest
+        .split("mountPath: /sys/fs/bpf\n")
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .map(str::trim);
+    assert_eq!(bpffs_mount, Some("mountPropagation: HostToContainer"));
     // Workloads: the node's cgroup hierarchy and runtime state, read-only, and labels kept.
     for (flag, mount) in [
         (

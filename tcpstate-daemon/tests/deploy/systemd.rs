@@ -38,6 +38,9 @@ fn systemd_unit_verifies_and_is_hardened() {
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "DynamicUser=yes",
+        // The pinned state, kept across restarts, is the one writable path.
+        "ReadWritePaths=-/sys/fs/bpf/tcpstate",
+        "ExecStartPre=-+/bin/mkdir -p /sys/fs/bpf/tcpstate",
     ] {
         assert!(unit.lines().any(|l| l == line), "the unit has {line}");
     }

@@ -106,8 +106,20 @@ impl Daemon {
     }
 
     fn configure(command: &mut Command, address: SocketAddr, args: &[&str]) {
+        command.arg(format!("--web.listen-address={address}"));
+        // Persistence is on by default: a test daemon must not adopt an earlier test's state,
+        // nor leave programs attached. Unless a test names its pin path, none is kept, and the
+        // path (which never exists) leaves any other daemon's state alone.
+        if !args.iter().any(|arg| arg.starts_with("--bpf.pin-path")) {
+            command.args([
+                "--no-bpf.persist",
+                &format!(
+                    "--bpf.pin-path=/nonexistent/tcpstate-test-{}",
+                    address.port()
+                ),
+            ]);
+        }
         command
-            .arg(format!("--web.listen-address={address}"))
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

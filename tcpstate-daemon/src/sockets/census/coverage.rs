@@ -12,6 +12,7 @@ use std::{
 };
 
 use crate::{
+    kept::{Reader, Unreadable, Writer},
     netstat::{ListenCounters, TcpExt},
     sockets::{
         namespaces::Namespaces,
@@ -19,9 +20,11 @@ use crate::{
     },
 };
 
-/// Quiet namespaces (nothing to follow) listed whole per poll, in turn: their request
-/// sockets, and timewait sockets no handoff announced (older than the daemon, or whose record
-/// gave way), are found within a few polls.
+/// Quiet namespaces (nothing to follow) listed whole per poll, in turn, those never listed
+/// whole first: their request sockets, and timewait sockets no handoff announced (older than
+/// the daemon, or whose record gave way), are found within a few polls. Bounded, so that a
+/// host that starts with many namespaces has many short polls (the busy namespaces and the
+/// daemon's own kept fresh) rather than one long one followed by a wait 20 times as long.
 pub const QUIET_FULL_POLLS: usize = 4;
 
 /// Polls between two listings of the host's namespaces when nothing asks for one (an empty
@@ -135,8 +138,8 @@ impl Coverage {
     }
 
     /// The next poll: the daemon's namespace, and each other one listed whole if it is in
-    /// `busy`, new, or waiting for handshakes, else its listeners only, except a few quiet
-    /// ones in turn, listed whole.
+    /// `busy` or waiting for handshakes, else its listeners only, except a few quiet ones in
+    /// turn (new ones first), listed whole.
     pub fn plan(&mut self, busy: &BTreeSet<u32>) -> PollPlan {
         let mut plan = PollPlan::own_only(self.own);
         if !self.enter {
@@ -154,8 +157,7 @@ impl Coverage {
             .iter()
             .filter(|(inode, _)| **inode != self.own)
             .map(|(inode, known)| {
-                let whole =
-                    busy.contains(inode) || known.full_polls == 0 || known.handshakes_waiting;
+                let whole = busy.contains(inode) || known.handshakes_waiting;
                 Target {
                     inode: *inode,
                     path: known.path.clone(),
@@ -167,15 +169,26 @@ impl Coverage {
         plan
     }
 
-    /// Lists `QUIET_FULL_POLLS` namespaces with nothing to follow whole, those after the
-    /// cursor first.
+    /// Lists `QUIET_FULL_POLLS` namespaces with nothing to follow whole: those never listed
+    /// whole first, then those after the cursor.
     fn quiet_turns(&mut self, targets: &mut [Target]) {
         let cursor = self.quiet_cursor;
+        let never_whole = |inode: u32| {
+            self.known
+                .get(&inode)
+                .is_some_and(|known| known.full_polls == 0)
+        };
         let mut quiet: Vec<&mut Target> = targets
             .iter_mut()
             .filter(|target| target.depth == Depth::Listeners)
             .collect();
-        quiet.sort_by_key(|target| (target.inode <= cursor, target.inode));
+        quiet.sort_by_key(|target| {
+            (
+                !never_whole(target.inode),
+                target.inode <= cursor,
+                target.inode,
+            )
+        });
         for target in quiet.into_iter().take(QUIET_FULL_POLLS) {
             target.depth = Depth::Full;
             self.quiet_cursor = target.inode;
@@ -207,6 +220,48 @@ impl Coverage {
             .filter(|inode| !listing.contains_key(inode))
             .collect();
         gone
+    }
+
+    /// Writes the listen counters a restarted daemon must keep in its sums: those of the
+    /// namespaces gone, and each known one's last.
+    pub(super) fn save(&self, out: &mut Writer) {
+        let counters = |out: &mut Writer, counters: &ListenCounters| {
+            out.u64(counters.overflows);
+            out.u64(counters.drops);
+            out.u64(counters.timewait_overflows);
+        };
+        counters(out, &self.gone);
+        let known: Vec<(u32, ListenCounters)> = self
+            .known
+            .iter()
+            .filter_map(|(inode, known)| Some((*inode, known.tcp_ext?.listen)))
+            .collect();
+        out.count(known.len());
+        for (inode, listen) in &known {
+            out.u32(*inode);
+            counters(out, listen);
+        }
+    }
+
+    /// Takes back what `save` wrote: the namespaces an earlier daemon knew that this one does
+    /// not (gone while no daemon ran) join the gone ones' sums.
+    pub(super) fn restore(&mut self, input: &mut Reader<'_>) -> Result<(), Unreadable> {
+        let counters = |input: &mut Reader<'_>| -> Result<ListenCounters, Unreadable> {
+            Ok(ListenCounters {
+                overflows: input.u64()?,
+                drops: input.u64()?,
+                timewait_overflows: input.u64()?,
+            })
+        };
+        self.gone = self.gone.plus(counters(input)?);
+        for _ in 0..input.count()? {
+            let inode = input.u32()?;
+            let listen = counters(input)?;
+            if !self.known.contains_key(&inode) {
+                self.gone = self.gone.plus(listen);
+            }
+        }
+        Ok(())
     }
 
     /// A namespace gone: its counters stay in the sums.

@@ -24,6 +24,7 @@ pub use listen::{ListenKey, ListenQueue};
 pub use stale::RecordSweep;
 
 use crate::{
+    kept::{Reader, Unreadable, Writer},
     model::{EdgeKey, Histogram, StateKey},
     netstat::ListenCounters,
     sockets::{
@@ -190,6 +191,29 @@ impl Census {
             self.timewait
                 .observe(inode, &visit.sockets, &listeners, now_ns);
         }
+    }
+
+    /// Writes what a restarted daemon needs to continue the census's counters: the timewait
+    /// sockets followed and their counts, the sockets found gone without their last events,
+    /// the listen counters of namespaces gone. (The baseline and the polls' gauges are taken
+    /// again at start.)
+    pub fn save(&self, out: &mut Writer) {
+        self.timewait.save(out);
+        out.state_counts(&self.stale.undelivered_exits);
+        out.u64(self.stale.undelivered_closes);
+        self.coverage.save(out);
+    }
+
+    /// Takes back what `save` wrote, into a census just taken at start.
+    pub fn restore(&mut self, input: &mut Reader<'_>) -> Result<(), Unreadable> {
+        self.timewait.restore(input)?;
+        self.stale.undelivered_exits = input.state_counts()?;
+        self.stale.undelivered_closes = input.u64()?;
+        self.coverage.restore(input)?;
+        // The namespaces of the timewait sockets followed are listed whole by the next polls.
+        let busy: Vec<u32> = self.timewait.busy().collect();
+        busy.into_iter().for_each(|inode| self.coverage.note(inode));
+        Ok(())
     }
 
     /// A namespace gone, at `now_ns`: its figures end, its counters stay in the sums.

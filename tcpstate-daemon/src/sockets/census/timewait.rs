@@ -17,6 +17,7 @@ use tcpstate_common::{
 
 use super::{listen::listener_owner, sum_counts};
 use crate::{
+    kept::{Reader, Unreadable, Writer},
     model::{EdgeKey, Histogram, StateKey},
     sockets::{sock_diag::DiagSocket, untracked::LabelRule},
 };
@@ -374,6 +375,78 @@ impl Timewait {
                 .or_default() += 1;
         }
         entry.labels = labels;
+    }
+
+    /// Writes what a restarted daemon needs to go on: the counts so far, each namespace's
+    /// timewait sockets with their labels and times, and the handoffs still waiting.
+    pub(super) fn save(&self, out: &mut Writer) {
+        out.edge_counts(&self.transitions);
+        out.histograms(&self.durations);
+        out.count(self.namespaces.len());
+        for (inode, namespace) in &self.namespaces {
+            out.u32(*inode);
+            out.u32(namespace.polls);
+            out.count(namespace.sockets.len());
+            for (cookie, socket) in &namespace.sockets {
+                out.u64(*cookie);
+                out.labels(socket.labels);
+                out.u8(socket.substate);
+                out.option(socket.entered_ns);
+                out.u64(socket.ends_ns);
+                out.u32(socket.polled);
+                out.u8(u8::from(socket.fin_wait2_unseen));
+            }
+            out.count(namespace.handoffs.len());
+            for (cookie, pending) in &namespace.handoffs {
+                out.u64(*cookie);
+                out.u64(pending.entered_ns);
+                out.labels(pending.labels);
+                out.u8(pending.state);
+                out.u8(pending.polls_left);
+            }
+        }
+    }
+
+    /// Takes back what `save` wrote.
+    pub(super) fn restore(&mut self, input: &mut Reader<'_>) -> Result<(), Unreadable> {
+        self.transitions = input.edge_counts()?;
+        self.durations = input.histograms()?;
+        for _ in 0..input.count()? {
+            let inode = input.u32()?;
+            let mut namespace = NamespaceTimewait {
+                polls: input.u32()?,
+                ..NamespaceTimewait::default()
+            };
+            for _ in 0..input.count()? {
+                let cookie = input.u64()?;
+                let socket = TimewaitSocket {
+                    labels: input.labels()?,
+                    substate: input.u8()?,
+                    entered_ns: input.option()?,
+                    ends_ns: input.u64()?,
+                    polled: input.u32()?,
+                    fin_wait2_unseen: input.u8()? != 0,
+                };
+                *namespace
+                    .by_state
+                    .entry(StateKey::new(socket.labels, socket.substate))
+                    .or_default() += 1;
+                namespace.sockets.insert(cookie, socket);
+            }
+            for _ in 0..input.count()? {
+                let cookie = input.u64()?;
+                let pending = PendingHandoff {
+                    entered_ns: input.u64()?,
+                    labels: input.labels()?,
+                    state: input.u8()?,
+                    polls_left: input.u8()?.clamp(1, HANDOFF_POLLS),
+                };
+                namespace.handoffs.insert(cookie, pending);
+            }
+            self.namespaces.insert(inode, namespace);
+        }
+        self.sum();
+        Ok(())
     }
 
     fn count(&mut self, labels: Labels, from: u8, to: u8, duration_ns: Option<u64>) {
