@@ -273,16 +273,26 @@ pub fn bpf_needs_capability(read: impl Fn() -> bool + Sync) -> bool {
             .spawn_scoped(scope, || {
                 confine_this_thread(CapabilitySet::NONE).is_ok() && read()
             })
-            .is_ok_and(|probe| probe.join().unwrap_or(false))
+            .map(|probe| probe.join().unwrap_or(false))
     });
-    if !without {
-        log::warn!(
-            "this kernel refuses bpf() to threads without CAP_BPF, even on the maps tcpstated \
-             holds open (Linux before 5.19 with kernel.unprivileged_bpf_disabled set): every \
-             thread keeps CAP_BPF"
-        );
+    match without {
+        Ok(true) => false,
+        Ok(false) => {
+            log::warn!(
+                "this kernel refuses bpf() to threads without CAP_BPF, even on the maps \
+                 tcpstated holds open (Linux before 5.19 with kernel.unprivileged_bpf_disabled \
+                 set): every thread keeps CAP_BPF"
+            );
+            true
+        }
+        Err(error) => {
+            log::warn!(
+                "cannot try reading the maps without capabilities ({error}): every thread keeps \
+                 CAP_BPF"
+            );
+            true
+        }
     }
-    !without
 }
 
 #[cfg(test)]
