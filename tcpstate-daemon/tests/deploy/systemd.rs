@@ -26,8 +26,8 @@ fn systemd_unit_verifies_and_is_hardened() {
     // A restart cures neither a kernel that cannot run tcpstated nor a missing privilege.
     let no_restart = format!(
         "RestartPreventExitStatus={} {}",
-        Failure::KernelUnsupported as u8,
-        Failure::NoPermission as u8
+        Failure::NoPermission as u8,
+        Failure::KernelUnsupported as u8
     );
     for line in [
         "Type=notify",
