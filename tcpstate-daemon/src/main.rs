@@ -7,7 +7,7 @@ use clap::Parser as _;
 use tcpstate_daemon::{
     bpf::loader::{self, Tracer, TracerConfig},
     config::{Flags, NamespaceScope},
-    http::{self, WebConfigSource, WebState},
+    http::{self, SocketsView, WebConfigSource, WebState},
     logging,
     metrics::{self, CollectorConfig, KernelState, TcpStateCollector},
     preflight,
@@ -78,6 +78,8 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
     }
     let collector = TcpStateCollector::new(state, CollectorConfig::from_flags(&flags));
     collector.start_background_poll();
+    let view = collector.clone();
+    let sockets: SocketsView = Arc::new(move |query| view.sockets(query));
     let registry = metrics::registry(collector)?;
 
     let scheme = match &web_config {
@@ -98,6 +100,7 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
         programs_loaded: Arc::new(programs_loaded),
         telemetry_path: flags.telemetry_path.clone(),
         web_config,
+        sockets: Some(sockets),
     };
     let listeners = bound.into_iter().map(|bound| bound.listener).collect();
     http::serve(listeners, state, limits, shutdown).await?;
