@@ -167,8 +167,11 @@ impl Coverage {
     /// whole first, then those after the cursor.
     fn quiet_turns(&mut self, targets: &mut [Target]) {
         let cursor = self.quiet_cursor;
-        let never_whole =
-            |inode: u32| self.known.get(&inode).is_some_and(|known| known.full_polls == 0);
+        let never_whole = |inode: u32| {
+            self.known
+                .get(&inode)
+                .is_some_and(|known| known.full_polls == 0)
+        };
         let mut quiet: Vec<&mut Target> = targets
             .iter_mut()
             .filter(|target| target.depth == Depth::Listeners)
