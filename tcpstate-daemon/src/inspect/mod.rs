@@ -86,8 +86,7 @@ pub fn choose(
 ) -> Result<Choice, ChooseError> {
     if query.workload.is_some() && workloads.is_none() {
         return Err(ChooseError::Query(QueryError(
-            "workload: the daemon runs without --workloads, so sockets carry no workload"
-                .into(),
+            "workload: the daemon runs without --workloads, so sockets carry no workload".into(),
         )));
     }
     let min_age_ns = u64::try_from(query.min_age.as_nanos()).unwrap_or(u64::MAX);
@@ -100,9 +99,8 @@ pub fn choose(
         }
     };
     let mut take = |entered_ns: Option<u64>, cookie, net_inode, state, labels: Labels| {
-        let old_enough = entered_ns.is_none_or(|entered| {
-            now_ns.saturating_sub(entered) >= min_age_ns
-        });
+        let old_enough =
+            entered_ns.is_none_or(|entered| now_ns.saturating_sub(entered) >= min_age_ns);
         if !old_enough
             || !(query.states.is_empty() || query.states.contains(&state))
             || query.port.is_some_and(|port| port != labels.port)

@@ -31,7 +31,11 @@ pub fn find(proc: &Path, inodes: &HashSet<u32>) -> HashMap<u32, Vec<Owner>> {
         return owners;
     };
     for process in processes.flatten() {
-        let Some(pid) = process.file_name().to_str().and_then(|name| name.parse().ok()) else {
+        let Some(pid) = process
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse().ok())
+        else {
             continue;
         };
         let Ok(files) = fs::read_dir(process.path().join("fd")) else {

@@ -43,7 +43,11 @@ impl SocketQuery {
     /// Parses a URL's query string (`None`: no query).
     pub fn parse(query: Option<&str>) -> Result<SocketQuery, QueryError> {
         let mut parsed = SocketQuery::default();
-        for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        for pair in query
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             let value = percent_decode(value)
                 .ok_or_else(|| QueryError(format!("{name}: not valid percent-encoded UTF-8")))?;

@@ -57,14 +57,14 @@ fn lists_the_oldest_matching_sockets_first_within_the_limit() {
     assert_eq!(cookies, [2, 6]);
     assert_eq!(choice.wanted().len(), 1);
     assert_eq!(choice.wanted()[0].path, None, "the daemon's own namespace");
-    assert_eq!(
-        choice.state_mask(),
-        sock_diag::state_mask(&[CLOSE_WAIT])
-    );
+    assert_eq!(choice.state_mask(), sock_diag::state_mask(&[CLOSE_WAIT]));
     let answer = choice.answer(&Located::default(), 2);
     assert_eq!((answer.matched, answer.listed, answer.unlocated), (3, 2, 2));
     let first = &answer.sockets[0];
-    assert_eq!((first.state, first.role, first.port.as_str()), ("CLOSE_WAIT", "server", "8080"));
+    assert_eq!(
+        (first.state, first.role, first.port.as_str()),
+        ("CLOSE_WAIT", "server", "8080")
+    );
     assert_eq!(first.age_seconds, Some(400.0));
     assert!(first.workload.is_none() && first.local.is_none());
 }

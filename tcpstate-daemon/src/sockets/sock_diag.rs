@@ -376,7 +376,8 @@ mod tests {
     fn endpoints_carry_both_addresses_and_the_sockets_inode() {
         let mut message = socket_message(8, 0, 8080, 50_000, 7, false);
         let payload = NLMSG_HEADER_LEN;
-        message[payload + 8..payload + 24].copy_from_slice(&"2001:db8::1".parse::<Ipv6Addr>().unwrap().octets());
+        message[payload + 8..payload + 24]
+            .copy_from_slice(&"2001:db8::1".parse::<Ipv6Addr>().unwrap().octets());
         message[payload + 24..payload + 40].copy_from_slice(&Ipv6Addr::LOCALHOST.octets());
         message[payload + 68..payload + 72].copy_from_slice(&4242u32.to_ne_bytes());
         let batch = parse_messages(&message, parse_endpoint).unwrap();
