@@ -60,8 +60,9 @@ impl KernelState {
         }
     }
 
-    /// How long the tracked sockets now in each state have been there (the slot table's records;
-    /// a read error counts in `read_errors`).
+    /// How long the tracked sockets now in each state have been there (the slot table's records,
+    /// and the timewait sockets the polls follow whose entry was seen; a read error counts in
+    /// `read_errors`).
     fn socket_ages(&self, read_errors: &mut u64) -> Ages {
         let now = sys::monotonic_ns();
         let mut ages = Ages::new();
@@ -73,6 +74,12 @@ impl KernelState {
             *read_errors += 1;
             log::warn!("cannot read the kernel's socket records for their ages: {error}");
         }
+        self.census
+            .for_each_timewait(|_, _, labels, substate, entered_ns| {
+                if let Some(entered_ns) = entered_ns {
+                    add_age(&mut ages, StateKey::new(labels, substate), entered_ns, now);
+                }
+            });
         ages
     }
 

@@ -2,7 +2,7 @@
 //! with their addresses, ages and the process that holds them; bad queries refused.
 
 use std::{
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{Shutdown, TcpListener, TcpStream},
     thread,
     time::Duration,
 };
