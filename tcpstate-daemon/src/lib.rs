@@ -18,6 +18,7 @@
 pub mod bpf;
 pub mod config;
 pub mod http;
+pub mod inspect;
 pub mod kept;
 pub mod labels;
 pub mod logging;

@@ -10,7 +10,7 @@ use tcpstate_daemon::{
         pinning::PinError,
     },
     config::{Flags, NamespaceScope},
-    http::{self, WebConfigSource, WebState},
+    http::{self, SocketsView, WebConfigSource, WebState},
     logging,
     metrics::{self, CollectorConfig, KernelState, TcpStateCollector},
     preflight,
@@ -93,6 +93,8 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
     }
     let collector = TcpStateCollector::new(state, CollectorConfig::from_flags(&flags));
     collector.start_background_poll();
+    let view = collector.clone();
+    let sockets: SocketsView = Arc::new(move |query| view.sockets(query));
     let registry = metrics::registry(collector)?;
 
     let scheme = match &web_config {
@@ -118,6 +120,7 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
         programs_loaded: Arc::new(programs_loaded),
         telemetry_path: flags.telemetry_path.clone(),
         web_config,
+        sockets: Some(sockets),
     };
     let listeners = bound.into_iter().map(|bound| bound.listener).collect();
     http::serve(listeners, state, limits, shutdown).await?;

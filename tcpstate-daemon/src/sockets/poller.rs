@@ -150,15 +150,25 @@ impl PollThread {
 
     /// Runs the poll `plan` on the poll thread and waits for it.
     pub fn run(&self, plan: PollPlan) -> io::Result<Survey> {
+        self.run_job(move || survey::run(&plan))?
+    }
+
+    /// Runs `job` on the poll thread, where other network namespaces can be entered, and
+    /// waits for its answer; `job` also says whether it left the thread stranded in another
+    /// namespace (the thread then ends, and the next job starts a new one).
+    pub fn run_job<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> (T, bool) + Send + 'static,
+    ) -> io::Result<T> {
         let (reply, answer) = mpsc::sync_channel(1);
         self.submit(Box::new(move || {
-            let (survey, stranded) = survey::run(&plan);
-            let _ = reply.send(survey);
+            let (answer, stranded) = job();
+            let _ = reply.send(answer);
             !stranded
         }))?;
         answer
             .recv()
-            .map_err(|_| io::Error::other("the poll thread ended during the poll"))?
+            .map_err(|_| io::Error::other("the poll thread ended during the job"))
     }
 
     /// Runs the poll `plan` on the poll thread, which hands it to `fold` when done; nothing if
