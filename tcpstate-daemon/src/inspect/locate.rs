@@ -66,6 +66,7 @@ pub fn locate(wanted: &[Wanted], states: u32, proc: &std::path::Path) -> (Locate
             located.failures.push((namespace.inode, error));
         }
     }
+    let listed = std::time::Instant::now();
     let inodes: HashSet<u32> = located
         .endpoints
         .values()
@@ -73,6 +74,12 @@ pub fn locate(wanted: &[Wanted], states: u32, proc: &std::path::Path) -> (Locate
         .filter(|inode| *inode != 0)
         .collect();
     located.owners = owners::find(proc, &inodes);
+    log::debug!(
+        "sockets view: {} namespaces listed, {} sockets located; their owners found in {:?}",
+        wanted.len(),
+        located.endpoints.len(),
+        listed.elapsed()
+    );
     (located, false)
 }
 
