@@ -15,8 +15,8 @@ mod support;
 
 mod names;
 mod page;
-mod sockets_page;
 mod prometheus;
+mod sockets_page;
 
 use std::{
     io::{ErrorKind, Read as _},
