@@ -22,6 +22,7 @@ pub mod capabilities;
 pub mod config;
 pub mod exit;
 pub mod http;
+pub mod inspect;
 pub mod kept;
 pub mod labels;
 pub mod logging;

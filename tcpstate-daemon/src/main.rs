@@ -9,7 +9,7 @@ use tcpstate_daemon::{
     capabilities::{self, AfterStart, Keep},
     config::{Flags, NamespaceScope},
     exit::Failure,
-    http::{self, WebConfigSource, WebState},
+    http::{self, SocketsView, WebConfigSource, WebState},
     logging,
     metrics::{self, CollectorConfig, KernelState, TcpStateCollector},
     preflight,
@@ -116,6 +116,8 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
     let poll_thread_id = poll_thread.id();
     let collector = TcpStateCollector::new(state, CollectorConfig::from_flags(&flags), poll_thread);
     collector.start_background_poll();
+    let view = collector.clone();
+    let sockets: SocketsView = Arc::new(move |query| view.sockets(query));
     let registry = metrics::registry(collector)?;
     match after_start {
         // From here on no thread but the poll thread holds more than `--capabilities.keep`.
@@ -146,6 +148,7 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
         programs_loaded: Arc::new(programs_loaded),
         telemetry_path: flags.telemetry_path.clone(),
         web_config,
+        sockets: Some(sockets),
     };
     let listeners = bound.into_iter().map(|bound| bound.listener).collect();
     systemd::notify("READY=1");

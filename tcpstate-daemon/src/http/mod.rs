@@ -1,11 +1,12 @@
 //! The HTTP endpoints: `/` (landing page), the telemetry path (metrics, gzip when asked for),
-//! `/healthz`; `server` keeps the connections, `listen` binds the addresses, `web_config`,
+//! `/healthz`, the sockets view (`sockets`: `/sockets`, `/sockets.json`); `server` keeps the connections, `listen` binds the addresses, `web_config`,
 //! `gate` and `tls` apply `--web.config.file`, `telemetry` counts requests.
 
 mod connections;
 mod gate;
 mod listen;
 mod server;
+mod sockets;
 mod telemetry;
 #[cfg(test)]
 mod testing;
@@ -26,6 +27,7 @@ use tokio::net::TcpListener;
 
 pub use listen::Bound;
 pub use server::{Limits, connections_within};
+pub use sockets::SocketsView;
 pub use web_config::{WebConfigError, WebConfigSource};
 
 use crate::config::ListenAddress;
@@ -39,6 +41,8 @@ pub struct WebState {
     pub telemetry_path: String,
     /// `--web.config.file`, if given.
     pub web_config: Option<Arc<WebConfigSource>>,
+    /// Answers `/sockets.json` (`None`: 404).
+    pub sockets: Option<SocketsView>,
 }
 
 /// The daemon's runtime: one thread for every connection (they only wait), and a small pool
@@ -116,6 +120,8 @@ fn router(state: WebState) -> Router {
         .route("/", get(landing_page))
         .route(&state.telemetry_path, get(metrics))
         .route("/healthz", get(health))
+        .route("/sockets", get(sockets::sockets_page))
+        .route("/sockets.json", get(sockets::sockets_json))
         .with_state(state);
     match gate {
         Some(gate) => router.layer(axum::middleware::from_fn_with_state(gate, gate::gate)),
@@ -280,6 +286,7 @@ mod tests {
             programs_loaded: Arc::new(|| true),
             telemetry_path: "/metrics".into(),
             web_config: None,
+            sockets: None,
         };
         let server = TestServer::start(router(state), Limits::default());
 

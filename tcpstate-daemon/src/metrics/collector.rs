@@ -20,6 +20,7 @@ use crate::{
         loader::KeptState,
         maps::{KernelMaps, Snapshot},
     },
+    inspect::{self, ChooseError, SocketList, SocketQuery, locate},
     kept::{DaemonFigures, Reader, Unreadable, Writer},
     model::{
         self, StateKey, View,
@@ -133,8 +134,9 @@ impl KernelState {
         }
     }
 
-    /// How long the tracked sockets now in each state have been there (the slot table's records;
-    /// a read error counts in `read_errors`).
+    /// How long the tracked sockets now in each state have been there (the slot table's records,
+    /// and the timewait sockets the polls follow whose entry was seen; a read error counts in
+    /// `read_errors`).
     fn socket_ages(&self, read_errors: &mut u64) -> Ages {
         let now = sys::monotonic_ns();
         let mut ages = Ages::new();
@@ -146,6 +148,12 @@ impl KernelState {
             *read_errors += 1;
             log::warn!("cannot read the kernel's socket records for their ages: {error}");
         }
+        self.census
+            .for_each_timewait(|_, _, labels, substate, entered_ns| {
+                if let Some(entered_ns) = entered_ns {
+                    add_age(&mut ages, StateKey::new(labels, substate), entered_ns, now);
+                }
+            });
         ages
     }
 
@@ -235,12 +243,13 @@ fn lock(state: &Mutex<KernelState>) -> MutexGuard<'_, KernelState> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+#[derive(Clone)]
 pub struct TcpStateCollector {
     state: Arc<Mutex<KernelState>>,
     /// A poll is running beside the scrapes.
     polling: Arc<AtomicBool>,
-    /// Where polls run.
-    poll_thread: PollThread,
+    /// Where polls run (and whatever else enters other network namespaces).
+    poll_thread: Arc<PollThread>,
     config: CollectorConfig,
     descs: Vec<Desc>,
 }
@@ -250,7 +259,7 @@ impl TcpStateCollector {
         TcpStateCollector {
             state: Arc::new(Mutex::new(state)),
             polling: Arc::new(AtomicBool::new(false)),
-            poll_thread,
+            poll_thread: Arc::new(poll_thread),
             config,
             descs: families().map(|family| family.desc()).collect(),
         }
@@ -290,6 +299,34 @@ impl TcpStateCollector {
             self.lock().polls.failed_to_start();
             log::warn!("cannot start a sock_diag poll: {error}");
         }
+    }
+
+    /// The sockets view's answer to `query` (see `inspect`): chosen under the lock, located on
+    /// the poll thread without it.
+    pub fn sockets(&self, query: &SocketQuery) -> Result<SocketList, ChooseError> {
+        let choice = {
+            let state = &mut *self.lock();
+            let slots = &state.maps.socket_slots;
+            inspect::choose(
+                |each| slots.for_each_live(each),
+                &state.census,
+                state.workloads.as_mut(),
+                query,
+                sys::monotonic_ns(),
+            )?
+        };
+        let wanted = choice.wanted().to_vec();
+        let states = choice.state_mask();
+        let located = self
+            .poll_thread
+            .run_job(move |home| {
+                locate::locate(&wanted, states, std::path::Path::new("/proc"), home)
+            })
+            .unwrap_or_else(|error| {
+                log::warn!("sockets view: cannot locate the sockets: {error}");
+                locate::Located::default()
+            });
+        Ok(choice.answer(&located, query.limit))
     }
 
     /// A poll beside the scrapes, folded in under the lock when done. The caller may hold it.

@@ -185,13 +185,22 @@ impl PollThread {
 
     /// Runs the poll `plan` on the poll thread and waits for it.
     pub fn run(&self, plan: PollPlan) -> io::Result<Survey> {
+        self.run_job(move |home| survey::run(&plan, home))?
+    }
+
+    /// Runs `job` on the poll thread, where other network namespaces can be entered (`home`
+    /// is where the thread returns), and waits for its answer.
+    pub fn run_job<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&Home) -> T + Send + 'static,
+    ) -> io::Result<T> {
         let (reply, answer) = mpsc::sync_channel(1);
         self.submit(Box::new(move |home| {
-            let _ = reply.send(survey::run(&plan, home));
+            let _ = reply.send(job(home));
         }))?;
         answer
             .recv()
-            .map_err(|_| io::Error::other("the poll failed (the log says why)"))?
+            .map_err(|_| io::Error::other("the poll thread's job failed (the log says why)"))
     }
 
     /// Runs the poll `plan` on the poll thread, which hands it to `fold` when done; nothing if

@@ -10,7 +10,11 @@
 //! kernel runs it with `AF_UNSPEC`; `ss -t` uses it the same way) and takes the same attributes,
 //! so every dump here is one such request.
 
-use std::{io, os::fd::RawFd};
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::RawFd,
+};
 
 use crate::sys::{monotonic_ns, netlink::SockDiagSocket};
 
@@ -97,14 +101,41 @@ pub fn dump_request(states: u32, storage_map: Option<RawFd>, sequence: u32) -> V
 }
 
 /// What one received datagram held.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Batch {
-    pub sockets: Vec<DiagSocket>,
+/// Where a socket is, and which file holds it, as sock_diag reports it (the sockets view asks
+/// for these of a few sockets; polls never keep addresses).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub cookie: u64,
+    pub state: u8,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// The inode of the socket's file (0 for timewait and request sockets, which have none):
+    /// what `/proc/PID/fd/*` links name as `socket:[inode]`.
+    pub inode: u32,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Batch<T = DiagSocket> {
+    pub sockets: Vec<T>,
     pub done: bool,
 }
 
+impl<T> Default for Batch<T> {
+    fn default() -> Self {
+        Batch {
+            sockets: Vec::new(),
+            done: false,
+        }
+    }
+}
+
 /// Parses one datagram of dump answers. Malformed input is an error, never a panic.
-pub fn parse_batch(mut data: &[u8]) -> io::Result<Batch> {
+pub fn parse_batch(data: &[u8]) -> io::Result<Batch> {
+    parse_messages(data, parse_socket)
+}
+
+/// [`parse_batch`], each socket message read by `parse`.
+fn parse_messages<T>(mut data: &[u8], parse: fn(&[u8]) -> Option<T>) -> io::Result<Batch<T>> {
     let malformed =
         |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("sock_diag: {what}"));
     let mut batch = Batch::default();
@@ -129,7 +160,7 @@ pub fn parse_batch(mut data: &[u8]) -> io::Result<Batch> {
             }
             TCPDIAG_GETSOCK => batch
                 .sockets
-                .push(parse_socket(payload).ok_or_else(|| malformed("short socket message"))?),
+                .push(parse(payload).ok_or_else(|| malformed("short socket message"))?),
             _ => {}
         }
         data = &data[align(length).min(data.len())..];
@@ -179,6 +210,29 @@ fn parse_socket(payload: &[u8]) -> Option<DiagSocket> {
     })
 }
 
+fn parse_endpoint(payload: &[u8]) -> Option<Endpoint> {
+    let message = payload.get(..MESSAGE_LEN)?;
+    let u32_at = |at: usize| u32::from_ne_bytes(message[at..at + 4].try_into().unwrap());
+    // inet_diag_sockid at 4: sport, dport (network order), src[16], dst[16], if, cookie[2];
+    // then expires, rqueue, wqueue, uid, inode.
+    let address = |at: usize| -> IpAddr {
+        let bytes: [u8; 16] = message[at..at + 16].try_into().unwrap();
+        if message[0] == libc::AF_INET as u8 {
+            IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(bytes))
+        }
+    };
+    let port = |at: usize| u16::from_be_bytes([message[at], message[at + 1]]);
+    Some(Endpoint {
+        cookie: u64::from(u32_at(44)) | u64::from(u32_at(48)) << 32,
+        state: message[1],
+        local: SocketAddr::new(address(8), port(4)),
+        remote: SocketAddr::new(address(24), port(6)),
+        inode: u32_at(68),
+    })
+}
+
 /// A sock_diag socket, answering for the network namespace the calling thread was in when it
 /// opened it, and the buffer its answers are read into. Closed on drop (it holds a reference
 /// to its namespace).
@@ -217,6 +271,27 @@ impl Session {
         storage_map: Option<RawFd>,
         mut visit: impl FnMut(DiagSocket),
     ) -> io::Result<()> {
+        self.for_each_parsed(states, storage_map, parse_socket, |socket, seen_ns| {
+            visit(DiagSocket { seen_ns, ..socket })
+        })
+    }
+
+    /// Hands `visit` the endpoint of each TCP socket of both families in `states`.
+    pub fn for_each_endpoint(
+        &mut self,
+        states: u32,
+        mut visit: impl FnMut(Endpoint),
+    ) -> io::Result<()> {
+        self.for_each_parsed(states, None, parse_endpoint, |endpoint, _| visit(endpoint))
+    }
+
+    fn for_each_parsed<T>(
+        &mut self,
+        states: u32,
+        storage_map: Option<RawFd>,
+        parse: fn(&[u8]) -> Option<T>,
+        mut visit: impl FnMut(T, u64),
+    ) -> io::Result<()> {
         self.sequence = self.sequence.wrapping_add(1);
         self.socket
             .send(&dump_request(states, storage_map, self.sequence))?;
@@ -226,11 +301,11 @@ impl Session {
             let before = monotonic_ns();
             let length = self.socket.receive(&mut self.buffer)?;
             let seen_ns = before + (monotonic_ns() - before) / 2;
-            let batch = parse_batch(&self.buffer[..length])?;
+            let batch = parse_messages(&self.buffer[..length], parse)?;
             batch
                 .sockets
                 .into_iter()
-                .for_each(|s| visit(DiagSocket { seen_ns, ..s }));
+                .for_each(|socket| visit(socket, seen_ns));
             if batch.done || length == 0 {
                 return Ok(());
             }
@@ -295,6 +370,34 @@ mod tests {
 
     fn timer_is_timewait(timer: u8) -> bool {
         timer == TIMER_TIMEWAIT
+    }
+
+    #[test]
+    fn endpoints_carry_both_addresses_and_the_sockets_inode() {
+        let mut message = socket_message(8, 0, 8080, 50_000, 7, false);
+        let payload = NLMSG_HEADER_LEN;
+        message[payload + 8..payload + 24]
+            .copy_from_slice(&"2001:db8::1".parse::<Ipv6Addr>().unwrap().octets());
+        message[payload + 24..payload + 40].copy_from_slice(&Ipv6Addr::LOCALHOST.octets());
+        message[payload + 68..payload + 72].copy_from_slice(&4242u32.to_ne_bytes());
+        let batch = parse_messages(&message, parse_endpoint).unwrap();
+        assert_eq!(
+            batch.sockets,
+            [Endpoint {
+                cookie: 7,
+                state: 8,
+                local: "[2001:db8::1]:8080".parse().unwrap(),
+                remote: "[::1]:50000".parse().unwrap(),
+                inode: 4242,
+            }]
+        );
+        let mut ipv4 = message.clone();
+        ipv4[payload] = libc::AF_INET as u8;
+        ipv4[payload + 8..payload + 12].copy_from_slice(&[10, 0, 0, 1]);
+        let endpoint = parse_messages(&ipv4, parse_endpoint).unwrap().sockets[0];
+        assert_eq!(endpoint.local, "10.0.0.1:8080".parse().unwrap());
+        // A truncated message is an error, not a panic.
+        assert!(parse_messages(&message[..message.len() - 10], parse_endpoint).is_err());
     }
 
     fn done() -> Vec<u8> {

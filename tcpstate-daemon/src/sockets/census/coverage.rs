@@ -386,6 +386,15 @@ impl Coverage {
             .min_by_key(|(low, high)| (high.saturating_sub(*low), *low))
     }
 
+    /// See `Census::namespace_path`.
+    pub fn path_of(&self, inode: u32) -> Option<Option<PathBuf>> {
+        if inode == self.own {
+            return Some(None);
+        }
+        self.covers(inode)
+            .then(|| self.known.get(&inode).map(|known| known.path.clone()))
+    }
+
     /// Namespaces known (the daemon's included).
     pub fn len(&self) -> usize {
         self.known.len()

@@ -14,7 +14,7 @@ pub mod timewait;
 use std::collections::{BTreeMap, BTreeSet};
 
 use tcpstate_common::{
-    PortSet, TimewaitHandoff,
+    Labels, PortSet, TimewaitHandoff,
     state::{CLOSING, FIN_WAIT1, FIN_WAIT2, LAST_ACK, LISTEN, TIME_WAIT},
 };
 
@@ -282,6 +282,18 @@ impl Census {
     /// Whether the polls enter other network namespaces than the daemon's.
     pub fn enters_other_namespaces(&self) -> bool {
         self.coverage.enters_others()
+    }
+
+    /// Where the polls enter namespace `inode`: `Some(None)` for the daemon's own, `None` if
+    /// they do not know it or cannot enter it.
+    pub fn namespace_path(&self, inode: u32) -> Option<Option<std::path::PathBuf>> {
+        self.coverage.path_of(inode)
+    }
+
+    /// Hands `each` every timewait socket the polls follow: its namespace, cookie, labels,
+    /// substate (TIME_WAIT or FIN_WAIT2) and when it entered it, if known.
+    pub fn for_each_timewait(&self, each: impl FnMut(u32, u64, Labels, u8, Option<u64>)) {
+        self.timewait.for_each_socket(each);
     }
 
     /// How many network namespaces the polls know (the daemon's included).

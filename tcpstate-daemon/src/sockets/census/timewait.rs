@@ -117,6 +117,21 @@ impl Timewait {
         }
     }
 
+    /// See `Census::for_each_timewait`.
+    pub(super) fn for_each_socket(&self, mut each: impl FnMut(u32, u64, Labels, u8, Option<u64>)) {
+        for (inode, namespace) in &self.namespaces {
+            for (cookie, socket) in &namespace.sockets {
+                each(
+                    *inode,
+                    *cookie,
+                    socket.labels,
+                    socket.substate,
+                    socket.entered_ns,
+                );
+            }
+        }
+    }
+
     /// Takes the kernel's record of a connection handed to a timewait socket (by cookie), which
     /// the polls of its namespace will find.
     pub(super) fn add_handoff(&mut self, cookie: u64, handoff: TimewaitHandoff) {
