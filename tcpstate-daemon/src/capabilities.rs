@@ -2,9 +2,9 @@
 //! (`--capabilities.keep`). Loading and attaching the programs and the start-up baseline need
 //! privilege; what comes after reads the kernel through descriptors opened then, which needs
 //! none. So every thread drops everything `--capabilities.keep` does not name, but the
-//! sock_diag poll thread, which keeps CAP_SYS_ADMIN (setns) and CAP_SYS_PTRACE (other users'
-//! `/proc/PID/ns/net`) while it polls other network namespaces. docs/privileges.md says why
-//! this is safe and what each kernel check asks for.
+//! sock_diag poll thread, whose jobs read other users' `/proc/PID` (their network namespaces;
+//! the processes holding a socket, for the sockets view) and enter other network namespaces.
+//! docs/privileges.md says why this is safe and what each kernel check asks for.
 
 use std::{fmt, fs, io};
 
@@ -12,6 +12,7 @@ use anyhow::{Context as _, bail};
 
 use crate::sys::{self, capabilities::BoundingSet};
 
+pub const CAP_DAC_READ_SEARCH: u32 = 2;
 pub const CAP_SYS_PTRACE: u32 = 19;
 pub const CAP_SYS_ADMIN: u32 = 21;
 pub const CAP_PERFMON: u32 = 38;
@@ -153,9 +154,14 @@ pub fn parse_keep(text: &str) -> Result<Keep, String> {
     Ok(Keep::Only(set))
 }
 
-/// What the polls of other network namespaces need: setns, and other users' ns/net links.
-pub const POLLS_OF_OTHER_NAMESPACES: CapabilitySet =
-    CapabilitySet::of(&[CAP_SYS_ADMIN, CAP_SYS_PTRACE]);
+/// What reading other users' `/proc/PID` takes: their `ns/net` and `fd/N` links
+/// (CAP_SYS_PTRACE) and their `fd` directories (CAP_DAC_READ_SEARCH), to find network
+/// namespaces and, for the sockets view, the processes holding a socket.
+pub const OTHER_USERS_PROCESSES: CapabilitySet =
+    CapabilitySet::of(&[CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH]);
+
+/// What entering other network namespaces takes (setns).
+pub const ENTERING_NAMESPACES: CapabilitySet = CapabilitySet::of(&[CAP_SYS_ADMIN]);
 
 /// What the threads keep once tcpstated serves (each at most what it holds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,8 +174,9 @@ pub struct AfterStart {
 
 impl AfterStart {
     /// What the threads keep with `--capabilities.keep` naming `kept`. The poll thread also
-    /// keeps what entering other namespaces needs if `polls_enter_namespaces`; every thread
-    /// keeps CAP_BPF if `bpf_needs_capability` (see [`bpf_needs_capability`]).
+    /// keeps what reading other users' processes takes, and what entering other namespaces
+    /// takes if `polls_enter_namespaces`; every thread keeps CAP_BPF if
+    /// `bpf_needs_capability` (see [`bpf_needs_capability`]).
     pub fn plan(
         kept: CapabilitySet,
         polls_enter_namespaces: bool,
@@ -179,9 +186,9 @@ impl AfterStart {
         if bpf_needs_capability {
             every_thread = every_thread.union(CapabilitySet::of(&[CAP_BPF]));
         }
-        let mut poll_thread = every_thread;
+        let mut poll_thread = every_thread.union(OTHER_USERS_PROCESSES);
         if polls_enter_namespaces {
-            poll_thread = poll_thread.union(POLLS_OF_OTHER_NAMESPACES);
+            poll_thread = poll_thread.union(ENTERING_NAMESPACES);
         }
         AfterStart {
             every_thread,
@@ -199,17 +206,18 @@ impl AfterStart {
     /// `poll_thread_id`, aside) holds more.
     pub fn enforce(&self, poll_thread_id: u32) -> anyhow::Result<()> {
         confine_this_thread(self.every_thread).context("cannot drop capabilities")?;
-        self.check_threads(poll_thread_id)?;
+        let poll_thread = self.check_threads(poll_thread_id)?;
         log::info!(
-            "capabilities dropped: the threads keep {}, the sock_diag poll thread {}",
-            self.every_thread,
-            self.poll_thread
+            "capabilities dropped: the threads hold {}, the sock_diag poll thread {poll_thread}",
+            CapabilitySet::held_by_this_thread(),
         );
         Ok(())
     }
 
-    /// Checks, from /proc, that every thread of the process holds no more than planned.
-    fn check_threads(&self, poll_thread_id: u32) -> anyhow::Result<()> {
+    /// Checks, from /proc, that every thread of the process holds no more than planned;
+    /// returns what the poll thread holds.
+    fn check_threads(&self, poll_thread_id: u32) -> anyhow::Result<CapabilitySet> {
+        let mut poll_thread = CapabilitySet::NONE;
         for task in fs::read_dir("/proc/self/task")?.flatten() {
             let Ok(status) = fs::read_to_string(task.path().join("status")) else {
                 continue; // it ended meanwhile
@@ -224,6 +232,7 @@ impl AfterStart {
                 });
             let id = task.file_name().to_string_lossy().parse::<u32>().ok();
             let planned = if id == Some(poll_thread_id) {
+                poll_thread = held;
                 self.poll_thread
             } else {
                 self.every_thread
@@ -236,7 +245,7 @@ impl AfterStart {
                 );
             }
         }
-        Ok(())
+        Ok(poll_thread)
     }
 }
 
@@ -330,7 +339,11 @@ mod tests {
             AfterStart::plan(CapabilitySet::NONE, true, false),
             AfterStart {
                 every_thread: CapabilitySet::NONE,
-                poll_thread: POLLS_OF_OTHER_NAMESPACES,
+                poll_thread: CapabilitySet::of(&[
+                    CAP_SYS_ADMIN,
+                    CAP_SYS_PTRACE,
+                    CAP_DAC_READ_SEARCH
+                ]),
             }
         );
         let with_bpf = raw.union(CapabilitySet::of(&[CAP_BPF]));
@@ -338,7 +351,7 @@ mod tests {
             AfterStart::plan(raw, false, true),
             AfterStart {
                 every_thread: with_bpf,
-                poll_thread: with_bpf,
+                poll_thread: with_bpf.union(OTHER_USERS_PROCESSES),
             }
         );
     }

@@ -171,7 +171,9 @@ pub struct Flags {
     /// Capabilities every thread keeps once tcpstated serves (its programs attached, the
     /// sockets older than it listed): `none`, `all` (nothing is dropped), or names separated
     /// by commas (`cap_net_raw,cap_syslog`). Whatever this says, the sock_diag poll thread
-    /// keeps CAP_SYS_ADMIN and CAP_SYS_PTRACE while it polls other network namespaces.
+    /// keeps, of those tcpstated holds, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (other users'
+    /// /proc/PID: their namespaces, the sockets view's processes), and CAP_SYS_ADMIN while its
+    /// polls enter other network namespaces.
     #[arg(long = "capabilities.keep", value_name = "CAPABILITIES", default_value = "none",
           value_parser = capabilities::parse_keep)]
     pub keep_capabilities: Keep,

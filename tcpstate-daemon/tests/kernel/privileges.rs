@@ -1,9 +1,17 @@
 //! What each thread of a serving daemon holds, read from /proc as an operator would: nothing,
-//! but the sock_diag poll thread, which keeps CAP_SYS_ADMIN and CAP_SYS_PTRACE to enter the
-//! other network namespaces it polls; and the daemon still reads the kernel's maps, polls
-//! namespaces made after it started, and stops cleanly (docs/privileges.md).
+//! but the sock_diag poll thread, which keeps CAP_SYS_ADMIN to enter the other network
+//! namespaces it polls, and CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH to read other users'
+//! /proc/PID; and the daemon still reads the kernel's maps, polls namespaces made after it
+//! started, finds another user's process for the sockets view, and stops cleanly
+//! (docs/privileges.md).
 
-use std::{fs, net::SocketAddr, time::Duration};
+use std::{
+    fs,
+    net::{SocketAddr, TcpListener},
+    os::fd::OwnedFd,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
 
 use crate::support::{
     Daemon, Netns, eventually, rerun_once_after_unrecorded_events, until_transitions,
@@ -12,8 +20,11 @@ use crate::{CLIENT_CLOSES, WAIT, client_closes_first, expected};
 
 /// The port of this module's connections (exported by number).
 const PORT: u16 = 27110;
+/// The port of a listener held by another user's process.
+const NOBODYS_PORT: u16 = 27111;
 /// What the poll thread is named (`/proc/PID/task/TID/comm`).
 const POLL_THREAD: &str = "sock_diag poll";
+const CAP_DAC_READ_SEARCH: u64 = 1 << 2;
 const CAP_NET_RAW: u64 = 1 << 13;
 const CAP_SYS_PTRACE: u64 = 1 << 19;
 const CAP_SYS_ADMIN: u64 = 1 << 21;
@@ -69,7 +80,10 @@ fn closes_are_counted(daemon: &Daemon) {
 #[test]
 #[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
 fn once_serving_only_the_poll_thread_holds_a_capability_and_only_what_polls_need() {
-    let daemon = Daemon::start(&[&format!("--port={PORT}"), "--sockdiag.min-interval=0.2"]);
+    let daemon = Daemon::start(&[
+        &format!("--port={PORT},{NOBODYS_PORT}"),
+        "--sockdiag.min-interval=0.2",
+    ]);
     rerun_once_after_unrecorded_events(|| closes_are_counted(&daemon));
     // Made after the start: the poll thread enters it with the capabilities it kept.
     let netns = Netns::new(PORT);
@@ -84,6 +98,8 @@ fn once_serving_only_the_poll_thread_holds_a_capability_and_only_what_polls_need
         }),
         "the TIME_WAIT socket of a namespace made after the start is polled"
     );
+    let (mut nobody, command) = sockets_view_finds_nobodys_listener(&daemon);
+    assert_eq!(command, "sleep", "the process holding it");
     for part in ["bpf", "sockdiag", "netstat"] {
         let success = daemon
             .scrape()
@@ -97,7 +113,7 @@ fn once_serving_only_the_poll_thread_holds_a_capability_and_only_what_polls_need
         .partition(|thread| thread.name == POLL_THREAD);
     assert_eq!(polls.len(), 1, "one poll thread: {threads:?}");
     let poll = polls[0];
-    let namespaces = CAP_SYS_ADMIN | CAP_SYS_PTRACE;
+    let polls_need = CAP_SYS_ADMIN | CAP_SYS_PTRACE | CAP_DAC_READ_SEARCH;
     assert_eq!(
         (
             poll.permitted,
@@ -105,10 +121,10 @@ fn once_serving_only_the_poll_thread_holds_a_capability_and_only_what_polls_need
             poll.inheritable,
             poll.ambient
         ),
-        (namespaces, namespaces, 0, 0),
+        (polls_need, polls_need, 0, 0),
         "{poll:?}"
     );
-    assert_eq!(poll.bounding, namespaces, "root may lower it: {poll:?}");
+    assert_eq!(poll.bounding, polls_need, "root may lower it: {poll:?}");
     assert!(
         others.len() >= 2,
         "the main thread (HTTP) and a scrape's: {threads:?}"
@@ -126,10 +142,45 @@ fn once_serving_only_the_poll_thread_holds_a_capability_and_only_what_polls_need
             "{thread:?}"
         );
     }
+    let _ = nobody.kill();
+    let _ = nobody.wait();
     assert!(
         daemon.stop().success(),
         "it detaches and exits 0 holding nothing"
     );
+}
+
+/// A listener made now and handed to a `sleep` run as nobody (its only holder): the sockets
+/// view lists it with that process, which only reading another user's `/proc/PID/fd` finds.
+/// Returns the process, and its command as the view says it.
+fn sockets_view_finds_nobodys_listener(daemon: &Daemon) -> (Child, String) {
+    let listener = TcpListener::bind(("127.0.0.1", NOBODYS_PORT)).unwrap();
+    let nobody = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sleep",
+            "60",
+        ])
+        .stdin(Stdio::from(OwnedFd::from(listener)))
+        .spawn()
+        .expect("setpriv (util-linux) runs");
+    let pid = u64::from(nobody.id());
+    let query = format!("/sockets.json?state=LISTEN&port={NOBODYS_PORT}");
+    let mut processes = serde_json::Value::Null;
+    eventually(WAIT, || {
+        let response = daemon.get(&query).unwrap();
+        let answer: serde_json::Value = serde_json::from_str(&response.body).unwrap();
+        processes = answer["sockets"][0]["processes"].clone();
+        processes[0]["pid"] == pid
+    });
+    assert_eq!(processes[0]["pid"], pid, "{processes}");
+    let command = processes[0]["command"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    (nobody, command)
 }
 
 #[test]
@@ -137,14 +188,22 @@ fn once_serving_only_the_poll_thread_holds_a_capability_and_only_what_polls_need
 fn capabilities_keep_names_what_every_thread_keeps() {
     let polls_own_namespace = Daemon::start(&["--sockdiag.namespaces=own"]);
     for thread in threads(polls_own_namespace.pid()) {
-        assert_eq!((thread.permitted, thread.effective), (0, 0), "{thread:?}");
+        let kept = match thread.name.as_str() {
+            POLL_THREAD => CAP_SYS_PTRACE | CAP_DAC_READ_SEARCH,
+            _ => 0,
+        };
+        assert_eq!(
+            (thread.permitted, thread.effective),
+            (kept, kept),
+            "{thread:?}"
+        );
     }
     drop(polls_own_namespace);
 
     let raw = Daemon::start(&["--capabilities.keep=cap_net_raw"]);
     for thread in threads(raw.pid()) {
         let kept = match thread.name.as_str() {
-            POLL_THREAD => CAP_NET_RAW | CAP_SYS_ADMIN | CAP_SYS_PTRACE,
+            POLL_THREAD => CAP_NET_RAW | CAP_SYS_ADMIN | CAP_SYS_PTRACE | CAP_DAC_READ_SEARCH,
             _ => CAP_NET_RAW,
         };
         assert_eq!(
