@@ -186,33 +186,15 @@ fn sockets_view_finds_nobodys_listener(daemon: &Daemon) -> (Child, String) {
 #[test]
 #[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
 fn capabilities_keep_names_what_every_thread_keeps() {
-    let polls_own_namespace = Daemon::start(&["--sockdiag.namespaces=own"]);
-    for thread in threads(polls_own_namespace.pid()) {
-        let kept = match thread.name.as_str() {
-            POLL_THREAD => CAP_SYS_PTRACE | CAP_DAC_READ_SEARCH,
-            _ => 0,
-        };
-        assert_eq!(
-            (thread.permitted, thread.effective),
-            (kept, kept),
-            "{thread:?}"
-        );
-    }
-    drop(polls_own_namespace);
-
-    let raw = Daemon::start(&["--capabilities.keep=cap_net_raw"]);
-    for thread in threads(raw.pid()) {
-        let kept = match thread.name.as_str() {
-            POLL_THREAD => CAP_NET_RAW | CAP_SYS_ADMIN | CAP_SYS_PTRACE | CAP_DAC_READ_SEARCH,
-            _ => CAP_NET_RAW,
-        };
-        assert_eq!(
-            (thread.permitted, thread.effective),
-            (kept, kept),
-            "{thread:?}"
-        );
-    }
-    drop(raw);
+    let without_other_namespaces = ["--sockdiag.namespaces=own"];
+    assert_threads_hold(
+        &without_other_namespaces,
+        CAP_SYS_PTRACE | CAP_DAC_READ_SEARCH,
+        0,
+    );
+    let polls_need = CAP_SYS_ADMIN | CAP_SYS_PTRACE | CAP_DAC_READ_SEARCH;
+    let keep_raw = ["--capabilities.keep=cap_net_raw"];
+    assert_threads_hold(&keep_raw, CAP_NET_RAW | polls_need, CAP_NET_RAW);
 
     let all = Daemon::start(&["--capabilities.keep=all"]);
     let main = threads(all.pid())
@@ -223,4 +205,21 @@ fn capabilities_keep_names_what_every_thread_keeps() {
         main.effective & CAP_SYS_ADMIN != 0,
         "nothing dropped: {main:?}"
     );
+}
+
+/// A daemon started with `args` holds `poll_thread` (permitted and effective) on its poll
+/// thread and `others` on every other thread.
+fn assert_threads_hold(args: &[&str], poll_thread: u64, others: u64) {
+    let daemon = Daemon::start(args);
+    for thread in threads(daemon.pid()) {
+        let kept = match thread.name.as_str() {
+            POLL_THREAD => poll_thread,
+            _ => others,
+        };
+        assert_eq!(
+            (thread.permitted, thread.effective),
+            (kept, kept),
+            "{args:?}: {thread:?}"
+        );
+    }
 }
