@@ -1,6 +1,7 @@
 //! The few system calls the daemon makes itself (aya covers the rest), split by kernel
 //! interface: `bpf` (program statistics, batch map reads, the log ring), `mmap` (a live view of
-//! an mmapable map), `netlink` (the sock_diag socket), `netns` (entering network namespaces),
+//! an mmapable map), `mount` (hiding the kernel's BTF from aya's loader), `netlink` (the sock_diag
+//! socket), `netns` (entering network namespaces),
 //! `process` (signals, limits, clock, allocator). The only module allowed `unsafe`, each block with its `// SAFETY:`; the
 //! protocols built on these calls (the slot table's sweep, sock_diag's messages) are safe code
 //! beside their users.
@@ -11,6 +12,7 @@
 
 pub mod bpf;
 pub mod mmap;
+pub mod mount;
 pub mod netlink;
 pub mod netns;
 pub mod process;
