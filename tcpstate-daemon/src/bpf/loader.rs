@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, anyhow};
 use aya::{
-    Btf, Ebpf, EbpfError, EbpfLoader,
+    Btf, Ebpf, EbpfError, EbpfLoader, Endianness,
     maps::{Map, MapData, MapError},
     programs::{
         BtfTracePoint, ProgramError,
@@ -18,7 +18,7 @@ use aya::{
 use tcpstate_common::{DurationBuckets, PortSet, SocketLayout, global, map, program};
 
 use super::{
-    btf::KernelBtf,
+    btf::{self, KernelBtf},
     figure_store::FigureStore,
     maps::KernelMaps,
     pinning::{self, PinRoot, PinSettings},
@@ -98,9 +98,13 @@ impl<'a> TracerConfig<'a> {
     }
 }
 
+/// The tracepoint of each program (as in `PROGRAMS`) and its typedef's id in the kernel's BTF.
+type TracepointIds = [(&'static str, u32); PROGRAMS.len()];
+
 /// Everything the loader gives the kernel: the programs' globals and the maps' sizes.
 struct LoadSettings {
     layout: SocketLayout,
+    tracepoints: TracepointIds,
     buckets: DurationBuckets,
     ports: PortSet,
     slot_mask: u32,
@@ -113,8 +117,10 @@ struct LoadSettings {
 impl LoadSettings {
     /// What `config` and this kernel's BTF ask of the loader.
     fn of(config: &TracerConfig<'_>) -> anyhow::Result<Self> {
+        let (layout, tracepoints) = read_kernel_btf(config)?;
         Ok(LoadSettings {
-            layout: kernel_layout(config)?,
+            layout,
+            tracepoints,
             buckets: duration_buckets(config.buckets),
             ports: port_set(config.ports),
             slot_mask: config.socket_slots - 1,
@@ -259,9 +265,9 @@ impl Tracer {
     /// Loads the embedded object with `settings`, attaches its programs and, if `pin_at` is
     /// given, pins the whole state there.
     fn load(settings: &LoadSettings, pin_at: Option<&Path>) -> anyhow::Result<Self> {
-        // No CO-RE relocations to make (the offsets replace them): no target BTF, which
-        // also drops the copy `EbpfLoader::new()` parses.
-        let mut ebpf = EbpfLoader::new()
+        // No CO-RE relocations to make (the offsets replace them): no target BTF, and none
+        // parsed for nothing by `EbpfLoader::new()` (see `sys::mount`).
+        let mut ebpf = sys::mount::without_kernel_btf(EbpfLoader::new)
             .btf(None)
             .override_global(global::SOCKET_LAYOUT, &settings.layout, true)
             .override_global(global::DURATION_BUCKETS, &settings.buckets, true)
@@ -278,7 +284,11 @@ impl Tracer {
             .load(EBPF_OBJECT)
             .map_err(explain_load_error)?;
 
-        let btf = Btf::from_sys_fs().context("cannot parse the kernel's BTF")?;
+        let btf = Btf::parse(
+            &btf::tracepoints_only(&settings.tracepoints),
+            Endianness::default(),
+        )
+        .context("cannot parse the tracepoints' BTF")?;
         // Primary first: on each event the kernel runs them in attach order; the nested-event
         // program only acts while the primary one is mid-run on the CPU, so order is not
         // essential, but this keeps the common case's second call a cheap no-op.
@@ -392,21 +402,24 @@ fn load_btf_tracepoint<'a>(
     Ok(program)
 }
 
-/// The offsets of `struct sock` this kernel's BTF gives, with the owner's when workloads are
-/// labelled. The kernel's BTF is large: each parse is dropped before the next one starts.
-fn kernel_layout(config: &TracerConfig<'_>) -> anyhow::Result<SocketLayout> {
+/// What the daemon reads from this kernel's BTF, which it parses once: the offsets of `struct
+/// sock` (with the owner's when workloads are labelled), and the ids of the programs'
+/// tracepoints.
+fn read_kernel_btf(config: &TracerConfig<'_>) -> anyhow::Result<(SocketLayout, TracepointIds)> {
     let kernel_btf = KernelBtf::from_sys_fs()?;
-    for (_, tracepoint) in PROGRAMS {
-        kernel_btf.require_tracepoint(tracepoint)?;
+    let mut tracepoints = PROGRAMS.map(|(_, tracepoint)| (tracepoint, 0));
+    for (tracepoint, id) in &mut tracepoints {
+        *id = kernel_btf.tracepoint_id(tracepoint)?;
     }
     let layout = kernel_btf.socket_layout()?;
-    match config.workloads {
+    let layout = match config.workloads {
         Some(_) => kernel_btf.with_owner_cgroup(layout).context(
             "--workloads reads each socket's cgroup (struct sock_cgroup_data.cgroup, Linux 5.15 \
              and later): this kernel has no such field, run without --workloads",
-        ),
-        None => Ok(layout),
-    }
+        )?,
+        None => layout,
+    };
+    Ok((layout, tracepoints))
 }
 
 /// Pins the state of a new `ebpf` at `state`: its maps, programs, `links` (which keep the

@@ -1,6 +1,7 @@
 //! The few system calls the daemon makes itself (aya covers the rest), split by kernel
 //! interface: `bpf` (program statistics, batch map reads, the log ring), `capabilities` (the
-//! calling thread's capability sets), `mmap` (a live view of an mmapable map), `netlink` (the
+//! calling thread's capability sets), `mmap` (a live view of an mmapable map), `mount` (hiding the kernel's BTF from aya's
+//! loader), `netlink` (the
 //! sock_diag socket), `netns` (entering network namespaces), `process` (signals, limits, clock,
 //! allocator, thread ids). The only module allowed `unsafe`, each block with its `// SAFETY:`;
 //! the protocols built on these calls (the slot table's sweep, sock_diag's messages) are safe
@@ -13,6 +14,7 @@
 pub mod bpf;
 pub mod capabilities;
 pub mod mmap;
+pub mod mount;
 pub mod netlink;
 pub mod netns;
 pub mod process;
