@@ -114,6 +114,28 @@ impl Sock {
         id as u32
     }
 
+    /// The local and remote addresses, each as the two words of its 16 bytes in memory
+    /// (network) order: an IPv4 address in the first 4 bytes. For the event stream only.
+    /// Words, not byte arrays: LLVM turns the zeroing and copies of arrays into `memset` and
+    /// `memcpy` calls.
+    #[inline(always)]
+    pub fn addresses(&self, family: u8) -> ([u64; 2], [u64; 2]) {
+        if family == tcpstate_common::family::IPV6 {
+            let local = globals::address_offset(|layout| &layout.local_v6);
+            let remote = globals::address_offset(|layout| &layout.remote_v6);
+            // Two 8-byte loads each: the verifier allows loads of any size inside an array of
+            // integers, which `struct in6_addr` is.
+            (
+                [self.read(local), self.read(local + 8)],
+                [self.read(remote), self.read(remote + 8)],
+            )
+        } else {
+            let local: u32 = self.read(globals::address_offset(|layout| &layout.local));
+            let remote: u32 = self.read(globals::address_offset(|layout| &layout.remote));
+            ([u64::from(local), 0], [u64::from(remote), 0])
+        }
+    }
+
     /// The socket's cookie, assigned now if it had none (what `ss -e` and sock_diag show). Read
     /// from the socket once assigned (never changed after): a helper call costs more.
     #[inline(always)]

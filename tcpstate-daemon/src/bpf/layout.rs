@@ -3,7 +3,7 @@
 //! a load-time global (`SOCKET_LAYOUT`); the verifier then checks every read against the same
 //! BTF.
 
-use tcpstate_common::SocketLayout;
+use tcpstate_common::{AddressLayout, SocketLayout};
 
 use super::btf::{BtfError, KIND_STRUCT, KernelBtf};
 
@@ -44,6 +44,35 @@ impl KernelBtf {
             node_id: 0,
             _padding: 0,
         })
+    }
+
+    /// Where the event stream finds the addresses in `struct sock`.
+    pub fn address_layout(&self) -> Result<AddressLayout, BtfError> {
+        let sock = self
+            .id(KIND_STRUCT, "sock")
+            .ok_or(BtfError::MissingField("struct sock", "(the struct itself)"))?;
+        let (common, common_type) = self
+            .member_offset(sock, "__sk_common")
+            .ok_or(BtfError::MissingField("struct sock", "__sk_common"))?;
+        let v4 = |name: &'static str| {
+            self.int_field(common_type, name, 4)
+                .map(|offset| common + offset)
+                .ok_or(BtfError::MissingField("struct sock_common", name))
+        };
+        Ok(AddressLayout {
+            local: v4("skc_rcv_saddr")?,
+            remote: v4("skc_daddr")?,
+            // A kernel without IPv6 has no v6 fields, and no IPv6 socket to read them of.
+            local_v6: self.v6_address(common_type, "skc_v6_rcv_saddr", common),
+            remote_v6: self.v6_address(common_type, "skc_v6_daddr", common),
+        })
+    }
+
+    /// Offset in `struct sock` of the `struct in6_addr` member `name` of `struct sock_common`
+    /// (at `common`), if the kernel has it (CONFIG_IPV6); 0 otherwise.
+    fn v6_address(&self, common_type: u32, name: &str, common: u32) -> u32 {
+        self.member_offset(common_type, name)
+            .map_or(0, |(offset, _)| common + offset)
     }
 
     /// `layout` with the offsets that lead from a socket to its owner's cgroup id: `sock`'s
@@ -141,6 +170,11 @@ mod tests {
             (12, 14, 16)
         );
         assert!(layout.protocol > 16);
+        // include/net/sock.h: skc_daddr then skc_rcv_saddr open struct sock_common.
+        let addresses = btf.address_layout().unwrap();
+        assert_eq!((addresses.remote, addresses.local), (0, 4));
+        assert!(addresses.remote_v6 > 16);
+        assert_eq!(addresses.local_v6, addresses.remote_v6 + 16);
         btf.require_tracepoint("inet_sock_set_state").unwrap();
         assert!(matches!(
             btf.require_tracepoint("no_such_tracepoint"),

@@ -57,20 +57,21 @@ impl Tracer {
     pub fn attach(config: &TracerConfig<'_>) -> anyhow::Result<Self> {
         // The kernel's BTF is large: each parse below is dropped before the next one starts,
         // and the memory is handed back at the end, so the daemon's peak stays small.
-        let layout = {
+        let (layout, addresses) = {
             let kernel_btf = KernelBtf::from_sys_fs()?;
             for (_, tracepoint) in PROGRAMS {
                 kernel_btf.require_tracepoint(tracepoint)?;
             }
             let layout = kernel_btf.socket_layout()?;
-            match config.workloads {
+            let layout = match config.workloads {
                 Some(_) => kernel_btf.with_owner_cgroup(layout).context(
                     "--workloads reads each socket's cgroup (struct sock_cgroup_data.cgroup, \
                      Linux 5.15 and later): this kernel has no such field, run without \
                      --workloads",
                 )?,
                 None => layout,
-            }
+            };
+            (layout, kernel_btf.address_layout()?)
         };
         let buckets = duration_buckets(config.buckets);
         let ports = port_set(config.ports);
@@ -82,6 +83,7 @@ impl Tracer {
         let mut ebpf = EbpfLoader::new()
             .btf(None)
             .override_global(global::SOCKET_LAYOUT, &layout, true)
+            .override_global(global::ADDRESS_LAYOUT, &addresses, true)
             .override_global(global::DURATION_BUCKETS, &buckets, true)
             .override_global(global::SERVICE_PORTS, &ports, true)
             .override_global(global::SOCKET_SLOT_MASK, &slot_mask, true)
