@@ -56,8 +56,11 @@ pub struct AddressLayout {
     pub local_v6: u32,
     /// `__sk_common.skc_v6_daddr` (struct in6_addr); 0 on a kernel without IPv6.
     pub remote_v6: u32,
+    /// `inet_sport` (__be16) in `struct tcp_sock`: the local port as the tracepoint's `sport`
+    /// shows it, still set at CLOSE, when `inet_put_port()` has already cleared `skc_num`.
+    pub source_port: u32,
 }
-const _: () = assert!(size_of::<AddressLayout>() == 16);
+const _: () = assert!(size_of::<AddressLayout>() == 20);
 
 /// Histogram upper bounds in nanoseconds, ascending; unused slots hold `u64::MAX`.
 #[repr(C)]

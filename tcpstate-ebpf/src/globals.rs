@@ -37,6 +37,7 @@ static ADDRESS_LAYOUT: AddressLayout = AddressLayout {
     remote: 0,
     local_v6: 0,
     remote_v6: 0,
+    source_port: 0,
 };
 /// The histogram's bounds (`--buckets`), in nanoseconds.
 #[unsafe(no_mangle)]

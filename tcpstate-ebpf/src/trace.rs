@@ -79,7 +79,7 @@ pub fn send(sock: &Sock, transition: &Transition) {
     let Some(control) = listening() else {
         return;
     };
-    let (local_port, remote_port) = (sock.local_port(), sock.remote_port());
+    let (local_port, remote_port) = (sock.source_port(), sock.remote_port());
     // The logical view's state too: the filter must not drop a `... -> TIME_WAIT`.
     let logical = match transition.detail {
         transition_detail::TIME_WAIT_HANDOFF => 1u32 << TIME_WAIT,

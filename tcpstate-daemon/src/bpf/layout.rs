@@ -65,7 +65,33 @@ impl KernelBtf {
             // A kernel without IPv6 has no v6 fields, and no IPv6 socket to read them of.
             local_v6: self.v6_address(common_type, "skc_v6_rcv_saddr", common),
             remote_v6: self.v6_address(common_type, "skc_v6_daddr", common),
+            source_port: self.source_port()?,
         })
+    }
+
+    /// Offset in `struct tcp_sock` of `inet_sport`: `tcp_sock.inet_conn.icsk_inet.inet_sport`.
+    fn source_port(&self) -> Result<u32, BtfError> {
+        let mut offset = 0;
+        let mut container = self
+            .id(KIND_STRUCT, "tcp_sock")
+            .ok_or(BtfError::MissingField(
+                "struct tcp_sock",
+                "(the struct itself)",
+            ))?;
+        for (owner, member) in [
+            ("struct tcp_sock", "inet_conn"),
+            ("struct inet_connection_sock", "icsk_inet"),
+        ] {
+            let (at, member_type) = self
+                .member_offset(container, member)
+                .ok_or(BtfError::MissingField(owner, member))?;
+            offset += at;
+            container = member_type;
+        }
+        let port = self
+            .int_field(container, "inet_sport", 2)
+            .ok_or(BtfError::MissingField("struct inet_sock", "inet_sport"))?;
+        Ok(offset + port)
     }
 
     /// Offset in `struct sock` of the `struct in6_addr` member `name` of `struct sock_common`
@@ -175,6 +201,8 @@ mod tests {
         assert_eq!((addresses.remote, addresses.local), (0, 4));
         assert!(addresses.remote_v6 > 16);
         assert_eq!(addresses.local_v6, addresses.remote_v6 + 16);
+        // Past `struct sock`, which `struct tcp_sock` begins with.
+        assert!(addresses.source_port > layout.protocol);
         btf.require_tracepoint("inet_sock_set_state").unwrap();
         assert!(matches!(
             btf.require_tracepoint("no_such_tracepoint"),
