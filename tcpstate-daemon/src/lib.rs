@@ -8,7 +8,8 @@
 //! - `model`: the kernel's raw aggregates turned into figures (pure logic);
 //! - `metrics`: the Prometheus collector, one file per group of families;
 //! - `http`: the endpoints and their connections;
-//! - `workload`: whose a socket is (its cgroup decoded into pod, container or unit names).
+//! - `workload`: whose a socket is (its cgroup decoded into pod, container or unit names);
+//! - `trace`: the live event stream beside the aggregates (`/events`, `tcpstated trace`).
 //!
 //! Beside them: `config` (the flags), `labels` (numbers to label values), `netstat`
 //! (/proc counters), `preflight` (privileges), `sys` (the raw syscalls, the only `unsafe`),
@@ -26,6 +27,7 @@ pub mod netstat;
 pub mod preflight;
 pub mod sockets;
 pub mod sys;
+pub mod trace;
 pub mod version;
 pub mod workload;
 

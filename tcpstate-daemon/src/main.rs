@@ -13,6 +13,7 @@ use tcpstate_daemon::{
     preflight,
     sockets::census::Census,
     sys,
+    trace::{self, command::Command},
     workload::Resolver,
 };
 
@@ -23,6 +24,9 @@ const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
+    if let Some(Command::Trace(args)) = &flags.command {
+        return trace::command::run(args);
+    }
     logging::init(flags.log_level, flags.log_format);
     let web_config = match flags.web_config_file.as_deref().map(WebConfigSource::open) {
         None => None,
@@ -61,7 +65,11 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
         flags.buckets.nanoseconds(),
     )?;
     let programs_loaded = tracer.health_check()?;
-    let Tracer { ebpf, maps } = tracer;
+    let Tracer { mut ebpf, maps } = tracer;
+    let events = match flags.disable_events {
+        false => Some(trace::start(&mut ebpf, &flags, limits.max_connections)?),
+        true => None,
+    };
     let mut state = KernelState::new(maps, census);
     if flags.workloads {
         let cgroup_root = flags.cgroup_root.as_deref();
@@ -93,8 +101,16 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
         programs_loaded: Arc::new(programs_loaded),
         telemetry_path: flags.telemetry_path.clone(),
         web_config,
+        events: events.clone(),
     };
     let listeners = bound.into_iter().map(|bound| bound.listener).collect();
+    // Event streams never end by themselves: they end at once, not after the grace.
+    let shutdown = async move {
+        shutdown.await;
+        if let Some(hub) = events {
+            hub.close();
+        }
+    };
     http::serve(listeners, state, limits, shutdown).await?;
     drop(ebpf); // detaches the programs
     log::info!("detached; exiting");

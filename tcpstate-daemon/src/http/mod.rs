@@ -1,8 +1,10 @@
 //! The HTTP endpoints: `/` (landing page), the telemetry path (metrics, gzip when asked for),
-//! `/healthz`; `server` keeps the connections, `listen` binds the addresses, `web_config`,
-//! `gate` and `tls` apply `--web.config.file`, `telemetry` counts requests.
+//! `/healthz`, `/events` (the live event stream, `events`); `server` keeps the connections,
+//! `listen` binds the addresses, `web_config`, `gate` and `tls` apply `--web.config.file`,
+//! `telemetry` counts requests.
 
 mod connections;
+mod events;
 mod gate;
 mod listen;
 mod server;
@@ -39,6 +41,8 @@ pub struct WebState {
     pub telemetry_path: String,
     /// `--web.config.file`, if given.
     pub web_config: Option<Arc<WebConfigSource>>,
+    /// The live event stream's subscribers (`/events`); `None`: no stream.
+    pub events: Option<Arc<crate::trace::Hub>>,
 }
 
 /// The daemon's runtime: one thread for every connection (they only wait), and a small pool
@@ -116,6 +120,7 @@ fn router(state: WebState) -> Router {
         .route("/", get(landing_page))
         .route(&state.telemetry_path, get(metrics))
         .route("/healthz", get(health))
+        .route("/events", get(events::events))
         .with_state(state);
     match gate {
         Some(gate) => router.layer(axum::middleware::from_fn_with_state(gate, gate::gate)),
@@ -280,6 +285,7 @@ mod tests {
             programs_loaded: Arc::new(|| true),
             telemetry_path: "/metrics".into(),
             web_config: None,
+            events: None,
         };
         let server = TestServer::start(router(state), Limits::default());
 
