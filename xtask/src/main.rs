@@ -175,6 +175,8 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
         "http",
         "--test",
         "workloads",
+        "--test",
+        "trace",
     ]);
     kernel
         .args(["--", "--ignored", "--test-threads=1"])
