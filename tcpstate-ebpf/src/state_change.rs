@@ -204,18 +204,8 @@ fn record<const TRACED: bool>(sock: &Sock, event: &EventToken, recorder: u8) {
                 record.entered_ns = now;
             }
             if TRACED {
-                let transition = trace::Transition {
-                    time_ns: now,
-                    cookie,
-                    duration_ns: duration,
-                    labels,
-                    from,
-                    to,
-                    flags,
-                    detail,
-                    recorder,
-                };
-                trace::send(sock, &transition);
+                let key = key(labels, from, to, flags, recorder, detail);
+                trace::send(sock, &trace::Transition::new(now, cookie, key, duration));
             }
             add(
                 recorder,
@@ -257,18 +247,8 @@ fn record<const TRACED: bool>(sock: &Sock, event: &EventToken, recorder: u8) {
                 }
             }
             if TRACED {
-                let transition = trace::Transition {
-                    time_ns: now,
-                    cookie,
-                    duration_ns: NO_DURATION,
-                    labels,
-                    from,
-                    to,
-                    flags,
-                    detail,
-                    recorder,
-                };
-                trace::send(sock, &transition);
+                let key = key(labels, from, to, flags, recorder, detail);
+                trace::send(sock, &trace::Transition::new(now, cookie, key, NO_DURATION));
             }
             add(
                 recorder,

@@ -11,7 +11,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use tcpstate_common::{
-    Labels, TRACE_RING_BYTES, TraceControl, TraceEvent,
+    TRACE_RING_BYTES, TraceControl, TraceEvent, TransitionKey,
     state::{FIN_WAIT2, TIME_WAIT},
     transition_detail,
 };
@@ -61,14 +61,23 @@ fn listening() -> Option<&'static TraceControl> {
 pub struct Transition {
     pub time_ns: u64,
     pub cookie: u64,
-    /// As `add` counts it: [`tcpstate_common::TRACE_NO_DURATION`] when the start of `from` was not seen.
+    /// As `add` counts it: [`tcpstate_common::TRACE_NO_DURATION`] when the start of `from`
+    /// was not seen.
     pub duration_ns: u64,
-    pub labels: Labels,
-    pub from: u8,
-    pub to: u8,
-    pub flags: u8,
-    pub detail: u8,
-    pub recorder: u8,
+    /// The aggregation key's two words (see `state_change::key`).
+    pub key: [u64; 2],
+}
+
+impl Transition {
+    #[inline(always)]
+    pub fn new(time_ns: u64, cookie: u64, key: [u64; 2], duration_ns: u64) -> Self {
+        Transition {
+            time_ns,
+            cookie,
+            duration_ns,
+            key,
+        }
+    }
 }
 
 /// Sends `transition` of `sock` to the stream if someone listens and it passes their filter;
@@ -79,22 +88,25 @@ pub fn send(sock: &Sock, transition: &Transition) {
     let Some(control) = listening() else {
         return;
     };
+    // SAFETY: `TransitionKey` is `#[repr(C)]`, 16 bytes of integers, its words its bytes in
+    // little-endian order (bpfel), as `state_change::key` composes them.
+    let key = unsafe { core::mem::transmute::<[u64; 2], TransitionKey>(transition.key) };
     let (local_port, remote_port) = (sock.source_port(), sock.remote_port());
     // The logical view's state too: the filter must not drop a `... -> TIME_WAIT`.
-    let logical = match transition.detail {
+    let logical = match key.detail {
         transition_detail::TIME_WAIT_HANDOFF => 1u32 << TIME_WAIT,
         transition_detail::FIN_WAIT2_HANDOFF => 1 << FIN_WAIT2,
         _ => 0,
     };
-    let states = 1u32 << (transition.from & 31) | 1 << (transition.to & 31) | logical;
-    if !control.passes(local_port, remote_port, states, transition.labels.cgroup) {
+    let states = 1u32 << (key.from & 31) | 1 << (key.to & 31) | logical;
+    if !control.passes(local_port, remote_port, states, key.labels.cgroup) {
         return;
     }
     let Some(mut entry) = TRACE_EVENTS.reserve(0) else {
-        count_drop(transition.recorder);
+        count_drop(key.recorder);
         return;
     };
-    let (local_address, remote_address) = sock.addresses(transition.labels.family);
+    let (local_address, remote_address) = sock.addresses(key.labels.family);
     let slot = entry.as_mut_ptr();
     // SAFETY: `slot` is the reserved entry, 80 bytes for this program alone until submitted;
     // every field is written (the padding too), field by field so that no `memcpy` call is
@@ -103,16 +115,16 @@ pub fn send(sock: &Sock, transition: &Transition) {
         (*slot).time_ns = transition.time_ns;
         (*slot).cookie = transition.cookie;
         (*slot).duration_ns = transition.duration_ns;
-        (*slot).labels = transition.labels;
+        (*slot).labels = key.labels;
         (*slot).local_address = local_address;
         (*slot).remote_address = remote_address;
         (*slot).local_port = local_port;
         (*slot).remote_port = remote_port;
-        (*slot).from = transition.from;
-        (*slot).to = transition.to;
-        (*slot).flags = transition.flags;
-        (*slot).detail = transition.detail;
-        (*slot).recorder = transition.recorder;
+        (*slot).from = key.from;
+        (*slot).to = key.to;
+        (*slot).flags = key.flags;
+        (*slot).detail = key.detail;
+        (*slot).recorder = key.recorder;
         (*slot)._padding = [0; 7];
     }
     // The daemon polls the ring: no wakeup to schedule.

@@ -10,17 +10,8 @@ use super::btf::{BtfError, KIND_STRUCT, KernelBtf};
 impl KernelBtf {
     /// Where the program finds what it reads in `struct sock`.
     pub fn socket_layout(&self) -> Result<SocketLayout, BtfError> {
-        let sock = self
-            .id(KIND_STRUCT, "sock")
-            .ok_or(BtfError::MissingField("struct sock", "(the struct itself)"))?;
-        let (common, common_type) = self
-            .member_offset(sock, "__sk_common")
-            .ok_or(BtfError::MissingField("struct sock", "__sk_common"))?;
-        let common_field = |name: &'static str, size: u32| {
-            self.int_field(common_type, name, size)
-                .map(|offset| common + offset)
-                .ok_or(BtfError::MissingField("struct sock_common", name))
-        };
+        let (sock, common, common_type) = self.sock_common()?;
+        let common_field = |name, size| self.common_field(common, common_type, name, size);
         let sock_field = |name: &'static str, size: u32| {
             self.int_field(sock, name, size)
                 .ok_or(BtfError::MissingField("struct sock", name))
@@ -48,17 +39,8 @@ impl KernelBtf {
 
     /// Where the event stream finds the addresses in `struct sock`.
     pub fn address_layout(&self) -> Result<AddressLayout, BtfError> {
-        let sock = self
-            .id(KIND_STRUCT, "sock")
-            .ok_or(BtfError::MissingField("struct sock", "(the struct itself)"))?;
-        let (common, common_type) = self
-            .member_offset(sock, "__sk_common")
-            .ok_or(BtfError::MissingField("struct sock", "__sk_common"))?;
-        let v4 = |name: &'static str| {
-            self.int_field(common_type, name, 4)
-                .map(|offset| common + offset)
-                .ok_or(BtfError::MissingField("struct sock_common", name))
-        };
+        let (_, common, common_type) = self.sock_common()?;
+        let v4 = |name| self.common_field(common, common_type, name, 4);
         Ok(AddressLayout {
             local: v4("skc_rcv_saddr")?,
             remote: v4("skc_daddr")?,
@@ -92,6 +74,31 @@ impl KernelBtf {
             .int_field(container, "inet_sport", 2)
             .ok_or(BtfError::MissingField("struct inet_sock", "inet_sport"))?;
         Ok(offset + port)
+    }
+
+    /// `struct sock`'s type id, and the offset and type of its `__sk_common`.
+    fn sock_common(&self) -> Result<(u32, u32, u32), BtfError> {
+        let sock = self
+            .id(KIND_STRUCT, "sock")
+            .ok_or(BtfError::MissingField("struct sock", "(the struct itself)"))?;
+        let (common, common_type) = self
+            .member_offset(sock, "__sk_common")
+            .ok_or(BtfError::MissingField("struct sock", "__sk_common"))?;
+        Ok((sock, common, common_type))
+    }
+
+    /// Offset in `struct sock` of the `size`-byte integer `name` of `struct sock_common` (at
+    /// `common`, of type `common_type`).
+    fn common_field(
+        &self,
+        common: u32,
+        common_type: u32,
+        name: &'static str,
+        size: u32,
+    ) -> Result<u32, BtfError> {
+        self.int_field(common_type, name, size)
+            .map(|offset| common + offset)
+            .ok_or(BtfError::MissingField("struct sock_common", name))
     }
 
     /// Offset in `struct sock` of the `struct in6_addr` member `name` of `struct sock_common`

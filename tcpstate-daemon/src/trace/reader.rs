@@ -146,16 +146,7 @@ impl Reader {
         self.subscribers = self.hub.subscribers();
         let ids: BTreeSet<u64> = self.subscribers.iter().map(|s| s.id).collect();
         self.groups.retain(|id, _| ids.contains(id));
-        let wanted: Vec<(u64, String)> = self
-            .subscribers
-            .iter()
-            .filter(|s| !self.groups.contains_key(&s.id))
-            .filter_map(|s| Some((s.id, s.filter().workload.clone()?)))
-            .collect();
-        for (id, workload) in wanted {
-            let groups = self.groups_of(&workload);
-            self.groups.insert(id, groups);
-        }
+        self.look_up_groups(false);
         self.write_control();
         for subscriber in &self.subscribers {
             if !subscriber.ready.swap(true, Ordering::AcqRel) {
@@ -175,11 +166,22 @@ impl Reader {
         }
     }
 
-    /// The cgroups whose workload is `wanted` (or one of its containers), now.
-    fn groups_of(&mut self, wanted: &str) -> Vec<u32> {
-        self.resolver.as_mut().map_or_else(Vec::new, |resolver| {
-            resolver.groups_matching(|workload| workload_matches(wanted, &workload_name(workload)))
-        })
+    /// Looks up the cgroups of each subscriber's workload filter: every one's (`again`), or
+    /// only the new subscribers'.
+    fn look_up_groups(&mut self, again: bool) {
+        let filters: Vec<(u64, String)> = self
+            .subscribers
+            .iter()
+            .filter(|s| again || !self.groups.contains_key(&s.id))
+            .filter_map(|s| Some((s.id, s.filter().workload.clone()?)))
+            .collect();
+        for (id, wanted) in filters {
+            let groups = self.resolver.as_mut().map_or_else(Vec::new, |resolver| {
+                resolver
+                    .groups_matching(|workload| workload_matches(&wanted, &workload_name(workload)))
+            });
+            self.groups.insert(id, groups);
+        }
     }
 
     /// Reports the kernel's drops to every subscriber; looks the workloads' groups up again.
@@ -194,15 +196,7 @@ impl Reader {
         }
         if !self.groups.is_empty() && self.groups_at.elapsed() >= GROUPS_REFRESH {
             self.groups_at = Instant::now();
-            let filters: Vec<(u64, String)> = self
-                .subscribers
-                .iter()
-                .filter_map(|s| Some((s.id, s.filter().workload.clone()?)))
-                .collect();
-            for (id, workload) in filters {
-                let groups = self.groups_of(&workload);
-                self.groups.insert(id, groups);
-            }
+            self.look_up_groups(true);
             self.write_control();
         }
         if let Some(resolver) = &mut self.resolver {
