@@ -21,6 +21,15 @@ pub fn scrape(address: SocketAddr) -> anyhow::Result<Exposition> {
     Exposition::parse(&text).with_context(|| format!("scraping http://{address}/metrics"))
 }
 
+/// The sockets view's JSON answer to `query`.
+pub fn sockets_view(address: SocketAddr, query: &str) -> anyhow::Result<String> {
+    Ok(http::get_ok(
+        address,
+        &format!("/sockets.json?{query}"),
+        READ_TIMEOUT,
+    )?)
+}
+
 /// The exposition text of one scrape (what the scrape latency times: parsing it is ours).
 pub fn scrape_text(address: SocketAddr) -> anyhow::Result<String> {
     Ok(http::get_ok(address, "/metrics", READ_TIMEOUT)?)

@@ -699,15 +699,17 @@ pub fn render(results: &Results, summary: &Summary) -> String {
          wall time of `GET /metrics`; CPU per scrape is the daemon's CPU time over the scrapes \
          (its process CPU clock: the threads that ran slow polls beside the scrapes included) \
          divided by their number; collect is the daemon's own \
-         `tcpstate_collect_duration_seconds`, poll its `tcpstate_poll_duration_seconds`."
+         `tcpstate_collect_duration_seconds`, poll its `tcpstate_poll_duration_seconds`. \
+         Sockets view is the wall time of `GET /sockets.json?state=ESTABLISHED&limit=1000` (the \
+         1,000 oldest of the held connections, located and matched to their processes)."
             .into(),
     );
     line(String::new());
-    line("| Connections | Tracked sockets | Scrape, median (ms) | Scrape, max (ms) | Collect (ms) | Poll (ms) | Poll interval (s) | CPU per scrape (ms) | Idle CPU (ms/s) | Daemon peak RSS | BPF map memlock | Kernel memory per connection | Setup (s) | Timewait sockets on the host |".into());
-    line("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|".into());
+    line("| Connections | Tracked sockets | Scrape, median (ms) | Scrape, max (ms) | Collect (ms) | Poll (ms) | Poll interval (s) | CPU per scrape (ms) | Idle CPU (ms/s) | Sockets view (ms) | Daemon peak RSS | BPF map memlock | Kernel memory per connection | Setup (s) | Timewait sockets on the host |".into());
+    line("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|".into());
     for level in &results.scale.levels {
         line(format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.3} | {} | {} | {} | {:.1} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.3} | {} | {} | {} | {} | {:.1} | {} |",
             count(level.connections),
             optional(level.tracked_sockets, |sockets| count(sockets as u64)),
             optional(level.median_scrape_ms(), |ms| format!("{ms:.2}")),
@@ -720,6 +722,7 @@ pub fn render(results: &Results, summary: &Summary) -> String {
             optional(level.poll_interval_seconds, |s| format!("{s:.1}")),
             level.cpu_per_scrape_ms,
             level.idle_cpu_ms_per_second,
+            optional(level.view_ms, |ms| format!("{ms:.1}")),
             megabytes(level.peak_rss_bytes),
             megabytes(level.map_memlock_bytes),
             // Below 10k connections the holders' own memory and the machine's noise dominate.
@@ -757,11 +760,11 @@ pub fn render(results: &Results, summary: &Summary) -> String {
                 .into(),
         );
         line(String::new());
-        line("| Namespaces | Connections | Tracked sockets | Scrape, median (ms) | Scrape, max (ms) | Poll (ms) | Poll interval (s) | CPU per scrape (ms) | Idle CPU (ms/s) | Daemon peak RSS |".into());
-        line("|---|---|---|---|---|---|---|---|---|---|".into());
+        line("| Namespaces | Connections | Tracked sockets | Scrape, median (ms) | Scrape, max (ms) | Poll (ms) | Poll interval (s) | CPU per scrape (ms) | Idle CPU (ms/s) | Sockets view (ms) | Daemon peak RSS |".into());
+        line("|---|---|---|---|---|---|---|---|---|---|---|".into());
         for level in &results.scale.namespace_levels {
             line(format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.3} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.3} | {} | {} |",
                 level.namespaces,
                 count(level.connections),
                 optional(level.tracked_sockets, |sockets| count(sockets as u64)),
@@ -774,6 +777,7 @@ pub fn render(results: &Results, summary: &Summary) -> String {
                 optional(level.poll_interval_seconds, |s| format!("{s:.1}")),
                 level.cpu_per_scrape_ms,
                 level.idle_cpu_ms_per_second,
+                optional(level.view_ms, |ms| format!("{ms:.1}")),
                 megabytes(level.peak_rss_bytes),
             ));
         }

@@ -28,6 +28,10 @@ const MOST_CONNECTIONS_PER_HOLDER: u64 = 12_000;
 const HOLDERS_AT_ONCE: usize = 4;
 /// File descriptors a holder keeps for itself beyond its sockets.
 const HOLDER_SPARE_FILES: u64 = 256;
+/// The sockets view's request the scale times: the most sockets one answer lists, among every
+/// held connection (each one located with sock_diag and matched to its holder through /proc).
+const VIEW_QUERY: &str = "state=ESTABLISHED&limit=1000";
+
 /// Time between two scrapes. tcpstated polls sock_diag at scrape time, at most once per
 /// `--sockdiag.min-interval` (1 s by default) and per 20 times the last poll's duration: spaced
 /// beyond the first, every scrape pays its poll where polls are quick, as Prometheus's scrapes
@@ -48,6 +52,8 @@ pub struct ScaleLevel {
     pub tracked_sockets: Option<f64>,
     /// Wall time of each scrape of /metrics, in milliseconds.
     pub scrape_ms: Vec<f64>,
+    /// Wall time of the sockets view's largest answer (`VIEW_QUERY`), in milliseconds.
+    pub view_ms: Option<f64>,
     /// Median of the daemon's own `tcpstate_collect_duration_seconds`, in milliseconds.
     pub collect_ms: Option<f64>,
     pub cpu_per_scrape_ms: f64,
@@ -394,6 +400,10 @@ fn measure_level(
     }
     level.cpu_per_scrape_ms =
         procfs::cpu_time_ns(pid)?.saturating_sub(cpu_start) as f64 / 1e6 / scrapes.max(1) as f64;
+    let started = Instant::now();
+    level.view_ms = prometheus::sockets_view(address, VIEW_QUERY)
+        .ok()
+        .map(|_| started.elapsed().as_secs_f64() * 1e3);
     level.collect_ms = median(&collect_ms);
     level.poll_ms = median(&poll_ms);
     level.poll_interval_seconds = last

@@ -115,6 +115,7 @@ impl Tracer {
                 command
                     .arg(format!("--web.listen-address={address}"))
                     .arg(format!("--port={service_port}"))
+                    .args(no_persistence(&binaries.tcpstated)?)
                     .args(daemon_args)
                     .env("RUST_LOG", "warn")
                     .stderr(log_file(&binaries.work_dir, "tcpstated")?);
@@ -183,6 +184,26 @@ impl Tracer {
         }
         Ok(())
     }
+}
+
+/// The flags that keep a benchmarked tcpstated from adopting an earlier run's pinned state or
+/// leaving its own (and two of them, as `compare` runs, from contending for one): none for a
+/// build older than pinning, which knows neither flag.
+fn no_persistence(tcpstated: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let help = Command::new(tcpstated)
+        .arg("--help")
+        .output()
+        .with_context(|| format!("cannot run {} --help", tcpstated.display()))?;
+    if !String::from_utf8_lossy(&help.stdout).contains("--no-bpf.persist") {
+        return Ok(Vec::new());
+    }
+    Ok(vec![
+        "--no-bpf.persist".into(),
+        format!(
+            "--bpf.pin-path=/nonexistent/tcpstate-bench-{}",
+            std::process::id()
+        ),
+    ])
 }
 
 fn wait_until_healthy(process: &mut Process, address: SocketAddr) -> anyhow::Result<()> {

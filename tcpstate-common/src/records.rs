@@ -37,8 +37,8 @@ pub struct SocketRecord {
     /// [`record_home`] constant: where this record lives.
     pub home: u8,
     pub _padding: [u8; 2],
-    /// The inode number of the socket's network namespace: the daemon can check only the
-    /// sockets of its own namespace against sock_diag.
+    /// The inode number of the socket's network namespace: the daemon checks the record against
+    /// that namespace's sock_diag polls.
     pub net_inode: u32,
 }
 
@@ -85,7 +85,10 @@ pub struct TimewaitHandoff {
     pub labels: Labels,
     /// TIME_WAIT, or FIN_WAIT2 for an orphaned socket still waiting for the peer's FIN.
     pub state: u8,
-    pub _padding: [u8; 7],
+    pub _padding: [u8; 3],
+    /// The inode number of the connection's network namespace (its record's): the daemon
+    /// looks for the timewait socket in that namespace's polls.
+    pub net_inode: u32,
 }
 const _: () = assert!(size_of::<TimewaitHandoff>() == 24);
 

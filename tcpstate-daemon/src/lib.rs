@@ -11,7 +11,7 @@
 //! - `workload`: whose a socket is (its cgroup decoded into pod, container or unit names);
 //! - `trace`: the live event stream beside the aggregates (`/events`, `tcpstated trace`).
 //!
-//! Beside them: `config` (the flags), `labels` (numbers to label values), `netstat`
+//! Beside them: `kept` (what a daemon hands the next through a restart), `config` (the flags), `labels` (numbers to label values), `netstat`
 //! (/proc counters), `preflight` (privileges), `sys` (the raw syscalls, the only `unsafe`),
 //! `version` (the build), `logging` (the log's level and format).
 #![deny(unsafe_code)]
@@ -19,6 +19,8 @@
 pub mod bpf;
 pub mod config;
 pub mod http;
+pub mod inspect;
+pub mod kept;
 pub mod labels;
 pub mod logging;
 pub mod metrics;

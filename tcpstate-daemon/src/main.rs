@@ -5,13 +5,16 @@ use std::{process::ExitCode, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use clap::Parser as _;
 use tcpstate_daemon::{
-    bpf::loader::{self, Tracer, TracerConfig},
-    config::Flags,
-    http::{self, WebConfigSource, WebState},
+    bpf::{
+        loader::{self, Tracer, TracerConfig},
+        pinning::PinError,
+    },
+    config::{Flags, NamespaceScope},
+    http::{self, SocketsView, WebConfigSource, WebState},
     logging,
     metrics::{self, CollectorConfig, KernelState, TcpStateCollector},
     preflight,
-    sockets::census::Census,
+    sockets::{census::Census, untracked::LabelRule},
     sys,
     trace::{self, command::Command},
     workload::Resolver,
@@ -21,6 +24,8 @@ use tcpstate_daemon::{
 const EXIT_RUNTIME_FAILURE: u8 = 1;
 /// Exit status for a bad `--web.config.file`: a usage error, as clap's.
 const EXIT_USAGE: u8 = 2;
+/// Exit status when another daemon holds the pinned state (`--bpf.pin-path`).
+const EXIT_PIN_PATH_IN_USE: u8 = 3;
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
@@ -51,7 +56,10 @@ fn main() -> ExitCode {
 
 fn fail(error: anyhow::Error) -> ExitCode {
     eprintln!("tcpstated: error: {error:#}");
-    ExitCode::from(EXIT_RUNTIME_FAILURE)
+    match error.downcast_ref::<PinError>() {
+        Some(PinError::InUse { .. }) => ExitCode::from(EXIT_PIN_PATH_IN_USE),
+        _ => ExitCode::from(EXIT_RUNTIME_FAILURE),
+    }
 }
 
 async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::Result<()> {
@@ -59,18 +67,31 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
     preflight::check_privileges()?;
     let (bound, limits) = http::listen(&flags.listen_addresses, flags.max_connections)?;
     let tracer = Tracer::attach(&TracerConfig::from_flags(&flags))?;
+    let adopted = tracer.kept.adopted;
+    let label_rule = LabelRule {
+        ports: loader::port_set(&flags.ports),
+        owners: flags.workloads,
+    };
     let census = Census::at_start(
         &tracer,
-        loader::port_set(&flags.ports),
+        label_rule,
         flags.buckets.nanoseconds(),
+        flags.namespaces == NamespaceScope::All,
+        tracer.kept.attached_ns(),
     )?;
     let programs_loaded = tracer.health_check()?;
-    let Tracer { mut ebpf, maps } = tracer;
+    let Tracer {
+        maps,
+        trace: trace_maps,
+        links,
+        kept,
+        pin_root,
+    } = tracer;
     let events = match flags.disable_events {
-        false => Some(trace::start(&mut ebpf, &flags, limits.max_connections)?),
+        false => Some(trace::start(trace_maps, &flags, limits.max_connections)?),
         true => None,
     };
-    let mut state = KernelState::new(maps, census);
+    let mut state = KernelState::new(maps, census).keeping(kept);
     if flags.workloads {
         let cgroup_root = flags.cgroup_root.as_deref();
         let resolver = Resolver::new(&flags.host_root, cgroup_root, flags.max_workloads).context(
@@ -81,6 +102,8 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
     }
     let collector = TcpStateCollector::new(state, CollectorConfig::from_flags(&flags));
     collector.start_background_poll();
+    let view = collector.clone();
+    let sockets: SocketsView = Arc::new(move |query| view.sockets(query));
     let registry = metrics::registry(collector)?;
 
     let scheme = match &web_config {
@@ -92,8 +115,13 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
         .map(|bound| format!("{scheme}://{}{}", bound.description, flags.telemetry_path))
         .collect();
     log::info!(
-        "tcpstated {} attached to sock:inet_sock_set_state; serving {}",
+        "tcpstated {} {} sock:inet_sock_set_state; serving {}",
         metrics::VERSION,
+        if adopted {
+            "adopted the pinned programs on"
+        } else {
+            "attached to"
+        },
         serving.join(", ")
     );
     let state = WebState {
@@ -102,6 +130,7 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
         telemetry_path: flags.telemetry_path.clone(),
         web_config,
         events: events.clone(),
+        sockets: Some(sockets),
     };
     let listeners = bound.into_iter().map(|bound| bound.listener).collect();
     // Event streams never end by themselves: they end at once, not after the grace.
@@ -112,7 +141,14 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
         }
     };
     http::serve(listeners, state, limits, shutdown).await?;
-    drop(ebpf); // detaches the programs
-    log::info!("detached; exiting");
+    // Detaches the programs, unless their state is pinned for the next daemon.
+    drop(links);
+    match pin_root {
+        Some(root) if flags.pin_settings().persist => log::info!(
+            "exiting; the programs stay attached, their state pinned in {}",
+            root.path().display()
+        ),
+        _ => log::info!("detached; exiting"),
+    }
     Ok(())
 }

@@ -1,9 +1,11 @@
-//! Figures of the daemon's network namespace the kernel keeps outside any tracepoint: the
-//! listen-queue counters of /proc/net/netstat (`TcpExt`), and the ephemeral port range.
+//! Figures of a network namespace the kernel keeps outside any tracepoint: the listen-queue
+//! counters of its netstat file (`TcpExt`), and the ephemeral port range. Both are read for
+//! the calling thread's namespace (`/proc/thread-self/net`, and `/proc/sys/net` files, which
+//! answer for the namespace of the thread that opens them).
 
 use std::collections::HashMap;
 
-pub const PATH: &str = "/proc/net/netstat";
+pub const PATH: &str = "/proc/thread-self/net/netstat";
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ListenCounters {
@@ -16,8 +18,40 @@ pub struct ListenCounters {
     pub timewait_overflows: u64,
 }
 
+impl ListenCounters {
+    /// Each counter plus `other`'s.
+    pub fn plus(self, other: ListenCounters) -> ListenCounters {
+        ListenCounters {
+            overflows: self.overflows + other.overflows,
+            drops: self.drops + other.drops,
+            timewait_overflows: self.timewait_overflows + other.timewait_overflows,
+        }
+    }
+
+    /// Whether any counter is below `earlier`'s: not the same namespace (an inode reused).
+    pub fn went_back(&self, earlier: &ListenCounters) -> bool {
+        self.overflows < earlier.overflows
+            || self.drops < earlier.drops
+            || self.timewait_overflows < earlier.timewait_overflows
+    }
+}
+
+/// The `TcpExt` counters the daemon reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpExt {
+    pub listen: ListenCounters,
+    /// SYN and SYN-ACK retransmits (`TCPSynRetrans`): a namespace where it grows has
+    /// handshakes waiting, maybe request sockets.
+    pub syn_retransmits: u64,
+}
+
 /// Parses the file's header/value line pairs; missing fields read as 0.
 pub fn parse(text: &str) -> ListenCounters {
+    parse_tcp_ext(text).listen
+}
+
+/// Parses the file's header/value line pairs; missing fields read as 0.
+pub fn parse_tcp_ext(text: &str) -> TcpExt {
     let mut fields = HashMap::new();
     let lines: Vec<&str> = text.lines().collect();
     for pair in lines.chunks(2) {
@@ -33,15 +67,25 @@ pub fn parse(text: &str) -> ListenCounters {
             }
         }
     }
-    ListenCounters {
-        overflows: fields.get("ListenOverflows").copied().unwrap_or(0),
-        drops: fields.get("ListenDrops").copied().unwrap_or(0),
-        timewait_overflows: fields.get("TCPTimeWaitOverflow").copied().unwrap_or(0),
+    let field = |name| fields.get(name).copied().unwrap_or(0);
+    TcpExt {
+        listen: ListenCounters {
+            overflows: field("ListenOverflows"),
+            drops: field("ListenDrops"),
+            timewait_overflows: field("TCPTimeWaitOverflow"),
+        },
+        syn_retransmits: field("TCPSynRetrans"),
     }
 }
 
+/// The calling thread's namespace's listen counters.
 pub fn read() -> std::io::Result<ListenCounters> {
-    Ok(parse(&std::fs::read_to_string(PATH)?))
+    Ok(read_tcp_ext()?.listen)
+}
+
+/// The calling thread's namespace's `TcpExt` counters.
+pub fn read_tcp_ext() -> std::io::Result<TcpExt> {
+    Ok(parse_tcp_ext(&std::fs::read_to_string(PATH)?))
 }
 
 pub const PORT_RANGE_PATH: &str = "/proc/sys/net/ipv4/ip_local_port_range";
@@ -67,8 +111,8 @@ mod tests {
 
     #[test]
     fn reads_tcpext_fields() {
-        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops TCPTimeWaitOverflow\n\
-                    TcpExt: 0 12 15 7\nIpExt: InNoRoutes\nIpExt: 3\n";
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops TCPTimeWaitOverflow \
+                    TCPSynRetrans\nTcpExt: 0 12 15 7 4\nIpExt: InNoRoutes\nIpExt: 3\n";
         assert_eq!(
             parse(text),
             ListenCounters {
@@ -77,6 +121,7 @@ mod tests {
                 timewait_overflows: 7
             }
         );
+        assert_eq!(parse_tcp_ext(text).syn_retransmits, 4);
         assert_eq!(parse("garbage\n"), ListenCounters::default());
         assert!(read().is_ok());
     }

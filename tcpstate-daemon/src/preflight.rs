@@ -4,6 +4,7 @@
 use std::{fs, io, process::ExitCode};
 
 const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_SYS_PTRACE: u32 = 19;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
@@ -11,6 +12,11 @@ const CAP_BPF: u32 = 39;
 pub fn effective_capabilities() -> io::Result<u64> {
     parse_cap_eff(&fs::read_to_string("/proc/self/status")?)
         .ok_or_else(|| io::Error::other("no CapEff line in /proc/self/status"))
+}
+
+/// Whether the process holds `capability` now (false if /proc cannot tell).
+pub fn has_capability(capability: u32) -> bool {
+    effective_capabilities().is_ok_and(|effective| effective & (1u64 << capability) != 0)
 }
 
 fn parse_cap_eff(status: &str) -> Option<u64> {

@@ -208,6 +208,7 @@ fn diag(state: TcpState, timewait: bool, ports: (u16, u16), cookie: u64) -> Diag
         receive_queue: 0,
         send_queue: 0,
         tracked: false,
+        cgroup: 0,
         seen_ns: 0,
     }
 }
@@ -247,7 +248,8 @@ fn handoff(labels: Labels, state: TcpState, entered_ns: u64) -> TimewaitHandoff 
         entered_ns,
         labels,
         state: state as u8,
-        _padding: [0; 7],
+        _padding: [0; 3],
+        net_inode: NET,
     }
 }
 
@@ -277,7 +279,7 @@ fn census() -> Census {
     let mut ports = PortSet::EMPTY;
     SERVICE_PORTS.iter().for_each(|port| ports.insert(*port));
     let unknown = labels(443, family::IPV4, role::UNKNOWN);
-    let mut listing = FirstListing::default();
+    let mut listing = FirstListing::new(NET);
     listing.add(100, unknown, Established as u8);
     listing.add(101, unknown, Established as u8);
     listing.add(102, unknown, CloseWait as u8);

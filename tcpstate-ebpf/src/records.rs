@@ -66,7 +66,8 @@ pub fn create(
                 entered_ns: slot.entered_ns,
                 labels: slot.labels,
                 state: slot.state,
-                _padding: [0; 7],
+                _padding: [0; 3],
+                net_inode: slot.net_inode,
             };
             (cookie, handoff)
         });

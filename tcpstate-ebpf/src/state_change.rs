@@ -183,7 +183,8 @@ fn record<const TRACED: bool>(sock: &Sock, event: &EventToken, recorder: u8) {
                             entered_ns,
                             labels,
                             state,
-                            _padding: [0; 7],
+                            _padding: [0; 3],
+                            net_inode: record.net_inode,
                         };
                         if !maps::record_handoff(cookie, &handoff) {
                             maps::count(recorder, counter::FAILED_HANDOFF_RECORD);

@@ -176,6 +176,8 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
         "--test",
         "workloads",
         "--test",
+        "restarts",
+        "--test",
         "trace",
     ]);
     kernel

@@ -1,28 +1,63 @@
 //! Loads the embedded eBPF object with this host's configuration and attaches its programs.
 
-use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
+use std::{
+    fs,
+    os::fd::{AsFd as _, AsRawFd as _, RawFd},
+    path::Path,
+};
 
 use anyhow::{Context as _, anyhow};
 use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
-    maps::{Map, MapError},
-    programs::{BtfTracePoint, ProgramError},
+    maps::{Map, MapData, MapError},
+    programs::{
+        BtfTracePoint, ProgramError,
+        links::{FdLink, PinnedLink},
+    },
 };
-use tcpstate_common::{DurationBuckets, PortSet, global, map, program};
+use tcpstate_common::{
+    AddressLayout, DurationBuckets, PortSet, SocketLayout, global, map, program,
+};
 
-use super::{btf::KernelBtf, maps::KernelMaps};
+use super::{
+    btf::KernelBtf,
+    figure_store::FigureStore,
+    maps::KernelMaps,
+    pinning::{self, PinRoot, PinSettings},
+};
 use crate::{
     config::{Buckets, Flags},
+    kept::{DaemonFigures, Reader},
     sys,
+    trace::TraceMaps,
 };
 
 /// The object `build.rs` compiled from `tcpstate-ebpf`, embedded so one binary is all a host needs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpstate"));
 
-/// Loaded and attached programs. Dropping it detaches them.
+/// Attached programs and the maps the daemon reads.
 pub struct Tracer {
-    pub ebpf: Ebpf,
     pub maps: KernelMaps,
+    /// The live event stream's maps.
+    pub trace: TraceMaps,
+    /// The programs' attachments. Dropping them detaches the programs unless the state is
+    /// pinned (then its links keep them attached for the next daemon).
+    pub links: Vec<FdLink>,
+    /// What an earlier daemon left, and where this one keeps its figures.
+    pub kept: KeptState,
+    /// The pin path, locked while this daemon lives.
+    pub pin_root: Option<PinRoot>,
+}
+
+/// The daemon's side of a pinned state.
+#[derive(Default)]
+pub struct KeptState {
+    /// Where this daemon writes its figures at each scrape (a persistent state only).
+    pub store: Option<FigureStore>,
+    /// The figures the daemon before this one wrote, if the state was adopted.
+    pub earlier: Option<Vec<u8>>,
+    /// Whether the programs and maps are an earlier daemon's, adopted.
+    pub adopted: bool,
 }
 
 pub struct TracerConfig<'a> {
@@ -35,6 +70,20 @@ pub struct TracerConfig<'a> {
     /// Whether the programs read each socket's owner (its cgroup) into its labels, and for how
     /// many workloads the transition map is sized then.
     pub workloads: Option<usize>,
+    /// Where the state is pinned, and whether it outlives this daemon.
+    pub pins: PinSettings,
+}
+
+impl KeptState {
+    /// When the programs were first attached: told by the figures an earlier daemon kept, else
+    /// now (for a new state, or one whose figures were lost: kernel times before then give no
+    /// durations).
+    pub fn attached_ns(&self) -> u64 {
+        self.earlier
+            .as_deref()
+            .and_then(|bytes| DaemonFigures::restore(&mut Reader::new(bytes)).ok())
+            .map_or_else(sys::monotonic_ns, |figures| figures.attached_ns)
+    }
 }
 
 impl<'a> TracerConfig<'a> {
@@ -45,6 +94,7 @@ impl<'a> TracerConfig<'a> {
             socket_slots: flags.socket_slots,
             transition_slots: flags.transition_slots,
             workloads: flags.workloads.then_some(flags.max_workloads),
+            pins: flags.pin_settings(),
         }
     }
 
@@ -53,44 +103,175 @@ impl<'a> TracerConfig<'a> {
     }
 }
 
-impl Tracer {
-    pub fn attach(config: &TracerConfig<'_>) -> anyhow::Result<Self> {
-        // The kernel's BTF is large: each parse below is dropped before the next one starts,
-        // and the memory is handed back at the end, so the daemon's peak stays small.
-        let (layout, addresses) = {
-            let kernel_btf = KernelBtf::from_sys_fs()?;
-            for (_, tracepoint) in PROGRAMS {
-                kernel_btf.require_tracepoint(tracepoint)?;
-            }
-            let layout = kernel_btf.socket_layout()?;
-            let layout = match config.workloads {
-                Some(_) => kernel_btf.with_owner_cgroup(layout).context(
-                    "--workloads reads each socket's cgroup (struct sock_cgroup_data.cgroup, \
-                     Linux 5.15 and later): this kernel has no such field, run without \
-                     --workloads",
-                )?,
-                None => layout,
-            };
-            (layout, kernel_btf.address_layout()?)
-        };
-        let buckets = duration_buckets(config.buckets);
-        let ports = port_set(config.ports);
-        let slot_mask = config.socket_slots - 1;
-        let transition_slot_mask = config.transition_slots - 1;
+/// Everything the loader gives the kernel: the programs' globals and the maps' sizes.
+struct LoadSettings {
+    layout: SocketLayout,
+    addresses: AddressLayout,
+    buckets: DurationBuckets,
+    ports: PortSet,
+    slot_mask: u32,
+    transition_slot_mask: u32,
+    socket_slots: u32,
+    transition_slots: u32,
+    transitions_capacity: u32,
+}
 
-        // No CO-RE relocations to make (the offsets above replace them): no target BTF, which
+impl LoadSettings {
+    /// The name of the pinned state these settings and this build make.
+    fn state_name(&self) -> String {
+        let words = [
+            self.slot_mask,
+            self.transition_slot_mask,
+            self.socket_slots,
+            self.transition_slots,
+            self.transitions_capacity,
+        ]
+        .map(u32::to_le_bytes);
+        let mut parts = vec![
+            EBPF_OBJECT,
+            sys::bpf::bytes_of(&self.layout),
+            sys::bpf::bytes_of(&self.addresses),
+            sys::bpf::bytes_of(&self.buckets),
+            sys::bpf::bytes_of(&self.ports),
+        ];
+        parts.extend(words.iter().map(|word| word.as_slice()));
+        pinning::state_name(&parts)
+    }
+}
+
+impl Tracer {
+    /// Adopts the programs and maps pinned by an earlier daemon of this build and
+    /// configuration, or loads and attaches new ones (pinned if the state persists).
+    pub fn attach(config: &TracerConfig<'_>) -> anyhow::Result<Self> {
+        let (layout, addresses) = kernel_layout(config)?;
+        let settings = LoadSettings {
+            layout,
+            addresses,
+            buckets: duration_buckets(config.buckets),
+            ports: port_set(config.ports),
+            slot_mask: config.socket_slots - 1,
+            transition_slot_mask: config.transition_slots - 1,
+            socket_slots: config.socket_slots,
+            transition_slots: config.transition_slots,
+            transitions_capacity: config.transitions_capacity(),
+        };
+        let name = settings.state_name();
+        let pin_root = PinRoot::open(&config.pins)?;
+        let state = pin_root.as_ref().map(|root| root.path().join(&name));
+        let adopted = match &state {
+            Some(state) if state.exists() => match Tracer::adopt(state, config.socket_slots) {
+                Ok(tracer) => Some(tracer),
+                Err(error) => {
+                    log::warn!(
+                        "cannot adopt the pinned state {} ({error:#}): starting clean, its \
+                         counters are not continued",
+                        state.display()
+                    );
+                    None
+                }
+            },
+            _ => None,
+        };
+        let mut tracer = match adopted {
+            Some(tracer) => tracer,
+            None => {
+                let pin_at = state.as_deref().filter(|_| config.pins.persist);
+                Tracer::load(&settings, pin_at)?
+            }
+        };
+        // Only now, with this daemon's programs attached: a state it cannot use is detached
+        // and removed (its figures are not continued, so events counted twice meanwhile are
+        // counted nowhere twice).
+        if let Some(root) = &pin_root {
+            root.remove_all_but(config.pins.persist.then_some(name.as_str()), &name);
+        }
+        if !config.pins.persist {
+            // Unpinned: nothing will read what this daemon would keep.
+            tracer.kept.store = None;
+        }
+        tracer.pin_root = pin_root;
+        // The kernel's BTF, parsed above, is large: hand its memory back.
+        sys::release_free_memory();
+        Ok(tracer)
+    }
+
+    /// The state pinned at `state` by an earlier daemon: nothing is loaded or attached, the
+    /// programs never stopped.
+    fn adopt(state: &Path, socket_slots: u32) -> anyhow::Result<Self> {
+        let links = PROGRAMS
+            .iter()
+            .map(|(name, _)| {
+                let pin = pinning::pin_of(state, pinning::LINKS, name);
+                let link = PinnedLink::from_pin(&pin)
+                    .with_context(|| format!("link {}", pin.display()))?;
+                Ok(FdLink::from(link))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let programs = PROGRAMS
+            .iter()
+            .map(|(name, _)| {
+                let pin = pinning::pin_of(state, pinning::PROGRAMS, name);
+                let program = BtfTracePoint::from_pin(&pin)
+                    .with_context(|| format!("program {}", pin.display()))?;
+                Ok((*name, program.fd()?.try_clone()?))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut take = |name: &str| {
+            let pin = pinning::pin_of(state, pinning::MAPS, pinning::map_pin_name(name));
+            let data = MapData::from_pin(&pin).with_context(|| format!("map {}", pin.display()))?;
+            Ok(Map::from_map_data(data)?)
+        };
+        let trace = TraceMaps::take(&mut take)?;
+        let maps = KernelMaps::take(take, programs, socket_slots)?;
+        let figures = state.join(pinning::FIGURES);
+        let mut store = FigureStore::open(&figures)
+            .with_context(|| format!("the daemon's figures {}", figures.display()))?;
+        let earlier = match store.read() {
+            Ok(earlier) => earlier,
+            Err(error) => {
+                // The kernel's figures are whole: keep them, and say what is not continued.
+                log::warn!(
+                    "cannot read the figures the last tcpstated kept in {} ({error}): TIME_WAIT \
+                     ends, close_undelivered and listen counters of gone namespaces start again \
+                     from 0",
+                    figures.display()
+                );
+                None
+            }
+        };
+        Ok(Tracer {
+            maps,
+            trace,
+            links,
+            kept: KeptState {
+                store: Some(store),
+                earlier,
+                adopted: true,
+            },
+            pin_root: None,
+        })
+    }
+
+    /// Loads the embedded object with `settings`, attaches its programs and, if `pin_at` is
+    /// given, pins the whole state there.
+    fn load(settings: &LoadSettings, pin_at: Option<&Path>) -> anyhow::Result<Self> {
+        // No CO-RE relocations to make (the offsets replace them): no target BTF, which
         // also drops the copy `EbpfLoader::new()` parses.
         let mut ebpf = EbpfLoader::new()
             .btf(None)
-            .override_global(global::SOCKET_LAYOUT, &layout, true)
-            .override_global(global::ADDRESS_LAYOUT, &addresses, true)
-            .override_global(global::DURATION_BUCKETS, &buckets, true)
-            .override_global(global::SERVICE_PORTS, &ports, true)
-            .override_global(global::SOCKET_SLOT_MASK, &slot_mask, true)
-            .override_global(global::TRANSITION_SLOT_MASK, &transition_slot_mask, true)
-            .map_max_entries(map::SOCKET_SLOTS, config.socket_slots)
-            .map_max_entries(map::TRANSITION_SLOTS, config.transition_slots)
-            .map_max_entries(map::TRANSITIONS, config.transitions_capacity())
+            .override_global(global::SOCKET_LAYOUT, &settings.layout, true)
+            .override_global(global::ADDRESS_LAYOUT, &settings.addresses, true)
+            .override_global(global::DURATION_BUCKETS, &settings.buckets, true)
+            .override_global(global::SERVICE_PORTS, &settings.ports, true)
+            .override_global(global::SOCKET_SLOT_MASK, &settings.slot_mask, true)
+            .override_global(
+                global::TRANSITION_SLOT_MASK,
+                &settings.transition_slot_mask,
+                true,
+            )
+            .map_max_entries(map::SOCKET_SLOTS, settings.socket_slots)
+            .map_max_entries(map::TRANSITION_SLOTS, settings.transition_slots)
+            .map_max_entries(map::TRANSITIONS, settings.transitions_capacity)
             .load(EBPF_OBJECT)
             .map_err(explain_load_error)?;
 
@@ -98,24 +279,49 @@ impl Tracer {
         // Primary first: on each event the kernel runs them in attach order; the nested-event
         // program only acts while the primary one is mid-run on the CPU, so order is not
         // essential, but this keeps the common case's second call a cheap no-op.
+        let mut links = Vec::new();
         for (name, tracepoint) in PROGRAMS {
-            attach_btf_tracepoint(&mut ebpf, name, tracepoint, &btf)?;
+            let program = load_btf_tracepoint(&mut ebpf, name, tracepoint, &btf)?;
+            let link = program
+                .attach()
+                .map_err(|err| explain_program_error(name, err))?;
+            links.push(FdLink::from(program.take_link(link)?));
         }
-
-        let program_fd = |ebpf: &Ebpf, name: &str| -> anyhow::Result<_> {
-            let program = ebpf
-                .program(name)
-                .ok_or_else(|| anyhow!("program {name} vanished"))?;
-            Ok(program.fd()?.try_clone()?)
-        };
         drop(btf);
         sys::release_free_memory();
+        let store = match pin_at {
+            Some(state) => {
+                let (pinned, store) = pin_state(&mut ebpf, links, state)?;
+                links = pinned;
+                Some(store)
+            }
+            None => None,
+        };
         let programs = PROGRAMS
             .iter()
-            .map(|(name, _)| Ok((*name, program_fd(&ebpf, name)?)))
+            .map(|(name, _)| {
+                let program = ebpf
+                    .program(name)
+                    .ok_or_else(|| anyhow!("program {name} vanished"))?;
+                Ok((*name, program.fd()?.try_clone()?))
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let maps = KernelMaps::take(&mut ebpf, programs, config.socket_slots)?;
-        Ok(Tracer { ebpf, maps })
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| anyhow!("map {name} is missing from the eBPF object"))
+        };
+        let trace = TraceMaps::take(&mut take)?;
+        let maps = KernelMaps::take(take, programs, settings.socket_slots)?;
+        Ok(Tracer {
+            maps,
+            trace,
+            links,
+            kept: KeptState {
+                store,
+                ..KeptState::default()
+            },
+            pin_root: None,
+        })
     }
 
     /// Whether the programs are still loaded, for `/healthz` (which must not wait for the
@@ -136,10 +342,7 @@ impl Tracer {
 
     /// The socket-storage map, for sock_diag to tell tracked sockets from untracked ones.
     pub fn socket_records_fd(&self) -> Option<RawFd> {
-        match self.ebpf.map(map::SOCKET_RECORDS)? {
-            Map::SkStorage(data) => Some(data.fd().as_fd().as_raw_fd()),
-            _ => None,
-        }
+        Some(self.maps.socket_records.fd().as_fd().as_raw_fd())
     }
 }
 
@@ -160,6 +363,21 @@ pub fn attach_btf_tracepoint<'a>(
     tracepoint: &str,
     btf: &Btf,
 ) -> anyhow::Result<&'a mut BtfTracePoint> {
+    let program = load_btf_tracepoint(ebpf, name, tracepoint, btf)?;
+    program
+        .attach()
+        .map_err(|err| explain_program_error(name, err))?;
+    Ok(program)
+}
+
+/// Loads the object's program `name` for the BTF tracepoint `tracepoint` (the verifier runs
+/// here), not attached yet.
+fn load_btf_tracepoint<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+    tracepoint: &str,
+    btf: &Btf,
+) -> anyhow::Result<&'a mut BtfTracePoint> {
     let program: &mut BtfTracePoint = ebpf
         .program_mut(name)
         .ok_or_else(|| missing_program(name))?
@@ -167,10 +385,80 @@ pub fn attach_btf_tracepoint<'a>(
     program
         .load(tracepoint, btf)
         .map_err(|err| explain_program_error(name, err))?;
-    program
-        .attach()
-        .map_err(|err| explain_program_error(name, err))?;
     Ok(program)
+}
+
+/// The offsets of `struct sock` this kernel's BTF gives, with the owner's when workloads are
+/// labelled. The kernel's BTF is large: each parse is dropped before the next one starts.
+fn kernel_layout(config: &TracerConfig<'_>) -> anyhow::Result<(SocketLayout, AddressLayout)> {
+    let kernel_btf = KernelBtf::from_sys_fs()?;
+    for (_, tracepoint) in PROGRAMS {
+        kernel_btf.require_tracepoint(tracepoint)?;
+    }
+    let layout = kernel_btf.socket_layout()?;
+    let layout = match config.workloads {
+        Some(_) => kernel_btf.with_owner_cgroup(layout).context(
+            "--workloads reads each socket's cgroup (struct sock_cgroup_data.cgroup, Linux 5.15 \
+             and later): this kernel has no such field, run without --workloads",
+        )?,
+        None => layout,
+    };
+    Ok((layout, kernel_btf.address_layout()?))
+}
+
+/// Pins the state of a new `ebpf` at `state`: its maps, programs, `links` (which keep the
+/// programs attached while no daemon runs) and a new store for the daemon's figures. Pinned
+/// first under a partial name, renamed when whole: a daemon stopped midway leaves nothing
+/// the next one would adopt.
+fn pin_state(
+    ebpf: &mut Ebpf,
+    links: Vec<FdLink>,
+    state: &Path,
+) -> anyhow::Result<(Vec<FdLink>, FigureStore)> {
+    let name = state
+        .file_name()
+        .ok_or_else(|| anyhow!("{} has no name", state.display()))?;
+    // bpffs refuses names with a dot.
+    let partial = state.with_file_name(format!("partial-{}", name.to_string_lossy()));
+    let _ = fs::remove_dir_all(&partial);
+    pinning::make_state_dirs(&partial)?;
+    let pin_error = |what: &str, path: &Path| format!("cannot pin {what} at {}", path.display());
+    for (name, map) in ebpf.maps() {
+        // `.rodata` and the like: the programs hold them, the daemon never reads them.
+        if name.starts_with('.') && name != map::TRACE_CONTROL {
+            continue;
+        }
+        let path = pinning::pin_of(&partial, pinning::MAPS, pinning::map_pin_name(name));
+        map.pin(&path).with_context(|| pin_error("map", &path))?;
+    }
+    for (name, _) in PROGRAMS {
+        let program: &mut BtfTracePoint = ebpf
+            .program_mut(name)
+            .ok_or_else(|| missing_program(name))?
+            .try_into()?;
+        let path = pinning::pin_of(&partial, pinning::PROGRAMS, name);
+        program
+            .pin(&path)
+            .with_context(|| pin_error("program", &path))?;
+    }
+    let links = links
+        .into_iter()
+        .zip(PROGRAMS)
+        .map(|(link, (name, _))| {
+            let path = pinning::pin_of(&partial, pinning::LINKS, name);
+            let pinned = link.pin(&path).with_context(|| pin_error("link", &path))?;
+            Ok(FdLink::from(pinned))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let store = FigureStore::create(&partial.join(pinning::FIGURES))
+        .context("cannot pin the map of the daemon's figures")?;
+    if state.exists() {
+        // A state of this name that could not be adopted.
+        fs::remove_dir_all(state).with_context(|| format!("cannot remove {}", state.display()))?;
+    }
+    fs::rename(&partial, state)
+        .with_context(|| format!("cannot rename {} to {}", partial.display(), state.display()))?;
+    Ok((links, store))
 }
 
 /// The object embedded in this build lacks program `name`.

@@ -5,15 +5,14 @@
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
-use anyhow::{Context as _, anyhow};
+use anyhow::Context as _;
 use aya::{
-    Ebpf,
     maps::{Map, MapData, PerCpuArray, PerCpuHashMap},
     programs::ProgramFd,
 };
 use tcpstate_common::{
-    DISPLACED_HANDOFF_SLOTS, DisplacedHandoff, EventKey, TimewaitHandoff, TransitionKey,
-    TransitionSlot, TransitionStats, counter, map, program, recorder,
+    DISPLACED_HANDOFF_SLOTS, DisplacedHandoff, EventKey, SocketRecord, TimewaitHandoff,
+    TransitionKey, TransitionSlot, TransitionStats, counter, map, program, recorder,
 };
 
 use crate::{
@@ -41,6 +40,8 @@ pub struct KernelMaps {
     /// `SOCKET_SLOTS`, mapped: the records of tracked sockets, and the handoffs of the
     /// connections whose sockets had a slot.
     pub socket_slots: SocketSlots,
+    /// `SOCKET_RECORDS` (socket storage), for sock_diag to tell tracked sockets.
+    pub socket_records: MapData,
     /// Every attached program, by name.
     pub programs: Vec<(&'static str, ProgramFd)>,
 }
@@ -93,36 +94,41 @@ impl Snapshot {
 }
 
 impl KernelMaps {
-    /// Takes the maps the daemon reads out of the loaded object (`socket_slots`: the slot
-    /// table's size); `programs`: every attached program, by name.
+    /// Takes the maps the daemon reads, each by name from `take` (the loaded object, or the
+    /// pinned state); `programs`: every attached program, by name; `socket_slots`: the slot
+    /// table's size.
     pub fn take(
-        ebpf: &mut Ebpf,
+        mut take: impl FnMut(&str) -> anyhow::Result<Map>,
         programs: Vec<(&'static str, ProgramFd)>,
         socket_slots: u32,
     ) -> anyhow::Result<Self> {
         Ok(KernelMaps {
-            transitions: PerCpuHashMap::try_from(take_map(ebpf, map::TRANSITIONS)?)?,
-            transition_slots: match take_map(ebpf, map::TRANSITION_SLOTS)? {
+            transitions: PerCpuHashMap::try_from(take(map::TRANSITIONS)?)?,
+            transition_slots: match take(map::TRANSITION_SLOTS)? {
                 Map::PerCpuArray(data) => data,
                 _ => anyhow::bail!("map {} is not a per-CPU array", map::TRANSITION_SLOTS),
             },
-            counters: PerCpuArray::try_from(take_map(ebpf, map::COUNTERS)?)?,
-            events: PerCpuHashMap::try_from(take_map(ebpf, map::EVENTS)?)?,
-            timewait_handoffs: match take_map(ebpf, map::TIMEWAIT_HANDOFFS)? {
+            counters: PerCpuArray::try_from(take(map::COUNTERS)?)?,
+            events: PerCpuHashMap::try_from(take(map::EVENTS)?)?,
+            timewait_handoffs: match take(map::TIMEWAIT_HANDOFFS)? {
                 Map::LruHashMap(data) => data,
                 _ => anyhow::bail!("map {} is not an LRU hash", map::TIMEWAIT_HANDOFFS),
             },
-            displaced_handoffs: match take_map(ebpf, map::DISPLACED_HANDOFFS)? {
+            displaced_handoffs: match take(map::DISPLACED_HANDOFFS)? {
                 Map::PerCpuArray(data) => data,
                 _ => anyhow::bail!("map {} is not a per-CPU array", map::DISPLACED_HANDOFFS),
             },
             displaced_taken: Vec::new(),
             displaced_lost: 0,
-            first_seen: match take_map(ebpf, map::FIRST_SEEN)? {
+            first_seen: match take(map::FIRST_SEEN)? {
                 Map::HashMap(data) => data,
                 _ => anyhow::bail!("map {} is not a hash", map::FIRST_SEEN),
             },
-            socket_slots: map_socket_slots(ebpf, socket_slots)?,
+            socket_slots: map_socket_slots(take(map::SOCKET_SLOTS)?, socket_slots)?,
+            socket_records: match take(map::SOCKET_RECORDS)? {
+                Map::SkStorage(data) => data,
+                _ => anyhow::bail!("map {} is not socket storage", map::SOCKET_RECORDS),
+            },
             programs,
         })
     }
@@ -258,20 +264,22 @@ impl KernelMaps {
     }
 }
 
-/// A live view of the socket slot table: to tell tracked sockets from untracked ones, and to
-/// take the timewait handoffs its slots hold.
-fn map_socket_slots(ebpf: &Ebpf, slots: u32) -> anyhow::Result<SocketSlots> {
-    let map = ebpf
-        .map(map::SOCKET_SLOTS)
-        .ok_or_else(|| anyhow!("map {} is missing from the eBPF object", map::SOCKET_SLOTS))?;
+/// A live view of the socket slot table (`slots` records): to tell tracked sockets from
+/// untracked ones, and to take the timewait handoffs its slots hold.
+fn map_socket_slots(map: Map, slots: u32) -> anyhow::Result<SocketSlots> {
     let Map::Array(data) = map else {
         anyhow::bail!("map {} is not an array", map::SOCKET_SLOTS);
     };
+    let info = data.info()?;
+    if info.max_entries() != slots || info.value_size() as usize != size_of::<SocketRecord>() {
+        anyhow::bail!(
+            "map {} has {} slots of {} bytes, not {slots} of {}",
+            map::SOCKET_SLOTS,
+            info.max_entries(),
+            info.value_size(),
+            size_of::<SocketRecord>()
+        );
+    }
     SocketSlots::new(data.fd().as_fd(), slots)
         .with_context(|| format!("cannot keep a descriptor of map {}", map::SOCKET_SLOTS))
-}
-
-fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
-    ebpf.take_map(name)
-        .ok_or_else(|| anyhow!("map {name} is missing from the eBPF object"))
 }

@@ -18,6 +18,7 @@ use crate::sys::mmap::MappedArray;
 
 const OWNER: usize = offset_of!(SocketRecord, cookie);
 const STATE: usize = offset_of!(SocketRecord, state);
+const NET_INODE: usize = offset_of!(SocketRecord, net_inode);
 
 /// Slots mapped at a time while sweeping (1 MiB of records).
 const SLOTS_PER_CHUNK: usize = 32768;
@@ -89,6 +90,14 @@ impl SocketSlots {
 pub trait SlotSweep {
     /// A connection's handoff to its timewait socket (released from its slot).
     fn take_handoff(&mut self, cookie: u64, handoff: TimewaitHandoff);
+    /// Whether the sweep wants to know the network namespace of the live records in `state`
+    /// (one more read per record).
+    fn wants_namespace(&self, _state: u8) -> bool {
+        false
+    }
+    /// A live record in `state`, of the network namespace `net_inode` (for the states
+    /// `wants_namespace` names).
+    fn live(&mut self, _state: u8, _net_inode: u32) {}
     /// Whether the live record owned by `cookie`, in `state`, may be stale: a cheap first test,
     /// before the record is read whole (a table holds hundreds of thousands of live records).
     fn may_be_stale(&self, cookie: u64, state: u8) -> bool;
@@ -123,8 +132,14 @@ impl SlotsView {
             return;
         }
         let handoff = slot_owner::handoff_cookie(seen);
-        if handoff.is_none() && !sweep.may_be_stale(seen, self.0.read_u8(index, STATE)) {
-            return;
+        if handoff.is_none() {
+            let state = self.0.read_u8(index, STATE);
+            if sweep.wants_namespace(state) {
+                sweep.live(state, self.0.read_u32(index, NET_INODE));
+            }
+            if !sweep.may_be_stale(seen, state) {
+                return;
+            }
         }
         let record = SocketRecord {
             cookie: seen,
@@ -149,7 +164,8 @@ impl SlotsView {
                     entered_ns: record.entered_ns,
                     labels: record.labels,
                     state: record.state,
-                    _padding: [0; 7],
+                    _padding: [0; 3],
+                    net_inode: record.net_inode,
                 },
             ),
             None => sweep.release_stale(record),

@@ -114,6 +114,14 @@ pub struct Flags {
           allow_negative_numbers = true)]
     pub poll_min_interval: Duration,
 
+    /// Which network namespaces the sock_diag polls cover: `all` (every one of the host's:
+    /// tcpstated enters each, which needs CAP_SYS_ADMIN, CAP_SYS_PTRACE for other users'
+    /// processes' namespaces, and the host's PID namespace to find them) or `own` (the
+    /// daemon's). The tracepoint's figures cover every namespace either way.
+    #[arg(long = "sockdiag.namespaces", value_name = "WHICH", default_value = "all",
+          value_parser = parse_namespaces)]
+    pub namespaces: NamespaceScope,
+
     /// Slots of the kernel's socket table, where each tracked socket's record lives: a power of
     /// two, 32 bytes each (the default, 262144, takes 8 MiB of kernel memory). Give about twice
     /// the host's peak number of TCP sockets: a socket that finds no free slot near its hash is
@@ -157,6 +165,32 @@ pub struct Flags {
     /// namespace hides the host's groups), the mount point of the host's.
     #[arg(long = "workloads.cgroup-root", value_name = "PATH")]
     pub cgroup_root: Option<std::path::PathBuf>,
+
+    /// Directory on a BPF filesystem where the kernel state is pinned (programs, their
+    /// attachments, maps, and the daemon's own figures), so that a restarted tcpstated of the
+    /// same build and configuration adopts it: counters continue, open sockets keep their
+    /// labels and times, no event is missed. Locked by the daemon using it; nothing there
+    /// survives a reboot.
+    #[arg(long = "bpf.pin-path", value_name = "DIR", default_value = DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+
+    /// Keep nothing for the next daemon: a state left under --bpf.pin-path is adopted, then
+    /// removed, and this daemon's ends with it (even on SIGKILL).
+    #[arg(long = "no-bpf.persist")]
+    pub no_persist: bool,
+}
+
+/// Default `--bpf.pin-path`.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/tcpstate";
+
+impl Flags {
+    /// Where the kernel state is pinned, and whether it outlives this daemon.
+    pub fn pin_settings(&self) -> crate::bpf::pinning::PinSettings {
+        crate::bpf::pinning::PinSettings {
+            path: self.pin_path.clone(),
+            persist: !self.no_persist,
+        }
+    }
 }
 
 /// Entries of the kernel's `TRANSITIONS` map: 64 per workload when `workloads` are labelled
@@ -227,6 +261,21 @@ fn parse_view(text: &str) -> Result<View, String> {
     }
 }
 
+/// `--sockdiag.namespaces`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NamespaceScope {
+    All,
+    Own,
+}
+
+fn parse_namespaces(text: &str) -> Result<NamespaceScope, String> {
+    match text {
+        "all" => Ok(NamespaceScope::All),
+        "own" => Ok(NamespaceScope::Own),
+        _ => Err(format!("`{text}` is not a choice: use `all` or `own`")),
+    }
+}
+
 fn parse_interval(text: &str) -> Result<Duration, String> {
     match text.trim().parse::<f64>() {
         Ok(seconds) if seconds.is_finite() && (0.0..=3600.0).contains(&seconds) => {
@@ -257,9 +306,13 @@ fn parse_telemetry_path(text: &str) -> Result<String, String> {
             text.escape_default()
         ));
     }
-    if matches!(text, "/" | "/healthz" | "/events") {
+    if matches!(
+        text,
+        "/" | "/healthz" | "/sockets" | "/sockets.json" | "/events"
+    ) {
         return Err(format!(
-            "`{text}` is taken by the landing page, the health check or the event stream"
+            "`{text}` is taken by the landing page, the health check, the sockets view or the \
+             event stream"
         ));
     }
     Ok(text.to_owned())
@@ -308,6 +361,9 @@ mod tests {
             (LogLevel::Info, LogFormat::Logfmt)
         );
         assert_eq!(flags.telemetry_path, "/metrics");
+        assert_eq!(flags.namespaces, NamespaceScope::All);
+        assert!(parse(&["--sockdiag.namespaces=own"]).is_ok());
+        assert!(parse(&["--sockdiag.namespaces=some"]).is_err());
         assert!(flags.ports.is_empty());
         assert_eq!(flags.buckets, Buckets::default());
         assert_eq!(flags.buckets.nanoseconds()[0], 100_000);
@@ -493,6 +549,7 @@ mod tests {
         assert!(parse(&["--web.telemetry-path", "metrics"]).is_err());
         assert!(parse(&["--web.telemetry-path", "/healthz"]).is_err());
         assert!(parse(&["--web.telemetry-path", "/events"]).is_err());
+        assert!(parse(&["--web.telemetry-path", "/sockets.json"]).is_err());
         assert_eq!(
             parse(&["--web.telemetry-path", "/m"])
                 .unwrap()

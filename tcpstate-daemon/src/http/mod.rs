@@ -1,13 +1,14 @@
 //! The HTTP endpoints: `/` (landing page), the telemetry path (metrics, gzip when asked for),
-//! `/healthz`, `/events` (the live event stream, `events`); `server` keeps the connections,
-//! `listen` binds the addresses, `web_config`, `gate` and `tls` apply `--web.config.file`,
-//! `telemetry` counts requests.
+//! `/healthz`, the sockets view (`sockets`: `/sockets`, `/sockets.json`), `/events` (the live
+//! event stream, `events`); `server` keeps the connections, `listen` binds the addresses,
+//! `web_config`, `gate` and `tls` apply `--web.config.file`, `telemetry` counts requests.
 
 mod connections;
 mod events;
 mod gate;
 mod listen;
 mod server;
+mod sockets;
 mod telemetry;
 #[cfg(test)]
 mod testing;
@@ -28,6 +29,7 @@ use tokio::net::TcpListener;
 
 pub use listen::Bound;
 pub use server::{Limits, connections_within};
+pub use sockets::SocketsView;
 pub use web_config::{WebConfigError, WebConfigSource};
 
 use crate::config::ListenAddress;
@@ -41,6 +43,8 @@ pub struct WebState {
     pub telemetry_path: String,
     /// `--web.config.file`, if given.
     pub web_config: Option<Arc<WebConfigSource>>,
+    /// Answers `/sockets.json` (`None`: 404).
+    pub sockets: Option<SocketsView>,
     /// The live event stream's subscribers (`/events`); `None`: no stream.
     pub events: Option<Arc<crate::trace::Hub>>,
 }
@@ -120,6 +124,8 @@ fn router(state: WebState) -> Router {
         .route("/", get(landing_page))
         .route(&state.telemetry_path, get(metrics))
         .route("/healthz", get(health))
+        .route("/sockets", get(sockets::sockets_page))
+        .route("/sockets.json", get(sockets::sockets_json))
         .route("/events", get(events::events))
         .with_state(state);
     match gate {
@@ -285,6 +291,7 @@ mod tests {
             programs_loaded: Arc::new(|| true),
             telemetry_path: "/metrics".into(),
             web_config: None,
+            sockets: None,
             events: None,
         };
         let server = TestServer::start(router(state), Limits::default());

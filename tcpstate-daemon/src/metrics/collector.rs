@@ -15,7 +15,13 @@ use prometheus::{
 
 use super::{CollectorConfig, Scrape, exposition, families, recording::FailureLog};
 use crate::{
-    bpf::maps::{KernelMaps, Snapshot},
+    bpf::{
+        figure_store::FigureStore,
+        loader::KeptState,
+        maps::{KernelMaps, Snapshot},
+    },
+    inspect::{self, ChooseError, SocketList, SocketQuery, locate},
+    kept::{DaemonFigures, Reader, Unreadable, Writer},
     model::{
         self, StateKey, View,
         ages::{Ages, add_age},
@@ -23,7 +29,8 @@ use crate::{
     netstat,
     sockets::{
         census::Census,
-        poller::{self, PollRecord},
+        poller::{PollRecord, PollThread},
+        survey::PollPlan,
     },
     sys,
     workload::{Resolver, WorkloadTable},
@@ -37,6 +44,12 @@ pub struct KernelState {
     failure_log: FailureLog,
     /// Decodes the labels' cgroups into workloads, when workloads are labelled.
     workloads: Option<Resolver>,
+    /// Where the daemon's figures are kept for the next daemon, and since when the programs
+    /// are attached.
+    store: Option<FigureStore>,
+    attached_ns: u64,
+    /// A failed write of the figures was logged (once until one succeeds).
+    store_failing: bool,
 }
 
 impl KernelState {
@@ -47,6 +60,66 @@ impl KernelState {
             polls: PollRecord::default(),
             failure_log: FailureLog::default(),
             workloads: None,
+            store: None,
+            attached_ns: 0,
+            store_failing: false,
+        }
+    }
+
+    /// Continues the figures an earlier daemon kept (`kept.earlier`, for a census taken with
+    /// `kept.attached_ns()`), and keeps this one's in `kept.store` at each scrape.
+    pub fn keeping(mut self, kept: KeptState) -> Self {
+        self.attached_ns = kept.attached_ns();
+        if let Some(bytes) = kept.earlier.as_deref()
+            && let Err(error) = self.restore(bytes)
+        {
+            log::warn!(
+                "{error}: TIME_WAIT ends, close_undelivered and listen counters of gone \
+                 namespaces start again from 0 (the kernel's counters continue)"
+            );
+        }
+        self.store = kept.store;
+        self
+    }
+
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), Unreadable> {
+        let mut input = Reader::new(bytes);
+        let figures = DaemonFigures::restore(&mut input)?;
+        self.census.restore(&mut input)?;
+        if !input.is_done() {
+            return Err(Unreadable);
+        }
+        self.maps.displaced_taken = figures.displaced_taken;
+        self.maps.displaced_lost = figures.displaced_lost;
+        self.polls.errors = figures.poll_errors;
+        Ok(())
+    }
+
+    /// Writes the figures the next daemon continues: before the scrape's answer goes out, so
+    /// that what Prometheus saw is never lost.
+    fn keep(&mut self) {
+        let Some(store) = &mut self.store else {
+            return;
+        };
+        let mut out = Writer::default();
+        DaemonFigures {
+            attached_ns: self.attached_ns,
+            displaced_taken: self.maps.displaced_taken.clone(),
+            displaced_lost: self.maps.displaced_lost,
+            poll_errors: self.polls.errors,
+        }
+        .save(&mut out);
+        self.census.save(&mut out);
+        match store.write(&out.into_bytes()) {
+            Ok(()) => self.store_failing = false,
+            Err(error) if !self.store_failing => {
+                self.store_failing = true;
+                log::warn!(
+                    "cannot keep the daemon's figures in the pinned state ({error}): a restart \
+                     would not continue them from this scrape"
+                );
+            }
+            Err(_) => {}
         }
     }
 
@@ -58,8 +131,9 @@ impl KernelState {
         }
     }
 
-    /// How long the tracked sockets now in each state have been there (the slot table's records;
-    /// a read error counts in `read_errors`).
+    /// How long the tracked sockets now in each state have been there (the slot table's records,
+    /// and the timewait sockets the polls follow whose entry was seen; a read error counts in
+    /// `read_errors`).
     fn socket_ages(&self, read_errors: &mut u64) -> Ages {
         let now = sys::monotonic_ns();
         let mut ages = Ages::new();
@@ -71,6 +145,12 @@ impl KernelState {
             *read_errors += 1;
             log::warn!("cannot read the kernel's socket records for their ages: {error}");
         }
+        self.census
+            .for_each_timewait(|_, _, labels, substate, entered_ns| {
+                if let Some(entered_ns) = entered_ns {
+                    add_age(&mut ages, StateKey::new(labels, substate), entered_ns, now);
+                }
+            });
         ages
     }
 
@@ -129,10 +209,13 @@ fn lock(state: &Mutex<KernelState>) -> MutexGuard<'_, KernelState> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+#[derive(Clone)]
 pub struct TcpStateCollector {
     state: Arc<Mutex<KernelState>>,
     /// A poll is running beside the scrapes.
     polling: Arc<AtomicBool>,
+    /// Where polls run (and whatever else enters other network namespaces).
+    poll_thread: Arc<PollThread>,
     config: CollectorConfig,
     descs: Vec<Desc>,
 }
@@ -142,6 +225,7 @@ impl TcpStateCollector {
         TcpStateCollector {
             state: Arc::new(Mutex::new(state)),
             polling: Arc::new(AtomicBool::new(false)),
+            poll_thread: Arc::default(),
             config,
             descs: families().map(|family| family.desc()).collect(),
         }
@@ -152,20 +236,22 @@ impl TcpStateCollector {
     }
 
     /// Starts a sock_diag poll if the last one is older than the least interval: in the scrape
-    /// if polls are quick, beside it otherwise.
+    /// if polls are quick, beside it otherwise. The census plans it (which namespaces, how
+    /// deep) under the lock.
     fn poll_if_due(&self, state: &mut KernelState) {
         if !state.polls.due(self.config.poll_min_interval)
             || self.polling.load(std::sync::atomic::Ordering::Acquire)
         {
             return;
         }
+        let plan = state.census.plan_poll();
         if state.polls.quick() {
             let started = Instant::now();
-            let poll = poller::poll_sockets();
+            let poll = self.poll_thread.run(plan);
             state.polls.fold(&mut state.census, poll, started);
             return;
         }
-        if let Err(error) = self.spawn_poll() {
+        if let Err(error) = self.spawn_poll(plan) {
             state.polls.errors += 1;
             log::warn!("cannot start a sock_diag poll: {error}");
         }
@@ -174,19 +260,47 @@ impl TcpStateCollector {
     /// Polls sock_diag on a thread of its own, now: the first poll, at start-up, so the first
     /// scrape does not wait for it.
     pub fn start_background_poll(&self) {
-        if let Err(error) = self.spawn_poll() {
+        let plan = self.lock().census.plan_poll();
+        if let Err(error) = self.spawn_poll(plan) {
             self.lock().polls.errors += 1;
             log::warn!("cannot start a sock_diag poll: {error}");
         }
     }
 
+    /// The sockets view's answer to `query` (see `inspect`): chosen under the lock, located on
+    /// the poll thread without it.
+    pub fn sockets(&self, query: &SocketQuery) -> Result<SocketList, ChooseError> {
+        let choice = {
+            let state = &mut *self.lock();
+            let slots = &state.maps.socket_slots;
+            inspect::choose(
+                |each| slots.for_each_live(each),
+                &state.census,
+                state.workloads.as_mut(),
+                query,
+                sys::monotonic_ns(),
+            )?
+        };
+        let wanted = choice.wanted().to_vec();
+        let states = choice.state_mask();
+        let located = self
+            .poll_thread
+            .run_job(move || locate::locate(&wanted, states, std::path::Path::new("/proc")))
+            .unwrap_or_else(|error| {
+                log::warn!("sockets view: cannot locate the sockets: {error}");
+                locate::Located::default()
+            });
+        Ok(choice.answer(&located, query.limit))
+    }
+
     /// A poll beside the scrapes, folded in under the lock when done. The caller may hold it.
-    fn spawn_poll(&self) -> std::io::Result<()> {
+    fn spawn_poll(&self, plan: PollPlan) -> std::io::Result<()> {
         let shared = self.state.clone();
-        poller::spawn(&self.polling, move |poll, started| {
-            let state = &mut *lock(&shared);
-            state.polls.fold(&mut state.census, poll, started);
-        })
+        self.poll_thread
+            .spawn(&self.polling, plan, move |poll, started| {
+                let state = &mut *lock(&shared);
+                state.polls.fold(&mut state.census, poll, started);
+            })
     }
 }
 
@@ -209,8 +323,8 @@ impl Collector for TcpStateCollector {
         let scrape = Scrape {
             snapshot: &snapshot,
             census: Some(&state.census),
-            netstat: netstat::read().ok(),
-            port_range: netstat::read_port_range(),
+            netstat: state.census.listen_counters(netstat::read().ok()),
+            port_range: state.census.port_range(netstat::read_port_range()),
             read_seconds,
             last_poll_took: state.polls.last_took(),
             poll_errors: state.polls.errors,
@@ -219,6 +333,7 @@ impl Collector for TcpStateCollector {
         };
         let families = exposition(&scrape, &self.config);
         state.failure_log.note(&families, Instant::now());
+        state.keep();
         families
     }
 }

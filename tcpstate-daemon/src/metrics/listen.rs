@@ -1,5 +1,7 @@
-//! Listeners: their accept queues (sock_diag, at the last poll) and the namespace's listen
-//! overflow and drop counters (/proc/net/netstat).
+//! Listeners: their accept queues (sock_diag, at the last poll) and the listen overflow and
+//! drop counters (`TcpExt`), each summed over the host's network namespaces.
+
+use std::collections::BTreeMap;
 
 use prometheus::proto::{Metric, MetricFamily, MetricType};
 
@@ -22,8 +24,8 @@ pub(super) const LISTEN_QUEUE_LIMIT: Family = Family {
 
 pub(super) const LISTEN_OVERFLOWS: Family = Family {
     name: "tcpstate_listen_overflows_total",
-    help: "Handshakes completed while the accept queue was full (TcpExt ListenOverflows of the \
-           daemon's network namespace).",
+    help: "Handshakes completed while the accept queue was full (TcpExt ListenOverflows, summed \
+           over the host's network namespaces polled).",
     kind: MetricType::COUNTER,
     labels: &[],
 };
@@ -31,7 +33,7 @@ pub(super) const LISTEN_OVERFLOWS: Family = Family {
 pub(super) const LISTEN_DROPS: Family = Family {
     name: "tcpstate_listen_drops_total",
     help: "SYNs and handshake ACKs dropped by listeners, overflows included (TcpExt ListenDrops \
-           of the daemon's network namespace).",
+           summed over the host's network namespaces polled).",
     kind: MetricType::COUNTER,
     labels: &[],
 };
@@ -48,14 +50,15 @@ pub(super) fn families(scrape: &Scrape<'_>, _: &Figures, _: &CollectorConfig) ->
         let Some(census) = scrape.census else {
             return Vec::new();
         };
-        census
-            .listen_queues()
-            .iter()
-            .map(|(port, queue)| {
-                gauge_metric(
-                    pairs(&[("port", &labels::port(*port))]),
-                    value(queue) as f64,
-                )
+        // The census keeps queues by port and owner; this family is by port.
+        let mut by_port = BTreeMap::<u16, u64>::new();
+        for (key, queue) in census.listen_queues() {
+            *by_port.entry(key.port).or_default() += value(queue);
+        }
+        by_port
+            .into_iter()
+            .map(|(port, total)| {
+                gauge_metric(pairs(&[("port", &labels::port(port))]), total as f64)
             })
             .collect()
     };

@@ -41,6 +41,25 @@ pub fn list(proc: &Path) -> io::Result<Namespaces> {
     Ok(found)
 }
 
+/// How many processes seen from `proc` refuse this process their `ns/net` link (another
+/// user's, without CAP_SYS_PTRACE): namespaces only they hold cannot be found.
+pub fn refused_links(proc: &Path) -> io::Result<usize> {
+    let mut refused = 0;
+    for entry in fs::read_dir(proc)?.flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+            && fs::metadata(entry.path().join("ns/net"))
+                .is_err_and(|error| error.kind() == io::ErrorKind::PermissionDenied)
+        {
+            refused += 1;
+        }
+    }
+    Ok(refused)
+}
+
 /// The `nsfs` mounts of network namespaces in a mountinfo listing: (inode, mount point).
 fn bind_mounts(mountinfo: &str) -> Vec<(u32, PathBuf)> {
     mountinfo

@@ -1,5 +1,5 @@
-//! Netlink sock_diag (INET_DIAG), the interface `ss` uses: lists the TCP sockets of the daemon's
-//! network namespace, including the timewait sockets (TIME_WAIT, and FIN_WAIT2 of orphaned
+//! Netlink sock_diag (INET_DIAG), the interface `ss` uses: lists the TCP sockets of a network
+//! namespace (the one the calling thread was in when it opened the socket), including the timewait sockets (TIME_WAIT, and FIN_WAIT2 of orphaned
 //! connections) and request sockets (the half-open queue) that `inet_sock_set_state` never
 //! reports. Requests are built and answers parsed here; `sys::SockDiagSocket` moves the bytes.
 //! Format: include/uapi/linux/inet_diag.h, include/uapi/linux/sock_diag.h.
@@ -10,7 +10,11 @@
 //! kernel runs it with `AF_UNSPEC`; `ss -t` uses it the same way) and takes the same attributes,
 //! so every dump here is one such request.
 
-use std::{io, os::fd::RawFd};
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::RawFd,
+};
 
 use crate::sys::{monotonic_ns, netlink::SockDiagSocket};
 
@@ -28,6 +32,8 @@ const MESSAGE_LEN: usize = 72;
 const INET_DIAG_REQ_SK_BPF_STORAGES: u16 = 2;
 const SK_DIAG_BPF_STORAGE_REQ_MAP_FD: u16 = 1;
 const INET_DIAG_SK_BPF_STORAGES: u16 = 20;
+/// u64: the socket's cgroup v2 id (full sockets only).
+const INET_DIAG_CGROUP_ID: u16 = 21;
 /// `idiag_timer` of a timewait socket.
 const TIMER_TIMEWAIT: u8 = 3;
 
@@ -57,6 +63,10 @@ pub struct DiagSocket {
     /// Whether the kernel program has a record for the socket: its entry in the BPF
     /// socket-storage map the dump asked about; the caller adds the records in slots.
     pub tracked: bool,
+    /// The owner's cgroup v2: the low 32 bits of its id, the inode of its directory (what the
+    /// kernel programs keep in `Labels::cgroup`). 0 for timewait and request sockets, which
+    /// have none.
+    pub cgroup: u32,
     /// When it was read (CLOCK_MONOTONIC ns): `expires_ms` counts from then.
     pub seen_ns: u64,
 }
@@ -91,14 +101,41 @@ pub fn dump_request(states: u32, storage_map: Option<RawFd>, sequence: u32) -> V
 }
 
 /// What one received datagram held.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Batch {
-    pub sockets: Vec<DiagSocket>,
+/// Where a socket is, and which file holds it, as sock_diag reports it (the sockets view asks
+/// for these of a few sockets; polls never keep addresses).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub cookie: u64,
+    pub state: u8,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// The inode of the socket's file (0 for timewait and request sockets, which have none):
+    /// what `/proc/PID/fd/*` links name as `socket:[inode]`.
+    pub inode: u32,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Batch<T = DiagSocket> {
+    pub sockets: Vec<T>,
     pub done: bool,
 }
 
+impl<T> Default for Batch<T> {
+    fn default() -> Self {
+        Batch {
+            sockets: Vec::new(),
+            done: false,
+        }
+    }
+}
+
 /// Parses one datagram of dump answers. Malformed input is an error, never a panic.
-pub fn parse_batch(mut data: &[u8]) -> io::Result<Batch> {
+pub fn parse_batch(data: &[u8]) -> io::Result<Batch> {
+    parse_messages(data, parse_socket)
+}
+
+/// [`parse_batch`], each socket message read by `parse`.
+fn parse_messages<T>(mut data: &[u8], parse: fn(&[u8]) -> Option<T>) -> io::Result<Batch<T>> {
     let malformed =
         |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("sock_diag: {what}"));
     let mut batch = Batch::default();
@@ -123,7 +160,7 @@ pub fn parse_batch(mut data: &[u8]) -> io::Result<Batch> {
             }
             TCPDIAG_GETSOCK => batch
                 .sockets
-                .push(parse_socket(payload).ok_or_else(|| malformed("short socket message"))?),
+                .push(parse(payload).ok_or_else(|| malformed("short socket message"))?),
             _ => {}
         }
         data = &data[align(length).min(data.len())..];
@@ -140,7 +177,7 @@ fn parse_socket(payload: &[u8]) -> Option<DiagSocket> {
     let u32_at = |at: usize| u32::from_ne_bytes(message[at..at + 4].try_into().unwrap());
     // inet_diag_sockid starts at 4: sport, dport (network order), src[16], dst[16], if, cookie[2].
     let cookie = u64::from(u32_at(44)) | u64::from(u32_at(48)) << 32;
-    let mut tracked = false;
+    let (mut tracked, mut cgroup) = (false, 0);
     let mut attributes = &payload[MESSAGE_LEN..];
     while attributes.len() >= 4 {
         let length = u16::from_ne_bytes([attributes[0], attributes[1]]) as usize;
@@ -149,6 +186,12 @@ fn parse_socket(payload: &[u8]) -> Option<DiagSocket> {
             break;
         }
         tracked |= kind == INET_DIAG_SK_BPF_STORAGES;
+        if kind == INET_DIAG_CGROUP_ID
+            && let Some(id) = attributes.get(4..12)
+        {
+            // The low 32 bits: the inode of the group's directory.
+            cgroup = u64::from_ne_bytes(id.try_into().unwrap()) as u32;
+        }
         attributes = &attributes[align(length).min(attributes.len())..];
     }
     Some(DiagSocket {
@@ -162,42 +205,126 @@ fn parse_socket(payload: &[u8]) -> Option<DiagSocket> {
         receive_queue: u32_at(56),
         send_queue: u32_at(60),
         tracked,
+        cgroup,
         seen_ns: 0,
     })
 }
 
-/// Dumps the TCP sockets of both families in `states` (see [`state_mask`]).
-pub fn dump(states: u32, storage_map: Option<RawFd>) -> io::Result<Vec<DiagSocket>> {
-    let mut sockets = Vec::new();
-    for_each(states, storage_map, |socket| sockets.push(socket))?;
-    Ok(sockets)
+fn parse_endpoint(payload: &[u8]) -> Option<Endpoint> {
+    let message = payload.get(..MESSAGE_LEN)?;
+    let u32_at = |at: usize| u32::from_ne_bytes(message[at..at + 4].try_into().unwrap());
+    // inet_diag_sockid at 4: sport, dport (network order), src[16], dst[16], if, cookie[2];
+    // then expires, rqueue, wqueue, uid, inode.
+    let address = |at: usize| -> IpAddr {
+        let bytes: [u8; 16] = message[at..at + 16].try_into().unwrap();
+        if message[0] == libc::AF_INET as u8 {
+            IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(bytes))
+        }
+    };
+    let port = |at: usize| u16::from_be_bytes([message[at], message[at + 1]]);
+    Some(Endpoint {
+        cookie: u64::from(u32_at(44)) | u64::from(u32_at(48)) << 32,
+        state: message[1],
+        local: SocketAddr::new(address(8), port(4)),
+        remote: SocketAddr::new(address(24), port(6)),
+        inode: u32_at(68),
+    })
 }
 
-/// Hands each TCP socket of both families in `states` to `visit` as it is read, keeping none:
-/// memory stays flat whatever the number of sockets.
+/// A sock_diag socket, answering for the network namespace the calling thread was in when it
+/// opened it, and the buffer its answers are read into. Closed on drop (it holds a reference
+/// to its namespace).
+pub struct Session {
+    socket: SockDiagSocket,
+    buffer: Vec<u8>,
+    sequence: u32,
+}
+
+impl Session {
+    pub fn open() -> io::Result<Self> {
+        Ok(Session {
+            socket: SockDiagSocket::open()?,
+            buffer: vec![0u8; 64 * 1024],
+            sequence: 0,
+        })
+    }
+
+    /// The cookie of the namespace this session answers for (0: unknown, before Linux 5.14).
+    pub fn namespace_cookie(&self) -> u64 {
+        self.socket.namespace_cookie()
+    }
+
+    /// Dumps the TCP sockets of both families in `states` (see [`state_mask`]).
+    pub fn dump(&mut self, states: u32, storage_map: Option<RawFd>) -> io::Result<Vec<DiagSocket>> {
+        let mut sockets = Vec::new();
+        self.for_each(states, storage_map, |socket| sockets.push(socket))?;
+        Ok(sockets)
+    }
+
+    /// Hands each TCP socket of both families in `states` to `visit` as it is read, keeping
+    /// none: memory stays flat whatever the number of sockets.
+    pub fn for_each(
+        &mut self,
+        states: u32,
+        storage_map: Option<RawFd>,
+        mut visit: impl FnMut(DiagSocket),
+    ) -> io::Result<()> {
+        self.for_each_parsed(states, storage_map, parse_socket, |socket, seen_ns| {
+            visit(DiagSocket { seen_ns, ..socket })
+        })
+    }
+
+    /// Hands `visit` the endpoint of each TCP socket of both families in `states`.
+    pub fn for_each_endpoint(
+        &mut self,
+        states: u32,
+        mut visit: impl FnMut(Endpoint),
+    ) -> io::Result<()> {
+        self.for_each_parsed(states, None, parse_endpoint, |endpoint, _| visit(endpoint))
+    }
+
+    fn for_each_parsed<T>(
+        &mut self,
+        states: u32,
+        storage_map: Option<RawFd>,
+        parse: fn(&[u8]) -> Option<T>,
+        mut visit: impl FnMut(T, u64),
+    ) -> io::Result<()> {
+        self.sequence = self.sequence.wrapping_add(1);
+        self.socket
+            .send(&dump_request(states, storage_map, self.sequence))?;
+        loop {
+            // The kernel fills each datagram during the receive call: that is when these
+            // sockets' timers were read.
+            let before = monotonic_ns();
+            let length = self.socket.receive(&mut self.buffer)?;
+            let seen_ns = before + (monotonic_ns() - before) / 2;
+            let batch = parse_messages(&self.buffer[..length], parse)?;
+            batch
+                .sockets
+                .into_iter()
+                .for_each(|socket| visit(socket, seen_ns));
+            if batch.done || length == 0 {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Dumps the TCP sockets of both families in `states` of the calling thread's namespace.
+pub fn dump(states: u32, storage_map: Option<RawFd>) -> io::Result<Vec<DiagSocket>> {
+    Session::open()?.dump(states, storage_map)
+}
+
+/// [`Session::for_each`] on a session of its own.
 pub fn for_each(
     states: u32,
     storage_map: Option<RawFd>,
-    mut visit: impl FnMut(DiagSocket),
+    visit: impl FnMut(DiagSocket),
 ) -> io::Result<()> {
-    let socket = SockDiagSocket::open()?;
-    let mut buffer = vec![0u8; 64 * 1024];
-    socket.send(&dump_request(states, storage_map, 1))?;
-    loop {
-        // The kernel fills each datagram during the receive call: that is when these sockets'
-        // timers were read.
-        let before = monotonic_ns();
-        let length = socket.receive(&mut buffer)?;
-        let seen_ns = before + (monotonic_ns() - before) / 2;
-        let batch = parse_batch(&buffer[..length])?;
-        batch
-            .sockets
-            .into_iter()
-            .for_each(|s| visit(DiagSocket { seen_ns, ..s }));
-        if batch.done || length == 0 {
-            return Ok(());
-        }
-    }
+    Session::open()?.for_each(states, storage_map, visit)
 }
 
 #[cfg(test)]
@@ -228,12 +355,49 @@ mod tests {
             payload.extend((INET_DIAG_SK_BPF_STORAGES | 0x8000).to_ne_bytes());
             payload.extend([0u8; 4]);
         }
+        if !timer_is_timewait(timer) {
+            payload.extend(12u16.to_ne_bytes());
+            payload.extend(INET_DIAG_CGROUP_ID.to_ne_bytes());
+            payload.extend(0x0000_0001_0000_02c8u64.to_ne_bytes());
+        }
         let mut message = Vec::new();
         message.extend(((NLMSG_HEADER_LEN + payload.len()) as u32).to_ne_bytes());
         message.extend(TCPDIAG_GETSOCK.to_ne_bytes());
         message.extend([0u8; 10]);
         message.extend(payload);
         message
+    }
+
+    fn timer_is_timewait(timer: u8) -> bool {
+        timer == TIMER_TIMEWAIT
+    }
+
+    #[test]
+    fn endpoints_carry_both_addresses_and_the_sockets_inode() {
+        let mut message = socket_message(8, 0, 8080, 50_000, 7, false);
+        let payload = NLMSG_HEADER_LEN;
+        message[payload + 8..payload + 24]
+            .copy_from_slice(&"2001:db8::1".parse::<Ipv6Addr>().unwrap().octets());
+        message[payload + 24..payload + 40].copy_from_slice(&Ipv6Addr::LOCALHOST.octets());
+        message[payload + 68..payload + 72].copy_from_slice(&4242u32.to_ne_bytes());
+        let batch = parse_messages(&message, parse_endpoint).unwrap();
+        assert_eq!(
+            batch.sockets,
+            [Endpoint {
+                cookie: 7,
+                state: 8,
+                local: "[2001:db8::1]:8080".parse().unwrap(),
+                remote: "[::1]:50000".parse().unwrap(),
+                inode: 4242,
+            }]
+        );
+        let mut ipv4 = message.clone();
+        ipv4[payload] = libc::AF_INET as u8;
+        ipv4[payload + 8..payload + 12].copy_from_slice(&[10, 0, 0, 1]);
+        let endpoint = parse_messages(&ipv4, parse_endpoint).unwrap().sockets[0];
+        assert_eq!(endpoint.local, "10.0.0.1:8080".parse().unwrap());
+        // A truncated message is an error, not a panic.
+        assert!(parse_messages(&message[..message.len() - 10], parse_endpoint).is_err());
     }
 
     fn done() -> Vec<u8> {
@@ -263,6 +427,8 @@ mod tests {
             (59_000, 3, 128, false)
         );
         assert!(batch.sockets[1].tracked && !batch.sockets[1].timewait);
+        // The cgroup id's low 32 bits; a timewait socket has none.
+        assert_eq!((tw.cgroup, batch.sockets[1].cgroup), (0, 0x2c8));
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! `bpf(2)` where aya has no call for it: the counters the kernel keeps per program, batch
-//! reads of whole maps into their `Pod` values, and the log ring's registration with the
-//! runtime.
+//! reads of whole maps into their `Pod` values, a map made by the daemon itself (for its own
+//! figures, pinned beside the kernel's), and the log ring's registration with the runtime.
 
 use std::{
+    ffi::CStr,
     io, mem,
-    os::fd::{AsRawFd, BorrowedFd},
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd as _, OwnedFd},
 };
 
 use aya::Pod;
@@ -54,6 +55,66 @@ pub fn program_stats(program: &impl AsRawFd) -> io::Result<ProgramStats> {
         run_count: info.run_cnt,
         recursion_misses: info.recursion_misses,
     })
+}
+
+/// `BPF_MAP_CREATE` of a map with no BTF (aya creates maps only from an object's definitions):
+/// `name` is the name `bpftool map` shows (at most 15 bytes).
+pub fn create_map(
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    name: &CStr,
+) -> io::Result<OwnedFd> {
+    /// The first members of `union bpf_attr` for `BPF_MAP_CREATE`, up to `map_name`.
+    #[repr(C)]
+    struct MapCreate {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+        inner_map_fd: u32,
+        numa_node: u32,
+        map_name: [u8; 16],
+    }
+    let mut attr = MapCreate {
+        map_type,
+        key_size,
+        value_size,
+        max_entries,
+        map_flags,
+        inner_map_fd: 0,
+        numa_node: 0,
+        map_name: [0; 16],
+    };
+    let name = name.to_bytes();
+    let len = name.len().min(15);
+    attr.map_name[..len].copy_from_slice(&name[..len]);
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    // SAFETY: `attr` is the map-creation member of `union bpf_attr` (the kernel zero-extends
+    // the members past the size passed) and outlives the call.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            &raw mut attr,
+            mem::size_of::<MapCreate>(),
+        )
+    };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor the kernel just returned, owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(result as i32) })
+}
+
+/// The bytes of a `Pod` value (to digest the load-time configuration).
+pub fn bytes_of<T: Pod>(value: &T) -> &[u8] {
+    // SAFETY: `T` is `Pod`: no padding (every byte initialised), and the slice borrows `value`
+    // for its whole size.
+    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
 }
 
 /// Reads and deletes every entry of a BPF hash map (not per-CPU), handing `each` the keys and

@@ -74,6 +74,15 @@ impl<T: Pod> MappedArray<T> {
         unsafe { std::ptr::read_volatile(field) }
     }
 
+    /// The u32 at `offset` (4-aligned) of entry `index`, as the kernel has it now.
+    pub fn read_u32(&self, index: usize, offset: usize) -> u32 {
+        assert!(offset.is_multiple_of(4));
+        let field = self.field(index, offset, 4);
+        // SAFETY: an aligned u32 inside the mapping (entries are 8-byte multiples and the
+        // mapping is page-aligned); volatile because the kernel writes it meanwhile.
+        unsafe { std::ptr::read_volatile(field.cast::<u32>()) }
+    }
+
     /// A copy of entry `index`, as the kernel has it now (fields may be mid-update: callers
     /// tell a consistent copy by other means).
     pub fn read(&self, index: usize) -> T {

@@ -1,7 +1,7 @@
 //! The few system calls the daemon makes itself (aya covers the rest), split by kernel
 //! interface: `bpf` (program statistics, batch map reads, the log ring), `mmap` (a live view of
-//! an mmapable map), `netlink` (the sock_diag socket), `process` (signals, limits, clock,
-//! allocator). The only module allowed `unsafe`, each block with its `// SAFETY:`; the
+//! an mmapable map), `netlink` (the sock_diag socket), `netns` (entering network namespaces),
+//! `process` (signals, limits, clock, allocator). The only module allowed `unsafe`, each block with its `// SAFETY:`; the
 //! protocols built on these calls (the slot table's sweep, sock_diag's messages) are safe code
 //! beside their users.
 #![expect(
@@ -12,6 +12,7 @@
 pub mod bpf;
 pub mod mmap;
 pub mod netlink;
+pub mod netns;
 pub mod process;
 
 // The paths the helper binaries and other branches use.

@@ -52,6 +52,24 @@ impl SockDiagSocket {
         }
     }
 
+    /// The cookie of the network namespace the socket answers for (`SO_NETNS_COOKIE`, Linux
+    /// 5.14+): unlike its inode number, never reused. 0 where the kernel cannot tell.
+    pub fn namespace_cookie(&self) -> u64 {
+        let mut cookie = 0u64;
+        let mut length = mem::size_of::<u64>() as libc::socklen_t;
+        // SAFETY: `cookie` and `length` are valid for writes of their sizes and outlive the call.
+        let read = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NETNS_COOKIE,
+                (&raw mut cookie).cast(),
+                &mut length,
+            )
+        };
+        if read == 0 { cookie } else { 0 }
+    }
+
     /// Receives one datagram (one or more netlink messages) into `buffer`; returns its length.
     pub fn receive(&self, buffer: &mut [u8]) -> io::Result<usize> {
         // SAFETY: `buffer` is writable for its length and outlives the call.

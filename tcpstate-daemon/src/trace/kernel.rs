@@ -2,34 +2,39 @@
 //! through the `.bss` section's map), the ring it reads (`TRACE_EVENTS`), the drops it reports
 //! (`TRACE_DROPS`).
 
-use anyhow::anyhow;
-use aya::{
-    Ebpf,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
-};
+use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
 use tcpstate_common::{TraceControl, TraceEvent, TransitionKey, map, recorder};
 
-/// The filter and the drops; the ring goes to the reader apart (it waits on it).
+/// The stream's maps as the loader takes them: the ring, which the reader waits on, and the
+/// rest.
+pub struct TraceMaps {
+    pub ring: RingBuf<MapData>,
+    pub kernel: KernelTrace,
+}
+
+/// The filter and the drops.
 pub struct KernelTrace {
     control: Array<MapData, TraceControl>,
     drops: PerCpuArray<MapData, u64>,
 }
 
-impl KernelTrace {
-    /// Takes the stream's maps out of the loaded object: the ring, and the rest.
-    pub fn take(ebpf: &mut Ebpf) -> anyhow::Result<(RingBuf<MapData>, Self)> {
-        let mut take = |name: &str| {
-            ebpf.take_map(name)
-                .ok_or_else(|| anyhow!("map {name} is missing from the eBPF object"))
-        };
-        let ring = RingBuf::try_from(take(map::TRACE_EVENTS)?)?;
-        let trace = KernelTrace {
+impl TraceMaps {
+    /// Takes the stream's maps (from the loaded object, or an adopted state's pins) and tells
+    /// the programs nobody listens yet: an adopted state may hold an earlier daemon's filter.
+    pub fn take(mut take: impl FnMut(&str) -> anyhow::Result<Map>) -> anyhow::Result<Self> {
+        let mut kernel = KernelTrace {
             control: Array::try_from(take(map::TRACE_CONTROL)?)?,
             drops: PerCpuArray::try_from(take(map::TRACE_DROPS)?)?,
         };
-        Ok((ring, trace))
+        kernel.set_control(&TraceControl::OFF)?;
+        Ok(TraceMaps {
+            ring: RingBuf::try_from(take(map::TRACE_EVENTS)?)?,
+            kernel,
+        })
     }
+}
 
+impl KernelTrace {
     /// Tells the programs who listens, and for what.
     pub fn set_control(&mut self, control: &TraceControl) -> anyhow::Result<()> {
         self.control.set(0, control, 0)?;

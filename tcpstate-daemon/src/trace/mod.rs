@@ -20,19 +20,14 @@ mod reader;
 use std::sync::Arc;
 
 pub use hub::{DEFAULT_MAX_SUBSCRIBERS, Hub, HubConfig, Subscription};
-pub use kernel::KernelTrace;
+pub use kernel::{KernelTrace, TraceMaps};
 
 use crate::{config::Flags, workload::Resolver};
 
-/// Takes the stream's maps from the loaded object and starts its reader (idle until someone
-/// subscribes). At most half the HTTP connections (`max_connections`) may be streams, so
-/// that scrapes always find room.
-pub fn start(
-    ebpf: &mut aya::Ebpf,
-    flags: &Flags,
-    max_connections: usize,
-) -> anyhow::Result<Arc<Hub>> {
-    let (ring, kernel) = KernelTrace::take(ebpf)?;
+/// Starts the stream's reader on its maps (idle until someone subscribes). At most half the
+/// HTTP connections (`max_connections`) may be streams, so that scrapes always find room.
+pub fn start(maps: TraceMaps, flags: &Flags, max_connections: usize) -> anyhow::Result<Arc<Hub>> {
+    let TraceMaps { ring, kernel } = maps;
     let hub = Hub::new(HubConfig {
         max_subscribers: DEFAULT_MAX_SUBSCRIBERS.min((max_connections / 2).max(1)),
         workloads: flags.workloads,

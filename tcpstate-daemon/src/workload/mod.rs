@@ -18,7 +18,7 @@ use runtime::RuntimeState;
 
 /// A workload's label values: `namespace` and `pod` for Kubernetes (empty otherwise),
 /// `container` always set (the container, unit or group name).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct Workload {
     pub namespace: String,
     pub pod: String,

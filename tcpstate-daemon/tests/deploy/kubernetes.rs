@@ -14,7 +14,8 @@ fn kubernetes_daemonset_uses_capabilities_not_privileged() {
         "allowPrivilegeEscalation: false",
         "readOnlyRootFilesystem: true",
         "drop: [\"ALL\"]",
-        "add: [\"BPF\", \"PERFMON\"]",
+        "hostPID: true",
+        "add: [\"BPF\", \"PERFMON\", \"SYS_ADMIN\", \"SYS_PTRACE\"]",
         "mountPath: /sys/kernel/btf",
         "path: /healthz",
         "prometheus.io/scrape: \"true\"",
@@ -28,7 +29,13 @@ fn kubernetes_daemonset_uses_capabilities_not_privileged() {
         .map(str::trim);
     assert_eq!(btf_mount, Some("readOnly: true"));
     assert!(!manifest.contains("privileged: true"));
-    assert!(!manifest.contains("SYS_ADMIN"));
+    // The node's BPF filesystem, where the kernel state is pinned for the next pod.
+    let bpffs_mount = manifest
+        .split("mountPath: /sys/fs/bpf\n")
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .map(str::trim);
+    assert_eq!(bpffs_mount, Some("mountPropagation: HostToContainer"));
     // Workloads: the node's cgroup hierarchy and runtime state, read-only, and labels kept.
     for (flag, mount) in [
         (

@@ -22,11 +22,15 @@ fn systemd_unit_verifies_and_is_hardened() {
         "LimitNOFILE={nofile} leaves room for the default connection cap, above systemd's 1024"
     );
     for line in [
-        "AmbientCapabilities=CAP_BPF CAP_PERFMON",
-        "CapabilityBoundingSet=CAP_BPF CAP_PERFMON",
+        "AmbientCapabilities=CAP_BPF CAP_PERFMON CAP_SYS_ADMIN CAP_SYS_PTRACE",
+        "CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_SYS_ADMIN CAP_SYS_PTRACE",
+        "RestrictNamespaces=net",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "DynamicUser=yes",
+        // The pinned state, kept across restarts, is the one writable path.
+        "ReadWritePaths=-/sys/fs/bpf/tcpstate",
+        "ExecStartPre=-+/bin/mkdir -p /sys/fs/bpf/tcpstate",
     ] {
         assert!(unit.lines().any(|l| l == line), "the unit has {line}");
     }
@@ -61,8 +65,9 @@ fn systemd_unit_verifies_and_is_hardened() {
         .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no exposure level in:\n{report}"));
     assert!(
-        exposure <= 2.0,
-        "exposure {exposure} (systemd's OK is under 4.0; this unit was 1.6):\n{report}"
+        exposure <= 2.5,
+        "exposure {exposure} (systemd's OK is under 4.0; this unit was 2.2, of which 0.6 for \
+         CAP_SYS_ADMIN and CAP_SYS_PTRACE, which the polls of other network namespaces need):\n{report}"
     );
     let _ = std::fs::remove_dir_all(directory);
 }

@@ -7,7 +7,7 @@
 //!   (transition rates, a quantile of a controlled duration, the alert expressions) give the
 //!   expected values.
 //!
-//! One module per subject. Each test uses ports of its own (in the daemon's port set, 24201-24222)
+//! One module per subject. Each test uses ports of its own (in the daemon's port set, 24201-24223)
 //! and checks only those.
 
 #[path = "../support/mod.rs"]
@@ -16,6 +16,7 @@ mod support;
 mod names;
 mod page;
 mod prometheus;
+mod sockets_page;
 
 use std::{
     io::{ErrorKind, Read as _},

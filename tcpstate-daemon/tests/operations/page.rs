@@ -5,7 +5,6 @@ use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
     net::{TcpListener, TcpStream},
-    path::Path,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -19,7 +18,7 @@ use socket2::SockRef;
 
 use crate::support::{
     Daemon, Exposition,
-    chromium::{Chromium, Tab},
+    chromium::{Chromium, Tab, keep_screenshot},
     eventually,
     json::items,
 };
@@ -302,23 +301,7 @@ fn state_machine_page_shows_the_figures_of_metrics() {
     let tab = chromium.open(&format!("{base}/?interval=1"));
     chromium.set_viewport(&tab, 1400, 980);
     wait_for_fetches(&mut chromium, &tab, 4.0);
-    let png = chromium.screenshot(&tab);
-    assert!(
-        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
-        "a PNG"
-    );
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("state-machine.png");
-    std::fs::write(&target, &png).unwrap();
-    if std::env::var_os("TCPSTATE_UPDATE_SCREENSHOT").is_some_and(|value| value == "1") {
-        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/state-machine.png");
-        std::fs::write(&docs, &png).unwrap();
-        eprintln!("wrote {}", docs.display());
-    } else {
-        eprintln!(
-            "screenshot: {} (TCPSTATE_UPDATE_SCREENSHOT=1 updates docs/)",
-            target.display()
-        );
-    }
+    keep_screenshot(&chromium.screenshot(&tab), "state-machine.png");
 
     stop.store(true, Ordering::Relaxed);
     assert!(client.join().unwrap() > 0);

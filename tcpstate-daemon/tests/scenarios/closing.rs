@@ -192,6 +192,7 @@ fn orphaned_fin_wait2_lasts_until_the_peers_fin() {
                 "--port=25009",
                 &format!("--buckets={}", joined(&buckets)),
                 "--transitions.view=raw",
+                "--sockdiag.namespaces=own",
             ],
         );
         let (before, raw_before) = (daemon.scrape(), raw.scrape());

@@ -19,6 +19,10 @@
 //! speed adds to the delay (sleeps, ss listings on a loaded host), against bounds the test
 //! measured around it.
 //!
+//! `namespaces` and `namespace_changes` are the exception: their daemon runs in the host's
+//! namespace and covers every namespace, the traffic runs in several of the test's own, on
+//! ports 26001-26099 (see `namespaces`).
+//!
 //! They need root: `cargo test -p tcpstate-daemon --test scenarios -- --ignored --test-threads=1`.
 //! One test waits for TIME_WAIT's natural end (65 s); the others take a few seconds each.
 
@@ -29,6 +33,9 @@ mod checks;
 mod closing;
 mod gauges;
 mod handshake;
+mod namespace_changes;
+mod namespace_privileges;
+mod namespaces;
 mod resets;
 mod restarts;
 mod timewait;
@@ -50,9 +57,14 @@ const RAW_VIEW_WEB_PORT: u16 = 25098;
 const FAST_POLL: &str = "--sockdiag.min-interval=0.1";
 
 /// tcpstated in `netns`, exporting `ports` by number, with histogram bounds `buckets` (chosen by
-/// each test at the edges of its tolerances; empty: the defaults).
+/// each test at the edges of its tolerances; empty: the defaults). Its polls cover that
+/// namespace only (`--sockdiag.namespaces=own`): a scenario's figures are its namespace's, and
+/// its polls' timing does not depend on the host's sockets (`namespaces` tests the others).
 fn start(netns: &Netns, ports: &[u16], buckets: &[f64], extra: &[&str]) -> Daemon {
-    let mut args = vec![format!("--port={}", joined(ports))];
+    let mut args = vec![
+        format!("--port={}", joined(ports)),
+        "--sockdiag.namespaces=own".to_owned(),
+    ];
     if !buckets.is_empty() {
         args.push(format!("--buckets={}", joined(buckets)));
     }

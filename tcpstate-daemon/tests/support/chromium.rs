@@ -178,6 +178,29 @@ impl Chromium {
     }
 }
 
+/// Checks that `png` is a screenshot worth keeping and writes it as `name` in the tests'
+/// directory, or in docs/ when `TCPSTATE_UPDATE_SCREENSHOT=1`.
+pub fn keep_screenshot(png: &[u8], name: &str) {
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
+        "a PNG"
+    );
+    let target = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::write(&target, png).unwrap();
+    if std::env::var_os("TCPSTATE_UPDATE_SCREENSHOT").is_some_and(|value| value == "1") {
+        let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../docs")
+            .join(name);
+        std::fs::write(&docs, png).unwrap();
+        eprintln!("wrote {}", docs.display());
+    } else {
+        eprintln!(
+            "screenshot: {} (TCPSTATE_UPDATE_SCREENSHOT=1 updates docs/)",
+            target.display()
+        );
+    }
+}
+
 impl Drop for Chromium {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -52,6 +52,21 @@ impl Daemon {
         Daemon::until_healthy(child, address, Some(netns.name().to_owned()))
     }
 
+    /// Like [`Daemon::start_with`], run by `wrapper`, a command that execs the program it is
+    /// given last (`setpriv ...`: the child is the daemon itself).
+    pub fn start_under(
+        mut wrapper: Command,
+        args: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Daemon {
+        let address = free_local_address();
+        wrapper.arg(env!("CARGO_BIN_EXE_tcpstated"));
+        Daemon::configure(&mut wrapper, address, args);
+        configure(&mut wrapper);
+        let child = wrapper.spawn().expect("tcpstated starts");
+        Daemon::until_healthy(child, address, None)
+    }
+
     /// Like [`Daemon::start`], healthy when `healthy` says so: a daemon serving TLS or asking
     /// for basic auth answers a plain GET with an error.
     pub fn start_until(args: &[&str], healthy: impl Fn(SocketAddr) -> bool) -> Daemon {
@@ -77,8 +92,20 @@ impl Daemon {
     }
 
     fn configure(command: &mut Command, address: SocketAddr, args: &[&str]) {
+        command.arg(format!("--web.listen-address={address}"));
+        // Persistence is on by default: a test daemon must not adopt an earlier test's state,
+        // nor leave programs attached. Unless a test names its pin path, none is kept, and the
+        // path (which never exists) leaves any other daemon's state alone.
+        if !args.iter().any(|arg| arg.starts_with("--bpf.pin-path")) {
+            command.args([
+                "--no-bpf.persist",
+                &format!(
+                    "--bpf.pin-path=/nonexistent/tcpstate-test-{}",
+                    address.port()
+                ),
+            ]);
+        }
         command
-            .arg(format!("--web.listen-address={address}"))
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

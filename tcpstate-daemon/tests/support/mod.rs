@@ -36,7 +36,7 @@ pub use figures::{
     ONCE_PER_CLIENT_FIRST_CLOSE, Transitions, expect, handshakes, recording_failures, sockets,
     transitions, until_transitions,
 };
-pub use netns::{Netns, NftTable, run_in_netns};
+pub use netns::{Netns, NftTable, run_in_namespace_file, run_in_netns};
 pub use rerun::{UNRECORDED_EVENTS, rerun_once_after_unrecorded_events};
 pub use ss::SsSocket;
 pub use tcpstate_testkit::Exposition;

@@ -13,11 +13,15 @@ use super::{SsSocket, run_checked};
 /// its result. Sockets keep the namespace they were created in, so what `job` creates (listeners,
 /// connected streams) can then be used from any thread; only creation has to happen here.
 pub fn run_in_netns<T: Send>(name: &str, job: impl FnOnce() -> T + Send) -> T {
-    let path = format!("/run/netns/{name}");
+    run_in_namespace_file(&format!("/run/netns/{name}"), job)
+}
+
+/// [`run_in_netns`] for the network namespace file at `path` (e.g. `/proc/<pid>/ns/net`).
+pub fn run_in_namespace_file<T: Send>(path: &str, job: impl FnOnce() -> T + Send) -> T {
     thread::scope(|scope| {
         let worker = scope.spawn(|| {
             let namespace =
-                std::fs::File::open(&path).unwrap_or_else(|error| panic!("open {path}: {error}"));
+                std::fs::File::open(path).unwrap_or_else(|error| panic!("open {path}: {error}"));
             // SAFETY: setns reads the descriptor, which stays open for the call, and moves only
             // this thread (spawned for the purpose, ended after `job`) into the namespace.
             let entered = unsafe {

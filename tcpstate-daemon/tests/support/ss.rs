@@ -14,7 +14,7 @@ pub struct SsSocket {
 }
 
 impl SsSocket {
-    pub(super) fn parse(line: &str) -> Option<SsSocket> {
+    pub fn parse(line: &str) -> Option<SsSocket> {
         let mut fields = line.split_whitespace();
         let port = |address: &str| address.rsplit_once(':')?.1.parse().ok();
         Some(SsSocket {

@@ -1,6 +1,7 @@
 //! Sockets older than the kernel programs: the full sockets without a record at start-up,
-//! listed once with sock_diag and counted in the gauges, each until the programs first see it
-//! move (the kernel names it in `FIRST_SEEN`) or two polls find it gone.
+//! listed once in each network namespace with sock_diag and counted in the gauges, each until
+//! the programs first see it move (the kernel names it in `FIRST_SEEN`), two listings of its
+//! namespace find it gone, or its namespace goes.
 //!
 //! Kept per socket, so that a socket counts once whatever happens while the listing runs: a
 //! dump is no snapshot (a socket can be listed twice, when new sockets enter the hash chain it
@@ -11,59 +12,85 @@
 use std::{collections::BTreeMap, io};
 use tcpstate_common::state::{SYN_RECV, TIME_WAIT};
 
-use tcpstate_common::{Labels, TcpState};
+use tcpstate_common::{Labels, TcpState, family};
 
 use crate::{
     bpf::loader::Tracer,
     model::StateKey,
     sockets::{
         sock_diag::{self, DiagSocket},
-        untracked::{role_in_state, untracked_labels},
+        untracked::{LabelRule, role_in_state},
     },
 };
+
+/// `Entry::kind`'s bit for IPv6 (the role is in the low bits).
+const IPV6: u8 = 0x80;
 
 /// A socket of the baseline, packed to 16 bytes (a host can hold a million old sockets).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Entry {
     cookie: u64,
+    cgroup: u32,
     port: u16,
-    family: u8,
-    role: u8,
     /// 0 once the socket has left the baseline (until the entries are compacted).
     state: u8,
+    /// Its role, and [`IPV6`] for an IPv6 socket.
+    kind: u8,
 }
 const _: () = assert!(size_of::<Entry>() == 16);
 
 impl Entry {
+    fn new(cookie: u64, labels: Labels, state: u8) -> Self {
+        let ipv6 = if labels.family == family::IPV6 {
+            IPV6
+        } else {
+            0
+        };
+        Entry {
+            cookie,
+            cgroup: labels.cgroup,
+            port: labels.port,
+            state,
+            kind: labels.role | ipv6,
+        }
+    }
+
     fn labels(&self) -> Labels {
         Labels {
             port: self.port,
-            family: self.family,
-            role: self.role,
-            cgroup: 0,
+            family: if self.kind & IPV6 != 0 {
+                family::IPV6
+            } else {
+                family::IPV4
+            },
+            role: self.kind & !IPV6,
+            cgroup: self.cgroup,
         }
     }
 }
 
-/// The first start-up listing: the full sockets the programs had no record for.
-#[derive(Debug, Default)]
+/// The first start-up listing of a namespace: the full sockets the programs had no record for.
+#[derive(Debug)]
 pub struct FirstListing {
+    net_inode: u32,
     entries: Vec<Entry>,
 }
 
 impl FirstListing {
-    pub fn add(&mut self, cookie: u64, labels: Labels, state: u8) {
-        self.entries.push(Entry {
-            cookie,
-            port: labels.port,
-            family: labels.family,
-            role: labels.role,
-            state,
-        });
+    /// A listing of the namespace with inode `net_inode`.
+    pub fn new(net_inode: u32) -> Self {
+        FirstListing {
+            net_inode,
+            entries: Vec::new(),
+        }
     }
 
-    /// The baseline: the sockets of this listing (each once) that `second`, the cookies of a
-    /// listing made after it, holds too.
+    pub fn add(&mut self, cookie: u64, labels: Labels, state: u8) {
+        self.entries.push(Entry::new(cookie, labels, state));
+    }
+
+    /// The namespace's baseline: the sockets of this listing (each once) that `second`, the
+    /// cookies of a listing made after it, holds too.
     pub fn confirm(mut self, second: impl IntoIterator<Item = u64>) -> Baseline {
         let entries = &mut self.entries;
         entries.sort_unstable_by_key(|entry| entry.cookie);
@@ -77,27 +104,39 @@ impl FirstListing {
         let mut relisted = relisted.into_iter();
         entries.retain(|_| relisted.next().unwrap_or(false));
         entries.shrink_to_fit();
-        let mut baseline = Baseline {
-            entries: self.entries,
-            ..Baseline::default()
-        };
-        for entry in &baseline.entries {
+        let mut baseline = Baseline::default();
+        for entry in &self.entries {
             *baseline
                 .counts
                 .entry(StateKey::new(entry.labels(), entry.state))
                 .or_default() += 1;
         }
-        baseline.live = baseline.entries.len();
+        baseline.live = self.entries.len();
+        let live = self.entries.len();
+        baseline.namespaces.insert(
+            self.net_inode,
+            Entries {
+                entries: self.entries,
+                live,
+            },
+        );
         baseline
     }
 }
 
-/// The sockets older than the programs that have not moved since, by cookie.
+/// One namespace's entries, sorted by cookie.
 #[derive(Debug, Default)]
-pub struct Baseline {
-    /// Sorted by cookie.
+struct Entries {
     entries: Vec<Entry>,
     /// Entries still in the baseline.
+    live: usize,
+}
+
+/// The sockets older than the programs that have not moved since, by namespace and cookie.
+#[derive(Debug, Default)]
+pub struct Baseline {
+    namespaces: BTreeMap<u32, Entries>,
+    /// Entries still in the baseline, in all namespaces.
     live: usize,
     /// Sockets by labels and state.
     counts: BTreeMap<StateKey, i64>,
@@ -117,37 +156,76 @@ impl Baseline {
         self.live == 0
     }
 
+    /// Adds the baseline of other namespaces.
+    pub fn merge(&mut self, other: Baseline) {
+        for (key, count) in other.counts {
+            *self.counts.entry(key).or_default() += count;
+        }
+        self.live += other.live;
+        self.namespaces.extend(other.namespaces);
+    }
+
     /// The programs first saw the socket `cookie` move: it has left the baseline (if it was
     /// in it; the programs also first see sockets that were tracked when listed).
     pub fn first_seen(&mut self, cookie: u64) {
-        if let Ok(index) = self
-            .entries
-            .binary_search_by_key(&cookie, |entry| entry.cookie)
-        {
-            self.leave(index);
+        let found = self.namespaces.iter().find_map(|(inode, namespace)| {
+            let index = namespace
+                .entries
+                .binary_search_by_key(&cookie, |entry| entry.cookie)
+                .ok()?;
+            Some((*inode, index))
+        });
+        if let Some((inode, index)) = found {
+            self.leave(inode, index);
+            self.compact(inode);
         }
     }
 
-    /// Takes out the sockets `gone(cookie, state)` says are gone; returns how many.
-    pub fn remove_gone(&mut self, mut gone: impl FnMut(u64, u8) -> bool) -> u64 {
-        let mut removed = 0;
-        for index in 0..self.entries.len() {
-            let entry = self.entries[index];
-            if entry.state != 0 && gone(entry.cookie, entry.state) {
-                self.leave(index);
-                removed += 1;
+    /// Takes out the sockets `gone(namespace, cookie, state)` says are gone; returns how many.
+    pub fn remove_gone(&mut self, mut gone: impl FnMut(u32, u64, u8) -> bool) -> u64 {
+        let mut leaving = Vec::new();
+        for (inode, namespace) in &self.namespaces {
+            for (index, entry) in namespace.entries.iter().enumerate() {
+                if entry.state != 0 && gone(*inode, entry.cookie, entry.state) {
+                    leaving.push((*inode, index));
+                }
             }
         }
-        removed
+        for (inode, index) in &leaving {
+            self.leave(*inode, *index);
+        }
+        let inodes: Vec<u32> = self.namespaces.keys().copied().collect();
+        inodes.into_iter().for_each(|inode| self.compact(inode));
+        leaving.len() as u64
     }
 
-    fn leave(&mut self, index: usize) {
-        let entry = &mut self.entries[index];
+    /// Takes out every socket of a namespace gone.
+    pub fn retire(&mut self, inode: u32) {
+        let Some(namespace) = self.namespaces.get(&inode) else {
+            return;
+        };
+        let live: Vec<usize> = (0..namespace.entries.len())
+            .filter(|index| namespace.entries[*index].state != 0)
+            .collect();
+        for index in live {
+            self.leave(inode, index);
+        }
+        self.namespaces.remove(&inode);
+    }
+
+    /// Takes entry `index` of namespace `inode` out of the counts (it stays, with state 0,
+    /// until `compact`).
+    fn leave(&mut self, inode: u32, index: usize) {
+        let Some(namespace) = self.namespaces.get_mut(&inode) else {
+            return;
+        };
+        let entry = &mut namespace.entries[index];
         if entry.state == 0 {
             return;
         }
         let key = StateKey::new(entry.labels(), entry.state);
         entry.state = 0;
+        namespace.live -= 1;
         self.live -= 1;
         if let Some(count) = self.counts.get_mut(&key) {
             *count -= 1;
@@ -155,41 +233,48 @@ impl Baseline {
                 self.counts.remove(&key);
             }
         }
-        if self.live < self.entries.len() / 2 {
-            self.entries.retain(|entry| entry.state != 0);
-            self.entries.shrink_to_fit();
+    }
+
+    /// Drops the entries that left, once they are more than half of a namespace's.
+    fn compact(&mut self, inode: u32) {
+        let Some(namespace) = self.namespaces.get_mut(&inode) else {
+            return;
+        };
+        if namespace.live == 0 {
+            self.namespaces.remove(&inode);
+        } else if namespace.live < namespace.entries.len() / 2 {
+            namespace.entries.retain(|entry| entry.state != 0);
+            namespace.entries.shrink_to_fit();
         }
     }
 }
 
-/// Lists the full sockets the programs of `tracer` have no record for, with their labels by
-/// the kernel program's rule (`ports` are the service ports), then takes out those the
-/// programs have first seen since they were attached.
-pub fn list(tracer: &Tracer, ports: &tcpstate_common::PortSet) -> io::Result<Baseline> {
+/// Lists the full sockets of the calling thread's network namespace (`net_inode`) the
+/// programs of `tracer` have no record for, with their labels by the kernel program's rule
+/// (`rule`): twice, see the module. The caller then takes out those the programs have first
+/// seen since they were attached.
+pub fn list_here(tracer: &Tracer, rule: &LabelRule, net_inode: u32) -> io::Result<Baseline> {
     let full_sockets =
         sock_diag::state_mask(&TcpState::FULL_SOCKET_STATES.map(|state| state as u8));
     let slots = tracer.maps.socket_slots.view()?;
-    let mut first = FirstListing::default();
+    let mut session = sock_diag::Session::open()?;
+    let mut first = FirstListing::new(net_inode);
     // A socket is tracked if it has a record: in socket storage (the dump says) or in a slot
     // (looked up as each batch comes).
-    sock_diag::for_each(full_sockets, tracer.socket_records_fd(), |socket| {
+    session.for_each(full_sockets, tracer.socket_records_fd(), |socket| {
         if !(socket.tracked || slots.holds(socket.cookie) || is_timewait_or_request(&socket)) {
-            let labels = untracked_labels(ports, &socket, role_in_state(socket.state));
+            let labels = rule.labels(&socket, role_in_state(socket.state));
             first.add(socket.cookie, labels, socket.state);
         }
     })?;
     drop(slots);
     let mut second = Vec::new();
-    sock_diag::for_each(full_sockets, None, |socket| {
+    session.for_each(full_sockets, None, |socket| {
         if !is_timewait_or_request(&socket) {
             second.push(socket.cookie);
         }
     })?;
-    let mut baseline = first.confirm(second);
-    for cookie in tracer.maps.drain_first_seen()? {
-        baseline.first_seen(cookie);
-    }
-    Ok(baseline)
+    Ok(first.confirm(second))
 }
 
 /// Timewait and request sockets (reported in SYN_RECV) are the polls' business.
@@ -215,7 +300,7 @@ mod tests {
 
     #[test]
     fn a_socket_listed_twice_counts_once_and_one_the_second_listing_lacks_not_at_all() {
-        let mut first = FirstListing::default();
+        let mut first = FirstListing::new(1);
         first.add(7, UNKNOWN, ESTABLISHED);
         first.add(3, UNKNOWN, CLOSE_WAIT);
         first.add(7, UNKNOWN, ESTABLISHED);
@@ -230,7 +315,7 @@ mod tests {
 
     #[test]
     fn sockets_leave_once_when_first_seen_or_found_gone() {
-        let mut first = FirstListing::default();
+        let mut first = FirstListing::new(1);
         for cookie in 1..=10 {
             first.add(
                 cookie,
@@ -243,8 +328,8 @@ mod tests {
         baseline.first_seen(2);
         baseline.first_seen(42);
         assert_eq!(baseline.counts()[&StateKey::new(UNKNOWN, ESTABLISHED)], 5);
-        assert_eq!(baseline.remove_gone(|_, state| state == CLOSE_WAIT), 4);
-        assert_eq!(baseline.remove_gone(|_, _| false), 0);
+        assert_eq!(baseline.remove_gone(|_, _, state| state == CLOSE_WAIT), 4);
+        assert_eq!(baseline.remove_gone(|_, _, _| false), 0);
         assert_eq!(baseline.len(), 5);
         assert!(
             !baseline

@@ -1,12 +1,14 @@
-//! Listeners' accept queues and the half-open queue (request sockets), as of the last poll.
+//! Listeners' accept queues and the half-open queue (request sockets): each network
+//! namespace's as of its last poll, and their sums.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use tcpstate_common::{PortSet, role, state::NEW_SYN_RECV};
+use tcpstate_common::{role, state::NEW_SYN_RECV};
 
+use super::sum_counts;
 use crate::{
     model::StateKey,
-    sockets::{sock_diag::DiagSocket, untracked::untracked_labels},
+    sockets::{sock_diag::DiagSocket, untracked::LabelRule},
 };
 
 /// An accept queue: its length now and its limit.
@@ -16,39 +18,105 @@ pub struct ListenQueue {
     pub limit: u64,
 }
 
+/// Which accept queues are summed together: the listeners' service port label and owner (the
+/// listener's cgroup; 0 without `--workloads`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ListenKey {
+    pub port: u16,
+    pub cgroup: u32,
+}
+
+/// One namespace's queues at its last poll.
+#[derive(Debug, Default)]
+struct NamespaceQueues {
+    queues: BTreeMap<ListenKey, ListenQueue>,
+    requests: BTreeMap<StateKey, i64>,
+}
+
 #[derive(Debug, Default)]
 pub struct Listen {
-    /// By port label: the queues of its listeners, summed.
-    pub queues: BTreeMap<u16, ListenQueue>,
-    /// Request sockets (NEW_SYN_RECV), by labels.
+    namespaces: HashMap<u32, NamespaceQueues>,
+    /// By port label and owner, summed over the namespaces.
+    pub queues: BTreeMap<ListenKey, ListenQueue>,
+    /// Request sockets (NEW_SYN_RECV), by labels, summed over the namespaces.
     pub(super) requests: BTreeMap<StateKey, i64>,
 }
 
 impl Listen {
-    /// Folds in a poll's listeners and request sockets.
+    /// Folds in a poll of namespace `inode`: its listeners, and its request sockets when the
+    /// dump listed them (`None`: a listeners-only dump, which leaves the last ones). The sums
+    /// wait for `sum`, once a poll.
     pub(super) fn observe(
         &mut self,
-        ports: &PortSet,
+        inode: u32,
+        rule: &LabelRule,
         listeners: &[&DiagSocket],
-        requests: &[DiagSocket],
+        requests: Option<&[DiagSocket]>,
     ) {
-        self.queues.clear();
-        self.requests.clear();
+        let namespace = self.namespaces.entry(inode).or_default();
+        namespace.queues.clear();
         for listener in listeners {
-            let queue = self
-                .queues
-                .entry(ports.label(listener.local_port))
-                .or_default();
+            let key = ListenKey {
+                port: rule.ports.label(listener.local_port),
+                cgroup: rule.owner(listener.cgroup),
+            };
+            let queue = namespace.queues.entry(key).or_default();
             // sock_diag gives a listener's accept queue and its limit in the queue fields.
             queue.length += u64::from(listener.receive_queue);
             queue.limit += u64::from(listener.send_queue);
         }
-        for request in requests {
-            let labels = untracked_labels(ports, request, role::SERVER);
-            *self
-                .requests
-                .entry(StateKey::new(labels, NEW_SYN_RECV))
-                .or_default() += 1;
+        if let Some(requests) = requests {
+            namespace.requests.clear();
+            for request in requests {
+                let owner = listener_owner(listeners, request).unwrap_or(0);
+                let labels = rule.labels_owned_by(request, role::SERVER, owner);
+                *namespace
+                    .requests
+                    .entry(StateKey::new(labels, NEW_SYN_RECV))
+                    .or_default() += 1;
+            }
         }
     }
+
+    /// Forgets a namespace gone.
+    pub(super) fn retire(&mut self, inode: u32) {
+        if self.namespaces.remove(&inode).is_some() {
+            self.sum();
+        }
+    }
+
+    /// The namespaces whose last poll found request sockets: polled whole until they go.
+    pub(super) fn with_requests(&self) -> impl Iterator<Item = u32> + '_ {
+        self.namespaces
+            .iter()
+            .filter(|(_, namespace)| !namespace.requests.is_empty())
+            .map(|(inode, _)| *inode)
+    }
+
+    /// The sums over the namespaces.
+    pub(super) fn sum(&mut self) {
+        self.queues.clear();
+        for namespace in self.namespaces.values() {
+            for (key, queue) in &namespace.queues {
+                let total = self.queues.entry(*key).or_default();
+                total.length += queue.length;
+                total.limit += queue.limit;
+            }
+        }
+        self.requests = sum_counts(self.namespaces.values().map(|n| &n.requests));
+    }
+}
+
+/// The cgroup of the listener a request or timewait socket of the same namespace came
+/// through: the one listening on its local port, of its family if there is one.
+pub(super) fn listener_owner(listeners: &[&DiagSocket], socket: &DiagSocket) -> Option<u32> {
+    let on_port = || {
+        listeners
+            .iter()
+            .filter(|l| l.local_port == socket.local_port)
+    };
+    on_port()
+        .find(|l| l.family == socket.family)
+        .or_else(|| on_port().next())
+        .map(|listener| listener.cgroup)
 }

@@ -4,39 +4,58 @@
 //! - through their timewait sockets: a timewait socket inherits its full socket's cookie, so
 //!   a poll that finds one without a handoff record while the slot table still holds a live
 //!   record with its cookie, some time later, proves the full socket gone;
-//! - through their absence: a record of this namespace, in a state the polls list, that has
-//!   not changed since before the last two polls started, whose socket neither poll listed
-//!   (the kernel unhashes a closing socket microseconds before its CLOSE event: the sweep comes
-//!   well after the polls). Two polls, because a dump is no snapshot: it resumes each batch at
-//!   a position in a hash bucket, and a socket that another one's removal shifts across that
-//!   position is skipped.
+//! - through their absence: a record in a state the polls list, that has not changed since
+//!   before the last two listings of that state in its network namespace started, whose socket
+//!   neither listing held (the kernel unhashes a closing socket microseconds before its CLOSE
+//!   event: the sweep comes well after the polls). Listeners are listed at every poll of a
+//!   namespace, closing sockets only by its full polls. Two listings, because a dump is no
+//!   snapshot: it resumes each batch at a position in a hash bucket, and a socket that another
+//!   one's removal shifts across that position is skipped.
+//!
+//! A record of a namespace the polls cannot see (gone, unreadable, not entered) is left alone:
+//! its socket may live on (a namespace is kept by its sockets), and its CLOSE will come.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use tcpstate_common::{SocketRecord, TimewaitHandoff};
+use tcpstate_common::{
+    SocketRecord, TimewaitHandoff,
+    state::{CLOSING, FIN_WAIT1, FIN_WAIT2, LAST_ACK, LISTEN},
+};
 
 use super::{Census, POLLED_STATES};
 use crate::{bpf::socket_slots::SlotSweep, model::StateKey, sockets::sock_diag::DiagSocket};
+
+/// The full-socket states the polls list besides LISTEN: those only full polls list.
+pub const CLOSING_STATES: [u8; 4] = [FIN_WAIT1, FIN_WAIT2, CLOSING, LAST_ACK];
 
 /// How long after a poll saw a timewait socket the slot table may be checked for the full
 /// socket's record. The kernel inserts the timewait socket just before the full socket's
 /// CLOSE, in the same call: microseconds apart. Far longer, to be sure.
 pub(super) const STALE_RECORD_DELAY_NS: u64 = 100_000_000;
 
-/// The full sockets a poll listed, by cookie (sorted), and when it started and ended.
+/// The full sockets a poll listed, by cookie (sorted), and when it started and ended (an
+/// empty range: no such poll yet).
 #[derive(Debug, Default)]
-struct PolledFullSockets {
+struct Listing {
     cookies: Vec<u64>,
     ns: std::ops::Range<u64>,
+}
+
+/// The last two listings (the one before, then the last).
+type LastTwo = [Listing; 2];
+
+/// A namespace's last two listings of listeners and of closing sockets.
+#[derive(Debug, Default)]
+struct NamespaceListings {
+    listeners: LastTwo,
+    closing: LastTwo,
 }
 
 /// What the polls prove, and the records found stale.
 #[derive(Debug, Default)]
 pub struct Stale {
-    /// The inode number of the daemon's network namespace, whose sockets the polls list.
-    net_inode: u32,
-    /// The full sockets the last two polls listed: the one before, then the last.
-    polled_full_sockets: [PolledFullSockets; 2],
+    /// By namespace inode.
+    namespaces: HashMap<u32, NamespaceListings>,
     /// Tracked sockets gone without their last events (their records released by a sweep): by
     /// labels and the state the record was left in, which they have left.
     pub(super) undelivered_exits: BTreeMap<StateKey, i64>,
@@ -44,71 +63,108 @@ pub struct Stale {
     pub undelivered_closes: u64,
 }
 
+fn rotate(listings: &mut LastTwo, cookies: Vec<u64>, ns: std::ops::Range<u64>) {
+    listings.rotate_left(1);
+    listings[1] = Listing { cookies, ns };
+}
+
 impl Stale {
-    pub(super) fn new(net_inode: u32) -> Self {
-        Stale {
-            net_inode,
-            ..Stale::default()
+    /// Notes the full sockets a poll of namespace `inode` over `started_ns..now_ns` listed:
+    /// its listeners, and its closing sockets if it was a `full` poll.
+    pub(super) fn observe(
+        &mut self,
+        inode: u32,
+        polled: &[DiagSocket],
+        full: bool,
+        started_ns: u64,
+        now_ns: u64,
+    ) {
+        let cookies = |listener: bool| {
+            let mut cookies: Vec<u64> = polled
+                .iter()
+                .filter(|s| !s.timewait && (s.state == LISTEN) == listener)
+                .map(|s| s.cookie)
+                .collect();
+            cookies.sort_unstable();
+            cookies
+        };
+        let namespace = self.namespaces.entry(inode).or_default();
+        rotate(&mut namespace.listeners, cookies(true), started_ns..now_ns);
+        if full {
+            rotate(&mut namespace.closing, cookies(false), started_ns..now_ns);
         }
     }
 
-    /// Notes the full sockets a poll over `started_ns..now_ns` listed.
-    pub(super) fn observe(&mut self, polled: &[DiagSocket], started_ns: u64, now_ns: u64) {
-        let mut cookies: Vec<u64> = polled
-            .iter()
-            .filter(|s| !s.timewait)
-            .map(|s| s.cookie)
-            .collect();
-        cookies.sort_unstable();
-        self.polled_full_sockets.rotate_left(1);
-        self.polled_full_sockets[1] = PolledFullSockets {
-            cookies,
-            ns: started_ns..now_ns,
+    /// Forgets a namespace gone.
+    pub(super) fn retire(&mut self, inode: u32) {
+        self.namespaces.remove(&inode);
+    }
+
+    /// The last two listings of namespace `inode` that list sockets in `state`, if the last
+    /// ended before `ripe_before_ns`.
+    fn ripe_listings(&self, inode: u32, state: u8, ripe_before_ns: u64) -> Option<&LastTwo> {
+        let namespace = self.namespaces.get(&inode)?;
+        let listings = if state == LISTEN {
+            &namespace.listeners
+        } else if CLOSING_STATES.contains(&state) {
+            &namespace.closing
+        } else {
+            return None;
         };
+        let [before, last] = listings;
+        (before.ns.end != 0 && last.ns.end <= ripe_before_ns).then_some(listings)
     }
 
-    /// Whether the last two polls prove `record`'s socket gone: a record that entered its
-    /// state before `polls_started_ns`.
-    fn polled_without(&self, record: &SocketRecord, polls_started_ns: u64) -> bool {
-        record.net_inode == self.net_inode
-            && record.net_inode != 0
-            && record.entered_ns < polls_started_ns
-            && self.unlisted_by_both_polls(record.cookie, record.state)
+    /// Whether the last two listings of namespace `inode` prove its socket `cookie`, in
+    /// `state` (one the polls list) since before `entered_ns`, gone: both started after it
+    /// entered its state, neither listed it, the last ended before `ripe_before_ns`.
+    pub(super) fn proves_gone(
+        &self,
+        inode: u32,
+        (cookie, state, entered_ns): (u64, u8, u64),
+        ripe_before_ns: u64,
+    ) -> bool {
+        self.ripe_listings(inode, state, ripe_before_ns)
+            .is_some_and(|[before, last]| {
+                entered_ns < before.ns.start
+                    && [before, last]
+                        .iter()
+                        .all(|listing| listing.cookies.binary_search(&cookie).is_err())
+            })
     }
 
-    /// Whether a socket in `state` (one the polls list) was listed by neither of the last two
-    /// polls.
-    pub(super) fn unlisted_by_both_polls(&self, cookie: u64, state: u8) -> bool {
-        POLLED_STATES.contains(&state)
-            && self
-                .polled_full_sockets
-                .iter()
-                .all(|poll| poll.cookies.binary_search(&cookie).is_err())
+    /// Whether any namespace has two listings ripe by `ripe_before_ns`.
+    fn any_ripe(&self, ripe_before_ns: u64) -> bool {
+        self.namespaces.keys().any(|inode| {
+            self.ripe_listings(*inode, LISTEN, ripe_before_ns).is_some()
+                || self
+                    .ripe_listings(*inode, LAST_ACK, ripe_before_ns)
+                    .is_some()
+        })
     }
 }
 
 impl Census {
     /// A sweep of the kernel's per-socket records at `now_ns` (see `SlotSweep`): takes the
     /// handoffs, and releases the records of sockets gone without their last events (see the
-    /// module's proofs).
+    /// module's proofs). It also notes which namespaces hold records in the states the polls
+    /// list (see `RecordSweep::live`).
     pub fn record_sweep(&mut self, now_ns: u64) -> RecordSweep<'_> {
-        let ripe = |polled_ns: u64| now_ns.saturating_sub(polled_ns) >= STALE_RECORD_DELAY_NS;
-        let mut stale_candidates = if ripe(self.timewait.unclaimed_polled_ns) {
+        let ripe_before_ns = now_ns.saturating_sub(STALE_RECORD_DELAY_NS);
+        let mut stale_candidates = if self.timewait.unclaimed_polled_ns <= ripe_before_ns {
             std::mem::take(&mut self.timewait.unclaimed)
         } else {
             Vec::new()
         };
         stale_candidates.sort_unstable();
-        let [before, last] = &self.stale.polled_full_sockets;
-        let absence_checked_before_ns = if before.ns.end != 0 && ripe(last.ns.end) {
-            before.ns.start
-        } else {
-            0
-        };
+        let absence_provable = self.stale.any_ripe(ripe_before_ns);
+        self.closing_records.clear();
         RecordSweep {
             census: self,
             stale_candidates,
-            absence_checked_before_ns,
+            ripe_before_ns,
+            absence_provable,
+            last_noted: None,
         }
     }
 
@@ -130,25 +186,28 @@ pub struct RecordSweep<'a> {
     census: &'a mut Census,
     /// Cookies of timewait sockets polled without a handoff long enough ago (sorted).
     stale_candidates: Vec<u64>,
-    /// When the one before the last poll started, if the last ended long enough ago; 0: no
-    /// such polls.
-    absence_checked_before_ns: u64,
+    /// Listings that ended before this are old enough to prove absence.
+    ripe_before_ns: u64,
+    /// Some namespace has two ripe listings.
+    absence_provable: bool,
+    /// The last (namespace, closing) noted: records of one namespace come in runs.
+    last_noted: Option<(u32, bool)>,
 }
 
 impl RecordSweep<'_> {
-    /// Takes out of the baseline the sockets older than the programs that the last two polls
-    /// prove gone (listed at start-up, before either poll started), whose exit the kernel never
-    /// delivered to the programs. Call after the `FIRST_SEEN` entries the kernel wrote before
-    /// those polls started were folded in.
+    /// Takes out of the baseline the sockets older than the programs that the last two
+    /// listings of their namespace prove gone (listed at start-up, before either started),
+    /// whose exit the kernel never delivered to the programs. Call after the `FIRST_SEEN`
+    /// entries the kernel wrote before those polls started were folded in.
     pub fn release_vanished_baseline(&mut self) {
-        if self.absence_checked_before_ns == 0 || self.census.baseline.is_empty() {
+        if !self.absence_provable || self.census.baseline.is_empty() {
             return;
         }
         let census = &mut *self.census;
-        let stale = &census.stale;
-        let gone = census
-            .baseline
-            .remove_gone(|cookie, state| stale.unlisted_by_both_polls(cookie, state));
+        let (stale, ripe_before_ns) = (&census.stale, self.ripe_before_ns);
+        let gone = census.baseline.remove_gone(|inode, cookie, state| {
+            stale.proves_gone(inode, (cookie, state, 0), ripe_before_ns)
+        });
         if gone > 0 {
             log::debug!(
                 "{gone} sockets older than tcpstated left without their exit reaching the kernel programs"
@@ -163,18 +222,36 @@ impl SlotSweep for RecordSweep<'_> {
         self.census.add_handoff(cookie, handoff);
     }
 
+    fn wants_namespace(&self, state: u8) -> bool {
+        POLLED_STATES.contains(&state)
+    }
+
+    fn live(&mut self, state: u8, net_inode: u32) {
+        let closing = state != LISTEN;
+        if self.last_noted == Some((net_inode, closing)) {
+            return;
+        }
+        self.last_noted = Some((net_inode, closing));
+        self.census.note_namespace(net_inode);
+        if closing {
+            self.census.closing_records.insert(net_inode);
+        }
+    }
+
     fn may_be_stale(&self, cookie: u64, state: u8) -> bool {
-        (self.absence_checked_before_ns != 0 && POLLED_STATES.contains(&state))
+        (self.absence_provable && POLLED_STATES.contains(&state))
             || self.stale_candidates.binary_search(&cookie).is_ok()
     }
 
     fn is_stale(&self, record: &SocketRecord) -> bool {
         self.stale_candidates.binary_search(&record.cookie).is_ok()
-            || (self.absence_checked_before_ns != 0
-                && self
-                    .census
-                    .stale
-                    .polled_without(record, self.absence_checked_before_ns))
+            || (self.absence_provable
+                && record.net_inode != 0
+                && self.census.stale.proves_gone(
+                    record.net_inode,
+                    (record.cookie, record.state, record.entered_ns),
+                    self.ripe_before_ns,
+                ))
     }
 
     fn release_stale(&mut self, record: SocketRecord) {

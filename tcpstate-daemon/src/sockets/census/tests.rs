@@ -39,6 +39,7 @@ fn tw(state: u8, cookie: u64, expires_ms: u32) -> DiagSocket {
         receive_queue: 0,
         send_queue: 0,
         tracked: false,
+        cgroup: 0,
         seen_ns: 0,
     }
 }
@@ -82,7 +83,8 @@ fn handoff(state: u8, entered_ns: u64) -> TimewaitHandoff {
         entered_ns,
         labels: client(),
         state,
-        _padding: [0; 7],
+        _padding: [0; 3],
+        net_inode: NET,
     }
 }
 
@@ -212,7 +214,7 @@ fn handoffs_give_labels_and_exact_starts_and_wait_two_polls() {
         },
     );
     // Record 12 was never matched: counted ended after two polls, without a duration.
-    assert!(census.timewait.handoffs.is_empty());
+    assert!(census.timewait.namespaces[&NET].handoffs.is_empty());
     assert_eq!(census.transitions()[&edge(TIME_WAIT, CLOSE)], 1);
     assert!(!census.durations().contains_key(&edge(TIME_WAIT, CLOSE)));
     poll(&mut census, &[], START + 100 * SECOND);
@@ -256,14 +258,20 @@ fn listeners_queues_and_request_sockets_by_port() {
         START,
     );
     assert_eq!(
-        census.listen_queues()[&443],
+        census.listen_queues()[&ListenKey {
+            port: 443,
+            cgroup: 0
+        }],
         ListenQueue {
             length: 3,
             limit: 4
         }
     );
     assert_eq!(
-        census.listen_queues()[&OTHER_PORT],
+        census.listen_queues()[&ListenKey {
+            port: OTHER_PORT,
+            cgroup: 0
+        }],
         ListenQueue {
             length: 0,
             limit: 4096
@@ -402,7 +410,7 @@ fn sockets_older_than_the_daemon_that_two_polls_did_not_list_leave_the_baseline(
         role: role::UNKNOWN,
         ..client()
     };
-    let mut listing = baseline::FirstListing::default();
+    let mut listing = baseline::FirstListing::new(NET);
     listing.add(40, unknown, LAST_ACK);
     listing.add(41, unknown, LAST_ACK);
     listing.add(42, unknown, ESTABLISHED);
