@@ -389,7 +389,8 @@ fn load_btf_tracepoint<'a>(
 }
 
 /// The offsets of `struct sock` this kernel's BTF gives, with the owner's when workloads are
-/// labelled. The kernel's BTF is large: each parse is dropped before the next one starts.
+/// labelled, and the addresses' for the event stream. The kernel's BTF is large: each parse
+/// is dropped before the next one starts.
 fn kernel_layout(config: &TracerConfig<'_>) -> anyhow::Result<(SocketLayout, AddressLayout)> {
     let kernel_btf = KernelBtf::from_sys_fs()?;
     for (_, tracepoint) in PROGRAMS {
@@ -424,7 +425,8 @@ fn pin_state(
     pinning::make_state_dirs(&partial)?;
     let pin_error = |what: &str, path: &Path| format!("cannot pin {what} at {}", path.display());
     for (name, map) in ebpf.maps() {
-        // `.rodata` and the like: the programs hold them, the daemon never reads them.
+        // `.rodata` and the like: the programs hold them, the daemon never reads them (it
+        // writes `.bss`, the event stream's filter).
         if name.starts_with('.') && name != map::TRACE_CONTROL {
             continue;
         }
