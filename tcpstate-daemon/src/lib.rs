@@ -11,13 +11,17 @@
 //! - `workload`: whose a socket is (its cgroup decoded into pod, container or unit names);
 //! - `trace`: the live event stream beside the aggregates (`/events`, `tcpstated trace`).
 //!
-//! Beside them: `kept` (what a daemon hands the next through a restart), `config` (the flags), `labels` (numbers to label values), `netstat`
-//! (/proc counters), `preflight` (privileges), `sys` (the raw syscalls, the only `unsafe`),
-//! `version` (the build), `logging` (the log's level and format).
+//! Beside them: `kept` (what a daemon hands the next through a restart), `config` (the flags),
+//! `labels` (numbers to label values), `netstat` (/proc counters), `preflight` (privileges to
+//! start), `capabilities` (what each thread keeps once serving), `exit` (the exit statuses),
+//! `systemd` (readiness notifications), `sys` (the raw syscalls, the only `unsafe`), `version`
+//! (the build), `logging` (the log's level and format).
 #![deny(unsafe_code)]
 
 pub mod bpf;
+pub mod capabilities;
 pub mod config;
+pub mod exit;
 pub mod http;
 pub mod inspect;
 pub mod kept;
@@ -29,6 +33,7 @@ pub mod netstat;
 pub mod preflight;
 pub mod sockets;
 pub mod sys;
+pub mod systemd;
 pub mod trace;
 pub mod version;
 pub mod workload;

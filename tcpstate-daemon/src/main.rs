@@ -5,27 +5,19 @@ use std::{process::ExitCode, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use clap::Parser as _;
 use tcpstate_daemon::{
-    bpf::{
-        loader::{self, Tracer, TracerConfig},
-        pinning::PinError,
-    },
+    bpf::loader::{self, Tracer, TracerConfig},
+    capabilities::{self, AfterStart, Keep},
     config::{Flags, NamespaceScope},
+    exit::Failure,
     http::{self, SocketsView, WebConfigSource, WebState},
     logging,
     metrics::{self, CollectorConfig, KernelState, TcpStateCollector},
     preflight,
-    sockets::{census::Census, untracked::LabelRule},
-    sys,
+    sockets::{census::Census, poller::PollThread, untracked::LabelRule},
+    sys, systemd,
     trace::{self, command::Command},
     workload::Resolver,
 };
-
-/// Exit status for runtime failures; usage errors exit with clap's 2.
-const EXIT_RUNTIME_FAILURE: u8 = 1;
-/// Exit status for a bad `--web.config.file`: a usage error, as clap's.
-const EXIT_USAGE: u8 = 2;
-/// Exit status when another daemon holds the pinned state (`--bpf.pin-path`).
-const EXIT_PIN_PATH_IN_USE: u8 = 3;
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
@@ -38,9 +30,12 @@ fn main() -> ExitCode {
         Some(Ok(source)) => Some(Arc::new(source)),
         Some(Err(error)) => {
             eprintln!("tcpstated: error: {error}");
-            return ExitCode::from(EXIT_USAGE);
+            return Failure::Usage.exit_code();
         }
     };
+    if flags.check {
+        return check(&flags);
+    }
     let runtime = match http::runtime() {
         Ok(runtime) => runtime,
         Err(error) => return fail(error.into()),
@@ -56,9 +51,28 @@ fn main() -> ExitCode {
 
 fn fail(error: anyhow::Error) -> ExitCode {
     eprintln!("tcpstated: error: {error:#}");
-    match error.downcast_ref::<PinError>() {
-        Some(PinError::InUse { .. }) => ExitCode::from(EXIT_PIN_PATH_IN_USE),
-        _ => ExitCode::from(EXIT_RUNTIME_FAILURE),
+    Failure::of(&error).exit_code()
+}
+
+/// `--check`: what the start does with the kernel (privileges, BTF, loading and attaching
+/// every program) and the host (`--workloads`' hierarchy), then detaching, without serving and
+/// without touching the pinned state (a running daemon's, or the one the next will adopt).
+fn check(flags: &Flags) -> ExitCode {
+    let checked = preflight::check_privileges()
+        .map_err(anyhow::Error::from)
+        .and_then(|()| Tracer::attach_unpinned(&TracerConfig::from_flags(flags)))
+        .and_then(|tracer| workload_resolver(flags).map(|_| tracer));
+    match checked {
+        Ok(tracer) => {
+            drop(tracer); // detaches
+            log::info!(
+                "check passed: tcpstated {} can run on this kernel with these flags (every \
+                 program loaded, verified, attached and detached)",
+                metrics::VERSION
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(error),
     }
 }
 
@@ -80,6 +94,14 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
         tracer.kept.attached_ns(),
     )?;
     let programs_loaded = tracer.health_check()?;
+    let after_start = match flags.keep_capabilities {
+        Keep::All => None,
+        Keep::Only(kept) => Some(AfterStart::plan(
+            kept,
+            census.enters_other_namespaces(),
+            capabilities::bpf_needs_capability(&programs_loaded),
+        )),
+    };
     let Tracer {
         maps,
         trace: trace_maps,
@@ -87,24 +109,31 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
         kept,
         pin_root,
     } = tracer;
-    let events = match flags.disable_events {
-        false => Some(trace::start(trace_maps, &flags, limits.max_connections)?),
-        true => None,
-    };
     let mut state = KernelState::new(maps, census).keeping(kept);
-    if flags.workloads {
-        let cgroup_root = flags.cgroup_root.as_deref();
-        let resolver = Resolver::new(&flags.host_root, cgroup_root, flags.max_workloads).context(
-            "--workloads decodes each socket's cgroup v2 into a workload: give the host's \
-                 cgroup v2 hierarchy with --workloads.cgroup-root, or run without --workloads",
-        )?;
+    if let Some(resolver) = workload_resolver(&flags)? {
         state = state.with_workloads(resolver);
     }
-    let collector = TcpStateCollector::new(state, CollectorConfig::from_flags(&flags));
+    let poll_thread = PollThread::start(move || match after_start {
+        Some(plan) => plan.confine_poll_thread(),
+        None => Ok(()),
+    })
+    .context("cannot start the sock_diag poll thread")?;
+    let poll_thread_id = poll_thread.id();
+    let collector = TcpStateCollector::new(state, CollectorConfig::from_flags(&flags), poll_thread);
     collector.start_background_poll();
     let view = collector.clone();
     let sockets: SocketsView = Arc::new(move |query| view.sockets(query));
     let registry = metrics::registry(collector)?;
+    match after_start {
+        // From here on no thread but the poll thread holds more than `--capabilities.keep`.
+        Some(plan) => plan.enforce(poll_thread_id)?,
+        None => log::info!("--capabilities.keep=all: every thread keeps its capabilities"),
+    }
+    // Its reader thread starts confined: it only reads the maps' descriptors and the ring.
+    let events = match flags.disable_events {
+        false => Some(trace::start(trace_maps, &flags, limits.max_connections)?),
+        true => None,
+    };
 
     let scheme = match &web_config {
         Some(source) if source.tls => "https",
@@ -133,9 +162,11 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
         sockets: Some(sockets),
     };
     let listeners = bound.into_iter().map(|bound| bound.listener).collect();
+    systemd::notify("READY=1");
     // Event streams never end by themselves: they end at once, not after the grace.
     let shutdown = async move {
         shutdown.await;
+        systemd::notify("STOPPING=1");
         if let Some(hub) = events {
             hub.close();
         }
@@ -151,4 +182,17 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
         _ => log::info!("detached; exiting"),
     }
     Ok(())
+}
+
+/// With `--workloads`, what decodes each socket's cgroup into a workload.
+fn workload_resolver(flags: &Flags) -> anyhow::Result<Option<Resolver>> {
+    if !flags.workloads {
+        return Ok(None);
+    }
+    let cgroup_root = flags.cgroup_root.as_deref();
+    let resolver = Resolver::new(&flags.host_root, cgroup_root, flags.max_workloads).context(
+        "--workloads decodes each socket's cgroup v2 into a workload: give the host's cgroup v2 \
+         hierarchy with --workloads.cgroup-root, or run without --workloads",
+    )?;
+    Ok(Some(resolver))
 }

@@ -101,8 +101,14 @@ pub fn parse_port_range(text: &str) -> Option<(u16, u16)> {
     }
 }
 
-pub fn read_port_range() -> Option<(u16, u16)> {
-    parse_port_range(&std::fs::read_to_string(PORT_RANGE_PATH).ok()?)
+/// The calling thread's namespace's port range.
+pub fn read_port_range() -> std::io::Result<(u16, u16)> {
+    parse_port_range(&std::fs::read_to_string(PORT_RANGE_PATH)?).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{PORT_RANGE_PATH} holds no two ports, low then high"),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -131,6 +137,6 @@ mod tests {
         assert_eq!(parse_port_range("32768\t60999\n"), Some((32768, 60999)));
         assert_eq!(parse_port_range("60999 32768"), None);
         assert_eq!(parse_port_range("x"), None);
-        assert!(read_port_range().is_some());
+        assert!(read_port_range().is_ok());
     }
 }

@@ -20,7 +20,7 @@ use tcpstate_common::{
 };
 use tcpstate_daemon::{
     bpf::{maps::Snapshot, socket_slots::SlotSweep as _},
-    metrics::{CollectorConfig, Scrape, exposition},
+    metrics::{CollectorConfig, PartRun, Parts, Scrape, exposition},
     model::{
         Counters, StateKey, View,
         ages::{Ages, add_age},
@@ -390,8 +390,21 @@ fn metrics_with(view: View, workloads: Option<&WorkloadTable>) -> String {
             timewait_overflows: 19,
         }),
         port_range: Some((32768, 60999)),
-        read_seconds: 0.00125,
-        last_poll_took: Some(Duration::from_millis(75)),
+        // The last poll failed in a namespace it entered (the poll errors below).
+        parts: Parts {
+            bpf: PartRun {
+                took: Duration::from_micros(1250),
+                succeeded: true,
+            },
+            sockdiag: Some(PartRun {
+                took: Duration::from_millis(75),
+                succeeded: false,
+            }),
+            netstat: PartRun {
+                took: Duration::from_micros(60),
+                succeeded: true,
+            },
+        },
         poll_errors: 3,
         workloads,
         ages: Some(&ages),

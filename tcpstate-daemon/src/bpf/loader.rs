@@ -117,6 +117,22 @@ struct LoadSettings {
 }
 
 impl LoadSettings {
+    /// What `config` and this kernel's BTF ask of the loader.
+    fn of(config: &TracerConfig<'_>) -> anyhow::Result<Self> {
+        let (layout, addresses) = kernel_layout(config)?;
+        Ok(LoadSettings {
+            layout,
+            addresses,
+            buckets: duration_buckets(config.buckets),
+            ports: port_set(config.ports),
+            slot_mask: config.socket_slots - 1,
+            transition_slot_mask: config.transition_slots - 1,
+            socket_slots: config.socket_slots,
+            transition_slots: config.transition_slots,
+            transitions_capacity: config.transitions_capacity(),
+        })
+    }
+
     /// The name of the pinned state these settings and this build make.
     fn state_name(&self) -> String {
         let words = [
@@ -143,18 +159,7 @@ impl Tracer {
     /// Adopts the programs and maps pinned by an earlier daemon of this build and
     /// configuration, or loads and attaches new ones (pinned if the state persists).
     pub fn attach(config: &TracerConfig<'_>) -> anyhow::Result<Self> {
-        let (layout, addresses) = kernel_layout(config)?;
-        let settings = LoadSettings {
-            layout,
-            addresses,
-            buckets: duration_buckets(config.buckets),
-            ports: port_set(config.ports),
-            slot_mask: config.socket_slots - 1,
-            transition_slot_mask: config.transition_slots - 1,
-            socket_slots: config.socket_slots,
-            transition_slots: config.transition_slots,
-            transitions_capacity: config.transitions_capacity(),
-        };
+        let settings = LoadSettings::of(config)?;
         let name = settings.state_name();
         let pin_root = PinRoot::open(&config.pins)?;
         let state = pin_root.as_ref().map(|root| root.path().join(&name));
@@ -193,6 +198,12 @@ impl Tracer {
         // The kernel's BTF, parsed above, is large: hand its memory back.
         sys::release_free_memory();
         Ok(tracer)
+    }
+
+    /// Loads and attaches new programs, as `attach` would where nothing is pinned, leaving the
+    /// pin path alone (`--check`); dropping the result detaches them.
+    pub fn attach_unpinned(config: &TracerConfig<'_>) -> anyhow::Result<Self> {
+        Tracer::load(&LoadSettings::of(config)?, None)
     }
 
     /// The state pinned at `state` by an earlier daemon: nothing is loaded or attached, the
@@ -486,39 +497,88 @@ const PRIVILEGE_HINT: &str = "loading eBPF programs needs root, or the capabilit
      CAP_PERFMON (CAP_SYS_ADMIN on kernels older than 5.8): run as root, or grant them (systemd: \
      AmbientCapabilities=CAP_BPF CAP_PERFMON; Kubernetes: securityContext.capabilities.add)";
 
+/// Why the embedded object or one of its programs could not be loaded or attached, told apart
+/// as the exit status tells them (`exit::Failure`).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The kernel refused for lack of privilege.
+    #[error("{}", PRIVILEGE_HINT)]
+    Denied(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The verifier rejected a program; its log says what failed.
+    #[error("the kernel's verifier rejected program {name}:\n{log}")]
+    Rejected { name: String, log: String },
+    /// The kernel lacks what the object needs (a map or program type, an attach point).
+    #[error("this kernel cannot {what}")]
+    Unsupported {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
 fn is_permission_error(error: &std::io::Error) -> bool {
     matches!(error.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
 }
 
+/// Out of memory (the memory cgroup's limit, or the host's) is no lack of the kernel's.
+fn is_out_of_memory(error: &std::io::Error) -> bool {
+    error.raw_os_error() == Some(libc::ENOMEM)
+}
+
 fn explain_load_error(error: EbpfError) -> anyhow::Error {
-    let denied = match &error {
-        EbpfError::MapError(MapError::CreateError { io_error, .. }) => {
-            is_permission_error(io_error)
-        }
-        EbpfError::BtfError(_) => false,
-        _ => false,
+    let EbpfError::MapError(MapError::CreateError { io_error, .. }) = &error else {
+        return anyhow::Error::new(error).context("cannot load the eBPF object");
     };
-    if denied {
-        anyhow::Error::new(error).context(PRIVILEGE_HINT)
-    } else {
-        anyhow::Error::new(error).context("cannot load the eBPF object")
+    if is_permission_error(io_error) {
+        return LoadError::Denied(error.into()).into();
     }
+    if is_out_of_memory(io_error) {
+        return anyhow::Error::new(error).context("cannot create the eBPF object's maps");
+    }
+    LoadError::Unsupported {
+        what: "create the eBPF object's maps".into(),
+        source: error.into(),
+    }
+    .into()
 }
 
 fn explain_program_error(name: &str, error: ProgramError) -> anyhow::Error {
-    let denied = match &error {
-        ProgramError::LoadError { io_error, .. } => is_permission_error(io_error),
-        ProgramError::SyscallError(syscall) => is_permission_error(&syscall.io_error),
-        _ => false,
+    let (io_error, what) = match &error {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            // A rejection carries the verifier's log (whatever its errno: the verifier says
+            // EACCES too); a refusal for privilege comes before the verifier runs.
+            let log = verifier_log.to_string();
+            if !log.trim().is_empty() {
+                return LoadError::Rejected {
+                    name: name.to_owned(),
+                    log,
+                }
+                .into();
+            }
+            (io_error, format!("load program {name}"))
+        }
+        ProgramError::SyscallError(syscall) => {
+            (&syscall.io_error, format!("attach program {name}"))
+        }
+        _ => {
+            return anyhow::Error::new(error)
+                .context(format!("cannot load or attach program {name}"));
+        }
     };
-    if denied {
-        return anyhow::Error::new(error).context(PRIVILEGE_HINT);
+    if is_permission_error(io_error) {
+        return LoadError::Denied(error.into()).into();
     }
-    // A verifier rejection carries the verifier's log: show it whole, it says what failed.
-    if let ProgramError::LoadError { verifier_log, .. } = &error {
-        return anyhow!("the kernel's verifier rejected program {name}:\n{verifier_log}");
+    if is_out_of_memory(io_error) {
+        return anyhow::Error::new(error).context(format!("cannot {what}"));
     }
-    anyhow::Error::new(error).context(format!("cannot load or attach program {name}"))
+    LoadError::Unsupported {
+        what,
+        source: error.into(),
+    }
+    .into()
 }
 
 #[cfg(test)]

@@ -7,7 +7,10 @@ use tcpstate_common::{
     DEFAULT_SOCKET_SLOTS, DEFAULT_TRANSITION_SLOTS, SOCKET_SLOT_WINDOW, TRANSITIONS_CAPACITY,
 };
 
-use crate::model::View;
+use crate::{
+    capabilities::{self, Keep},
+    model::View,
+};
 
 mod buckets;
 mod log;
@@ -178,6 +181,23 @@ pub struct Flags {
     /// removed, and this daemon's ends with it (even on SIGKILL).
     #[arg(long = "no-bpf.persist")]
     pub no_persist: bool,
+
+    /// Capabilities every thread keeps once tcpstated serves (its programs attached, the
+    /// sockets older than it listed): `none`, `all` (nothing is dropped), or names separated
+    /// by commas (`cap_net_raw,cap_syslog`). Whatever this says, the sock_diag poll thread
+    /// keeps, of those tcpstated holds, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (other users'
+    /// /proc/PID: their namespaces, the sockets view's processes), and CAP_SYS_ADMIN while its
+    /// polls enter other network namespaces.
+    #[arg(long = "capabilities.keep", value_name = "CAPABILITIES", default_value = "none",
+          value_parser = capabilities::parse_keep)]
+    pub keep_capabilities: Keep,
+
+    /// Check that this host can run tcpstated with these flags, then exit without serving:
+    /// the privileges, the kernel's BTF, loading every program (the kernel's verifier) and
+    /// attaching it, then detaching. Exit status 0 if it can, 5 if this kernel cannot, 4
+    /// without the privilege.
+    #[arg(long = "check")]
+    pub check: bool,
 }
 
 /// Default `--bpf.pin-path`.
@@ -362,6 +382,14 @@ mod tests {
         );
         assert_eq!(flags.telemetry_path, "/metrics");
         assert_eq!(flags.namespaces, NamespaceScope::All);
+        assert_eq!(
+            flags.keep_capabilities,
+            Keep::Only(capabilities::CapabilitySet::NONE)
+        );
+        assert!(!flags.check);
+        let keep = parse(&["--capabilities.keep=cap_everything"]).unwrap_err();
+        assert_eq!(keep.exit_code(), 2);
+        assert!(keep.to_string().contains("is not a capability"), "{keep}");
         assert!(parse(&["--sockdiag.namespaces=own"]).is_ok());
         assert!(parse(&["--sockdiag.namespaces=some"]).is_err());
         assert!(flags.ports.is_empty());

@@ -33,17 +33,14 @@ pub struct Located {
 }
 
 /// Lists the sockets in `states` (a sock_diag mask) of each namespace of `wanted`, keeping
-/// the wanted ones, then finds their owners under `proc`. True in `.1` if the calling thread
-/// could not return to its namespace: it must do no more.
-pub fn locate(wanted: &[Wanted], states: u32, proc: &std::path::Path) -> (Located, bool) {
+/// the wanted ones, then finds their owners under `proc`. The calling thread's namespace is
+/// `home` (the daemon's), where it returns first if an earlier job left it elsewhere.
+pub fn locate(wanted: &[Wanted], states: u32, proc: &std::path::Path, home: &Home) -> Located {
     let mut located = Located::default();
-    let home = match Home::here() {
-        Ok(home) => home,
-        Err(error) => {
-            located.failures.push((0, error));
-            return (located, false);
-        }
-    };
+    if let Err(error) = home.return_if_away() {
+        located.failures.push((0, error));
+        return located;
+    }
     for namespace in wanted {
         let listed = match &namespace.path {
             None => keep_wanted(states, &namespace.cookies, &mut located.endpoints),
@@ -55,7 +52,7 @@ pub fn locate(wanted: &[Wanted], states: u32, proc: &std::path::Path) -> (Locate
                         log::error!(
                             "sockets view: cannot return to tcpstated's network namespace: {error}"
                         );
-                        return (located, true);
+                        return located;
                     }
                     listed
                 }
@@ -80,7 +77,7 @@ pub fn locate(wanted: &[Wanted], states: u32, proc: &std::path::Path) -> (Locate
         located.endpoints.len(),
         listed.elapsed()
     );
-    (located, false)
+    located
 }
 
 /// Lists the calling thread's namespace, keeping the endpoints of `cookies`.

@@ -13,7 +13,7 @@ use prometheus::{
     proto::MetricFamily,
 };
 
-use super::{CollectorConfig, Scrape, exposition, families, recording::FailureLog};
+use super::{CollectorConfig, PartRun, Parts, Scrape, exposition, families, recording::FailureLog};
 use crate::{
     bpf::{
         figure_store::FigureStore,
@@ -26,7 +26,7 @@ use crate::{
         self, StateKey, View,
         ages::{Ages, add_age},
     },
-    netstat,
+    netstat::{self, ListenCounters},
     sockets::{
         census::Census,
         poller::{PollRecord, PollThread},
@@ -42,6 +42,8 @@ pub struct KernelState {
     pub census: Census,
     polls: PollRecord,
     failure_log: FailureLog,
+    /// The last read of the daemon's netstat file or port range failed (logged once).
+    netstat_failing: bool,
     /// Decodes the labels' cgroups into workloads, when workloads are labelled.
     workloads: Option<Resolver>,
     /// Where the daemon's figures are kept for the next daemon, and since when the programs
@@ -59,6 +61,7 @@ impl KernelState {
             census,
             polls: PollRecord::default(),
             failure_log: FailureLog::default(),
+            netstat_failing: false,
             workloads: None,
             store: None,
             attached_ns: 0,
@@ -182,8 +185,9 @@ impl KernelState {
     }
 
     /// Takes what the kernel handed over since the last scrape: the sockets older than the
-    /// daemon it first saw move, the timewait handoffs, the records left behind.
-    fn take_kernel_records(&mut self, read_errors: &mut u64) {
+    /// daemon it first saw move, the timewait handoffs, the records left behind. False if the
+    /// records could not be swept.
+    fn take_kernel_records(&mut self, read_errors: &mut u64) -> bool {
         match self.maps.drain_first_seen() {
             Ok(cookies) => cookies
                 .into_iter()
@@ -194,11 +198,41 @@ impl KernelState {
             }
         }
         let mut sweep = self.census.record_sweep(sys::monotonic_ns());
-        if let Err(error) = self.maps.sweep_records(&mut sweep) {
+        let swept = self.maps.sweep_records(&mut sweep);
+        sweep.release_vanished_baseline();
+        if let Err(error) = &swept {
             self.polls.errors += 1;
             log::warn!("cannot sweep the kernel's socket records: {error}");
         }
-        sweep.release_vanished_baseline();
+        swept.is_ok()
+    }
+
+    /// The daemon's namespace's netstat counters and port range, read now (the last poll's
+    /// stand in for a failed read, which is logged when it starts failing).
+    fn read_netstat(&mut self) -> (Option<ListenCounters>, Option<(u16, u16)>, PartRun) {
+        let started = Instant::now();
+        let counters = netstat::read();
+        let port_range = netstat::read_port_range();
+        let took = started.elapsed();
+        let failure = match (&counters, &port_range) {
+            (Err(error), _) => Some(format!("{}: {error}", netstat::PATH)),
+            (_, Err(error)) => Some(format!("{}: {error}", netstat::PORT_RANGE_PATH)),
+            _ => None,
+        };
+        if let Some(failure) = &failure
+            && !self.netstat_failing
+        {
+            log::warn!(
+                "cannot read {failure}; the listen and TIME_WAIT figures of tcpstated's network \
+                 namespace show the last poll's until it can"
+            );
+        }
+        self.netstat_failing = failure.is_some();
+        let run = PartRun {
+            took,
+            succeeded: failure.is_none(),
+        };
+        (counters.ok(), port_range.ok(), run)
     }
 }
 
@@ -221,11 +255,11 @@ pub struct TcpStateCollector {
 }
 
 impl TcpStateCollector {
-    pub fn new(state: KernelState, config: CollectorConfig) -> Self {
+    pub fn new(state: KernelState, config: CollectorConfig, poll_thread: PollThread) -> Self {
         TcpStateCollector {
             state: Arc::new(Mutex::new(state)),
             polling: Arc::new(AtomicBool::new(false)),
-            poll_thread: Arc::default(),
+            poll_thread: Arc::new(poll_thread),
             config,
             descs: families().map(|family| family.desc()).collect(),
         }
@@ -252,7 +286,7 @@ impl TcpStateCollector {
             return;
         }
         if let Err(error) = self.spawn_poll(plan) {
-            state.polls.errors += 1;
+            state.polls.failed_to_start();
             log::warn!("cannot start a sock_diag poll: {error}");
         }
     }
@@ -262,7 +296,7 @@ impl TcpStateCollector {
     pub fn start_background_poll(&self) {
         let plan = self.lock().census.plan_poll();
         if let Err(error) = self.spawn_poll(plan) {
-            self.lock().polls.errors += 1;
+            self.lock().polls.failed_to_start();
             log::warn!("cannot start a sock_diag poll: {error}");
         }
     }
@@ -285,7 +319,9 @@ impl TcpStateCollector {
         let states = choice.state_mask();
         let located = self
             .poll_thread
-            .run_job(move || locate::locate(&wanted, states, std::path::Path::new("/proc")))
+            .run_job(move |home| {
+                locate::locate(&wanted, states, std::path::Path::new("/proc"), home)
+            })
             .unwrap_or_else(|error| {
                 log::warn!("sockets view: cannot locate the sockets: {error}");
                 locate::Located::default()
@@ -314,19 +350,33 @@ impl Collector for TcpStateCollector {
         let mut guard = self.lock();
         let state = &mut *guard;
         let mut snapshot = state.maps.read();
-        state.take_kernel_records(&mut snapshot.read_errors);
+        let swept = state.take_kernel_records(&mut snapshot.read_errors);
         snapshot.handoffs_lost = state.maps.displaced_lost;
         let ages = state.socket_ages(&mut snapshot.read_errors);
-        let read_seconds = started.elapsed().as_secs_f64();
+        let bpf = PartRun {
+            took: started.elapsed(),
+            succeeded: swept && snapshot.read_errors == 0,
+        };
         self.poll_if_due(state);
+        let sockdiag = match (state.polls.last_took(), state.polls.last_succeeded()) {
+            (None, true) => None, // no poll yet
+            (took, succeeded) => Some(PartRun {
+                took: took.unwrap_or_default(),
+                succeeded,
+            }),
+        };
+        let (own_netstat, own_port_range, netstat) = state.read_netstat();
         let workloads = state.workload_table(&snapshot);
         let scrape = Scrape {
             snapshot: &snapshot,
             census: Some(&state.census),
-            netstat: state.census.listen_counters(netstat::read().ok()),
-            port_range: state.census.port_range(netstat::read_port_range()),
-            read_seconds,
-            last_poll_took: state.polls.last_took(),
+            netstat: state.census.listen_counters(own_netstat),
+            port_range: state.census.port_range(own_port_range),
+            parts: Parts {
+                bpf,
+                sockdiag,
+                netstat,
+            },
             poll_errors: state.polls.errors,
             workloads: workloads.as_ref(),
             ages: Some(&ages),

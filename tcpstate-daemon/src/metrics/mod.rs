@@ -26,6 +26,7 @@ use prometheus::{
 use tcpstate_common::Labels;
 
 pub use collector::{KernelState, TcpStateCollector};
+pub use exporter::{PartRun, Parts};
 
 use crate::{
     bpf::maps::Snapshot,
@@ -126,9 +127,8 @@ pub struct Scrape<'a> {
     pub census: Option<&'a Census>,
     pub netstat: Option<ListenCounters>,
     pub port_range: Option<(u16, u16)>,
-    pub read_seconds: f64,
-    /// How long the last sock_diag poll took, if there was one.
-    pub last_poll_took: Option<Duration>,
+    /// How each part of the collection went, the last time it ran.
+    pub parts: Parts,
     pub poll_errors: u64,
     /// The workloads of the cgroups in this scrape's labels, when workloads are labelled.
     pub workloads: Option<&'a WorkloadTable>,
@@ -396,11 +396,7 @@ mod tests {
         text_after_poll(snapshot, bounds, None)
     }
 
-    fn text_after_poll(
-        snapshot: &Snapshot,
-        bounds: &[f64],
-        last_poll_took: Option<Duration>,
-    ) -> String {
+    fn text_after_poll(snapshot: &Snapshot, bounds: &[f64], last_poll: Option<PartRun>) -> String {
         let config = CollectorConfig {
             bucket_bounds: bounds.to_vec(),
             view: View::Logical,
@@ -417,8 +413,17 @@ mod tests {
                 timewait_overflows: 6,
             }),
             port_range: Some((32768, 60999)),
-            read_seconds: 0.001,
-            last_poll_took,
+            parts: Parts {
+                bpf: PartRun {
+                    took: Duration::from_millis(1),
+                    succeeded: true,
+                },
+                sockdiag: last_poll,
+                netstat: PartRun {
+                    took: Duration::from_micros(40),
+                    succeeded: true,
+                },
+            },
             poll_errors: 0,
             workloads: None,
             ages: None,
@@ -438,9 +443,40 @@ mod tests {
                 .map(str::to_owned)
         };
         assert_eq!(gauge(&text(&snapshot, &[1.0])).as_deref(), Some("1"));
-        let slow = text_after_poll(&snapshot, &[1.0], Some(Duration::from_millis(300)));
+        let slow_poll = PartRun {
+            took: Duration::from_millis(300),
+            succeeded: true,
+        };
+        let slow = text_after_poll(&snapshot, &[1.0], Some(slow_poll));
         assert_eq!(gauge(&slow).as_deref(), Some("6"));
         assert!(slow.contains("tcpstate_poll_duration_seconds 0.3"));
+    }
+
+    #[test]
+    fn each_part_of_the_collection_says_how_long_it_took_and_whether_it_failed() {
+        let snapshot = Snapshot::default();
+        let before_any_poll = text(&snapshot, &[1.0]);
+        for line in [
+            r#"tcpstate_scrape_collector_duration_seconds{collector="bpf"} 0.001"#,
+            r#"tcpstate_scrape_collector_duration_seconds{collector="netstat"} 0.00004"#,
+            r#"tcpstate_scrape_collector_success{collector="bpf"} 1"#,
+            r#"tcpstate_scrape_collector_success{collector="netstat"} 1"#,
+        ] {
+            assert!(
+                before_any_poll.contains(line),
+                "{line} in:\n{before_any_poll}"
+            );
+        }
+        assert!(!before_any_poll.contains(r#"collector="sockdiag""#));
+        let failed_poll = PartRun {
+            took: Duration::from_millis(2),
+            succeeded: false,
+        };
+        let failed = text_after_poll(&snapshot, &[1.0], Some(failed_poll));
+        assert!(
+            failed.contains(r#"tcpstate_scrape_collector_success{collector="sockdiag"} 0"#),
+            "{failed}"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use std::{
     io,
+    panic::{self, AssertUnwindSafe},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -18,7 +19,7 @@ use crate::{
         census::Census,
         survey::{self, PollPlan, Survey},
     },
-    sys,
+    sys::{self, netns::Home},
 };
 
 /// A poll starts at least this many times the last poll's duration after the last one started:
@@ -43,11 +44,13 @@ pub fn poll_interval(min_interval: Duration, last_took: Duration) -> Duration {
     min_interval.max(last_took.saturating_mul(POLL_SPACING))
 }
 
-/// What the scrapes know of the polls: when the last one started and how long it took, and
-/// how many failed.
+/// What the scrapes know of the polls: when the last one started, how long it took and whether
+/// it succeeded, and how many failed.
 #[derive(Debug, Default)]
 pub struct PollRecord {
     last: Option<(Instant, Duration)>,
+    /// The last poll, or the last attempt to start one, failed.
+    last_failed: bool,
     pub errors: u64,
 }
 
@@ -55,6 +58,18 @@ impl PollRecord {
     /// How long the last poll took, if there was one.
     pub fn last_took(&self) -> Option<Duration> {
         self.last.map(|(_, took)| took)
+    }
+
+    /// Whether the last poll listed every namespace it entered (one it could not enter is no
+    /// failure: `tcpstate_network_namespaces` counts those), and the last start succeeded.
+    pub fn last_succeeded(&self) -> bool {
+        !self.last_failed
+    }
+
+    /// A poll could not be started (logged by the caller).
+    pub fn failed_to_start(&mut self) {
+        self.errors += 1;
+        self.last_failed = true;
     }
 
     /// Whether a poll is due: none yet, or the last is older than the least interval.
@@ -84,11 +99,13 @@ impl PollRecord {
                     survey.sockets(),
                     started.elapsed()
                 );
-                self.errors += survey
+                let failed = survey
                     .failures
                     .iter()
                     .filter(|failure| matches!(failure.missed, survey::Missed::Failed(_)))
                     .count() as u64;
+                self.errors += failed;
+                self.last_failed = failed > 0;
                 let large = survey.sockets() > LARGE_POLL;
                 census.fold(survey);
                 if large {
@@ -97,6 +114,7 @@ impl PollRecord {
             }
             Err(error) => {
                 self.errors += 1;
+                self.last_failed = true;
                 log::warn!("sock_diag poll failed: {error}");
             }
         }
@@ -104,71 +122,85 @@ impl PollRecord {
     }
 }
 
-/// A job for the poll thread: false if the thread must end after it.
-type Job = Box<dyn FnOnce() -> bool + Send>;
+/// A job for the poll thread, given the network namespace it started in.
+type Job = Box<dyn FnOnce(&Home) + Send>;
 
 /// The thread every poll runs on, for the daemon's life: a poll moves it between network
-/// namespaces (setns changes only the calling thread: the others never leave the daemon's),
-/// and one thread keeps the polls' large, short-lived lists in one malloc arena (a thread per
-/// poll left the daemon 10 MB larger with 100,000 timewait sockets). Started again if a poll
-/// could not bring it back to the daemon's namespace.
-#[derive(Default)]
+/// namespaces (setns changes only the calling thread: the others never leave the daemon's), it
+/// alone keeps the capabilities that takes (`crate::capabilities`), and one thread keeps the
+/// polls' large, short-lived lists in one malloc arena (a thread per poll left the daemon 10 MB
+/// larger with 100,000 timewait sockets).
 pub struct PollThread {
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    jobs: Mutex<mpsc::Sender<Job>>,
+    id: u32,
 }
 
 impl PollThread {
-    fn submit(&self, job: Job) -> io::Result<()> {
-        let mut jobs = self
-            .jobs
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let job = match jobs.as_ref() {
-            Some(sender) => match sender.send(job) {
-                Ok(()) => return Ok(()),
-                // It ended after a poll that left it in another namespace.
-                Err(mpsc::SendError(job)) => job,
-            },
-            None => job,
-        };
-        let (sender, receiver) = mpsc::channel::<Job>();
+    /// Starts the poll thread, in the calling thread's network namespace and with its
+    /// capabilities, which it first lowers with `confine` (it does not start if that fails).
+    pub fn start(
+        confine: impl FnOnce() -> io::Result<()> + Send + 'static,
+    ) -> io::Result<PollThread> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let (started, start) = mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("sock_diag poll".into())
             .spawn(move || {
-                for job in receiver {
-                    if !job() {
+                let home = match confine().and_then(|()| Home::here()) {
+                    Ok(home) => home,
+                    Err(error) => {
+                        let _ = started.send(Err(error));
                         return;
+                    }
+                };
+                let _ = started.send(Ok(sys::thread_id()));
+                for job in queue {
+                    // A panicking poll is a bug; the next one starts over (from home).
+                    if panic::catch_unwind(AssertUnwindSafe(|| job(&home))).is_err() {
+                        log::error!("a sock_diag poll panicked; the next one starts over");
                     }
                 }
             })?;
-        let sent = sender
+        let id = start
+            .recv()
+            .map_err(|_| io::Error::other("the poll thread ended as it started"))??;
+        Ok(PollThread {
+            jobs: Mutex::new(jobs),
+            id,
+        })
+    }
+
+    /// The poll thread's id, as `/proc/self/task` lists it.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    fn submit(&self, job: Job) -> io::Result<()> {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
             .send(job)
-            .map_err(|_| io::Error::other("the poll thread ended"));
-        *jobs = Some(sender);
-        sent
+            .map_err(|_| io::Error::other("the poll thread ended"))
     }
 
     /// Runs the poll `plan` on the poll thread and waits for it.
     pub fn run(&self, plan: PollPlan) -> io::Result<Survey> {
-        self.run_job(move || survey::run(&plan))?
+        self.run_job(move |home| survey::run(&plan, home))?
     }
 
-    /// Runs `job` on the poll thread, where other network namespaces can be entered, and
-    /// waits for its answer; `job` also says whether it left the thread stranded in another
-    /// namespace (the thread then ends, and the next job starts a new one).
+    /// Runs `job` on the poll thread, where other network namespaces can be entered (`home`
+    /// is where the thread returns), and waits for its answer.
     pub fn run_job<T: Send + 'static>(
         &self,
-        job: impl FnOnce() -> (T, bool) + Send + 'static,
+        job: impl FnOnce(&Home) -> T + Send + 'static,
     ) -> io::Result<T> {
         let (reply, answer) = mpsc::sync_channel(1);
-        self.submit(Box::new(move || {
-            let (answer, stranded) = job();
-            let _ = reply.send(answer);
-            !stranded
+        self.submit(Box::new(move |home| {
+            let _ = reply.send(job(home));
         }))?;
         answer
             .recv()
-            .map_err(|_| io::Error::other("the poll thread ended during the job"))
+            .map_err(|_| io::Error::other("the poll thread's job failed (the log says why)"))
     }
 
     /// Runs the poll `plan` on the poll thread, which hands it to `fold` when done; nothing if
@@ -182,18 +214,25 @@ impl PollThread {
         if running.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let done = running.clone();
-        let submitted = self.submit(Box::new(move || {
+        let done = Running(running.clone());
+        let submitted = self.submit(Box::new(move |home| {
+            let _done = done;
             let started = Instant::now();
-            let (survey, stranded) = survey::run(&plan);
-            fold(survey, started);
-            done.store(false, Ordering::Release);
-            !stranded
+            fold(survey::run(&plan, home), started);
         }));
         if submitted.is_err() {
             running.store(false, Ordering::Release);
         }
         submitted
+    }
+}
+
+/// Says a poll is no longer running when dropped: when it is done, or when it panicked.
+struct Running(Arc<AtomicBool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -215,7 +254,8 @@ mod tests {
     #[test]
     fn polls_run_one_after_another_on_the_same_thread() {
         let own = sys::net_namespace_inode().unwrap();
-        let polls = PollThread::default();
+        let polls = PollThread::start(|| Ok(())).unwrap();
+        assert_ne!(polls.id(), sys::thread_id());
         for _ in 0..2 {
             let survey = polls.run(PollPlan::own_only(own)).unwrap();
             assert_eq!(survey.visits.len(), 1);
@@ -229,5 +269,11 @@ mod tests {
             })
             .unwrap();
         assert!(receiver.recv().unwrap());
+    }
+
+    #[test]
+    fn a_poll_thread_that_cannot_confine_itself_does_not_start() {
+        let refused = PollThread::start(|| Err(io::Error::other("capset refused")));
+        assert_eq!(refused.err().unwrap().to_string(), "capset refused");
     }
 }

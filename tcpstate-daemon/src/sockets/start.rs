@@ -6,7 +6,7 @@ use std::{io, path::Path, thread};
 
 use crate::{
     bpf::loader::Tracer,
-    preflight,
+    capabilities::{CAP_SYS_PTRACE, CapabilitySet},
     sockets::{
         census::{Baseline, Census, Coverage, baseline},
         namespaces::{self, Namespaces},
@@ -86,7 +86,7 @@ fn enterable_namespaces() -> Option<Namespaces> {
         && refused > 0
     {
         // With CAP_SYS_PTRACE only a security module or a sandbox refuses: not actionable.
-        let level = if preflight::has_capability(preflight::CAP_SYS_PTRACE) {
+        let level = if CapabilitySet::held_by_this_thread().contains(CAP_SYS_PTRACE) {
             log::Level::Debug
         } else {
             log::Level::Warn

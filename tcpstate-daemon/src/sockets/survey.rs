@@ -118,17 +118,11 @@ impl Survey {
     }
 }
 
-/// Carries out `plan` on the calling thread, which must be in the daemon's namespace (the
-/// poll thread: see `poller::PollThread`). An error: the daemon's own namespace could not be
-/// listed. True in `.1` if the thread could not return to the daemon's namespace: it must do
-/// no more.
-pub fn run(plan: &PollPlan) -> (io::Result<Survey>, bool) {
-    let mut stranded = false;
-    let survey = survey(plan, &mut stranded);
-    (survey, stranded)
-}
-
-fn survey(plan: &PollPlan, stranded: &mut bool) -> io::Result<Survey> {
+/// Carries out `plan` on the calling thread (the poll thread: see `poller::PollThread`), whose
+/// network namespace is `home`, the daemon's. An error: the daemon's own namespace could not be
+/// listed, or the thread, left elsewhere by an earlier poll, cannot come back to it.
+pub fn run(plan: &PollPlan, home: &Home) -> io::Result<Survey> {
+    home.return_if_away()?;
     let mut survey = Survey::default();
     survey
         .visits
@@ -136,7 +130,6 @@ fn survey(plan: &PollPlan, stranded: &mut bool) -> io::Result<Survey> {
     if plan.others.is_empty() && !plan.rediscover {
         return Ok(survey);
     }
-    let home = Home::here()?;
     if plan.rediscover {
         survey.listing = list_namespaces(plan);
     }
@@ -145,7 +138,7 @@ fn survey(plan: &PollPlan, stranded: &mut bool) -> io::Result<Survey> {
         targets = with_listing(plan, targets, listing);
     }
     while let Some(target) = targets.pop_front() {
-        match visit(&home, &target) {
+        match visit(home, &target) {
             Ok(poll) => survey.visits.push(poll),
             Err(Visit::Missed(missed)) => {
                 let missed = match missed {
@@ -175,12 +168,11 @@ fn survey(plan: &PollPlan, stranded: &mut bool) -> io::Result<Survey> {
                     missed,
                 });
             }
-            // Stuck in another namespace: this thread does no more.
+            // Stuck in another namespace: the next poll tries to come back first.
             Err(Visit::CannotReturn(error)) => {
                 log::error!(
                     "sock_diag poll: cannot return to tcpstated's network namespace: {error}"
                 );
-                *stranded = true;
                 break;
             }
         }
@@ -270,6 +262,6 @@ fn list_here(inode: u32, path: PathBuf, depth: Depth) -> io::Result<NamespacePol
         started_ns,
         finished_ns: sys::monotonic_ns(),
         tcp_ext: netstat::read_tcp_ext().ok(),
-        port_range: netstat::read_port_range(),
+        port_range: netstat::read_port_range().ok(),
     })
 }

@@ -5,7 +5,7 @@
 //! timewait sockets, alive).
 
 use std::{
-    fs::File,
+    fs::{self, File},
     io,
     os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::Path,
@@ -31,6 +31,16 @@ impl Home {
     /// The inode number of this namespace.
     pub fn inode(&self) -> io::Result<u32> {
         inode_of(&self.namespace)
+    }
+
+    /// Moves the calling thread back here if it is in another network namespace (one it
+    /// could not leave before).
+    pub fn return_if_away(&self) -> io::Result<()> {
+        let here = fs::metadata("/proc/thread-self/ns/net")?.ino();
+        if here == u64::from(self.inode()?) {
+            return Ok(());
+        }
+        set_network_namespace(&self.namespace)
     }
 
     /// Whether this process may enter network namespaces: entering its own takes the same

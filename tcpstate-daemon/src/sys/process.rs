@@ -4,8 +4,9 @@
 use std::io;
 
 /// Installs the daemon's signal handlers now and returns what resolves on SIGINT or SIGTERM.
-/// SIGHUP, which would end the process, is logged and ignored: there is no configuration file
-/// to re-read. Call it early, inside a runtime: a signal that comes before is not handled.
+/// SIGHUP, which would end the process, is logged and ignored: the web config file is re-read
+/// when it changes, without a signal, and flags change only with a restart. Call it early,
+/// inside a runtime: a signal that comes before is not handled.
 pub fn shutdown_signal() -> io::Result<impl Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -17,8 +18,9 @@ pub fn shutdown_signal() -> io::Result<impl Future<Output = ()> + Send + 'static
                 _ = interrupt.recv() => return,
                 _ = terminate.recv() => return,
                 Some(()) = hangup.recv() => log::warn!(
-                    "SIGHUP ignored: tcpstated has no configuration file to re-read (restart it \
-                     to change its flags)"
+                    "SIGHUP ignored: tcpstated re-reads its web config file (--web.config.file) \
+                     by itself when the file or its certificates change; to change its flags, \
+                     restart it"
                 ),
             }
         }
@@ -61,6 +63,13 @@ pub fn raise_fd_limit() -> io::Result<u64> {
         limit = raised;
     }
     Ok(limit.rlim_cur)
+}
+
+/// The calling thread's id (what `/proc/self/task` lists it as).
+pub fn thread_id() -> u32 {
+    // SAFETY: gettid has no arguments and cannot fail.
+    let id = unsafe { libc::gettid() };
+    id as u32
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of the kernel program's `bpf_ktime_get_ns()`.

@@ -1,6 +1,8 @@
-//! The systemd unit verifies and is hardened.
+//! The systemd unit verifies, is hardened, and knows tcpstated's readiness and exit statuses.
 
 use std::process::Command;
+
+use tcpstate_daemon::exit::Failure;
 
 use crate::read;
 use crate::support::files::{deploy_directory, temporary_directory};
@@ -21,7 +23,15 @@ fn systemd_unit_verifies_and_is_hardened() {
             ) == tcpstate_daemon::config::DEFAULT_MAX_CONNECTIONS,
         "LimitNOFILE={nofile} leaves room for the default connection cap, above systemd's 1024"
     );
+    // A restart cures neither a kernel that cannot run tcpstated nor a missing privilege.
+    let no_restart = format!(
+        "RestartPreventExitStatus={} {}",
+        Failure::NoPermission as u8,
+        Failure::KernelUnsupported as u8
+    );
     for line in [
+        "Type=notify",
+        &no_restart,
         "AmbientCapabilities=CAP_BPF CAP_PERFMON CAP_SYS_ADMIN CAP_SYS_PTRACE",
         "CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_SYS_ADMIN CAP_SYS_PTRACE",
         "RestrictNamespaces=net",

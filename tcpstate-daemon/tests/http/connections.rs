@@ -203,7 +203,10 @@ fn sigterm_ends_the_daemon_promptly_while_a_client_holds_a_half_sent_request() {
 #[test]
 #[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
 fn sighup_is_ignored_and_the_daemon_keeps_serving() {
-    let mut daemon = Daemon::start(&[]);
+    let mut daemon = Daemon::start_with(&[], |command| {
+        command.stderr(Stdio::piped());
+    });
+    let mut stderr = daemon.take_stderr().expect("stderr is piped");
     daemon.signal("HUP");
     assert_eq!(
         daemon.exit_within(Duration::from_millis(500)),
@@ -216,4 +219,10 @@ fn sighup_is_ignored_and_the_daemon_keeps_serving() {
     } = daemon.get("/healthz").unwrap();
     assert_eq!(status, 200, "{health}");
     assert!(daemon.stop().success(), "SIGTERM after SIGHUP exits with 0");
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+    assert!(
+        log.contains("SIGHUP ignored") && log.contains("re-reads its web config file"),
+        "the log says what to do instead: {log}"
+    );
 }

@@ -1,7 +1,7 @@
 //! The real program in the real kernel: each test starts `tcpstated`, makes real connections on
-//! loopback to a port of its own (in the daemon's port set, 24001-24017), and checks the exact
-//! changes of the real `/metrics`. One module per subject. They need root: `cargo xtask test`
-//! runs them (`--ignored`, one at a time).
+//! loopback to a port of its own (in the daemon's port set, 24001-24017; 27110 for
+//! `privileges`), and checks the exact changes of the real `/metrics`. One module per subject.
+//! They need root: `cargo xtask test` runs them (`--ignored`, one at a time).
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -11,6 +11,7 @@ mod exposition;
 mod gauges;
 mod lifecycle;
 mod maps;
+mod privileges;
 mod sockets_view;
 mod transitions;
 

@@ -78,12 +78,26 @@ impl Daemon {
     /// Like [`Daemon::start`], with `configure` applied to the command last (to capture its
     /// stderr, set its resource limits).
     pub fn start_with(args: &[&str], configure: impl FnOnce(&mut Command)) -> Daemon {
+        Daemon::start_with_until(args, configure, |daemon| {
+            daemon
+                .get("/healthz")
+                .is_ok_and(|response| response.status == 200)
+        })
+    }
+
+    /// Like [`Daemon::start_with`], started when `ready` says so (e.g. when it said it is, the
+    /// way systemd hears it).
+    pub fn start_with_until(
+        args: &[&str],
+        configure: impl FnOnce(&mut Command),
+        ready: impl Fn(&Daemon) -> bool,
+    ) -> Daemon {
         let address = free_local_address();
         let mut command = Command::new(env!("CARGO_BIN_EXE_tcpstated"));
         Daemon::configure(&mut command, address, args);
         configure(&mut command);
         let child = command.spawn().expect("tcpstated starts");
-        Daemon::until_healthy(child, address, None)
+        Daemon::until(child, address, None, ready)
     }
 
     fn spawn(mut command: Command, address: SocketAddr, args: &[&str]) -> Child {

@@ -115,6 +115,11 @@ impl Coverage {
         coverage
     }
 
+    /// Whether the polls enter other namespaces.
+    pub fn enters_others(&self) -> bool {
+        self.enter
+    }
+
     /// Whether the polls can see namespace `inode`.
     pub fn covers(&self, inode: u32) -> bool {
         inode == self.own

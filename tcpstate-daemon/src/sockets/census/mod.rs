@@ -279,6 +279,11 @@ impl Census {
         self.coverage.port_range(own_now)
     }
 
+    /// Whether the polls enter other network namespaces than the daemon's.
+    pub fn enters_other_namespaces(&self) -> bool {
+        self.coverage.enters_others()
+    }
+
     /// Where the polls enter namespace `inode`: `Some(None)` for the daemon's own, `None` if
     /// they do not know it or cannot enter it.
     pub fn namespace_path(&self, inode: u32) -> Option<Option<std::path::PathBuf>> {
