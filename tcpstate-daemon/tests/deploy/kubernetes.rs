@@ -15,7 +15,7 @@ fn kubernetes_daemonset_uses_capabilities_not_privileged() {
         "readOnlyRootFilesystem: true",
         "drop: [\"ALL\"]",
         "hostPID: true",
-        "add: [\"BPF\", \"PERFMON\", \"SYS_ADMIN\", \"SYS_PTRACE\"]",
+        "add: [\"BPF\", \"PERFMON\", \"SYS_ADMIN\", \"SYS_PTRACE\", \"DAC_READ_SEARCH\"]",
         "mountPath: /sys/kernel/btf",
         "path: /healthz",
         "prometheus.io/scrape: \"true\"",

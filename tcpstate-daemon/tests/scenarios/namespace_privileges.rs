@@ -1,7 +1,8 @@
 //! The capabilities the shipped systemd unit grants (its `AmbientCapabilities=`) are what a
 //! daemon running as another user needs to cover a namespace found only through a root
 //! process's `/proc/<pid>/ns/net` (a container's, with no bind mount): CAP_SYS_PTRACE to open
-//! that link, CAP_SYS_ADMIN to enter. Without CAP_SYS_PTRACE the namespace stays uncovered,
+//! that link, CAP_SYS_ADMIN to enter; and the sockets view names root's process holding a
+//! listener there (CAP_DAC_READ_SEARCH reads its /proc/PID/fd). Without CAP_SYS_PTRACE the namespace stays uncovered,
 //! which shows the test can tell.
 
 use std::{
@@ -20,7 +21,7 @@ use crate::support::{
     Daemon, SsSocket, eventually, files::deploy_directory, run_checked, run_in_namespace_file,
 };
 
-/// The port of the TIME_WAIT sockets made in the namespace.
+/// The port of the TIME_WAIT sockets made in the namespace (and, next, of a listener).
 const PORT: u16 = 26050;
 /// TIME_WAIT sockets made: they outlive the test (60 s).
 const TIME_WAITS: usize = 3;
@@ -161,7 +162,21 @@ fn the_units_capabilities_cover_a_namespace_only_a_root_process_holds() {
          TIME_WAIT sockets of a namespace held by root: {}",
         time_waits(&daemon)
     );
-    drop(daemon);
+    // The sockets view names root's process holding a listener in that namespace.
+    let listener = run_in_namespace_file(&unnamed.path(), || {
+        TcpListener::bind(("127.0.0.1", PORT + 1)).unwrap()
+    });
+    let query = "/sockets.json?state=LISTEN&port=other";
+    let mut view = String::new();
+    let ours = format!("\"pid\":{}", std::process::id());
+    assert!(
+        eventually(WAIT, || {
+            view = daemon.get(query).map(|r| r.body).unwrap_or_default();
+            view.contains(&format!("\"local\":\"127.0.0.1:{}\"", PORT + 1)) && view.contains(&ours)
+        }),
+        "the view names the root process holding the listener: {view}"
+    );
+    drop((daemon, listener));
 
     // The control: without CAP_SYS_PTRACE the root process's ns/net link cannot be opened.
     let without_ptrace: Vec<String> = capabilities
