@@ -41,6 +41,27 @@ pub struct SocketLayout {
 }
 const _: () = assert!(size_of::<SocketLayout>() == 56);
 
+/// Offsets in `struct sock` of the addresses, read only for the event stream (while someone
+/// listens), from the running kernel's BTF. A global apart from [`SocketLayout`]: grown by
+/// these, `SOCKET_LAYOUT` pushed the slot masks every event reads onto a second cache line
+/// (4 ns per event, measured with `bench compare`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddressLayout {
+    /// `__sk_common.skc_rcv_saddr` (__be32): the local IPv4 address.
+    pub local: u32,
+    /// `__sk_common.skc_daddr` (__be32): the remote IPv4 address.
+    pub remote: u32,
+    /// `__sk_common.skc_v6_rcv_saddr` (struct in6_addr); 0 on a kernel without IPv6.
+    pub local_v6: u32,
+    /// `__sk_common.skc_v6_daddr` (struct in6_addr); 0 on a kernel without IPv6.
+    pub remote_v6: u32,
+    /// `inet_sport` (__be16) in `struct tcp_sock`: the local port as the tracepoint's `sport`
+    /// shows it, still set at CLOSE, when `inet_put_port()` has already cleared `skc_num`.
+    pub source_port: u32,
+}
+const _: () = assert!(size_of::<AddressLayout>() == 20);
+
 /// Histogram upper bounds in nanoseconds, ascending; unused slots hold `u64::MAX`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +110,8 @@ mod pod {
     // byte an explicit field (checked by the size assertion beside it): any bit pattern is a
     // valid value and no byte is uninitialised.
     unsafe impl aya::Pod for super::SocketLayout {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AddressLayout {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DurationBuckets {}
 }

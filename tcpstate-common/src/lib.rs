@@ -5,9 +5,9 @@
 //! map sizes (`capacity`), the load-time configuration (`config`), the labels (`labels`), the
 //! per-socket records and handoffs (`records`), the aggregation keys and values
 //! (`transitions`, `events`), the counters (`counters`), the nested-event bookkeeping
-//! (`handled`) and the TCP states (`state`). Layouts are `#[repr(C)]`, fixed-width integers
-//! and explicit padding only, each with a size assertion; the `user` feature adds `aya::Pod`
-//! beside each type so the daemon can read the maps.
+//! (`handled`), the TCP states (`state`) and the live event stream (`trace`). Layouts are
+//! `#[repr(C)]`, fixed-width integers and explicit padding only, each with a size assertion;
+//! the `user` feature adds `aya::Pod` beside each type so the daemon can read the maps.
 #![no_std]
 
 pub mod capacity;
@@ -19,6 +19,7 @@ pub mod labels;
 pub mod names;
 pub mod records;
 pub mod state;
+pub mod trace;
 pub mod transitions;
 
 pub use capacity::*;
@@ -30,4 +31,5 @@ pub use labels::*;
 pub use names::{global, map, program};
 pub use records::*;
 pub use state::{STATE_COUNT, TcpState};
+pub use trace::*;
 pub use transitions::*;

@@ -49,11 +49,21 @@ pub mod map {
     /// `HASH`: socket cookie -> `u8` state it left, for sockets the programs first saw mid-life
     /// (no record, not at their birth): the daemon takes them out of its start-up baseline.
     pub const FIRST_SEEN: &str = "FIRST_SEEN";
+    /// `ARRAY` of one value, the object's `.bss` section: the global `TRACE_CONTROL`, a
+    /// [`crate::TraceControl`] (whether anyone listens to the event stream, and its filter),
+    /// which the daemon writes at run time. The section holds nothing else.
+    pub const TRACE_CONTROL: &str = ".bss";
+    /// `RINGBUF` of [`crate::TraceEvent`]: the transitions that passed `TRACE_CONTROL`.
+    pub const TRACE_EVENTS: &str = "TRACE_EVENTS";
+    /// `PERCPU_ARRAY`: [`crate::recorder`] -> `u64` events `TRACE_EVENTS` had no room for.
+    pub const TRACE_DROPS: &str = "TRACE_DROPS";
 }
 
 pub mod global {
     /// [`crate::SocketLayout`]: field offsets of `struct sock`, read from the kernel's BTF.
     pub const SOCKET_LAYOUT: &str = "SOCKET_LAYOUT";
+    /// [`crate::AddressLayout`]: field offsets of the addresses in `struct sock`, from BTF.
+    pub const ADDRESS_LAYOUT: &str = "ADDRESS_LAYOUT";
     /// [`crate::DurationBuckets`]: histogram upper bounds in nanoseconds.
     pub const DURATION_BUCKETS: &str = "DURATION_BUCKETS";
     /// [`crate::PortSet`]: the ports exported by number.

@@ -8,7 +8,8 @@
 //! - `model`: the kernel's raw aggregates turned into figures (pure logic);
 //! - `metrics`: the Prometheus collector, one file per group of families;
 //! - `http`: the endpoints and their connections;
-//! - `workload`: whose a socket is (its cgroup decoded into pod, container or unit names).
+//! - `workload`: whose a socket is (its cgroup decoded into pod, container or unit names);
+//! - `trace`: the live event stream beside the aggregates (`/events`, `tcpstated trace`).
 //!
 //! Beside them: `kept` (what a daemon hands the next through a restart), `config` (the flags),
 //! `labels` (numbers to label values), `netstat` (/proc counters), `preflight` (privileges to
@@ -33,6 +34,7 @@ pub mod preflight;
 pub mod sockets;
 pub mod sys;
 pub mod systemd;
+pub mod trace;
 pub mod version;
 pub mod workload;
 

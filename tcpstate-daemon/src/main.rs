@@ -15,11 +15,15 @@ use tcpstate_daemon::{
     preflight,
     sockets::{census::Census, poller::PollThread, untracked::LabelRule},
     sys, systemd,
+    trace::{self, command::Command},
     workload::Resolver,
 };
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
+    if let Some(Command::Trace(args)) = &flags.command {
+        return trace::command::run(args);
+    }
     logging::init(flags.log_level, flags.log_format);
     let web_config = match flags.web_config_file.as_deref().map(WebConfigSource::open) {
         None => None,
@@ -100,6 +104,7 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
     };
     let Tracer {
         maps,
+        trace: trace_maps,
         links,
         kept,
         pin_root,
@@ -124,6 +129,11 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
         Some(plan) => plan.enforce(poll_thread_id)?,
         None => log::info!("--capabilities.keep=all: every thread keeps its capabilities"),
     }
+    // Its reader thread starts confined: it only reads the maps' descriptors and the ring.
+    let events = match flags.disable_events {
+        false => Some(trace::start(trace_maps, &flags, limits.max_connections)?),
+        true => None,
+    };
 
     let scheme = match &web_config {
         Some(source) if source.tls => "https",
@@ -148,13 +158,18 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
         programs_loaded: Arc::new(programs_loaded),
         telemetry_path: flags.telemetry_path.clone(),
         web_config,
+        events: events.clone(),
         sockets: Some(sockets),
     };
     let listeners = bound.into_iter().map(|bound| bound.listener).collect();
     systemd::notify("READY=1");
-    let shutdown = async {
+    // Event streams never end by themselves: they end at once, not after the grace.
+    let shutdown = async move {
         shutdown.await;
         systemd::notify("STOPPING=1");
+        if let Some(hub) = events {
+            hub.close();
+        }
     };
     http::serve(listeners, state, limits, shutdown).await?;
     // Detaches the programs, unless their state is pinned for the next daemon.

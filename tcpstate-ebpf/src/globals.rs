@@ -4,8 +4,8 @@
 //! would fold in these defaults.
 
 use tcpstate_common::{
-    DEFAULT_SOCKET_SLOTS, DEFAULT_TRANSITION_SLOTS, DurationBuckets, MAX_BUCKETS, PortSet,
-    SocketLayout,
+    AddressLayout, DEFAULT_SOCKET_SLOTS, DEFAULT_TRANSITION_SLOTS, DurationBuckets, MAX_BUCKETS,
+    PortSet, SocketLayout,
 };
 
 /// Offsets of the `struct sock` fields the programs read, from the kernel's BTF.
@@ -25,6 +25,19 @@ static SOCKET_LAYOUT: SocketLayout = SocketLayout {
     cgroup_node: 0,
     node_id: 0,
     _padding: 0,
+};
+/// Offsets of the addresses in `struct sock`, from the kernel's BTF (the event stream's). In a
+/// section of its own (aya makes it a read-only map of its own too): in `.rodata`, whose
+/// globals the linker orders by name, it came first and moved every global the events read
+/// by 16 bytes, the slot masks onto another cache line.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".rodata.trace")]
+static ADDRESS_LAYOUT: AddressLayout = AddressLayout {
+    local: 0,
+    remote: 0,
+    local_v6: 0,
+    remote_v6: 0,
+    source_port: 0,
 };
 /// The histogram's bounds (`--buckets`), in nanoseconds.
 #[unsafe(no_mangle)]
@@ -46,6 +59,14 @@ pub fn socket_offset(field: impl FnOnce(&'static SocketLayout) -> &'static u32) 
     // SAFETY: a plain read of a field of an initialised static; volatile so the loader's value
     // is used.
     unsafe { core::ptr::read_volatile(field(&SOCKET_LAYOUT)) }
+}
+
+/// The offset of one address field of `struct sock` (see `AddressLayout`).
+#[inline(always)]
+pub fn address_offset(field: impl FnOnce(&'static AddressLayout) -> &'static u32) -> u32 {
+    // SAFETY: a plain read of a field of an initialised static; volatile so the loader's value
+    // is used.
+    unsafe { core::ptr::read_volatile(field(&ADDRESS_LAYOUT)) }
 }
 
 #[inline(always)]

@@ -1,7 +1,8 @@
 //! tcpstate's kernel side: the entry points, one line each over the module of their hook.
 //! `state_change` is what one `inet_sock_set_state` event does; `resets` and `synack` count
 //! the events that tracepoint never shows; `records` keeps the per-socket records, `maps` and
-//! `globals` the maps and the load-time configuration, `sock` the raw reads of `struct sock`.
+//! `globals` the maps and the load-time configuration, `sock` the raw reads of `struct sock`,
+//! `trace` the live event stream (a side output, only while the daemon has subscribers).
 //! The benchmark's programs (its floor, its witness) are in its own object, bench/ebpf.
 #![no_std]
 #![no_main]
@@ -18,16 +19,17 @@ mod resets;
 mod sock;
 mod state_change;
 mod synack;
+mod trace;
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use tcpstate_common::event_kind;
+use tcpstate_common::{event_kind, recorder};
 
 /// Every TCP state change of a full socket (`tcp_set_state` -> `inet_sock_set_state`).
 /// The BTF tracepoint gives the typed `struct sock *` (readable at BTF-checked offsets, accepted
 /// by `bpf_sk_storage_get`) and is cheaper per event than the classic tracepoint.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn record_state_change(ctx: BtfTracePointContext) -> i32 {
-    state_change::record_primary(&ctx);
+    state_change::record_event(&ctx, recorder::PRIMARY);
     0
 }
 
@@ -39,7 +41,7 @@ pub fn record_state_change(ctx: BtfTracePointContext) -> i32 {
 /// then: it records exactly the events the primary program did not handle, into its own slots.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn record_nested_state_change(ctx: BtfTracePointContext) -> i32 {
-    state_change::record_nested(&ctx);
+    state_change::record_event(&ctx, recorder::NESTED);
     0
 }
 

@@ -7,6 +7,7 @@ use aya_ebpf::{
     bindings::BPF_SK_STORAGE_GET_F_CREATE,
     helpers::generated::{
         bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_sk_storage_delete, bpf_sk_storage_get,
+        bpf_skc_to_tcp_sock,
     },
 };
 use tcpstate_common::SocketRecord;
@@ -40,10 +41,10 @@ impl Sock {
     /// Reads a `T` field of `struct sock` at `offset`.
     #[inline(always)]
     fn read<T: Copy>(&self, offset: u32) -> T {
-        // SAFETY: `offset` comes from the kernel's BTF description of `struct sock` (see
-        // `SocketLayout`) with the field's size checked there, it is a load-time constant, and
-        // the verifier rejects the program unless it is a field of that size in `struct sock`;
-        // the load itself is fault-safe (BPF_PROBE_MEM).
+        // SAFETY: `offset` comes from the kernel's BTF description of the pointer's type
+        // (`struct sock`, or `struct tcp_sock` for `source_port`) with the field's size checked
+        // there, it is a load-time constant, and the verifier rejects the program unless it is
+        // a field of that size in that type; the load itself is fault-safe (BPF_PROBE_MEM).
         unsafe { self.sk.cast::<u8>().add(offset as usize).cast::<T>().read() }
     }
 
@@ -112,6 +113,45 @@ impl Sock {
         let node: *mut c_void = read_field(cgroup, globals::socket_offset(|l| &l.cgroup_node));
         let id: u64 = read_field(node, globals::socket_offset(|layout| &layout.node_id));
         id as u32
+    }
+
+    /// The local port for the event stream: `inet_sport`, as the tracepoint's `sport` shows it.
+    /// `local_port` (`skc_num`) reads 0 at most CLOSE events: `tcp_set_state()` releases the
+    /// port (`inet_put_port()`) before the tracepoint fires.
+    /// https://elixir.bootlin.com/linux/v6.18/source/net/ipv4/tcp.c#L2999
+    #[inline(always)]
+    pub fn source_port(&self) -> u16 {
+        // SAFETY: the helper checks the socket is a full TCP socket and returns NULL otherwise;
+        // `inet_sport` lies past `struct sock`, where a read of `self.sk` would not verify.
+        let tcp = unsafe { bpf_skc_to_tcp_sock(self.sk) };
+        if tcp.is_null() {
+            return self.local_port();
+        }
+        let port: u16 =
+            Sock::new(tcp.cast()).read(globals::address_offset(|layout| &layout.source_port));
+        u16::from_be(port)
+    }
+
+    /// The local and remote addresses, each as the two words of its 16 bytes in memory
+    /// (network) order: an IPv4 address in the first 4 bytes. For the event stream only.
+    /// Words, not byte arrays: LLVM turns the zeroing and copies of arrays into `memset` and
+    /// `memcpy` calls.
+    #[inline(always)]
+    pub fn addresses(&self, family: u8) -> ([u64; 2], [u64; 2]) {
+        if family == tcpstate_common::family::IPV6 {
+            let local = globals::address_offset(|layout| &layout.local_v6);
+            let remote = globals::address_offset(|layout| &layout.remote_v6);
+            // Two 8-byte loads each: the verifier allows loads of any size inside an array of
+            // integers, which `struct in6_addr` is.
+            (
+                [self.read(local), self.read(local + 8)],
+                [self.read(remote), self.read(remote + 8)],
+            )
+        } else {
+            let local: u32 = self.read(globals::address_offset(|layout| &layout.local));
+            let remote: u32 = self.read(globals::address_offset(|layout| &layout.remote));
+            ([u64::from(local), 0], [u64::from(remote), 0])
+        }
     }
 
     /// The socket's cookie, assigned now if it had none (what `ss -e` and sock_diag show). Read

@@ -177,6 +177,8 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
         "workloads",
         "--test",
         "restarts",
+        "--test",
+        "trace",
     ]);
     kernel
         .args(["--", "--ignored", "--test-threads=1"])

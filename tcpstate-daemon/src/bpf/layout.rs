@@ -3,24 +3,15 @@
 //! a load-time global (`SOCKET_LAYOUT`); the verifier then checks every read against the same
 //! BTF.
 
-use tcpstate_common::SocketLayout;
+use tcpstate_common::{AddressLayout, SocketLayout};
 
 use super::btf::{BtfError, KIND_STRUCT, KernelBtf};
 
 impl KernelBtf {
     /// Where the program finds what it reads in `struct sock`.
     pub fn socket_layout(&self) -> Result<SocketLayout, BtfError> {
-        let sock = self
-            .id(KIND_STRUCT, "sock")
-            .ok_or(BtfError::MissingField("struct sock", "(the struct itself)"))?;
-        let (common, common_type) = self
-            .member_offset(sock, "__sk_common")
-            .ok_or(BtfError::MissingField("struct sock", "__sk_common"))?;
-        let common_field = |name: &'static str, size: u32| {
-            self.int_field(common_type, name, size)
-                .map(|offset| common + offset)
-                .ok_or(BtfError::MissingField("struct sock_common", name))
-        };
+        let (sock, common, common_type) = self.sock_common()?;
+        let common_field = |name, size| self.common_field(common, common_type, name, size);
         let sock_field = |name: &'static str, size: u32| {
             self.int_field(sock, name, size)
                 .ok_or(BtfError::MissingField("struct sock", name))
@@ -44,6 +35,77 @@ impl KernelBtf {
             node_id: 0,
             _padding: 0,
         })
+    }
+
+    /// Where the event stream finds the addresses in `struct sock`.
+    pub fn address_layout(&self) -> Result<AddressLayout, BtfError> {
+        let (_, common, common_type) = self.sock_common()?;
+        let v4 = |name| self.common_field(common, common_type, name, 4);
+        Ok(AddressLayout {
+            local: v4("skc_rcv_saddr")?,
+            remote: v4("skc_daddr")?,
+            // A kernel without IPv6 has no v6 fields, and no IPv6 socket to read them of.
+            local_v6: self.v6_address(common_type, "skc_v6_rcv_saddr", common),
+            remote_v6: self.v6_address(common_type, "skc_v6_daddr", common),
+            source_port: self.source_port()?,
+        })
+    }
+
+    /// Offset in `struct tcp_sock` of `inet_sport`: `tcp_sock.inet_conn.icsk_inet.inet_sport`.
+    fn source_port(&self) -> Result<u32, BtfError> {
+        let mut offset = 0;
+        let mut container = self
+            .id(KIND_STRUCT, "tcp_sock")
+            .ok_or(BtfError::MissingField(
+                "struct tcp_sock",
+                "(the struct itself)",
+            ))?;
+        for (owner, member) in [
+            ("struct tcp_sock", "inet_conn"),
+            ("struct inet_connection_sock", "icsk_inet"),
+        ] {
+            let (at, member_type) = self
+                .member_offset(container, member)
+                .ok_or(BtfError::MissingField(owner, member))?;
+            offset += at;
+            container = member_type;
+        }
+        let port = self
+            .int_field(container, "inet_sport", 2)
+            .ok_or(BtfError::MissingField("struct inet_sock", "inet_sport"))?;
+        Ok(offset + port)
+    }
+
+    /// `struct sock`'s type id, and the offset and type of its `__sk_common`.
+    fn sock_common(&self) -> Result<(u32, u32, u32), BtfError> {
+        let sock = self
+            .id(KIND_STRUCT, "sock")
+            .ok_or(BtfError::MissingField("struct sock", "(the struct itself)"))?;
+        let (common, common_type) = self
+            .member_offset(sock, "__sk_common")
+            .ok_or(BtfError::MissingField("struct sock", "__sk_common"))?;
+        Ok((sock, common, common_type))
+    }
+
+    /// Offset in `struct sock` of the `size`-byte integer `name` of `struct sock_common` (at
+    /// `common`, of type `common_type`).
+    fn common_field(
+        &self,
+        common: u32,
+        common_type: u32,
+        name: &'static str,
+        size: u32,
+    ) -> Result<u32, BtfError> {
+        self.int_field(common_type, name, size)
+            .map(|offset| common + offset)
+            .ok_or(BtfError::MissingField("struct sock_common", name))
+    }
+
+    /// Offset in `struct sock` of the `struct in6_addr` member `name` of `struct sock_common`
+    /// (at `common`), if the kernel has it (CONFIG_IPV6); 0 otherwise.
+    fn v6_address(&self, common_type: u32, name: &str, common: u32) -> u32 {
+        self.member_offset(common_type, name)
+            .map_or(0, |(offset, _)| common + offset)
     }
 
     /// `layout` with the offsets that lead from a socket to its owner's cgroup id: `sock`'s
@@ -151,6 +213,13 @@ mod tests {
             let kind = aya_obj::btf::BtfKind::Typedef;
             assert_eq!(reduced.id_by_type_name_kind(&typedef, kind).unwrap(), id);
         }
+        // include/net/sock.h: skc_daddr then skc_rcv_saddr open struct sock_common.
+        let addresses = btf.address_layout().unwrap();
+        assert_eq!((addresses.remote, addresses.local), (0, 4));
+        assert!(addresses.remote_v6 > 16);
+        assert_eq!(addresses.local_v6, addresses.remote_v6 + 16);
+        // Past `struct sock`, which `struct tcp_sock` begins with.
+        assert!(addresses.source_port > layout.protocol);
         assert!(matches!(
             btf.tracepoint_id("no_such_tracepoint"),
             Err(BtfError::MissingTracepoint(_))

@@ -15,7 +15,9 @@ use aya::{
         links::{FdLink, PinnedLink},
     },
 };
-use tcpstate_common::{DurationBuckets, PortSet, SocketLayout, global, map, program};
+use tcpstate_common::{
+    AddressLayout, DurationBuckets, PortSet, SocketLayout, global, map, program,
+};
 
 use super::{
     btf::{self, KernelBtf},
@@ -27,6 +29,7 @@ use crate::{
     config::{Buckets, Flags},
     kept::{DaemonFigures, Reader},
     sys,
+    trace::TraceMaps,
 };
 
 /// The object `build.rs` compiled from `tcpstate-ebpf`, embedded so one binary is all a host needs.
@@ -35,6 +38,8 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 /// Attached programs and the maps the daemon reads.
 pub struct Tracer {
     pub maps: KernelMaps,
+    /// The live event stream's maps.
+    pub trace: TraceMaps,
     /// The programs' attachments. Dropping them detaches the programs unless the state is
     /// pinned (then its links keep them attached for the next daemon).
     pub links: Vec<FdLink>,
@@ -105,6 +110,7 @@ type TracepointIds = [(&'static str, u32); PROGRAMS.len()];
 struct LoadSettings {
     layout: SocketLayout,
     tracepoints: TracepointIds,
+    addresses: AddressLayout,
     buckets: DurationBuckets,
     ports: PortSet,
     slot_mask: u32,
@@ -117,9 +123,10 @@ struct LoadSettings {
 impl LoadSettings {
     /// What `config` and this kernel's BTF ask of the loader.
     fn of(config: &TracerConfig<'_>) -> anyhow::Result<Self> {
-        let (layout, tracepoints) = read_kernel_btf(config)?;
+        let (layout, addresses, tracepoints) = read_kernel_btf(config)?;
         Ok(LoadSettings {
             layout,
+            addresses,
             tracepoints,
             buckets: duration_buckets(config.buckets),
             ports: port_set(config.ports),
@@ -144,6 +151,7 @@ impl LoadSettings {
         let mut parts = vec![
             EBPF_OBJECT,
             sys::bpf::bytes_of(&self.layout),
+            sys::bpf::bytes_of(&self.addresses),
             sys::bpf::bytes_of(&self.buckets),
             sys::bpf::bytes_of(&self.ports),
         ];
@@ -224,16 +232,13 @@ impl Tracer {
                 Ok((*name, program.fd()?.try_clone()?))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let maps = KernelMaps::take(
-            |name| {
-                let pin = pinning::pin_of(state, pinning::MAPS, name);
-                let data =
-                    MapData::from_pin(&pin).with_context(|| format!("map {}", pin.display()))?;
-                Ok(Map::from_map_data(data)?)
-            },
-            programs,
-            socket_slots,
-        )?;
+        let mut take = |name: &str| {
+            let pin = pinning::pin_of(state, pinning::MAPS, pinning::map_pin_name(name));
+            let data = MapData::from_pin(&pin).with_context(|| format!("map {}", pin.display()))?;
+            Ok(Map::from_map_data(data)?)
+        };
+        let trace = TraceMaps::take(&mut take)?;
+        let maps = KernelMaps::take(take, programs, socket_slots)?;
         let figures = state.join(pinning::FIGURES);
         let mut store = FigureStore::open(&figures)
             .with_context(|| format!("the daemon's figures {}", figures.display()))?;
@@ -252,6 +257,7 @@ impl Tracer {
         };
         Ok(Tracer {
             maps,
+            trace,
             links,
             kept: KeptState {
                 store: Some(store),
@@ -270,6 +276,7 @@ impl Tracer {
         let mut ebpf = sys::mount::without_kernel_btf(EbpfLoader::new)
             .btf(None)
             .override_global(global::SOCKET_LAYOUT, &settings.layout, true)
+            .override_global(global::ADDRESS_LAYOUT, &settings.addresses, true)
             .override_global(global::DURATION_BUCKETS, &settings.buckets, true)
             .override_global(global::SERVICE_PORTS, &settings.ports, true)
             .override_global(global::SOCKET_SLOT_MASK, &settings.slot_mask, true)
@@ -319,16 +326,15 @@ impl Tracer {
                 Ok((*name, program.fd()?.try_clone()?))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let maps = KernelMaps::take(
-            |name| {
-                ebpf.take_map(name)
-                    .ok_or_else(|| anyhow!("map {name} is missing from the eBPF object"))
-            },
-            programs,
-            settings.socket_slots,
-        )?;
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| anyhow!("map {name} is missing from the eBPF object"))
+        };
+        let trace = TraceMaps::take(&mut take)?;
+        let maps = KernelMaps::take(take, programs, settings.socket_slots)?;
         Ok(Tracer {
             maps,
+            trace,
             links,
             kept: KeptState {
                 store,
@@ -403,9 +409,11 @@ fn load_btf_tracepoint<'a>(
 }
 
 /// What the daemon reads from this kernel's BTF, which it parses once: the offsets of `struct
-/// sock` (with the owner's when workloads are labelled), and the ids of the programs'
-/// tracepoints.
-fn read_kernel_btf(config: &TracerConfig<'_>) -> anyhow::Result<(SocketLayout, TracepointIds)> {
+/// sock` (with the owner's when workloads are labelled), the addresses' for the event stream,
+/// and the ids of the programs' tracepoints.
+fn read_kernel_btf(
+    config: &TracerConfig<'_>,
+) -> anyhow::Result<(SocketLayout, AddressLayout, TracepointIds)> {
     let kernel_btf = KernelBtf::from_sys_fs()?;
     let mut tracepoints = PROGRAMS.map(|(_, tracepoint)| (tracepoint, 0));
     for (tracepoint, id) in &mut tracepoints {
@@ -419,7 +427,7 @@ fn read_kernel_btf(config: &TracerConfig<'_>) -> anyhow::Result<(SocketLayout, T
         )?,
         None => layout,
     };
-    Ok((layout, tracepoints))
+    Ok((layout, kernel_btf.address_layout()?, tracepoints))
 }
 
 /// Pins the state of a new `ebpf` at `state`: its maps, programs, `links` (which keep the
@@ -440,11 +448,12 @@ fn pin_state(
     pinning::make_state_dirs(&partial)?;
     let pin_error = |what: &str, path: &Path| format!("cannot pin {what} at {}", path.display());
     for (name, map) in ebpf.maps() {
-        // `.rodata` and the like: the programs hold them, the daemon never reads them.
-        if name.starts_with('.') {
+        // `.rodata` and the like: the programs hold them, the daemon never reads them (it
+        // writes `.bss`, the event stream's filter).
+        if name.starts_with('.') && name != map::TRACE_CONTROL {
             continue;
         }
-        let path = pinning::pin_of(&partial, pinning::MAPS, name);
+        let path = pinning::pin_of(&partial, pinning::MAPS, pinning::map_pin_name(name));
         map.pin(&path).with_context(|| pin_error("map", &path))?;
     }
     for (name, _) in PROGRAMS {

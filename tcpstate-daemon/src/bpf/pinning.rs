@@ -219,6 +219,16 @@ pub fn pin_of(state: &Path, part: &str, name: &str) -> PathBuf {
     state.join(part).join(name)
 }
 
+/// The name the object's map `name` is pinned under: its own, but bpffs refuses a dot, and the
+/// one data section the daemon writes, `.bss` (the event stream's `TRACE_CONTROL`), goes by
+/// its global's name.
+pub fn map_pin_name(name: &str) -> &str {
+    match name {
+        tcpstate_common::map::TRACE_CONTROL => "TRACE_CONTROL",
+        name => name,
+    }
+}
+
 /// Makes the directories of a state being pinned at `state`.
 pub fn make_state_dirs(state: &Path) -> anyhow::Result<()> {
     for part in [MAPS, PROGRAMS, LINKS] {

@@ -35,8 +35,17 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 /// Needs root, or CAP_BPF + CAP_PERFMON (+ CAP_SYS_RESOURCE on kernels without memcg
 /// accounting of BPF memory), and a kernel with BTF (/sys/kernel/btf/vmlinux).
 #[derive(Parser, Debug, Clone)]
-#[command(name = "tcpstated", version = crate::version::LONG_VERSION, max_term_width = 100)]
+#[command(
+    name = "tcpstated",
+    version = crate::version::LONG_VERSION,
+    max_term_width = 100,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Flags {
+    /// A subcommand instead of the daemon (`tcpstated trace`).
+    #[command(subcommand)]
+    pub command: Option<crate::trace::command::Command>,
+
     /// Address on which to expose metrics and the web interface: HOST:PORT, [IPv6]:PORT, or
     /// :PORT for every address (IPv6 and IPv4). Repeat the flag to listen on several.
     #[arg(long = "web.listen-address", value_name = "ADDRESS", default_value = DEFAULT_LISTEN_ADDRESS,
@@ -68,6 +77,11 @@ pub struct Flags {
     #[arg(long = "web.max-connections", value_name = "COUNT", default_value_t = DEFAULT_MAX_CONNECTIONS,
           value_parser = parse_max_connections, allow_negative_numbers = true)]
     pub max_connections: usize,
+
+    /// Serve no live event stream (`/events`, what `tcpstated trace` and the page's last
+    /// transitions read): it shows every connection's addresses, where /metrics shows counts.
+    #[arg(long = "web.disable-events")]
+    pub disable_events: bool,
 
     /// Service port to export by number in the `port` label (repeat the flag or give a comma
     /// list). A socket's service port is its local port for server and listener sockets and its
@@ -312,9 +326,13 @@ fn parse_telemetry_path(text: &str) -> Result<String, String> {
             text.escape_default()
         ));
     }
-    if matches!(text, "/" | "/healthz") {
+    if matches!(
+        text,
+        "/" | "/healthz" | "/sockets" | "/sockets.json" | "/events"
+    ) {
         return Err(format!(
-            "`{text}` is taken by the landing page or the health check"
+            "`{text}` is taken by the landing page, the health check, the sockets view or the \
+             event stream"
         ));
     }
     Ok(text.to_owned())
@@ -558,6 +576,8 @@ mod tests {
     fn telemetry_path_must_be_a_free_absolute_path() {
         assert!(parse(&["--web.telemetry-path", "metrics"]).is_err());
         assert!(parse(&["--web.telemetry-path", "/healthz"]).is_err());
+        assert!(parse(&["--web.telemetry-path", "/events"]).is_err());
+        assert!(parse(&["--web.telemetry-path", "/sockets.json"]).is_err());
         assert_eq!(
             parse(&["--web.telemetry-path", "/m"])
                 .unwrap()

@@ -279,7 +279,15 @@ impl http_body::Body for TrackedBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &frame {
+            // hyper asks for a frame only once it has room for it: a stream (`/events`) that
+            // keeps handing frames over makes progress, one whose client stops reading does
+            // not, and its response deadline runs out.
+            this._done.0.enter(Phase::Responding);
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {

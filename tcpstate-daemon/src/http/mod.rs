@@ -1,8 +1,10 @@
 //! The HTTP endpoints: `/` (landing page), the telemetry path (metrics, gzip when asked for),
-//! `/healthz`, the sockets view (`sockets`: `/sockets`, `/sockets.json`); `server` keeps the connections, `listen` binds the addresses, `web_config`,
-//! `gate` and `tls` apply `--web.config.file`, `telemetry` counts requests.
+//! `/healthz`, the sockets view (`sockets`: `/sockets`, `/sockets.json`), `/events` (the live
+//! event stream, `events`); `server` keeps the connections, `listen` binds the addresses,
+//! `web_config`, `gate` and `tls` apply `--web.config.file`, `telemetry` counts requests.
 
 mod connections;
+mod events;
 mod gate;
 mod listen;
 mod server;
@@ -43,6 +45,8 @@ pub struct WebState {
     pub web_config: Option<Arc<WebConfigSource>>,
     /// Answers `/sockets.json` (`None`: 404).
     pub sockets: Option<SocketsView>,
+    /// The live event stream's subscribers (`/events`); `None`: no stream.
+    pub events: Option<Arc<crate::trace::Hub>>,
 }
 
 /// The daemon's runtime: one thread for every connection (they only wait), and a small pool
@@ -122,6 +126,7 @@ fn router(state: WebState) -> Router {
         .route("/healthz", get(health))
         .route("/sockets", get(sockets::sockets_page))
         .route("/sockets.json", get(sockets::sockets_json))
+        .route("/events", get(events::events))
         .with_state(state);
     match gate {
         Some(gate) => router.layer(axum::middleware::from_fn_with_state(gate, gate::gate)),
@@ -287,6 +292,7 @@ mod tests {
             telemetry_path: "/metrics".into(),
             web_config: None,
             sockets: None,
+            events: None,
         };
         let server = TestServer::start(router(state), Limits::default());
 

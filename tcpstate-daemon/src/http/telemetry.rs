@@ -24,7 +24,7 @@ pub struct HttpMetrics {
 }
 
 /// `handler` values besides the telemetry path; any other path is `other`.
-const HANDLERS: [&str; 4] = ["/", "/healthz", "/sockets", "/sockets.json"];
+const HANDLERS: [&str; 5] = ["/", "/healthz", "/sockets", "/sockets.json", "/events"];
 
 impl HttpMetrics {
     pub fn register(registry: &Registry, telemetry_path: &str) -> prometheus::Result<Self> {

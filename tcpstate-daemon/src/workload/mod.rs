@@ -191,6 +191,18 @@ impl Resolver {
         workload
     }
 
+    /// The groups of the hierarchy, walked now, whose workload `matches` (named without the
+    /// bound: for the event stream's filter, not for labels).
+    pub fn groups_matching(&mut self, mut matches: impl FnMut(&Workload) -> bool) -> Vec<u32> {
+        self.walk_again(Instant::now());
+        let paths: Vec<(u32, String)> = self.paths.iter().map(|(c, p)| (*c, p.clone())).collect();
+        paths
+            .into_iter()
+            .filter(|(_, path)| matches(&self.decode(path)))
+            .map(|(cgroup, _)| cgroup)
+            .collect()
+    }
+
     /// The path of group `cgroup`, walking the hierarchy again (once per inode missing since
     /// the last walk) when it is not known yet.
     fn path(&mut self, cgroup: u32) -> Option<String> {
@@ -442,6 +454,22 @@ mod tests {
         assert_eq!(resolver.workload(gone).container, format!("cgroup-{gone}"));
         assert_eq!(resolver.workload(gone).container, format!("cgroup-{gone}"));
         assert_eq!(resolver.walks, walks + 1);
+    }
+
+    #[test]
+    fn groups_are_found_by_their_workload() {
+        let root = std::env::temp_dir().join(format!("tcpstate-match-{}", std::process::id()));
+        let groups = ["system.slice/web.service", "system.slice/db.service"].map(|g| root.join(g));
+        for group in &groups {
+            fs::create_dir_all(group).unwrap();
+        }
+        let web = fs::metadata(&groups[0]).unwrap().ino() as u32;
+        // A bound of one name does not hide the others from a filter.
+        let mut resolver = Resolver::with_cgroup_root(root.clone(), Path::new("/nonexistent"), 1);
+        resolver.workload(fs::metadata(&groups[1]).unwrap().ino() as u32);
+        let found = resolver.groups_matching(|workload| workload.container == "web.service");
+        assert_eq!(found, [web]);
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

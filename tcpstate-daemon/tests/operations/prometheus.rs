@@ -10,7 +10,7 @@ use std::{
 };
 
 use crate::support::{
-    Daemon, eventually,
+    Daemon, ONCE_PER_CLIENT_FIRST_CLOSE, eventually,
     files::rule_files,
     prometheus::{Prometheus, unix_now},
 };
@@ -107,16 +107,7 @@ fn prometheus_scrapes_the_daemon_and_the_rules_give_the_expected_values() {
             ((label("role"), label("from"), label("to")), sample.value)
         })
         .collect();
-    for (role, from, to) in [
-        ("client", "CLOSE", "SYN_SENT"),
-        ("client", "SYN_SENT", "ESTABLISHED"),
-        ("client", "ESTABLISHED", "FIN_WAIT1"),
-        ("server", "LISTEN", "SYN_RECV"),
-        ("server", "SYN_RECV", "ESTABLISHED"),
-        ("server", "ESTABLISHED", "CLOSE_WAIT"),
-        ("server", "CLOSE_WAIT", "LAST_ACK"),
-        ("server", "LAST_ACK", "CLOSE"),
-    ] {
+    for (role, from, to) in ONCE_PER_CLIENT_FIRST_CLOSE {
         let key = (role.to_owned(), from.to_owned(), to.to_owned());
         assert_eq!(
             increases.get(&key).copied(),

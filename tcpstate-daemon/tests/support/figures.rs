@@ -27,6 +27,20 @@ pub fn transitions(after: &Exposition, before: &Exposition, port: u16) -> Transi
         .collect()
 }
 
+/// `(role, from, to)` of the transitions every connection whose client closes first makes
+/// once, however its segments fall: the client then leaves FIN_WAIT1 for FIN_WAIT2, or for
+/// TIME_WAIT when the server's FIN acknowledges its own.
+pub const ONCE_PER_CLIENT_FIRST_CLOSE: [(&str, &str, &str); 8] = [
+    ("client", "CLOSE", "SYN_SENT"),
+    ("client", "SYN_SENT", "ESTABLISHED"),
+    ("client", "ESTABLISHED", "FIN_WAIT1"),
+    ("server", "LISTEN", "SYN_RECV"),
+    ("server", "SYN_RECV", "ESTABLISHED"),
+    ("server", "ESTABLISHED", "CLOSE_WAIT"),
+    ("server", "CLOSE_WAIT", "LAST_ACK"),
+    ("server", "LAST_ACK", "CLOSE"),
+];
+
 pub fn expect(items: &[(&str, &str, &str, u64)]) -> Transitions {
     let mut out = Transitions::new();
     for (role, from, to, count) in items {

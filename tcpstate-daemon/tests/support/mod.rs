@@ -33,7 +33,8 @@ use std::{
 
 pub use daemon::{Daemon, free_local_address};
 pub use figures::{
-    Transitions, expect, handshakes, recording_failures, sockets, transitions, until_transitions,
+    ONCE_PER_CLIENT_FIRST_CLOSE, Transitions, expect, handshakes, recording_failures, sockets,
+    transitions, until_transitions,
 };
 pub use netns::{Netns, NftTable, run_in_namespace_file, run_in_netns};
 pub use rerun::{UNRECORDED_EVENTS, rerun_once_after_unrecorded_events};
