@@ -536,12 +536,16 @@ fn measure_run(
 ) -> anyhow::Result<RunResult> {
     // The raw view: the kernel's own per-event sequence, which the load generator's flows
     // predict exactly. The kernel programs do the same work in either view; the logical view
-    // only adds sock_diag polls at scrape time (measured in the scale runs).
+    // only adds sock_diag polls at scrape time (measured in the scale runs). The slot table
+    // sized as README says, about twice the sockets between two scrapes: a run makes some
+    // 220,000 with no scrape, and the kernel's per-CPU cookie batches can make a run's
+    // cookies span more than the default 262,144 slots, which sends thousands of handoffs
+    // through the displaced ring (1,024 per CPU) and loses some.
     let tracer = Tracer::start(
         config,
         &context.binaries,
         context.port,
-        &["--transitions.view=raw"],
+        &["--transitions.view=raw", "--sockets.slots=524288"],
     )?;
     thread::sleep(START_UP_SETTLE);
     let pid = tracer.pid();
