@@ -529,7 +529,9 @@ pub fn render(results: &Results, summary: &Summary) -> String {
         "| Runs | {} rounds; per round, every configuration for {} s with `kernel.bpf_stats_enabled=0` \
          (throughput), then every tracer for {} s with it at 1 (kernel cost). tcpstated runs with \
          `--transitions.view=raw` here: the kernel's own sequence, which the load generator \
-         predicts (the kernel programs do the same work in either view) |",
+         predicts (the kernel programs do the same work in either view), and \
+         `--sockets.slots=524288`: twice the sockets a run makes with no scrape, as README \
+         sizes the table |",
         plan.rounds, plan.seconds, plan.cost_seconds
     ));
     let others = if results.other_programs.is_empty() {
