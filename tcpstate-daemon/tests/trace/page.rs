@@ -12,9 +12,10 @@ use serde_json::Value;
 use crate::support::{Daemon, chromium::Chromium, rerun_once_after_unrecorded_events};
 use crate::{CLOSE_WAIT_HOLD, ONE_CONNECTION, WAIT, address, client_closes_first};
 
-/// The page's stream status and its rows of last transitions, newest first.
+/// The page's stream status and its rows of last transitions, newest first (nothing yet while
+/// the page has no body: a tab is evaluated as soon as it opens).
 const LAST_TRANSITIONS: &str = r##"JSON.stringify({
-  stream: document.body.dataset.stream || "",
+  stream: (document.body && document.body.dataset.stream) || "",
   status: (document.getElementById("stream-status") || {}).textContent || "",
   rows: [...document.querySelectorAll("#last-transitions tr[data-from]")].map((row) => ({
     role: row.dataset.role, from: row.dataset.from, to: row.dataset.to, port: row.dataset.port,
