@@ -4,8 +4,7 @@
 //! no counter goes back between two scrapes, across the restarts too.
 
 use std::{
-    io::{ErrorKind, Read as _, Write as _},
-    net::{TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering::Relaxed},
@@ -14,7 +13,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::support::{Daemon, Exposition, UNRECORDED_EVENTS, rerun_once_after_unrecorded_events};
+use crate::support::{
+    Daemon, Exposition, UNRECORDED_EVENTS,
+    churn::{connect_until, serve_until},
+    rerun_once_after_unrecorded_events,
+};
 use crate::{PinFs, WAIT, daemon};
 
 const PORT: u16 = 27220;
@@ -63,38 +66,6 @@ impl Watcher {
         self.scrapes += 1;
         scrape
     }
-}
-
-fn serve_until(listener: TcpListener, stop: Arc<AtomicBool>) -> u64 {
-    listener.set_nonblocking(true).unwrap();
-    let mut served = 0;
-    loop {
-        match listener.accept() {
-            Ok((mut stream, _)) => {
-                stream.set_nonblocking(false).unwrap();
-                stream.set_read_timeout(Some(WAIT)).unwrap();
-                let _ = stream.read_to_end(&mut Vec::new());
-                served += 1;
-            }
-            Err(error) if error.kind() == ErrorKind::WouldBlock => {
-                if stop.load(Relaxed) {
-                    return served;
-                }
-                thread::sleep(Duration::from_micros(50));
-            }
-            Err(error) => panic!("accept: {error}"),
-        }
-    }
-}
-
-fn connect_until(stop: Arc<AtomicBool>) -> u64 {
-    let mut made = 0;
-    while !stop.load(Relaxed) {
-        let mut stream = TcpStream::connect(("127.0.0.1", PORT)).expect("connect");
-        stream.write_all(b"x").unwrap();
-        made += 1;
-    }
-    made
 }
 
 /// The counts the flows of `made` client-first connections give, with the counted ones.
@@ -161,13 +132,15 @@ fn churn_through_three_restarts_is_counted_exactly_once() {
         let servers: Vec<_> = (0..2)
             .map(|_| {
                 let (listener, stop) = (listener.try_clone().unwrap(), stop_servers.clone());
-                thread::spawn(move || serve_until(listener, stop))
+                thread::spawn(move || serve_until(&listener, &stop, WAIT))
             })
             .collect();
         let clients: Vec<_> = (0..2)
             .map(|_| {
                 let stop = stop_clients.clone();
-                thread::spawn(move || connect_until(stop))
+                thread::spawn(move || {
+                    connect_until(SocketAddr::from(([127, 0, 0, 1], PORT)), &stop)
+                })
             })
             .collect();
         for signal in ["TERM", "KILL", "TERM"] {

@@ -3,7 +3,6 @@
 
 use std::{
     collections::BTreeMap,
-    io::{ErrorKind, Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     thread,
     time::Duration,
@@ -16,7 +15,9 @@ use crate::checks::{
     relevant, ss_count, until_metrics, until_ss,
 };
 use crate::support::{
-    Netns, eventually, expect, rerun_once_after_unrecorded_events, sockets, until_transitions,
+    Netns,
+    churn::{connect_until, serve_until},
+    eventually, expect, rerun_once_after_unrecorded_events, sockets, until_transitions,
 };
 use crate::traffic::{accept, close_clients_first, connect, listen};
 use crate::{WAIT, start};
@@ -128,7 +129,7 @@ impl Churn {
             .map(|_| {
                 let listener = listener.try_clone().unwrap();
                 let stop = servers_stop.clone();
-                thread::spawn(move || serve_until(&listener, &stop))
+                thread::spawn(move || serve_until(&listener, &stop, WAIT))
             })
             .collect();
         let clients = (0..2)
@@ -158,40 +159,6 @@ impl Churn {
         assert_eq!(made, served, "connections made and served");
         made
     }
-}
-
-/// Accepts, reads each connection to its end and closes it, until `stop` is set and no
-/// connection waits.
-fn serve_until(listener: &TcpListener, stop: &std::sync::atomic::AtomicBool) -> u64 {
-    listener.set_nonblocking(true).unwrap();
-    let mut served = 0;
-    loop {
-        match listener.accept() {
-            Ok((mut stream, _)) => {
-                stream.set_nonblocking(false).unwrap();
-                stream.set_read_timeout(Some(WAIT)).unwrap();
-                let _ = stream.read_to_end(&mut Vec::new());
-                served += 1;
-            }
-            Err(error) if error.kind() == ErrorKind::WouldBlock => {
-                if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    return served;
-                }
-                thread::sleep(Duration::from_micros(50))
-            }
-            Err(error) => panic!("accept: {error}"),
-        }
-    }
-}
-
-fn connect_until(address: SocketAddr, stop: &std::sync::atomic::AtomicBool) -> u64 {
-    let mut made = 0;
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        let mut stream = TcpStream::connect(address).expect("connect");
-        stream.write_all(b"x").unwrap();
-        made += 1;
-    }
-    made
 }
 
 /// States whose gauge the start-up baseline feeds (all but the polls' TIME_WAIT).

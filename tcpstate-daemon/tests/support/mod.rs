@@ -12,6 +12,7 @@
 )]
 
 pub mod chromium;
+pub mod churn;
 mod daemon;
 pub mod figures;
 pub mod files;
