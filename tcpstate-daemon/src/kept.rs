@@ -88,6 +88,11 @@ impl Writer {
         self.u64(len as u64);
     }
 
+    /// Bytes another writer wrote, as they were read (`Reader::rest`).
+    pub fn raw(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(bytes);
+    }
+
     pub fn option(&mut self, value: Option<u64>) {
         self.u8(u8::from(value.is_some()));
         self.u64(value.unwrap_or(0));
@@ -147,6 +152,11 @@ impl<'a> Reader<'a> {
     /// Whether everything was read (a longer input is not what this version wrote).
     pub fn is_done(&self) -> bool {
         self.bytes.is_empty()
+    }
+
+    /// What is left to read.
+    pub fn rest(self) -> &'a [u8] {
+        self.bytes
     }
 
     fn take<const N: usize>(&mut self) -> Result<[u8; N], Unreadable> {

@@ -7,7 +7,7 @@ use clap::Parser as _;
 use tcpstate_daemon::{
     bpf::loader::{self, Tracer, TracerConfig},
     capabilities::{self, AfterStart, Keep},
-    config::{Flags, NamespaceScope},
+    config::{Collectors, Flags, NamespaceScope},
     exit::Failure,
     http::{self, SocketsView, WebConfigSource, WebState},
     logging,
@@ -64,11 +64,13 @@ fn check(flags: &Flags) -> ExitCode {
         .and_then(|tracer| workload_resolver(flags).map(|_| tracer));
     match checked {
         Ok(tracer) => {
+            let programs: Vec<&str> = tracer.maps.programs.iter().map(|(name, _)| *name).collect();
             drop(tracer); // detaches
             log::info!(
-                "check passed: tcpstated {} can run on this kernel with these flags (every \
-                 program loaded, verified, attached and detached)",
-                metrics::VERSION
+                "check passed: tcpstated {} can run on this kernel with these flags (programs {} \
+                 loaded, verified, attached and detached)",
+                metrics::VERSION,
+                programs.join(", ")
             );
             ExitCode::SUCCESS
         }
@@ -80,6 +82,13 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
     let shutdown = sys::shutdown_signal()?;
     preflight::check_privileges()?;
     let (bound, limits) = http::listen(&flags.listen_addresses, flags.max_connections)?;
+    let collectors = flags.collectors();
+    if collectors != Collectors::ALL {
+        log::info!(
+            "collectors turned off (--no-collector.NAME): {}",
+            collectors.turned_off().join(", ")
+        );
+    }
     let tracer = Tracer::attach(&TracerConfig::from_flags(&flags))?;
     let adopted = tracer.kept.adopted;
     let label_rule = LabelRule {
@@ -109,7 +118,8 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
         kept,
         pin_root,
     } = tracer;
-    let mut state = KernelState::new(maps, census).keeping(kept);
+    let config = CollectorConfig::from_flags(&flags);
+    let mut state = KernelState::new(maps, census).keeping(kept, &config);
     if let Some(resolver) = workload_resolver(&flags)? {
         state = state.with_workloads(resolver);
     }
@@ -119,7 +129,7 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
     })
     .context("cannot start the sock_diag poll thread")?;
     let poll_thread_id = poll_thread.id();
-    let collector = TcpStateCollector::new(state, CollectorConfig::from_flags(&flags), poll_thread);
+    let collector = TcpStateCollector::new(state, config, poll_thread);
     collector.start_background_poll();
     let view = collector.clone();
     let sockets: SocketsView = Arc::new(move |query| view.sockets(query));

@@ -20,6 +20,7 @@ use tcpstate_common::{
 };
 use tcpstate_daemon::{
     bpf::{maps::Snapshot, socket_slots::SlotSweep as _},
+    config::Collectors,
     metrics::{CollectorConfig, PartRun, Parts, Scrape, exposition},
     model::{
         Counters, StateKey, View,
@@ -371,6 +372,12 @@ fn metrics(view: View) -> String {
 }
 
 fn metrics_with(view: View, workloads: Option<&WorkloadTable>) -> String {
+    metrics_of(view, workloads, Collectors::ALL)
+}
+
+/// As [`metrics_with`], with only `collectors` on: the scrape then has what the collector
+/// gives it (no poll or netstat figures of a part turned off).
+fn metrics_of(view: View, workloads: Option<&WorkloadTable>, collectors: Collectors) -> String {
     let snapshot = snapshot();
     let census = census();
     let ages = ages();
@@ -380,7 +387,9 @@ fn metrics_with(view: View, workloads: Option<&WorkloadTable>) -> String {
         poll_min_interval: Duration::from_secs(1),
         socket_slots: 1 << 16,
         service_ports: SERVICE_PORTS.to_vec(),
+        collectors,
     };
+    let netstat = collectors.netstat;
     let scrape = Scrape {
         snapshot: &snapshot,
         census: Some(&census),
@@ -388,8 +397,9 @@ fn metrics_with(view: View, workloads: Option<&WorkloadTable>) -> String {
             overflows: 13,
             drops: 17,
             timewait_overflows: 19,
-        }),
-        port_range: Some((32768, 60999)),
+        })
+        .filter(|_| netstat),
+        port_range: Some((32768, 60999)).filter(|_| netstat),
         // The last poll failed in a namespace it entered (the poll errors below).
         parts: Parts {
             bpf: PartRun {
@@ -399,11 +409,13 @@ fn metrics_with(view: View, workloads: Option<&WorkloadTable>) -> String {
             sockdiag: Some(PartRun {
                 took: Duration::from_millis(75),
                 succeeded: false,
-            }),
-            netstat: PartRun {
+            })
+            .filter(|_| collectors.sockdiag),
+            netstat: Some(PartRun {
                 took: Duration::from_micros(60),
                 succeeded: true,
-            },
+            })
+            .filter(|_| netstat),
         },
         poll_errors: 3,
         workloads,
@@ -521,4 +533,100 @@ fn golden_exposition_with_workloads() {
     let text = metrics_with(View::Logical, Some(&WorkloadTable::of(&[(0, web)])));
     assert_matches_fixture(&text, "exposition-workloads.prom");
     assert_promtool_accepts(&text);
+}
+
+/// The names of the families of an exposition.
+fn family_names(text: &str) -> std::collections::BTreeSet<&str> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|line| line.split(' ').next())
+        .collect()
+}
+
+/// A part turned off (`--no-collector.NAME`) takes away its families, whole (no zeros), and its
+/// samples of the families it shares; every other family stays.
+#[test]
+fn each_part_turned_off_takes_away_exactly_its_figures() {
+    let all = metrics(View::Logical);
+    let on = Collectors::ALL;
+    let cases: [(Collectors, &[&str], &[&str]); 4] = [
+        (
+            Collectors {
+                sockdiag: false,
+                ..on
+            },
+            &[
+                "tcpstate_listen_queue_length",
+                "tcpstate_listen_queue_limit",
+                "tcpstate_network_namespaces",
+                "tcpstate_poll_duration_seconds",
+                "tcpstate_poll_interval_seconds",
+            ],
+            &[
+                r#"tcpstate_sockets{state="TIME_WAIT""#,
+                r#"tcpstate_sockets{state="NEW_SYN_RECV""#,
+                r#"tcpstate_transitions_total{from="TIME_WAIT""#,
+                r#"{reason="close_undelivered"}"#,
+                r#"{collector="sockdiag"}"#,
+            ],
+        ),
+        (
+            Collectors {
+                netstat: false,
+                ..on
+            },
+            &[
+                "tcpstate_ephemeral_ports",
+                "tcpstate_listen_drops_total",
+                "tcpstate_listen_overflows_total",
+                "tcpstate_timewait_overflows_total",
+            ],
+            &[r#"{collector="netstat"}"#],
+        ),
+        (
+            Collectors {
+                resets: false,
+                ..on
+            },
+            &[
+                "tcpstate_resets_received_total",
+                "tcpstate_resets_sent_total",
+            ],
+            &[],
+        ),
+        (
+            Collectors {
+                synack_retransmits: false,
+                ..on
+            },
+            &["tcpstate_synack_retransmits_total"],
+            &[],
+        ),
+    ];
+    for (collectors, families, samples) in cases {
+        let text = metrics_of(View::Logical, None, collectors);
+        let (before, after) = (family_names(&all), family_names(&text));
+        assert!(after.is_subset(&before), "{collectors:?}");
+        let gone: Vec<&str> = before.difference(&after).copied().collect();
+        assert_eq!(gone, families, "{collectors:?}");
+        for sample in samples {
+            assert!(
+                all.contains(sample) && !text.contains(sample),
+                "{collectors:?}: {sample}"
+            );
+        }
+        assert_promtool_accepts(&text);
+    }
+    // `events_map_full` counts the events of both event programs: it goes with the last.
+    let reason = r#"{reason="events_map_full"}"#;
+    let one_left = Collectors {
+        resets: false,
+        ..on
+    };
+    assert!(metrics_of(View::Logical, None, one_left).contains(reason));
+    let none_left = Collectors {
+        synack_retransmits: false,
+        ..one_left
+    };
+    assert!(!metrics_of(View::Logical, None, none_left).contains(reason));
 }

@@ -26,7 +26,7 @@ use super::{
     pinning::{self, PinRoot, PinSettings},
 };
 use crate::{
-    config::{Buckets, Flags},
+    config::{Buckets, Collectors, Flags},
     kept::{DaemonFigures, Reader},
     sys,
     trace::TraceMaps,
@@ -72,6 +72,8 @@ pub struct TracerConfig<'a> {
     pub workloads: Option<usize>,
     /// Where the state is pinned, and whether it outlives this daemon.
     pub pins: PinSettings,
+    /// The parts turned off: their programs are neither loaded nor attached.
+    pub collectors: Collectors,
 }
 
 impl KeptState {
@@ -95,6 +97,7 @@ impl<'a> TracerConfig<'a> {
             transition_slots: flags.transition_slots,
             workloads: flags.workloads.then_some(flags.max_workloads),
             pins: flags.pin_settings(),
+            collectors: flags.collectors(),
         }
     }
 
@@ -103,11 +106,12 @@ impl<'a> TracerConfig<'a> {
     }
 }
 
-/// The tracepoint of each program (as in `PROGRAMS`) and its typedef's id in the kernel's BTF.
-type TracepointIds = [(&'static str, u32); PROGRAMS.len()];
+/// The tracepoint of each program loaded and its typedef's id in the kernel's BTF.
+type TracepointIds = Vec<(&'static str, u32)>;
 
-/// Everything the loader gives the kernel: the programs' globals and the maps' sizes.
+/// Everything the loader gives the kernel: the programs, their globals and the maps' sizes.
 struct LoadSettings {
+    programs: Vec<Program>,
     layout: SocketLayout,
     tracepoints: TracepointIds,
     addresses: AddressLayout,
@@ -123,8 +127,10 @@ struct LoadSettings {
 impl LoadSettings {
     /// What `config` and this kernel's BTF ask of the loader.
     fn of(config: &TracerConfig<'_>) -> anyhow::Result<Self> {
-        let (layout, addresses, tracepoints) = read_kernel_btf(config)?;
+        let programs = programs(&config.collectors);
+        let (layout, addresses, tracepoints) = read_kernel_btf(config, &programs)?;
         Ok(LoadSettings {
+            programs,
             layout,
             addresses,
             tracepoints,
@@ -156,6 +162,13 @@ impl LoadSettings {
             sys::bpf::bytes_of(&self.ports),
         ];
         parts.extend(words.iter().map(|word| word.as_slice()));
+        // The programs turned off (none by default, which leaves the default's name as it was).
+        parts.extend(
+            PROGRAMS
+                .iter()
+                .filter(|program| !self.programs.contains(program))
+                .map(|(name, _)| name.as_bytes()),
+        );
         pinning::state_name(&parts)
     }
 }
@@ -169,7 +182,7 @@ impl Tracer {
         let pin_root = PinRoot::open(&config.pins)?;
         let state = pin_root.as_ref().map(|root| root.path().join(&name));
         let adopted = match &state {
-            Some(state) if state.exists() => match Tracer::adopt(state, config.socket_slots) {
+            Some(state) if state.exists() => match Tracer::adopt(state, &settings) {
                 Ok(tracer) => Some(tracer),
                 Err(error) => {
                     log::warn!(
@@ -211,10 +224,11 @@ impl Tracer {
         Tracer::load(&LoadSettings::of(config)?, None)
     }
 
-    /// The state pinned at `state` by an earlier daemon: nothing is loaded or attached, the
-    /// programs never stopped.
-    fn adopt(state: &Path, socket_slots: u32) -> anyhow::Result<Self> {
-        let links = PROGRAMS
+    /// The state pinned at `state` by an earlier daemon with `settings`: nothing is loaded or
+    /// attached, the programs never stopped.
+    fn adopt(state: &Path, settings: &LoadSettings) -> anyhow::Result<Self> {
+        let links = settings
+            .programs
             .iter()
             .map(|(name, _)| {
                 let pin = pinning::pin_of(state, pinning::LINKS, name);
@@ -223,7 +237,8 @@ impl Tracer {
                 Ok(FdLink::from(link))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let programs = PROGRAMS
+        let programs = settings
+            .programs
             .iter()
             .map(|(name, _)| {
                 let pin = pinning::pin_of(state, pinning::PROGRAMS, name);
@@ -238,7 +253,7 @@ impl Tracer {
             Ok(Map::from_map_data(data)?)
         };
         let trace = TraceMaps::take(&mut take)?;
-        let maps = KernelMaps::take(take, programs, socket_slots)?;
+        let maps = KernelMaps::take(take, programs, settings.socket_slots)?;
         let figures = state.join(pinning::FIGURES);
         let mut store = FigureStore::open(&figures)
             .with_context(|| format!("the daemon's figures {}", figures.display()))?;
@@ -300,7 +315,7 @@ impl Tracer {
         // program only acts while the primary one is mid-run on the CPU, so order is not
         // essential, but this keeps the common case's second call a cheap no-op.
         let mut links = Vec::new();
-        for (name, tracepoint) in PROGRAMS {
+        for &(name, tracepoint) in &settings.programs {
             let program = load_btf_tracepoint(&mut ebpf, name, tracepoint, &btf)?;
             let link = program
                 .attach()
@@ -311,13 +326,14 @@ impl Tracer {
         sys::release_free_memory();
         let store = match pin_at {
             Some(state) => {
-                let (pinned, store) = pin_state(&mut ebpf, links, state)?;
+                let (pinned, store) = pin_state(&mut ebpf, &settings.programs, links, state)?;
                 links = pinned;
                 Some(store)
             }
             None => None,
         };
-        let programs = PROGRAMS
+        let programs = settings
+            .programs
             .iter()
             .map(|(name, _)| {
                 let program = ebpf
@@ -366,14 +382,30 @@ impl Tracer {
     }
 }
 
+/// A program of the object and the tracepoint it attaches to.
+pub type Program = (&'static str, &'static str);
+
 /// The programs, each with the tracepoint it attaches to, in attach order.
-pub const PROGRAMS: [(&str, &str); 5] = [
+pub const PROGRAMS: [Program; 5] = [
     (program::RECORD_STATE_CHANGE, program::TRACEPOINT),
     (program::RECORD_NESTED_STATE_CHANGE, program::TRACEPOINT),
     (program::RECORD_RESET_SENT, "tcp_send_reset"),
     (program::RECORD_RESET_RECEIVED, "tcp_receive_reset"),
     (program::RECORD_SYNACK_RETRANSMIT, "tcp_retransmit_synack"),
 ];
+
+/// The programs of `PROGRAMS` that `collectors` leaves on, in attach order: the state
+/// programs always, the event programs unless their part is turned off.
+pub fn programs(collectors: &Collectors) -> Vec<Program> {
+    PROGRAMS
+        .into_iter()
+        .filter(|(name, _)| match *name {
+            program::RECORD_RESET_SENT | program::RECORD_RESET_RECEIVED => collectors.resets,
+            program::RECORD_SYNACK_RETRANSMIT => collectors.synack_retransmits,
+            _ => true,
+        })
+        .collect()
+}
 
 /// Loads the object's program `name` and attaches it to the BTF tracepoint `tracepoint`; errors
 /// say what to do (privileges, the verifier's log, a stale build).
@@ -410,15 +442,16 @@ fn load_btf_tracepoint<'a>(
 
 /// What the daemon reads from this kernel's BTF, which it parses once: the offsets of `struct
 /// sock` (with the owner's when workloads are labelled), the addresses' for the event stream,
-/// and the ids of the programs' tracepoints.
+/// and the ids of the tracepoints of `programs`.
 fn read_kernel_btf(
     config: &TracerConfig<'_>,
+    programs: &[Program],
 ) -> anyhow::Result<(SocketLayout, AddressLayout, TracepointIds)> {
     let kernel_btf = KernelBtf::from_sys_fs()?;
-    let mut tracepoints = PROGRAMS.map(|(_, tracepoint)| (tracepoint, 0));
-    for (tracepoint, id) in &mut tracepoints {
-        *id = kernel_btf.tracepoint_id(tracepoint)?;
-    }
+    let tracepoints = programs
+        .iter()
+        .map(|&(_, tracepoint)| Ok((tracepoint, kernel_btf.tracepoint_id(tracepoint)?)))
+        .collect::<anyhow::Result<TracepointIds>>()?;
     let layout = kernel_btf.socket_layout()?;
     let layout = match config.workloads {
         Some(_) => kernel_btf.with_owner_cgroup(layout).context(
@@ -430,12 +463,13 @@ fn read_kernel_btf(
     Ok((layout, kernel_btf.address_layout()?, tracepoints))
 }
 
-/// Pins the state of a new `ebpf` at `state`: its maps, programs, `links` (which keep the
-/// programs attached while no daemon runs) and a new store for the daemon's figures. Pinned
-/// first under a partial name, renamed when whole: a daemon stopped midway leaves nothing
-/// the next one would adopt.
+/// Pins the state of a new `ebpf` at `state`: its maps, `programs`, their `links` (which keep
+/// the programs attached while no daemon runs) and a new store for the daemon's figures.
+/// Pinned first under a partial name, renamed when whole: a daemon stopped midway leaves
+/// nothing the next one would adopt.
 fn pin_state(
     ebpf: &mut Ebpf,
+    programs: &[Program],
     links: Vec<FdLink>,
     state: &Path,
 ) -> anyhow::Result<(Vec<FdLink>, FigureStore)> {
@@ -456,7 +490,7 @@ fn pin_state(
         let path = pinning::pin_of(&partial, pinning::MAPS, pinning::map_pin_name(name));
         map.pin(&path).with_context(|| pin_error("map", &path))?;
     }
-    for (name, _) in PROGRAMS {
+    for (name, _) in programs {
         let program: &mut BtfTracePoint = ebpf
             .program_mut(name)
             .ok_or_else(|| missing_program(name))?
@@ -468,7 +502,7 @@ fn pin_state(
     }
     let links = links
         .into_iter()
-        .zip(PROGRAMS)
+        .zip(programs)
         .map(|(link, (name, _))| {
             let path = pinning::pin_of(&partial, pinning::LINKS, name);
             let pinned = link.pin(&path).with_context(|| pin_error("link", &path))?;
@@ -610,6 +644,67 @@ mod tests {
             2,
             "above the last bound: ignored slot"
         );
+    }
+
+    /// The load settings of `collectors` (and of nothing else this kernel says).
+    fn settings(collectors: Collectors) -> LoadSettings {
+        let programs = programs(&collectors);
+        LoadSettings {
+            tracepoints: programs
+                .iter()
+                .map(|(_, tracepoint)| (*tracepoint, 1))
+                .collect(),
+            programs,
+            layout: SocketLayout::default(),
+            addresses: AddressLayout::default(),
+            buckets: DurationBuckets::EMPTY,
+            ports: PortSet::EMPTY,
+            slot_mask: 7,
+            transition_slot_mask: 1,
+            socket_slots: 8,
+            transition_slots: 2,
+            transitions_capacity: 16,
+        }
+    }
+
+    #[test]
+    fn parts_turned_off_load_no_program_and_make_another_pinned_state() {
+        let names = |settings: &LoadSettings| -> Vec<&str> {
+            settings.programs.iter().map(|(name, _)| *name).collect()
+        };
+        let all = settings(Collectors::ALL);
+        assert_eq!(all.programs, PROGRAMS);
+        let no_resets = settings(Collectors {
+            resets: false,
+            ..Collectors::ALL
+        });
+        assert_eq!(
+            names(&no_resets),
+            [
+                program::RECORD_STATE_CHANGE,
+                program::RECORD_NESTED_STATE_CHANGE,
+                program::RECORD_SYNACK_RETRANSMIT
+            ]
+        );
+        let no_synack = settings(Collectors {
+            synack_retransmits: false,
+            ..Collectors::ALL
+        });
+        assert_eq!(names(&no_synack).len(), 4);
+        assert!(!names(&no_synack).contains(&program::RECORD_SYNACK_RETRANSMIT));
+        // Each program set is a state of its own; the polls and netstat are no kernel state.
+        let user_space_off = settings(Collectors {
+            sockdiag: false,
+            netstat: false,
+            ..Collectors::ALL
+        });
+        assert_eq!(user_space_off.programs, PROGRAMS);
+        assert_eq!(user_space_off.state_name(), all.state_name());
+        let names: std::collections::BTreeSet<String> = [&all, &no_resets, &no_synack]
+            .iter()
+            .map(|settings| settings.state_name())
+            .collect();
+        assert_eq!(names.len(), 3);
     }
 
     #[test]

@@ -108,6 +108,25 @@ pub trait SlotSweep {
     fn release_stale(&mut self, record: SocketRecord);
 }
 
+/// A sweep that only frees the handoffs' slots, for a daemon without sock_diag polls
+/// (`--no-collector.sockdiag`): nothing would follow their timewait sockets, and no record can
+/// be proved stale.
+pub struct ReleaseHandoffs;
+
+impl SlotSweep for ReleaseHandoffs {
+    fn take_handoff(&mut self, _: u64, _: TimewaitHandoff) {}
+
+    fn may_be_stale(&self, _: u64, _: u8) -> bool {
+        false
+    }
+
+    fn is_stale(&self, _: &SocketRecord) -> bool {
+        false
+    }
+
+    fn release_stale(&mut self, _: SocketRecord) {}
+}
+
 /// Consecutive slots of the table, live: each read sees the slots as the kernel has them now.
 pub struct SlotsView(MappedArray<SocketRecord>);
 

@@ -13,11 +13,13 @@ use crate::{
 };
 
 mod buckets;
+mod collectors;
 mod log;
 mod web;
 
 use buckets::parse_buckets;
 pub use buckets::{Buckets, DEFAULT_BUCKETS, MAX_BUCKET_SECONDS};
+pub use collectors::{CollectorFlags, Collectors};
 pub use log::{LogFormat, LogLevel};
 pub use web::ListenAddress;
 
@@ -125,6 +127,10 @@ pub struct Flags {
           value_parser = parse_namespaces)]
     pub namespaces: NamespaceScope,
 
+    /// `--[no-]collector.NAME`: the parts of the collection turned off.
+    #[command(flatten)]
+    pub collector_flags: CollectorFlags,
+
     /// Slots of the kernel's socket table, where each tracked socket's record lives: a power of
     /// two, 32 bytes each (the default, 262144, takes 8 MiB of kernel memory). Give about twice
     /// the host's peak number of TCP sockets: a socket that finds no free slot near its hash is
@@ -193,9 +199,9 @@ pub struct Flags {
     pub keep_capabilities: Keep,
 
     /// Check that this host can run tcpstated with these flags, then exit without serving:
-    /// the privileges, the kernel's BTF, loading every program (the kernel's verifier) and
-    /// attaching it, then detaching. Exit status 0 if it can, 5 if this kernel cannot, 4
-    /// without the privilege.
+    /// the privileges, the kernel's BTF, loading every program these flags leave on (the
+    /// kernel's verifier) and attaching it, then detaching. Exit status 0 if it can, 5 if this
+    /// kernel cannot, 4 without the privilege.
     #[arg(long = "check")]
     pub check: bool,
 }
@@ -204,6 +210,11 @@ pub struct Flags {
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/tcpstate";
 
 impl Flags {
+    /// The parts of the collection that run (`--[no-]collector.NAME`).
+    pub fn collectors(&self) -> Collectors {
+        self.collector_flags.collectors()
+    }
+
     /// Where the kernel state is pinned, and whether it outlives this daemon.
     pub fn pin_settings(&self) -> crate::bpf::pinning::PinSettings {
         crate::bpf::pinning::PinSettings {
@@ -387,6 +398,7 @@ mod tests {
             Keep::Only(capabilities::CapabilitySet::NONE)
         );
         assert!(!flags.check);
+        assert_eq!(flags.collectors(), Collectors::ALL);
         let keep = parse(&["--capabilities.keep=cap_everything"]).unwrap_err();
         assert_eq!(keep.exit_code(), 2);
         assert!(keep.to_string().contains("is not a capability"), "{keep}");
@@ -399,6 +411,51 @@ mod tests {
             *flags.buckets.nanoseconds().last().unwrap(),
             3_600_000_000_000
         );
+    }
+
+    #[test]
+    fn collectors_turn_off_as_node_exporters_the_last_flag_winning() {
+        let collectors = |args: &[&str]| parse(args).unwrap().collectors();
+        let off = collectors(&[
+            "--no-collector.sockdiag",
+            "--no-collector.netstat",
+            "--no-collector.resets",
+            "--no-collector.synack_retransmits",
+        ]);
+        assert_eq!(
+            off,
+            Collectors {
+                sockdiag: false,
+                netstat: false,
+                resets: false,
+                synack_retransmits: false,
+            }
+        );
+        assert_eq!(
+            off.turned_off(),
+            ["sockdiag", "netstat", "resets", "synack_retransmits"]
+        );
+        let netstat_off = collectors(&["--no-collector.netstat"]);
+        assert_eq!(
+            netstat_off,
+            Collectors {
+                netstat: false,
+                ..Collectors::ALL
+            }
+        );
+        assert_eq!(netstat_off.turned_off(), ["netstat"]);
+        // `--collector.NAME` undoes an earlier `--no-collector.NAME`, and the other way round;
+        // repeating one is no error (kingpin's `--[no-]collector.NAME`).
+        assert_eq!(
+            collectors(&["--no-collector.netstat", "--collector.netstat"]),
+            Collectors::ALL
+        );
+        assert!(!collectors(&["--collector.resets", "--no-collector.resets"]).resets);
+        assert!(!collectors(&["--no-collector.sockdiag", "--no-collector.sockdiag"]).sockdiag);
+        assert!(collectors(&["--collector.synack_retransmits"]).synack_retransmits);
+        for bad in ["--no-collector.sockstat", "--no-collector.netstat=false"] {
+            assert_eq!(parse(&[bad]).unwrap_err().exit_code(), 2, "{bad}");
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::{
         figure_store::FigureStore,
         loader::KeptState,
         maps::{KernelMaps, Snapshot},
+        socket_slots::ReleaseHandoffs,
     },
     inspect::{self, ChooseError, SocketList, SocketQuery, locate},
     kept::{DaemonFigures, Reader, Unreadable, Writer},
@@ -52,6 +53,10 @@ pub struct KernelState {
     attached_ns: u64,
     /// A failed write of the figures was logged (once until one succeeds).
     store_failing: bool,
+    /// Without polls: the census's figures an earlier daemon kept, handed on unread to the
+    /// next one (nothing follows their timewait sockets meanwhile; a daemon that polls takes
+    /// them up again, as after a stop).
+    unpolled_census: Option<Vec<u8>>,
 }
 
 impl KernelState {
@@ -66,15 +71,17 @@ impl KernelState {
             store: None,
             attached_ns: 0,
             store_failing: false,
+            unpolled_census: None,
         }
     }
 
     /// Continues the figures an earlier daemon kept (`kept.earlier`, for a census taken with
-    /// `kept.attached_ns()`), and keeps this one's in `kept.store` at each scrape.
-    pub fn keeping(mut self, kept: KeptState) -> Self {
+    /// `kept.attached_ns()`), and keeps this one's in `kept.store` at each scrape. Without
+    /// polls (`config`), the census's are handed on as they were.
+    pub fn keeping(mut self, kept: KeptState, config: &CollectorConfig) -> Self {
         self.attached_ns = kept.attached_ns();
         if let Some(bytes) = kept.earlier.as_deref()
-            && let Err(error) = self.restore(bytes)
+            && let Err(error) = self.restore(bytes, config.collectors.sockdiag)
         {
             log::warn!(
                 "{error}: TIME_WAIT ends, close_undelivered and listen counters of gone \
@@ -85,12 +92,16 @@ impl KernelState {
         self
     }
 
-    fn restore(&mut self, bytes: &[u8]) -> Result<(), Unreadable> {
+    fn restore(&mut self, bytes: &[u8], polled: bool) -> Result<(), Unreadable> {
         let mut input = Reader::new(bytes);
         let figures = DaemonFigures::restore(&mut input)?;
-        self.census.restore(&mut input)?;
-        if !input.is_done() {
-            return Err(Unreadable);
+        if polled {
+            self.census.restore(&mut input)?;
+            if !input.is_done() {
+                return Err(Unreadable);
+            }
+        } else {
+            self.unpolled_census = Some(input.rest().to_vec());
         }
         self.maps.displaced_taken = figures.displaced_taken;
         self.maps.displaced_lost = figures.displaced_lost;
@@ -112,7 +123,10 @@ impl KernelState {
             poll_errors: self.polls.errors,
         }
         .save(&mut out);
-        self.census.save(&mut out);
+        match &self.unpolled_census {
+            Some(census) => out.raw(census),
+            None => self.census.save(&mut out),
+        }
         match store.write(&out.into_bytes()) {
             Ok(()) => self.store_failing = false,
             Err(error) if !self.store_failing => {
@@ -185,9 +199,10 @@ impl KernelState {
     }
 
     /// Takes what the kernel handed over since the last scrape: the sockets older than the
-    /// daemon it first saw move, the timewait handoffs, the records left behind. False if the
-    /// records could not be swept.
-    fn take_kernel_records(&mut self, read_errors: &mut u64) -> bool {
+    /// daemon it first saw move, the timewait handoffs, the records left behind (without
+    /// `polls`, the handoffs are only released: nothing would follow their timewait sockets).
+    /// False if the records could not be swept.
+    fn take_kernel_records(&mut self, read_errors: &mut u64, polls: bool) -> bool {
         match self.maps.drain_first_seen() {
             Ok(cookies) => cookies
                 .into_iter()
@@ -197,9 +212,14 @@ impl KernelState {
                 log::warn!("cannot read the sockets first seen by the kernel programs: {error}");
             }
         }
-        let mut sweep = self.census.record_sweep(sys::monotonic_ns());
-        let swept = self.maps.sweep_records(&mut sweep);
-        sweep.release_vanished_baseline();
+        let swept = if polls {
+            let mut sweep = self.census.record_sweep(sys::monotonic_ns());
+            let swept = self.maps.sweep_records(&mut sweep);
+            sweep.release_vanished_baseline();
+            swept
+        } else {
+            self.maps.sweep_records(&mut ReleaseHandoffs)
+        };
         if let Err(error) = &swept {
             self.polls.errors += 1;
             log::warn!("cannot sweep the kernel's socket records: {error}");
@@ -207,9 +227,10 @@ impl KernelState {
         swept.is_ok()
     }
 
-    /// The daemon's namespace's netstat counters and port range, read now (the last poll's
-    /// stand in for a failed read, which is logged when it starts failing).
-    fn read_netstat(&mut self) -> (Option<ListenCounters>, Option<(u16, u16)>, PartRun) {
+    /// The netstat counters summed over the namespaces and the narrowest port range, the
+    /// daemon's namespace's read now (the last poll's stand in for a failed read, which is
+    /// logged when it starts failing), and how the read went.
+    fn read_netstat(&mut self) -> (Option<ListenCounters>, Option<(u16, u16)>, Option<PartRun>) {
         let started = Instant::now();
         let counters = netstat::read();
         let port_range = netstat::read_port_range();
@@ -232,7 +253,12 @@ impl KernelState {
             took,
             succeeded: failure.is_none(),
         };
-        (counters.ok(), port_range.ok(), run)
+        let census = &self.census;
+        (
+            census.listen_counters(counters.ok()),
+            census.port_range(port_range.ok()),
+            Some(run),
+        )
     }
 }
 
@@ -273,7 +299,8 @@ impl TcpStateCollector {
     /// if polls are quick, beside it otherwise. The census plans it (which namespaces, how
     /// deep) under the lock.
     fn poll_if_due(&self, state: &mut KernelState) {
-        if !state.polls.due(self.config.poll_min_interval)
+        if !self.config.collectors.sockdiag
+            || !state.polls.due(self.config.poll_min_interval)
             || self.polling.load(std::sync::atomic::Ordering::Acquire)
         {
             return;
@@ -294,6 +321,9 @@ impl TcpStateCollector {
     /// Polls sock_diag on a thread of its own, now: the first poll, at start-up, so the first
     /// scrape does not wait for it.
     pub fn start_background_poll(&self) {
+        if !self.config.collectors.sockdiag {
+            return;
+        }
         let plan = self.lock().census.plan_poll();
         if let Err(error) = self.spawn_poll(plan) {
             self.lock().polls.failed_to_start();
@@ -350,7 +380,8 @@ impl Collector for TcpStateCollector {
         let mut guard = self.lock();
         let state = &mut *guard;
         let mut snapshot = state.maps.read();
-        let swept = state.take_kernel_records(&mut snapshot.read_errors);
+        let collectors = self.config.collectors;
+        let swept = state.take_kernel_records(&mut snapshot.read_errors, collectors.sockdiag);
         snapshot.handoffs_lost = state.maps.displaced_lost;
         let ages = state.socket_ages(&mut snapshot.read_errors);
         let bpf = PartRun {
@@ -365,13 +396,16 @@ impl Collector for TcpStateCollector {
                 succeeded,
             }),
         };
-        let (own_netstat, own_port_range, netstat) = state.read_netstat();
+        let (listen_counters, port_range, netstat) = match collectors.netstat {
+            true => state.read_netstat(),
+            false => (None, None, None),
+        };
         let workloads = state.workload_table(&snapshot);
         let scrape = Scrape {
             snapshot: &snapshot,
             census: Some(&state.census),
-            netstat: state.census.listen_counters(own_netstat),
-            port_range: state.census.port_range(own_port_range),
+            netstat: listen_counters,
+            port_range,
             parts: Parts {
                 bpf,
                 sockdiag,

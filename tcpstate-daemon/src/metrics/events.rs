@@ -89,17 +89,18 @@ pub(super) fn families(
 ) -> Vec<MetricFamily> {
     let ports = port_values(&config.service_ports);
     let host = host_pairs(figures);
-    vec![
-        CONNECT_FAILURES.with(connect_failures(figures, &ports, &host)),
-        RESETS_SENT.with(resets(figures, &figures.events.resets_sent, &ports, &host)),
-        RESETS_RECEIVED.with(resets(
-            figures,
-            &figures.events.resets_received,
-            &ports,
-            &host,
-        )),
-        SYNACK_RETRANSMITS.with(synack_retransmits(figures, &ports, &host)),
-    ]
+    let mut families = vec![CONNECT_FAILURES.with(connect_failures(figures, &ports, &host))];
+    // A part turned off has no program to count: no family, not zeros.
+    if config.collectors.resets {
+        let events = &figures.events;
+        families.push(RESETS_SENT.with(resets(figures, &events.resets_sent, &ports, &host)));
+        let received = resets(figures, &events.resets_received, &ports, &host);
+        families.push(RESETS_RECEIVED.with(received));
+    }
+    if config.collectors.synack_retransmits {
+        families.push(SYNACK_RETRANSMITS.with(synack_retransmits(figures, &ports, &host)));
+    }
+    families
 }
 
 /// The `port` values known in advance: the configured ports, and `other`.

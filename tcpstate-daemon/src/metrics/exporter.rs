@@ -15,7 +15,8 @@ pub struct PartRun {
     pub succeeded: bool,
 }
 
-/// The parts of the collection, node_exporter's collectors: each as it last ran.
+/// The parts of the collection, node_exporter's collectors: each as it last ran (`None`: not
+/// run, or turned off).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Parts {
     /// `bpf`: this scrape's read of the kernel's maps.
@@ -23,7 +24,7 @@ pub struct Parts {
     /// `sockdiag`: the last sock_diag poll, if there was one (maybe beside an earlier scrape).
     pub sockdiag: Option<PartRun>,
     /// `netstat`: this scrape's read of the daemon's namespace's netstat file and port range.
-    pub netstat: PartRun,
+    pub netstat: Option<PartRun>,
 }
 
 pub(super) const COLLECTOR_DURATION: Family = Family {
@@ -112,7 +113,7 @@ pub(super) fn families(
     let ran = [
         ("bpf", Some(parts.bpf)),
         ("sockdiag", parts.sockdiag),
-        ("netstat", Some(parts.netstat)),
+        ("netstat", parts.netstat),
     ];
     let ran = ran
         .iter()
@@ -129,8 +130,10 @@ pub(super) fn families(
         ),
         COLLECT_SECONDS.with(vec![gauge_metric(vec![], parts.bpf.took.as_secs_f64())]),
         BUILD_INFO.with(vec![gauge_metric(build_labels(), 1.0)]),
-        POLL_INTERVAL.with(vec![gauge_metric(vec![], interval.as_secs_f64())]),
     ];
+    if config.collectors.sockdiag {
+        families.push(POLL_INTERVAL.with(vec![gauge_metric(vec![], interval.as_secs_f64())]));
+    }
     if let Some(poll) = parts.sockdiag {
         families.push(POLL_DURATION.with(vec![gauge_metric(vec![], poll.took.as_secs_f64())]));
     }

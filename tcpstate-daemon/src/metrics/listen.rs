@@ -45,9 +45,13 @@ pub(super) const FAMILIES: [&Family; 4] = [
     &LISTEN_DROPS,
 ];
 
-pub(super) fn families(scrape: &Scrape<'_>, _: &Figures, _: &CollectorConfig) -> Vec<MetricFamily> {
+pub(super) fn families(
+    scrape: &Scrape<'_>,
+    _: &Figures,
+    config: &CollectorConfig,
+) -> Vec<MetricFamily> {
     let queues = |value: fn(&ListenQueue) -> u64| -> Vec<Metric> {
-        let Some(census) = scrape.census else {
+        let Some(census) = scrape.census.filter(|_| config.collectors.sockdiag) else {
             return Vec::new();
         };
         // The census keeps queues by port and owner; this family is by port.

@@ -30,7 +30,7 @@ pub use exporter::{PartRun, Parts};
 
 use crate::{
     bpf::maps::Snapshot,
-    config::Flags,
+    config::{Collectors, Flags},
     labels,
     model::{
         self, EdgeKey, Events, Histogram, ReasonKey, StateKey, View, ages::Ages, merge_durations,
@@ -97,6 +97,8 @@ pub struct CollectorConfig {
     pub socket_slots: u32,
     /// `--port`: the ports whose event families are exported as 0 before any event.
     pub service_ports: Vec<u16>,
+    /// The parts of the collection that run: those turned off export no family.
+    pub collectors: Collectors,
 }
 
 impl CollectorConfig {
@@ -107,6 +109,7 @@ impl CollectorConfig {
             poll_min_interval: flags.poll_min_interval,
             socket_slots: flags.socket_slots,
             service_ports: flags.ports.clone(),
+            collectors: flags.collectors(),
         }
     }
 }
@@ -159,16 +162,16 @@ impl Figures {
             config.view,
         );
         let empty = BTreeMap::new();
+        // What the census has from the polls, if they run (its baseline is listed at start-up).
+        let polled = scrape.census.filter(|_| config.collectors.sockdiag);
         let sockets = sockets_now(
             &kernel,
             scrape.census.map_or(&empty, |c| c.baseline.counts()),
-            &scrape
-                .census
-                .map_or_else(BTreeMap::new, |census| census.sockets_now()),
+            &polled.map_or_else(BTreeMap::new, |census| census.sockets_now()),
         );
         let mut transitions = kernel.transitions;
         let mut durations = kernel.durations;
-        if let (View::Logical, Some(census)) = (config.view, scrape.census) {
+        if let (View::Logical, Some(census)) = (config.view, polled) {
             merge_transitions(&mut transitions, census.transitions());
             merge_durations(&mut durations, census.durations());
         }
@@ -403,6 +406,7 @@ mod tests {
             poll_min_interval: Duration::from_secs(1),
             socket_slots: tcpstate_common::DEFAULT_SOCKET_SLOTS,
             service_ports: Vec::new(),
+            collectors: Collectors::ALL,
         };
         let scrape = Scrape {
             snapshot,
@@ -419,10 +423,10 @@ mod tests {
                     succeeded: true,
                 },
                 sockdiag: last_poll,
-                netstat: PartRun {
+                netstat: Some(PartRun {
                     took: Duration::from_micros(40),
                     succeeded: true,
-                },
+                }),
             },
             poll_errors: 0,
             workloads: None,

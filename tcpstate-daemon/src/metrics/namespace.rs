@@ -34,7 +34,11 @@ pub(super) const NETWORK_NAMESPACES: Family = Family {
 pub(super) const FAMILIES: [&Family; 3] =
     [&TIMEWAIT_OVERFLOWS, &EPHEMERAL_PORTS, &NETWORK_NAMESPACES];
 
-pub(super) fn families(scrape: &Scrape<'_>, _: &Figures, _: &CollectorConfig) -> Vec<MetricFamily> {
+pub(super) fn families(
+    scrape: &Scrape<'_>,
+    _: &Figures,
+    config: &CollectorConfig,
+) -> Vec<MetricFamily> {
     let mut families = Vec::new();
     if let Some(netstat) = scrape.netstat {
         let overflows = netstat.timewait_overflows as f64;
@@ -44,7 +48,7 @@ pub(super) fn families(scrape: &Scrape<'_>, _: &Figures, _: &CollectorConfig) ->
         let bound = |name, value: u16| gauge_metric(pairs(&[("bound", name)]), value.into());
         families.push(EPHEMERAL_PORTS.with(vec![bound("low", low), bound("high", high)]));
     }
-    if let Some(census) = scrape.census {
+    if let Some(census) = scrape.census.filter(|_| config.collectors.sockdiag) {
         let unreadable = census.unreadable_namespaces();
         let status = |name, count: usize| gauge_metric(pairs(&[("status", name)]), count as f64);
         families.push(NETWORK_NAMESPACES.with(vec![

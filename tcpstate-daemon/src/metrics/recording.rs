@@ -97,7 +97,7 @@ pub(super) fn families(
                 config.socket_slots.into(),
             ),
         ]),
-        FAILURES.with(failures(scrape, figures)),
+        FAILURES.with(failures(scrape, figures, config)),
         NESTED_EVENTS.with(vec![counter_metric(
             vec![],
             counters.nested_events_recorded as f64,
@@ -105,10 +105,21 @@ pub(super) fn families(
     ]
 }
 
-/// `tcpstate_recording_failures_total`, by reason.
-fn failures(scrape: &Scrape<'_>, figures: &Figures) -> Vec<prometheus::proto::Metric> {
+/// `tcpstate_recording_failures_total`, by reason: those of a part turned off are left out.
+fn failures(
+    scrape: &Scrape<'_>,
+    figures: &Figures,
+    config: &CollectorConfig,
+) -> Vec<prometheus::proto::Metric> {
     let snapshot = scrape.snapshot;
     let counters = &snapshot.counters;
+    let collectors = &config.collectors;
+    // (`poll_error` stays: it also counts the sweeps of the kernel's records, which still run.)
+    let turned_off = |reason: &str| match reason {
+        "close_undelivered" => !collectors.sockdiag,
+        "events_map_full" => !collectors.resets && !collectors.synack_retransmits,
+        _ => false,
+    };
     [
         ("transitions_map_full", counters.failed_transitions_map_full),
         ("events_map_full", counters.failed_events_map_full),
@@ -135,6 +146,7 @@ fn failures(scrape: &Scrape<'_>, figures: &Figures) -> Vec<prometheus::proto::Me
         ("poll_error", scrape.poll_errors),
     ]
     .into_iter()
+    .filter(|(reason, _)| !turned_off(reason))
     .map(|(reason, count)| counter_metric(pairs(&[("reason", reason)]), count as f64))
     .collect()
 }
