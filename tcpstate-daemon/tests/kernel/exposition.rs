@@ -12,10 +12,10 @@ use std::{
 };
 
 use crate::support::{
-    Daemon, Exposition, Netns, eventually, expect, handshakes, rerun_once_after_unrecorded_events,
+    Daemon, Exposition, Netns, eventually, expect, rerun_once_after_unrecorded_events,
     until_transitions,
 };
-use crate::{CLIENT_CLOSES, WAIT, abort, client_closes_first};
+use crate::{WAIT, abort, client_closes_first, closed_then_aborted};
 
 #[test]
 #[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
@@ -102,14 +102,8 @@ fn exposition_matches_the_golden_fixture() {
             let refused = TcpStream::connect(listen).expect_err("nothing listens");
             assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
         });
-        let mut want: Vec<_> = CLIENT_CLOSES
-            .map(|(role, from, to)| (role, from, to, 1))
-            .into();
-        want.extend(handshakes(1));
+        let mut want = closed_then_aborted();
         want.extend([
-            ("client", "ESTABLISHED", "CLOSE", 1),
-            ("server", "ESTABLISHED", "CLOSE", 1),
-            ("listener", "LISTEN", "CLOSE", 1),
             ("client", "CLOSE", "SYN_SENT", 1),
             ("client", "SYN_SENT", "CLOSE", 1),
         ]);

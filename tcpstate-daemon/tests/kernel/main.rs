@@ -1,11 +1,12 @@
 //! The real program in the real kernel: each test starts `tcpstated`, makes real connections on
-//! loopback to a port of its own (in the daemon's port set, 24001-24017; 27110 for
-//! `privileges`), and checks the exact changes of the real `/metrics`. One module per subject.
+//! loopback to a port of its own (in the daemon's port set, 24001-24017 and 24041; 27110
+//! for `privileges`), and checks the exact changes of the real `/metrics`. One module per subject.
 //! They need root: `cargo xtask test` runs them (`--ignored`, one at a time).
 
 #[path = "../support/mod.rs"]
 mod support;
 
+mod collectors;
 mod durations;
 mod exposition;
 mod gauges;
@@ -22,7 +23,7 @@ use std::{
     time::Duration,
 };
 
-use support::{Transitions, expect, read_to_eof};
+use support::{Transitions, expect, handshakes, read_to_eof};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -51,6 +52,20 @@ const CLIENT_CLOSES: [(&str, &str, &str); 12] = [
     ("server", "LAST_ACK", "CLOSE"),
     ("listener", "LISTEN", "CLOSE"),
 ];
+
+/// The transitions of [`client_closes_first`] then [`abort`] on one port, with their counts.
+fn closed_then_aborted() -> Vec<(&'static str, &'static str, &'static str, u64)> {
+    let mut items: Vec<_> = CLIENT_CLOSES
+        .map(|(role, from, to)| (role, from, to, 1))
+        .into();
+    items.extend(handshakes(1));
+    items.extend([
+        ("client", "ESTABLISHED", "CLOSE", 1),
+        ("server", "ESTABLISHED", "CLOSE", 1),
+        ("listener", "LISTEN", "CLOSE", 1),
+    ]);
+    items
+}
 
 /// A listener on `listen`, a client connected to it, and the server's end, accepted.
 fn connected_pair(listen: SocketAddr) -> (TcpListener, TcpStream, TcpStream) {

@@ -1,6 +1,7 @@
 //! A restarted daemon adopts the pinned state: a socket held in CLOSE_WAIT through a restart
 //! (SIGTERM, then SIGKILL) keeps its role and port and gets its whole CLOSE_WAIT duration, and
-//! the counters continue; a second daemon on the same state is refused.
+//! the counters continue; a second daemon on the same state is refused; a daemon with other
+//! programs turned off does not adopt it.
 
 use std::{
     io::Read as _,
@@ -170,4 +171,141 @@ fn a_second_daemon_on_the_same_pinned_state_is_refused() {
     assert_eq!(first.get("/healthz").unwrap().status, 200);
     assert_eq!(pins.states().len(), 1);
     assert!(first.stop().success());
+}
+
+#[test]
+#[ignore = "needs root: see tests/restarts/main.rs"]
+fn a_daemon_with_other_programs_turned_off_does_not_adopt_the_state() {
+    let pins = PinFs::new("program-set");
+    let run = |extra: &[&str], attached: &[&str]| {
+        let mut args = vec![pins.pin_flag(), "--port=27230".to_owned()];
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let log = crate::log_of_a_run(&args, |daemon| {
+            assert_eq!(daemon.attached_tracepoints(), attached, "{extra:?}")
+        });
+        let [state] = pins.states().try_into().expect("one pinned state");
+        (log, state)
+    };
+    let (adopted, attached_anew) = ("adopted the pinned programs", "attached to");
+    let every_program = [
+        "inet_sock_set_state",
+        "inet_sock_set_state",
+        "tcp_receive_reset",
+        "tcp_retransmit_synack",
+        "tcp_send_reset",
+    ];
+    let without_resets = [
+        "inet_sock_set_state",
+        "inet_sock_set_state",
+        "tcp_retransmit_synack",
+    ];
+    let (log, first) = run(&[], &every_program);
+    assert!(log.contains(attached_anew), "{log}");
+
+    // Other programs: another state, which replaces the first.
+    let (log, second) = run(&["--no-collector.resets"], &without_resets);
+    assert!(
+        log.contains(attached_anew) && !log.contains(adopted),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "removed the pinned state {}",
+            pins.pin_path().join(&first).display()
+        )),
+        "{log}"
+    );
+    assert_ne!(second, first);
+    let programs = pins.pin_path().join(&second).join("programs");
+    assert!(!programs.join("record_reset_sent").exists());
+    assert!(programs.join("record_synack_retransmit").exists());
+
+    // The polls and netstat are no part of the kernel state: adopted, and the figures the
+    // polls keep are left alone without them, taken up again with them.
+    let no_polls = [
+        "--no-collector.resets",
+        "--no-collector.sockdiag",
+        "--no-collector.netstat",
+    ];
+    for flags in [&no_polls[..], &no_polls[..1]] {
+        let (log, state) = run(flags, &without_resets);
+        assert!(
+            log.contains(adopted) && !log.contains("kept figures"),
+            "{flags:?}: {log}"
+        );
+        assert_eq!(state, second);
+    }
+
+    // Every program again: the first configuration's state, made anew.
+    let (log, fourth) = run(&no_polls[1..], &every_program);
+    assert!(
+        log.contains(attached_anew) && !log.contains(adopted),
+        "{log}"
+    );
+    assert_eq!(fourth, first);
+}
+
+/// The figures of the polls in the pinned state's figure store: what follows the daemon's own.
+fn census_kept(pins: &PinFs) -> Vec<u8> {
+    use tcpstate_daemon::{
+        bpf::{figure_store::FigureStore, pinning},
+        kept::{DaemonFigures, Reader},
+    };
+    let [state] = pins.states().try_into().expect("one pinned state");
+    let figures = pins.pin_path().join(state).join(pinning::FIGURES);
+    let mut store = FigureStore::open(&figures).expect("the pinned figure store");
+    let bytes = store.read().expect("readable").expect("figures kept");
+    let mut input = Reader::new(&bytes);
+    DaemonFigures::restore(&mut input).expect("the daemon's own figures");
+    input.rest().to_vec()
+}
+
+#[test]
+#[ignore = "needs root: see tests/restarts/main.rs"]
+fn a_daemon_without_polls_hands_on_the_figures_of_the_polls_as_they_were() {
+    let pins = PinFs::new("no-polls-between");
+    let port = 27231;
+    let polling = ["--sockdiag.min-interval=0"];
+    let first = daemon(&pins, port, &polling);
+    // A connection its client closes first: the client's end stays a minute in TIME_WAIT.
+    let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the test port");
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(server.read(&mut [0u8; 1]).unwrap(), 0, "the client's FIN");
+    drop(server);
+    assert_eq!(client.read(&mut [0u8; 1]).unwrap(), 0, "the server's FIN");
+    drop(client);
+    let time_wait = [
+        ("state", "TIME_WAIT"),
+        ("role", "client"),
+        ("port", &*port.to_string()),
+    ];
+    assert!(
+        eventually(WAIT, || first.scrape().sum("tcpstate_sockets", &time_wait)
+            == 1.0),
+        "the polls follow the client's timewait socket"
+    );
+    assert!(first.stop().success());
+    let followed = census_kept(&pins);
+
+    let without_polls = daemon(&pins, port, &["--no-collector.sockdiag"]);
+    let scraped = without_polls.scrape();
+    assert_eq!(scraped.sum_if_any("tcpstate_sockets", &time_wait), None);
+    assert!(without_polls.stop().success());
+    assert!(
+        census_kept(&pins) == followed,
+        "the figures of the polls are handed on unchanged"
+    );
+
+    let polling_again = daemon(&pins, port, &polling);
+    assert!(
+        eventually(WAIT, || polling_again
+            .scrape()
+            .sum("tcpstate_sockets", &time_wait)
+            == 1.0),
+        "the polls follow it again"
+    );
+    assert!(polling_again.stop().success());
 }

@@ -15,7 +15,12 @@ mod adoption;
 mod bad_input;
 mod churn;
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{
+    io::Read as _,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use support::Daemon;
 
@@ -71,6 +76,21 @@ impl Drop for PinFs {
         let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
         let _ = std::fs::remove_dir(&self.mount);
     }
+}
+
+/// A daemon with `args` whose log the test reads: started, handed to `check` while it runs,
+/// stopped, its stderr returned.
+fn log_of_a_run(args: &[&str], check: impl FnOnce(&Daemon)) -> String {
+    let mut running = Daemon::start_with(args, |command| {
+        command.stderr(Stdio::piped()).env("RUST_LOG", "info");
+    });
+    assert_eq!(running.get("/healthz").unwrap().status, 200, "healthy");
+    check(&running);
+    let mut stderr = running.take_stderr().expect("piped stderr");
+    assert!(running.stop().success());
+    let mut log = String::new();
+    stderr.read_to_string(&mut log).unwrap();
+    log
 }
 
 /// A daemon on the test's pinned state, exporting `port`, with `extra` flags.

@@ -234,6 +234,26 @@ impl Daemon {
         panic!("the daemon holds no SOCKET_SLOTS map");
     }
 
+    /// The tracepoint of each attachment (bpf_link) the daemon holds, sorted: its
+    /// `/proc/<pid>/fdinfo` names the tracepoint of a link's program.
+    pub fn attached_tracepoints(&self) -> Vec<String> {
+        let fds = std::fs::read_dir(format!("/proc/{}/fdinfo", self.child.id()))
+            .expect("the daemon's fdinfo");
+        let mut tracepoints: Vec<String> = fds
+            .flatten()
+            .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
+            .filter(|info| info.lines().any(|line| line.starts_with("link_id:")))
+            .filter_map(|info| {
+                let name = info
+                    .lines()
+                    .find_map(|line| line.strip_prefix("tp_name:"))?;
+                Some(name.trim().to_owned())
+            })
+            .collect();
+        tracepoints.sort();
+        tracepoints
+    }
+
     /// Stops the daemon with SIGTERM and returns its exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
         self.terminate()
