@@ -61,6 +61,7 @@ fn check(flags: &Flags) -> ExitCode {
     let checked = preflight::check_privileges()
         .map_err(anyhow::Error::from)
         .and_then(|()| Tracer::attach_unpinned(&TracerConfig::from_flags(flags)))
+        .and_then(|tracer| tracer.trace.kernel.check_attach().map(|()| tracer))
         .and_then(|tracer| workload_resolver(flags).map(|_| tracer));
     match checked {
         Ok(tracer) => {

@@ -237,8 +237,13 @@ impl Tracer {
             let data = MapData::from_pin(&pin).with_context(|| format!("map {}", pin.display()))?;
             Ok(Map::from_map_data(data)?)
         };
-        let trace = TraceMaps::take(&mut take)?;
-        let maps = KernelMaps::take(take, programs, socket_slots)?;
+        let trace_program = pinning::pin_of(state, pinning::PROGRAMS, program::TRACE_STATE_CHANGE);
+        let trace_program = BtfTracePoint::from_pin(&trace_program)
+            .with_context(|| format!("program {}", trace_program.display()))?
+            .fd()?
+            .try_clone()?;
+        let maps = KernelMaps::take(&mut take, programs, socket_slots)?;
+        let trace = TraceMaps::take(take, trace_program, maps.socket_slots.try_clone()?)?;
         let figures = state.join(pinning::FIGURES);
         let mut store = FigureStore::open(&figures)
             .with_context(|| format!("the daemon's figures {}", figures.display()))?;
@@ -288,6 +293,7 @@ impl Tracer {
             .map_max_entries(map::SOCKET_SLOTS, settings.socket_slots)
             .map_max_entries(map::TRANSITION_SLOTS, settings.transition_slots)
             .map_max_entries(map::TRANSITIONS, settings.transitions_capacity)
+            .map_max_entries(map::TRACE_SOCKETS, settings.socket_slots)
             .load(EBPF_OBJECT)
             .map_err(explain_load_error)?;
 
@@ -307,6 +313,13 @@ impl Tracer {
                 .map_err(|err| explain_program_error(name, err))?;
             links.push(FdLink::from(program.take_link(link)?));
         }
+        // Attached by the event stream's reader, while someone listens.
+        load_btf_tracepoint(
+            &mut ebpf,
+            program::TRACE_STATE_CHANGE,
+            program::TRACEPOINT,
+            &btf,
+        )?;
         drop(btf);
         sys::release_free_memory();
         let store = match pin_at {
@@ -326,12 +339,17 @@ impl Tracer {
                 Ok((*name, program.fd()?.try_clone()?))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let trace_program = ebpf
+            .program(program::TRACE_STATE_CHANGE)
+            .ok_or_else(|| missing_program(program::TRACE_STATE_CHANGE))?
+            .fd()?
+            .try_clone()?;
         let mut take = |name: &str| {
             ebpf.take_map(name)
                 .ok_or_else(|| anyhow!("map {name} is missing from the eBPF object"))
         };
-        let trace = TraceMaps::take(&mut take)?;
-        let maps = KernelMaps::take(take, programs, settings.socket_slots)?;
+        let maps = KernelMaps::take(&mut take, programs, settings.socket_slots)?;
+        let trace = TraceMaps::take(take, trace_program, maps.socket_slots.try_clone()?)?;
         Ok(Tracer {
             maps,
             trace,
@@ -456,7 +474,8 @@ fn pin_state(
         let path = pinning::pin_of(&partial, pinning::MAPS, pinning::map_pin_name(name));
         map.pin(&path).with_context(|| pin_error("map", &path))?;
     }
-    for (name, _) in PROGRAMS {
+    let names = PROGRAMS.map(|(name, _)| name);
+    for name in names.iter().chain([&program::TRACE_STATE_CHANGE]) {
         let program: &mut BtfTracePoint = ebpf
             .program_mut(name)
             .ok_or_else(|| missing_program(name))?

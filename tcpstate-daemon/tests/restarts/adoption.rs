@@ -3,14 +3,50 @@
 //! the counters continue; a second daemon on the same state is refused.
 
 use std::{
-    io::Read as _,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{Shutdown, TcpListener, TcpStream},
     thread,
     time::{Duration, Instant},
 };
 
-use crate::support::{Exposition, eventually};
+use serde_json::Value;
+
+use crate::support::{Daemon, Exposition, eventually};
 use crate::{PinFs, WAIT, daemon};
+
+/// `daemon`'s `/events?query`, read past its `ready` event.
+fn events(daemon: &Daemon, query: &str) -> BufReader<TcpStream> {
+    let mut stream = TcpStream::connect(daemon.address).expect("connect to the daemon");
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        stream,
+        "GET /events?{query} HTTP/1.0\r\nHost: tcpstated\r\n\r\n"
+    )
+    .unwrap();
+    let mut stream = BufReader::new(stream);
+    let mut line = String::new();
+    while line.trim_end() != "event: ready" {
+        line.clear();
+        assert!(stream.read_line(&mut line).unwrap() > 0, "the stream ended");
+    }
+    stream
+}
+
+/// The next transition of an `events` stream.
+fn next_transition(stream: &mut BufReader<TcpStream>) -> Value {
+    let mut line = String::new();
+    let mut transition = false;
+    loop {
+        line.clear();
+        assert!(stream.read_line(&mut line).unwrap() > 0, "the stream ended");
+        let line = line.trim_end();
+        if line == "event: transition" {
+            transition = true;
+        } else if let Some(data) = line.strip_prefix("data: ").filter(|_| transition) {
+            return serde_json::from_str(data).expect("a transition's JSON");
+        }
+    }
+}
 
 /// The counters of `port` never went back between two scrapes.
 fn assert_no_counter_went_back(before: &Exposition, after: &Exposition, port: &str) {
@@ -88,10 +124,18 @@ fn close_wait_across_a_restart(signal: &str, port: u16) {
     );
     assert_no_counter_went_back(&seen, &adopted, &port.to_string());
     thread::sleep(Duration::from_millis(500));
+    // The adopted state's event stream works, and knows since when the socket is in CLOSE_WAIT.
+    let mut stream = events(&second, &format!("port={port}&state=LAST_ACK"));
 
     let before_last_ack = Instant::now();
     drop(server);
     let after_last_ack = Instant::now();
+    let streamed = next_transition(&mut stream);
+    assert_eq!(
+        (streamed["from"].as_str(), streamed["to"].as_str()),
+        (Some("CLOSE_WAIT"), Some("LAST_ACK")),
+        "{streamed}"
+    );
     let edge = [
         labels[0],
         labels[1],
@@ -115,6 +159,11 @@ fn close_wait_across_a_restart(signal: &str, port: u16) {
         (least..=most).contains(&duration),
         "its CLOSE_WAIT lasted {duration} s: from before the restart to after it, between \
          {least} and {most} s"
+    );
+    assert_eq!(
+        streamed["duration_ns"].as_u64(),
+        Some((duration * 1e9).round() as u64),
+        "the stream's CLOSE_WAIT duration is the histogram's"
     );
     assert_eq!(
         after.sum(
