@@ -3,7 +3,8 @@
 use std::{
     fs,
     os::fd::{AsFd as _, AsRawFd as _, RawFd},
-    path::Path,
+    path::{Path, PathBuf},
+    time::Instant,
 };
 
 use anyhow::{Context as _, anyhow};
@@ -138,8 +139,51 @@ impl LoadSettings {
         })
     }
 
+    /// The maps whose size the loader sets, and the sizes.
+    fn map_sizes(&self) -> [(&'static str, u32); 4] {
+        [
+            (map::SOCKET_SLOTS, self.socket_slots),
+            (map::TRANSITION_SLOTS, self.transition_slots),
+            (map::TRANSITIONS, self.transitions_capacity),
+            (map::TRACE_SOCKETS, self.socket_slots),
+        ]
+    }
+
+    /// What the maps hold, for the state's name: each map's definition as loaded with these
+    /// settings (name, type, key and value sizes, entries, flags), and the histogram's bounds.
+    fn maps_description(&self) -> anyhow::Result<Vec<u8>> {
+        let object = aya_obj::Object::parse(EBPF_OBJECT)
+            .context("cannot read the embedded eBPF object: rebuild tcpstate")?;
+        let mut maps: Vec<_> = object
+            .maps
+            .iter()
+            .filter(|(name, _)| is_kept(name))
+            .collect();
+        maps.sort_by_key(|(name, _)| name.as_str());
+        let mut description = Vec::new();
+        for (name, definition) in maps {
+            let entries = self
+                .map_sizes()
+                .iter()
+                .find(|(sized, _)| sized == name)
+                .map_or(definition.max_entries(), |(_, entries)| *entries);
+            description.extend_from_slice(name.as_bytes());
+            for word in [
+                definition.map_type(),
+                definition.key_size(),
+                definition.value_size(),
+                entries,
+                definition.map_flags(),
+            ] {
+                description.extend_from_slice(&word.to_le_bytes());
+            }
+        }
+        description.extend_from_slice(sys::bpf::bytes_of(&self.buckets));
+        Ok(description)
+    }
+
     /// The name of the pinned state these settings and this build make.
-    fn state_name(&self) -> String {
+    fn state_name(&self) -> anyhow::Result<String> {
         let words = [
             self.slot_mask,
             self.transition_slot_mask,
@@ -156,7 +200,7 @@ impl LoadSettings {
             sys::bpf::bytes_of(&self.ports),
         ];
         parts.extend(words.iter().map(|word| word.as_slice()));
-        pinning::state_name(&parts)
+        Ok(pinning::state_name(&[&self.maps_description()?], &parts))
     }
 }
 
@@ -165,7 +209,7 @@ impl Tracer {
     /// configuration, or loads and attaches new ones (pinned if the state persists).
     pub fn attach(config: &TracerConfig<'_>) -> anyhow::Result<Self> {
         let settings = LoadSettings::of(config)?;
-        let name = settings.state_name();
+        let name = settings.state_name()?;
         let pin_root = PinRoot::open(&config.pins)?;
         let state = pin_root.as_ref().map(|root| root.path().join(&name));
         let adopted = match &state {
@@ -182,12 +226,27 @@ impl Tracer {
             },
             _ => None,
         };
-        let mut tracer = match adopted {
+        let pin_at = state.as_deref().filter(|_| config.pins.persist);
+        let compatible = pin_root
+            .as_ref()
+            .and_then(|root| root.compatible_state(&name));
+        let continued = match (adopted.is_some(), compatible) {
+            (false, Some(earlier)) => match Tracer::continue_maps(&settings, &earlier, pin_at) {
+                Ok(tracer) => Some(tracer),
+                Err(error) => {
+                    log::warn!(
+                        "cannot continue the maps of the pinned state {} ({error:#}): starting \
+                         clean, its counters are not continued",
+                        earlier.display()
+                    );
+                    None
+                }
+            },
+            _ => None,
+        };
+        let mut tracer = match adopted.or(continued) {
             Some(tracer) => tracer,
-            None => {
-                let pin_at = state.as_deref().filter(|_| config.pins.persist);
-                Tracer::load(&settings, pin_at)?
-            }
+            None => Tracer::load(&settings, pin_at, None)?,
         };
         // Only now, with this daemon's programs attached: a state it cannot use is detached
         // and removed (its figures are not continued, so events counted twice meanwhile are
@@ -208,7 +267,42 @@ impl Tracer {
     /// Loads and attaches new programs, as `attach` would where nothing is pinned, leaving the
     /// pin path alone (`--check`); dropping the result detaches them.
     pub fn attach_unpinned(config: &TracerConfig<'_>) -> anyhow::Result<Self> {
-        Tracer::load(&LoadSettings::of(config)?, None)
+        Tracer::load(&LoadSettings::of(config)?, None, None)
+    }
+
+    /// Loads new programs on the maps of the state pinned at `earlier` by a daemon of another
+    /// build or configuration whose maps hold the same (see `pinning`), and swaps them for that
+    /// state's programs: the counters, the sockets' records and the daemon's figures go on.
+    /// The old programs are detached just before the new ones are attached: events in between
+    /// (microseconds) are missed, and each socket's next event repairs its record (as after
+    /// any event the kernel ran no program for). `earlier` is removed once its maps are pinned
+    /// anew.
+    fn continue_maps(
+        settings: &LoadSettings,
+        earlier: &Path,
+        pin_at: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        let figures = earlier.join(pinning::FIGURES);
+        let kept = FigureStore::open(&figures)
+            .map_err(anyhow::Error::from)
+            .and_then(|mut store| Ok(store.read()?))
+            .with_context(|| format!("the daemon's figures {}", figures.display()))?;
+        let mut tracer = Tracer::load(settings, pin_at, Some(earlier))?;
+        if let (Some(store), Some(bytes)) = (&mut tracer.kept.store, &kept) {
+            store
+                .write(bytes)
+                .context("cannot write the daemon's figures into the new state")?;
+        }
+        tracer.kept.earlier = kept;
+        tracer.kept.adopted = true;
+        fs::remove_dir_all(earlier)
+            .with_context(|| format!("cannot remove {}", earlier.display()))?;
+        log::info!(
+            "continued the maps of the pinned state {} with this build's programs: counters, \
+             sockets' records and the daemon's figures go on",
+            earlier.display()
+        );
+        Ok(tracer)
     }
 
     /// The state pinned at `state` by an earlier daemon: nothing is loaded or attached, the
@@ -275,10 +369,33 @@ impl Tracer {
 
     /// Loads the embedded object with `settings`, attaches its programs and, if `pin_at` is
     /// given, pins the whole state there.
-    fn load(settings: &LoadSettings, pin_at: Option<&Path>) -> anyhow::Result<Self> {
+    fn load(
+        settings: &LoadSettings,
+        pin_at: Option<&Path>,
+        maps_of: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         // No CO-RE relocations to make (the offsets replace them): no target BTF, and none
         // parsed for nothing by `EbpfLoader::new()` (see `sys::mount`).
-        let mut ebpf = sys::mount::without_kernel_btf(EbpfLoader::new)
+        let mut loader = sys::mount::without_kernel_btf(EbpfLoader::new);
+        for (name, entries) in settings.map_sizes() {
+            loader.map_max_entries(name, entries);
+        }
+        let kept_maps: Vec<(String, PathBuf)> = match maps_of {
+            Some(state) => kept_map_names()?
+                .into_iter()
+                .map(|name| {
+                    let pin = pinning::pin_of(state, pinning::MAPS, pinning::map_pin_name(&name));
+                    anyhow::ensure!(pin.exists(), "map {} is missing", pin.display());
+                    Ok((name, pin))
+                })
+                .collect::<anyhow::Result<_>>()?,
+            None => Vec::new(),
+        };
+        for (name, pin) in &kept_maps {
+            // An existing pin is opened, not created.
+            loader.map_pin_path(name, pin.as_path());
+        }
+        let mut ebpf = loader
             .btf(None)
             .override_global(global::SOCKET_LAYOUT, &settings.layout, true)
             .override_global(global::ADDRESS_LAYOUT, &settings.addresses, true)
@@ -290,10 +407,6 @@ impl Tracer {
                 &settings.transition_slot_mask,
                 true,
             )
-            .map_max_entries(map::SOCKET_SLOTS, settings.socket_slots)
-            .map_max_entries(map::TRANSITION_SLOTS, settings.transition_slots)
-            .map_max_entries(map::TRANSITIONS, settings.transitions_capacity)
-            .map_max_entries(map::TRACE_SOCKETS, settings.socket_slots)
             .load(EBPF_OBJECT)
             .map_err(explain_load_error)?;
 
@@ -305,22 +418,37 @@ impl Tracer {
         // Primary first: on each event the kernel runs them in attach order; the nested-event
         // program only acts while the primary one is mid-run on the CPU, so order is not
         // essential, but this keeps the common case's second call a cheap no-op.
+        // All verified first, so that a swap's gap is only the attachments. The event stream's
+        // is attached by its reader, while someone listens.
+        for (name, tracepoint) in PROGRAMS.iter().chain([&STREAM_PROGRAM]) {
+            load_btf_tracepoint(&mut ebpf, name, tracepoint, &btf)?;
+        }
+        drop(btf);
+        let swap_started = Instant::now();
+        if let Some(state) = maps_of {
+            // Unpinning the earlier programs' links detaches them (no process holds them).
+            let links = state.join(pinning::LINKS);
+            fs::remove_dir_all(&links)
+                .with_context(|| format!("cannot detach {}", links.display()))?;
+        }
         let mut links = Vec::new();
-        for (name, tracepoint) in PROGRAMS {
-            let program = load_btf_tracepoint(&mut ebpf, name, tracepoint, &btf)?;
+        for (name, _) in PROGRAMS {
+            let program: &mut BtfTracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| missing_program(name))?
+                .try_into()?;
             let link = program
                 .attach()
                 .map_err(|err| explain_program_error(name, err))?;
             links.push(FdLink::from(program.take_link(link)?));
         }
-        // Attached by the event stream's reader, while someone listens.
-        load_btf_tracepoint(
-            &mut ebpf,
-            program::TRACE_STATE_CHANGE,
-            program::TRACEPOINT,
-            &btf,
-        )?;
-        drop(btf);
+        if maps_of.is_some() {
+            log::info!(
+                "swapped the earlier programs for this build's in {} µs: events in between are \
+                 not counted (each socket's next event repairs its record)",
+                swap_started.elapsed().as_micros()
+            );
+        }
         sys::release_free_memory();
         let store = match pin_at {
             Some(state) => {
@@ -383,6 +511,26 @@ impl Tracer {
         Some(self.maps.socket_records.fd().as_fd().as_raw_fd())
     }
 }
+
+/// The maps a state keeps, by their names in the object: all but the data sections the
+/// programs hold (`.rodata`, and `.bss`, the event stream's filter, which each daemon resets).
+fn kept_map_names() -> anyhow::Result<Vec<String>> {
+    let object = aya_obj::Object::parse(EBPF_OBJECT)
+        .context("cannot read the embedded eBPF object: rebuild tcpstate")?;
+    Ok(object
+        .maps
+        .into_keys()
+        .filter(|name| is_kept(name))
+        .collect())
+}
+
+fn is_kept(name: &str) -> bool {
+    !name.starts_with('.')
+}
+
+/// The event stream's program and its tracepoint: loaded with `PROGRAMS`, attached only while
+/// someone listens.
+const STREAM_PROGRAM: (&str, &str) = (program::TRACE_STATE_CHANGE, program::TRACEPOINT);
 
 /// The programs, each with the tracepoint it attaches to, in attach order.
 pub const PROGRAMS: [(&str, &str); 5] = [
@@ -474,8 +622,7 @@ fn pin_state(
         let path = pinning::pin_of(&partial, pinning::MAPS, pinning::map_pin_name(name));
         map.pin(&path).with_context(|| pin_error("map", &path))?;
     }
-    let names = PROGRAMS.map(|(name, _)| name);
-    for name in names.iter().chain([&program::TRACE_STATE_CHANGE]) {
+    for (name, _) in PROGRAMS.iter().chain([&STREAM_PROGRAM]) {
         let program: &mut BtfTracePoint = ebpf
             .program_mut(name)
             .ok_or_else(|| missing_program(name))?

@@ -70,8 +70,11 @@ fn assert_no_counter_went_back(before: &Exposition, after: &Exposition, port: &s
     }
 }
 
-fn close_wait_across_a_restart(signal: &str, port: u16) {
-    let pins = PinFs::new(&format!("close-wait-{signal}"));
+/// A socket held in CLOSE_WAIT from before a restart by `signal` to after it: the second
+/// daemon, started with `second_flags` too, continues the first one's counters and times it
+/// whole.
+pub fn close_wait_across_a_restart(signal: &str, port: u16, second_flags: &[&str]) {
+    let pins = PinFs::new(&format!("close-wait-{signal}-{port}"));
     let first = daemon(&pins, port, &[]);
     let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the test port");
     let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -110,9 +113,18 @@ fn close_wait_across_a_restart(signal: &str, port: u16) {
         "the state stays pinned: {:?}",
         pins.states()
     );
+    let first_state = pins.states();
     // No daemon runs for a while: the programs still count.
     thread::sleep(Duration::from_millis(500));
-    let second = daemon(&pins, port, &[]);
+    let second = daemon(&pins, port, second_flags);
+    let second_state = pins.states();
+    assert_eq!(second_state.len(), 1, "one state: {second_state:?}");
+    assert_eq!(
+        first_state == second_state,
+        second_flags.is_empty(),
+        "the same state is adopted, or another build's programs continue its maps: \
+         {first_state:?}, then {second_state:?}"
+    );
     let adopted = second.scrape();
     assert_eq!(
         adopted.sum(
@@ -186,13 +198,13 @@ fn close_wait_across_a_restart(signal: &str, port: u16) {
 #[test]
 #[ignore = "needs root: see tests/restarts/main.rs"]
 fn a_close_wait_held_through_a_restart_keeps_its_labels_and_whole_duration() {
-    close_wait_across_a_restart("TERM", 27201);
+    close_wait_across_a_restart("TERM", 27201, &[]);
 }
 
 #[test]
 #[ignore = "needs root: see tests/restarts/main.rs"]
 fn a_close_wait_held_through_a_sigkill_keeps_its_labels_and_whole_duration() {
-    close_wait_across_a_restart("KILL", 27202);
+    close_wait_across_a_restart("KILL", 27202, &[]);
 }
 
 #[test]
