@@ -29,7 +29,7 @@ use super::{
 use crate::{
     config::{Buckets, Flags},
     kept::{DaemonFigures, Reader},
-    sys,
+    sys::{self, ProgramStats},
     trace::TraceMaps,
 };
 
@@ -59,6 +59,9 @@ pub struct KeptState {
     pub earlier: Option<Vec<u8>>,
     /// Whether the programs and maps are an earlier daemon's, adopted.
     pub adopted: bool,
+    /// What the kernel counted for the programs this daemon replaced (an upgrade), by their
+    /// index in `PROGRAMS`.
+    pub replaced_programs: Vec<(u64, ProgramStats)>,
 }
 
 pub struct TracerConfig<'a> {
@@ -288,6 +291,17 @@ impl Tracer {
             .and_then(|mut store| Ok(store.read()?))
             .with_context(|| format!("the daemon's figures {}", figures.display()))?;
         let mut tracer = Tracer::load(settings, pin_at, Some(earlier))?;
+        // The earlier programs are detached: their figures are final.
+        tracer.kept.replaced_programs = PROGRAMS
+            .iter()
+            .enumerate()
+            .filter_map(|(index, (name, _))| {
+                let pin = pinning::pin_of(earlier, pinning::PROGRAMS, name);
+                let program = BtfTracePoint::from_pin(pin).ok()?;
+                let stats = sys::program_stats(&program.fd().ok()?.as_fd().as_raw_fd()).ok()?;
+                Some((index as u64, stats))
+            })
+            .collect();
         if let (Some(store), Some(bytes)) = (&mut tracer.kept.store, &kept) {
             store
                 .write(bytes)
@@ -362,6 +376,7 @@ impl Tracer {
                 store: Some(store),
                 earlier,
                 adopted: true,
+                ..KeptState::default()
             },
             pin_root: None,
         })
@@ -424,15 +439,30 @@ impl Tracer {
             load_btf_tracepoint(&mut ebpf, name, tracepoint, &btf)?;
         }
         drop(btf);
-        let swap_started = Instant::now();
-        if let Some(state) = maps_of {
-            // Unpinning the earlier programs' links detaches them (no process holds them).
-            let links = state.join(pinning::LINKS);
-            fs::remove_dir_all(&links)
-                .with_context(|| format!("cannot detach {}", links.display()))?;
-        }
+        // A swap goes tracepoint by tracepoint, each earlier program detached (by unpinning its
+        // link: no process holds it) just before this build's is attached, the state changes'
+        // first: their nested-event program before their primary, which holds the tracepoint
+        // until the new primary comes (see docs/restarts.md, "Upgrades").
+        let mut earlier_links = match maps_of {
+            Some(state) => earlier_links(state)?,
+            None => Vec::new(),
+        };
         let mut links = Vec::new();
-        for (name, _) in PROGRAMS {
+        let mut swap_took = None;
+        for (index, &(name, tracepoint)) in PROGRAMS.iter().enumerate() {
+            let first_of_tracepoint = PROGRAMS[..index]
+                .iter()
+                .all(|(_, other)| *other != tracepoint);
+            let swap_started = Instant::now();
+            if first_of_tracepoint {
+                // Closed, not only unpinned: the last descriptor's close detaches at once, where
+                // an unpinned link is released later, by a kernel worker.
+                let (now, later) = earlier_links
+                    .into_iter()
+                    .partition(|(_, earlier)| *earlier == tracepoint);
+                earlier_links = later;
+                drop::<Vec<_>>(now);
+            }
             let program: &mut BtfTracePoint = ebpf
                 .program_mut(name)
                 .ok_or_else(|| missing_program(name))?
@@ -441,12 +471,17 @@ impl Tracer {
                 .attach()
                 .map_err(|err| explain_program_error(name, err))?;
             links.push(FdLink::from(program.take_link(link)?));
+            if maps_of.is_some() && name == program::RECORD_STATE_CHANGE {
+                swap_took = Some(swap_started.elapsed());
+            }
         }
-        if maps_of.is_some() {
+        // Any left (a program this daemon does not load) go now.
+        drop(earlier_links);
+        if let Some(took) = swap_took {
             log::info!(
-                "swapped the earlier programs for this build's in {} µs: events in between are \
-                 not counted (each socket's next event repairs its record)",
-                swap_started.elapsed().as_micros()
+                "swapped the earlier state changes' programs for this build's in {} µs: events \
+                 in between are not counted (each socket's next event repairs its record)",
+                took.as_micros()
             );
         }
         sys::release_free_memory();
@@ -526,6 +561,25 @@ fn kept_map_names() -> anyhow::Result<Vec<String>> {
 
 fn is_kept(name: &str) -> bool {
     !name.starts_with('.')
+}
+
+/// The links of the state pinned at `state`, unpinned, each with its tracepoint, in the order
+/// they detach in when dropped: on each tracepoint the nested-event program's before the
+/// primary's (which then holds the tracepoint alone, recording every event).
+fn earlier_links(state: &Path) -> anyhow::Result<Vec<(FdLink, &'static str)>> {
+    let mut links = Vec::new();
+    for &(name, tracepoint) in PROGRAMS.iter().rev() {
+        let pin = pinning::pin_of(state, pinning::LINKS, name);
+        if !pin.exists() {
+            continue;
+        }
+        let link = PinnedLink::from_pin(&pin)
+            .with_context(|| format!("link {}", pin.display()))?
+            .unpin()
+            .with_context(|| format!("cannot unpin {}", pin.display()))?;
+        links.push((link, tracepoint));
+    }
+    Ok(links)
 }
 
 /// The event stream's program and its tracepoint: loaded with `PROGRAMS`, attached only while

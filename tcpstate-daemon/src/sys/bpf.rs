@@ -23,6 +23,14 @@ pub struct ProgramStats {
     pub recursion_misses: u64,
 }
 
+impl std::ops::AddAssign for ProgramStats {
+    fn add_assign(&mut self, other: Self) {
+        self.run_time_ns += other.run_time_ns;
+        self.run_count += other.run_count;
+        self.recursion_misses += other.recursion_misses;
+    }
+}
+
 /// `BPF_OBJ_GET_INFO_BY_FD` for a program (aya's `ProgramInfo` does not expose these counters).
 pub fn program_stats(program: &impl AsRawFd) -> io::Result<ProgramStats> {
     #[repr(C)]
