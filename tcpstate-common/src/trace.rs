@@ -69,12 +69,24 @@ impl TraceControl {
     };
 
     /// Whether an event of a socket with these ports and owner, touching the states whose bits
-    /// are set in `states`, passes the filter. Bounded loops, for the verifier.
+    /// are set in `states`, passes the filter.
     #[inline(always)]
     pub fn passes(&self, local_port: u16, remote_port: u16, states: u32, cgroup: u32) -> bool {
-        if self.states != 0 && self.states & states == 0 {
-            return false;
-        }
+        self.passes_ports(local_port, remote_port)
+            && self.passes_owner(cgroup)
+            && self.passes_states(states)
+    }
+
+    /// Whether an event touching the states whose bits are set in `states` passes.
+    #[inline(always)]
+    pub fn passes_states(&self, states: u32) -> bool {
+        self.states == 0 || self.states & states != 0
+    }
+
+    /// Whether a socket with these ports passes (a socket's ports never change: one that does
+    /// not pass needs nothing kept). Bounded loops, for the verifier.
+    #[inline(always)]
+    pub fn passes_ports(&self, local_port: u16, remote_port: u16) -> bool {
         if self.port_count != 0 {
             let mut found = false;
             for index in 0..TRACE_MAX_PORTS {
@@ -91,6 +103,12 @@ impl TraceControl {
                 return false;
             }
         }
+        true
+    }
+
+    /// Whether a socket of this owner passes (see `passes_ports`).
+    #[inline(always)]
+    pub fn passes_owner(&self, cgroup: u32) -> bool {
         if self.cgroup_count != 0 {
             for index in 0..TRACE_MAX_CGROUPS {
                 if index as u32 >= self.cgroup_count {

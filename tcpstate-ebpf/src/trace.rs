@@ -90,6 +90,12 @@ pub fn observe(ctx: &BtfTracePointContext) {
     {
         return;
     }
+    // A socket nobody asked for is left alone: no entry kept (the daemon fills them in again
+    // from the slot table when the filter changes).
+    let (local_port, remote_port) = (sock.source_port(), sock.remote_port());
+    if !control.passes_ports(local_port, remote_port) {
+        return;
+    }
     let cookie = sock.cookie();
     let seen = TRACE_SOCKETS.get_ptr_mut(cookie);
     // SAFETY: a hash map value, valid for this run; this socket's events are serialised by its
@@ -114,6 +120,9 @@ pub fn observe(ctx: &BtfTracePointContext) {
             None => untracked_labels(&sock, first_seen_role(from, to)),
         },
     };
+    if !control.passes_owner(labels.cgroup) {
+        return;
+    }
     let mut flags = 0;
     let mut duration = TRACE_NO_DURATION;
     match seen {
@@ -160,6 +169,7 @@ pub fn observe(ctx: &BtfTracePointContext) {
         cookie,
         duration_ns: duration,
         labels,
+        ports: (local_port, remote_port),
         from,
         to,
         flags,
@@ -175,17 +185,19 @@ struct Transition {
     /// [`TRACE_NO_DURATION`] when the start of `from` was not seen.
     duration_ns: u64,
     labels: Labels,
+    /// Local and remote.
+    ports: (u16, u16),
     from: u8,
     to: u8,
     flags: u8,
     detail: u8,
 }
 
-/// Sends `transition` of `sock` to the stream if it passes the filter; counts it in
-/// `TRACE_DROPS` if the ring is full.
+/// Sends `transition` of `sock` (whose ports and owner passed the filter) to the stream if its
+/// states pass too; counts it in `TRACE_DROPS` if the ring is full.
 #[inline(always)]
 fn send(control: &TraceControl, sock: &Sock, transition: &Transition) {
-    let (local_port, remote_port) = (sock.source_port(), sock.remote_port());
+    let (local_port, remote_port) = transition.ports;
     // The logical view's state too: the filter must not drop a `... -> TIME_WAIT`.
     let logical = match transition.detail {
         transition_detail::TIME_WAIT_HANDOFF => 1u32 << TIME_WAIT,
@@ -194,7 +206,7 @@ fn send(control: &TraceControl, sock: &Sock, transition: &Transition) {
     };
     let states = 1u32 << (transition.from & 31) | 1 << (transition.to & 31) | logical;
     let labels = transition.labels;
-    if !control.passes(local_port, remote_port, states, labels.cgroup) {
+    if !control.passes_states(states) {
         return;
     }
     let Some(mut entry) = TRACE_EVENTS.reserve(0) else {

@@ -31,6 +31,8 @@ pub struct KernelTrace {
     /// While someone listens: the program's attachment (closing it detaches the program).
     link: Option<OwnedFd>,
     control: Array<MapData, TraceControl>,
+    /// What `control` holds.
+    current: TraceControl,
     sockets: HashMap<MapData, u64, TracedSocket>,
     drops: PerCpuArray<MapData, u64>,
     /// The counting programs' records, copied into `sockets` when the stream starts.
@@ -50,6 +52,7 @@ impl TraceMaps {
             program,
             link: None,
             control: Array::try_from(take(map::TRACE_CONTROL)?)?,
+            current: TraceControl::OFF,
             sockets: HashMap::try_from(take(map::TRACE_SOCKETS)?)?,
             drops: PerCpuArray::try_from(take(map::TRACE_DROPS)?)?,
             slots,
@@ -63,17 +66,23 @@ impl TraceMaps {
 }
 
 impl KernelTrace {
-    /// Tells the program who listens, and for what: attaches it for the first subscriber (and
-    /// gives it the sockets' states and entry times first), detaches it when `control` is off.
+    /// Tells the program who listens, and for what: attaches it for the first subscriber,
+    /// gives it the states and entry times of the sockets the filter lets through, and detaches
+    /// it when `control` is off.
     pub fn set_control(&mut self, control: &TraceControl) -> anyhow::Result<()> {
         if control.subscribers == 0 {
             return self.stop();
         }
+        if *control == self.current && self.link.is_some() {
+            return Ok(());
+        }
         self.control.set(0, control, 0)?;
+        self.current = *control;
         if self.link.is_none() {
             self.link = Some(self.attach()?);
-            self.copy_records();
         }
+        // Also when the filter changes: the program kept nothing for sockets it filtered out.
+        self.copy_records();
         Ok(())
     }
 
@@ -95,12 +104,13 @@ impl KernelTrace {
     fn stop(&mut self) -> anyhow::Result<()> {
         self.link = None;
         self.control.set(0, TraceControl::OFF, 0)?;
+        self.current = TraceControl::OFF;
         sys::bpf::drain_hash_map::<u64, TracedSocket>(self.sockets.map().fd().as_fd(), |_, _| {})
             .with_context(|| format!("cannot empty map {}", map::TRACE_SOCKETS))
     }
 
-    /// Gives the program, just attached, the state and entry time of every socket the slot
-    /// table holds, so that its first transition has its duration. Where the program already
+    /// Gives the program the state and entry time of every socket the slot table holds, so
+    /// that the first transition it sends of each has its duration. Where the program already
     /// made its own entry (a transition since it was attached), that one stays.
     fn copy_records(&mut self) {
         let copied = self.slots.for_each_live(|record| {
