@@ -14,6 +14,9 @@ pub mod program {
     /// `tcp:tcp_retransmit_synack`: SYN-ACKs retransmitted by a listener (the half-open queue's
     /// troubles, which `inet_sock_set_state` never shows).
     pub const RECORD_SYNACK_RETRANSMIT: &str = "record_synack_retransmit";
+    /// The live event stream's program, on the same tracepoint: loaded with the others but
+    /// attached only while the stream has subscribers, after the two that count.
+    pub const TRACE_STATE_CHANGE: &str = "trace_state_change";
     /// The kernel function whose BTF tracepoint both state-change programs attach to (and the
     /// benchmark's floor and witness, in their own object).
     pub const TRACEPOINT: &str = "inet_sock_set_state";
@@ -55,8 +58,11 @@ pub mod map {
     pub const TRACE_CONTROL: &str = ".bss";
     /// `RINGBUF` of [`crate::TraceEvent`]: the transitions that passed `TRACE_CONTROL`.
     pub const TRACE_EVENTS: &str = "TRACE_EVENTS";
-    /// `PERCPU_ARRAY`: [`crate::recorder`] -> `u64` events `TRACE_EVENTS` had no room for.
+    /// `PERCPU_ARRAY` of one `u64`: events `TRACE_EVENTS` had no room for.
     pub const TRACE_DROPS: &str = "TRACE_DROPS";
+    /// `HASH` (not preallocated): socket cookie -> [`crate::TracedSocket`], the stream's own
+    /// record of each socket's state and entry time; emptied when the last subscriber leaves.
+    pub const TRACE_SOCKETS: &str = "TRACE_SOCKETS";
 }
 
 pub mod global {

@@ -1,7 +1,8 @@
-//! The live event stream (`tcpstated trace`, `/events`): what the daemon tells the programs
-//! (the global `TRACE_CONTROL`: whether anyone listens, and the filter) and what they send back
-//! (`TRACE_EVENTS`, a ring buffer of [`TraceEvent`]). With nobody listening the programs
-//! send nothing: one load of `subscribers` per event.
+//! The live event stream (`tcpstated trace`, `/events`): what the daemon tells the stream's
+//! program (the global `TRACE_CONTROL`: whether anyone listens, and the filter), what that
+//! program keeps per socket (`TRACE_SOCKETS`) and what it sends back (`TRACE_EVENTS`, a ring
+//! buffer of [`TraceEvent`]). The program is attached only while someone listens: with nobody
+//! listening, no instruction of the stream runs.
 
 use crate::Labels;
 
@@ -18,6 +19,21 @@ pub const TRACE_MAX_CGROUPS: usize = 64;
 
 /// [`TraceEvent::duration_ns`] when the socket was not seen entering its old state.
 pub const TRACE_NO_DURATION: u64 = u64::MAX;
+
+/// Value of `TRACE_SOCKETS` (socket cookie ->): the state a socket is in and since when, as the
+/// stream's program last saw it (or the daemon copied it from the socket's record when the
+/// stream started): the program runs after the counting ones, which have by then overwritten
+/// the record's entry time, so it keeps its own to tell how long the old state lasted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TracedSocket {
+    /// `bpf_ktime_get_ns()` when the socket entered `state`.
+    pub entered_ns: u64,
+    pub labels: Labels,
+    pub state: u8,
+    pub _padding: [u8; 7],
+}
+const _: () = assert!(size_of::<TracedSocket>() == 24);
 
 /// The global `TRACE_CONTROL` (in `.bss`), written by the daemon whenever its subscribers change:
 /// the union of their filters. An event is sent when `subscribers` is not 0 and it passes
@@ -53,12 +69,24 @@ impl TraceControl {
     };
 
     /// Whether an event of a socket with these ports and owner, touching the states whose bits
-    /// are set in `states`, passes the filter. Bounded loops, for the verifier.
+    /// are set in `states`, passes the filter.
     #[inline(always)]
     pub fn passes(&self, local_port: u16, remote_port: u16, states: u32, cgroup: u32) -> bool {
-        if self.states != 0 && self.states & states == 0 {
-            return false;
-        }
+        self.passes_ports(local_port, remote_port)
+            && self.passes_owner(cgroup)
+            && self.passes_states(states)
+    }
+
+    /// Whether an event touching the states whose bits are set in `states` passes.
+    #[inline(always)]
+    pub fn passes_states(&self, states: u32) -> bool {
+        self.states == 0 || self.states & states != 0
+    }
+
+    /// Whether a socket with these ports passes (a socket's ports never change: one that does
+    /// not pass needs nothing kept). Bounded loops, for the verifier.
+    #[inline(always)]
+    pub fn passes_ports(&self, local_port: u16, remote_port: u16) -> bool {
         if self.port_count != 0 {
             let mut found = false;
             for index in 0..TRACE_MAX_PORTS {
@@ -75,6 +103,12 @@ impl TraceControl {
                 return false;
             }
         }
+        true
+    }
+
+    /// Whether a socket of this owner passes (see `passes_ports`).
+    #[inline(always)]
+    pub fn passes_owner(&self, cgroup: u32) -> bool {
         if self.cgroup_count != 0 {
             for index in 0..TRACE_MAX_CGROUPS {
                 if index as u32 >= self.cgroup_count {
@@ -115,7 +149,8 @@ pub struct TraceEvent {
     pub flags: u8,
     /// [`crate::transition_detail`] constant.
     pub detail: u8,
-    /// [`crate::recorder`] constant: which program saw the event.
+    /// [`crate::recorder`] constant: always `PRIMARY` (the stream's program sees every event
+    /// the counting ones handled, whichever of them it was).
     pub recorder: u8,
     pub _padding: [u8; 7],
 }
@@ -129,6 +164,8 @@ mod pod {
     unsafe impl aya::Pod for super::TraceControl {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::TraceEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TracedSocket {}
 }
 
 #[cfg(test)]

@@ -8,11 +8,14 @@ use std::collections::BTreeMap;
 
 use tcpstate_common::Labels;
 
-use crate::model::{EdgeKey, Histogram, StateKey};
+use crate::{
+    model::{EdgeKey, Histogram, StateKey},
+    sys::ProgramStats,
+};
 
 /// Changes with any change of the encoding below (the pinned directory's layout version
 /// covers it too: see `bpf::pinning::LAYOUT_VERSION`).
-const FORMAT: u64 = u64::from_le_bytes(*b"tcpkept1");
+const FORMAT: u64 = u64::from_le_bytes(*b"tcpkept2");
 
 /// The kept figures ended early or do not start as this version writes them.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +32,10 @@ pub struct DaemonFigures {
     pub displaced_taken: Vec<u64>,
     pub displaced_lost: u64,
     pub poll_errors: u64,
+    /// What the kernel counted for the programs that upgrades replaced, per program (its
+    /// index in `bpf::loader::PROGRAMS`): the exported program figures add it to the running
+    /// programs' own.
+    pub replaced_programs: Vec<(u64, ProgramStats)>,
 }
 
 impl DaemonFigures {
@@ -41,6 +48,13 @@ impl DaemonFigures {
             .for_each(|taken| out.u64(*taken));
         out.u64(self.displaced_lost);
         out.u64(self.poll_errors);
+        out.count(self.replaced_programs.len());
+        for (index, stats) in &self.replaced_programs {
+            out.u64(*index);
+            out.u64(stats.run_time_ns);
+            out.u64(stats.run_count);
+            out.u64(stats.recursion_misses);
+        }
     }
 
     pub fn restore(input: &mut Reader<'_>) -> Result<Self, Unreadable> {
@@ -51,11 +65,24 @@ impl DaemonFigures {
         let displaced_taken = (0..input.count()?)
             .map(|_| input.u64())
             .collect::<Result<_, _>>()?;
+        let (displaced_lost, poll_errors) = (input.u64()?, input.u64()?);
+        let replaced_programs = (0..input.count()?)
+            .map(|_| {
+                let index = input.u64()?;
+                let stats = ProgramStats {
+                    run_time_ns: input.u64()?,
+                    run_count: input.u64()?,
+                    recursion_misses: input.u64()?,
+                };
+                Ok((index, stats))
+            })
+            .collect::<Result<_, _>>()?;
         Ok(DaemonFigures {
             attached_ns,
             displaced_taken,
-            displaced_lost: input.u64()?,
-            poll_errors: input.u64()?,
+            displaced_lost,
+            poll_errors,
+            replaced_programs,
         })
     }
 }
@@ -255,6 +282,14 @@ mod tests {
             displaced_taken: vec![3, 0, 9],
             displaced_lost: 2,
             poll_errors: 1,
+            replaced_programs: vec![(
+                0,
+                ProgramStats {
+                    run_time_ns: 5,
+                    run_count: 4,
+                    recursion_misses: 3,
+                },
+            )],
         };
         let mut out = Writer::default();
         figures.save(&mut out);

@@ -61,6 +61,7 @@ fn check(flags: &Flags) -> ExitCode {
     let checked = preflight::check_privileges()
         .map_err(anyhow::Error::from)
         .and_then(|()| Tracer::attach_unpinned(&TracerConfig::from_flags(flags)))
+        .and_then(|tracer| tracer.trace.kernel.check_attach().map(|()| tracer))
         .and_then(|tracer| workload_resolver(flags).map(|_| tracer));
     match checked {
         Ok(tracer) => {
@@ -91,6 +92,8 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
     }
     let tracer = Tracer::attach(&TracerConfig::from_flags(&flags))?;
     let adopted = tracer.kept.adopted;
+    // Adopted whole, or an earlier state's maps continued with this daemon's programs.
+    let programs_adopted = adopted && tracer.kept.replaced_programs.is_empty();
     let label_rule = LabelRule {
         ports: loader::port_set(&flags.ports),
         owners: flags.workloads,
@@ -156,7 +159,7 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
     log::info!(
         "tcpstated {} {} sock:inet_sock_set_state; serving {}",
         metrics::VERSION,
-        if adopted {
+        if programs_adopted {
             "adopted the pinned programs on"
         } else {
             "attached to"

@@ -2,7 +2,7 @@
 //! `state_change` is what one `inet_sock_set_state` event does; `resets` and `synack` count
 //! the events that tracepoint never shows; `records` keeps the per-socket records, `maps` and
 //! `globals` the maps and the load-time configuration, `sock` the raw reads of `struct sock`,
-//! `trace` the live event stream (a side output, only while the daemon has subscribers).
+//! `trace` the live event stream (a program the daemon attaches only while it has subscribers).
 //! The benchmark's programs (its floor, its witness) are in its own object, bench/ebpf.
 #![no_std]
 #![no_main]
@@ -22,14 +22,14 @@ mod synack;
 mod trace;
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use tcpstate_common::{event_kind, recorder};
+use tcpstate_common::event_kind;
 
 /// Every TCP state change of a full socket (`tcp_set_state` -> `inet_sock_set_state`).
 /// The BTF tracepoint gives the typed `struct sock *` (readable at BTF-checked offsets, accepted
 /// by `bpf_sk_storage_get`) and is cheaper per event than the classic tracepoint.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn record_state_change(ctx: BtfTracePointContext) -> i32 {
-    state_change::record_event(&ctx, recorder::PRIMARY);
+    state_change::record_primary(&ctx);
     0
 }
 
@@ -41,7 +41,7 @@ pub fn record_state_change(ctx: BtfTracePointContext) -> i32 {
 /// then: it records exactly the events the primary program did not handle, into its own slots.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn record_nested_state_change(ctx: BtfTracePointContext) -> i32 {
-    state_change::record_event(&ctx, recorder::NESTED);
+    state_change::record_nested(&ctx);
     0
 }
 
@@ -63,6 +63,14 @@ pub fn record_reset_received(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "tcp_retransmit_synack")]
 pub fn record_synack_retransmit(ctx: BtfTracePointContext) -> i32 {
     synack::record(&ctx);
+    0
+}
+
+/// The live event stream, on the same tracepoint: attached by the daemon only while the stream
+/// has subscribers (then after the two programs above, so it sees what they recorded).
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn trace_state_change(ctx: BtfTracePointContext) -> i32 {
+    trace::observe(&ctx);
     0
 }
 

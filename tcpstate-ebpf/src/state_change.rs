@@ -1,14 +1,11 @@
 //! What one `inet_sock_set_state` event does to the aggregates.
 //!
 //! Per event: one socket record lookup (see `records`) and one aggregate update, in the CPU's
-//! `TRANSITION_SLOTS` or else `TRANSITIONS` (see `add`); while the daemon has subscribers, the
-//! transition also goes to its event stream (see `trace`, `record_event`). The record remembers
-//! when the socket entered its state; the transition's flags tell the daemon how the event moves
-//! the per-state gauges, so the gauges need no map update of their own.
+//! `TRANSITION_SLOTS` or else `TRANSITIONS` (see `add`). The record remembers when the socket
+//! entered its state; the transition's flags tell the daemon how the event moves the per-state
+//! gauges, so the gauges need no map update of their own.
 
-use core::ffi::c_void;
-
-use aya_ebpf::{EbpfContext as _, programs::BtfTracePointContext};
+use aya_ebpf::programs::BtfTracePointContext;
 use tcpstate_common::{
     EventToken, Handled, Labels, SocketRecord, TcpState, TimewaitHandoff, TransitionKey,
     bucket_index, counter, record_home, recorder,
@@ -21,7 +18,6 @@ use crate::{
     labels::{first_seen_role, untracked_labels},
     maps, records,
     sock::{Sock, now_ns},
-    trace,
 };
 
 // include/net/sock.h `enum sock_flags`.
@@ -32,41 +28,24 @@ const ECONNRESET: i32 = 104;
 const ETIMEDOUT: i32 = 110;
 const ECONNREFUSED: i32 = 111;
 
-/// One event, for the program `recorder` names (see `main.rs`): the primary program records
-/// every event, the nested-event one those the primary did not handle. Whether the event stream
-/// has subscribers is asked first, and each answer runs a copy of its own: the one that runs
-/// while nobody listens is the code without the stream plus one load and a branch. (Sending
-/// from that copy, behind a branch, cost 4.6 ns per event with nobody listening, measured with
-/// `bench compare`: LLVM kept the values the send takes across the aggregates' update.)
+/// The primary program: records every event (see `main.rs`).
 #[inline(always)]
-pub fn record_event(ctx: &BtfTracePointContext, recorder: u8) {
-    if trace::subscribed() {
-        record_event_traced(ctx.as_ptr(), recorder);
-    } else {
-        handle::<false>(ctx, recorder);
-    }
-}
-
-/// `handle` with the event stream: a subprogram of its own, run only while someone listens
-/// (`cold`: LLVM keeps the other copy's registers as they were). Given the context's pointer,
-/// not a reference, which would store the context on the stack on every event.
-#[cold]
-#[inline(never)]
-fn record_event_traced(ctx: *mut c_void, recorder: u8) {
-    handle::<true>(&BtfTracePointContext::new(ctx), recorder);
-}
-
-/// One event, for `recorder`'s program; `TRACED`: the transition also goes to the stream.
-#[inline(always)]
-fn handle<const TRACED: bool>(ctx: &BtfTracePointContext, recorder: u8) {
+pub fn record_primary(ctx: &BtfTracePointContext) {
     let sock = Sock::new(ctx.arg(0));
     let event = event(ctx, &sock);
-    if recorder == recorder::PRIMARY {
-        maps::note_primary_handled(event);
-        record::<TRACED>(&sock, &event, recorder);
-    } else if missed_by_primary(&sock, &event, maps::take_primary_handled(&event)) {
-        record::<TRACED>(&sock, &event, recorder);
-        maps::count(recorder, counter::NESTED_EVENTS_RECORDED);
+    maps::note_primary_handled(event);
+    record(&sock, &event, recorder::PRIMARY);
+}
+
+/// The nested-event program: records the events the primary program did not handle.
+#[inline(always)]
+pub fn record_nested(ctx: &BtfTracePointContext) {
+    let sock = Sock::new(ctx.arg(0));
+    let event = event(ctx, &sock);
+    let handled = maps::take_primary_handled(&event);
+    if missed_by_primary(&sock, &event, handled) {
+        record(&sock, &event, recorder::NESTED);
+        maps::count(recorder::NESTED, counter::NESTED_EVENTS_RECORDED);
     }
 }
 
@@ -108,9 +87,8 @@ fn missed_by_primary(sock: &Sock, event: &EventToken, handled: Handled) -> bool 
     }
 }
 
-/// Records one event in the aggregates; `TRACED`: also in the event stream.
 #[inline(always)]
-fn record<const TRACED: bool>(sock: &Sock, event: &EventToken, recorder: u8) {
+fn record(sock: &Sock, event: &EventToken, recorder: u8) {
     if !sock.is_tcp() {
         return;
     }
@@ -204,10 +182,6 @@ fn record<const TRACED: bool>(sock: &Sock, event: &EventToken, recorder: u8) {
                 record.state = to;
                 record.entered_ns = now;
             }
-            if TRACED {
-                let key = key(labels, from, to, flags, recorder, detail);
-                trace::send(sock, &trace::Transition::new(now, cookie, key, duration));
-            }
             add(
                 recorder,
                 key(labels, from, to, flags, recorder, detail),
@@ -247,10 +221,6 @@ fn record<const TRACED: bool>(sock: &Sock, event: &EventToken, recorder: u8) {
                     maps::count(recorder, counter::FAILED_SOCKET_STORAGE);
                 }
             }
-            if TRACED {
-                let key = key(labels, from, to, flags, recorder, detail);
-                trace::send(sock, &trace::Transition::new(now, cookie, key, NO_DURATION));
-            }
             add(
                 recorder,
                 key(labels, from, to, flags, recorder, detail),
@@ -289,7 +259,7 @@ fn is_birth(from: u8, to: u8) -> bool {
 /// `tcp_done()` with neither an error nor a reset:
 /// https://elixir.bootlin.com/linux/v6.18/source/net/ipv4/tcp_minisocks.c#L262
 #[inline(always)]
-fn close_detail(sock: &Sock, from: u8) -> u8 {
+pub fn close_detail(sock: &Sock, from: u8) -> u8 {
     let error = sock.error();
     match from {
         SYN_SENT => match error {
@@ -328,8 +298,8 @@ fn key(labels: Labels, from: u8, to: u8, flags: u8, recorder: u8, detail: u8) ->
 /// `add`'s duration when the start of the state was not seen. A sentinel, not an `Option`:
 /// with an `Option`, LLVM keeps the flag and the value in different registers, and the verifier
 /// cannot follow the correlation ("math between map_value pointer and register with unbounded
-/// min value is not allowed"). The event stream's sentinel too.
-const NO_DURATION: u64 = tcpstate_common::TRACE_NO_DURATION;
+/// min value is not allowed").
+const NO_DURATION: u64 = u64::MAX;
 
 /// Counts one transition, with its duration in the histogram when the start was seen: the
 /// primary program in its fast slots when the key has one, every other case in `TRANSITIONS`.

@@ -3,7 +3,8 @@
 use std::{
     fs,
     os::fd::{AsFd as _, AsRawFd as _, RawFd},
-    path::Path,
+    path::{Path, PathBuf},
+    time::Instant,
 };
 
 use anyhow::{Context as _, anyhow};
@@ -28,7 +29,7 @@ use super::{
 use crate::{
     config::{Buckets, Collectors, Flags},
     kept::{DaemonFigures, Reader},
-    sys,
+    sys::{self, ProgramStats},
     trace::TraceMaps,
 };
 
@@ -58,6 +59,9 @@ pub struct KeptState {
     pub earlier: Option<Vec<u8>>,
     /// Whether the programs and maps are an earlier daemon's, adopted.
     pub adopted: bool,
+    /// What the kernel counted for the programs this daemon replaced (an upgrade), by their
+    /// index in `PROGRAMS`.
+    pub replaced_programs: Vec<(u64, ProgramStats)>,
 }
 
 pub struct TracerConfig<'a> {
@@ -144,8 +148,51 @@ impl LoadSettings {
         })
     }
 
+    /// The maps whose size the loader sets, and the sizes.
+    fn map_sizes(&self) -> [(&'static str, u32); 4] {
+        [
+            (map::SOCKET_SLOTS, self.socket_slots),
+            (map::TRANSITION_SLOTS, self.transition_slots),
+            (map::TRANSITIONS, self.transitions_capacity),
+            (map::TRACE_SOCKETS, self.socket_slots),
+        ]
+    }
+
+    /// What the maps hold, for the state's name: each map's definition as loaded with these
+    /// settings (name, type, key and value sizes, entries, flags), and the histogram's bounds.
+    fn maps_description(&self) -> anyhow::Result<Vec<u8>> {
+        let object = aya_obj::Object::parse(EBPF_OBJECT)
+            .context("cannot read the embedded eBPF object: rebuild tcpstate")?;
+        let mut maps: Vec<_> = object
+            .maps
+            .iter()
+            .filter(|(name, _)| is_kept(name))
+            .collect();
+        maps.sort_by_key(|(name, _)| name.as_str());
+        let mut description = Vec::new();
+        for (name, definition) in maps {
+            let entries = self
+                .map_sizes()
+                .iter()
+                .find(|(sized, _)| sized == name)
+                .map_or(definition.max_entries(), |(_, entries)| *entries);
+            description.extend_from_slice(name.as_bytes());
+            for word in [
+                definition.map_type(),
+                definition.key_size(),
+                definition.value_size(),
+                entries,
+                definition.map_flags(),
+            ] {
+                description.extend_from_slice(&word.to_le_bytes());
+            }
+        }
+        description.extend_from_slice(sys::bpf::bytes_of(&self.buckets));
+        Ok(description)
+    }
+
     /// The name of the pinned state these settings and this build make.
-    fn state_name(&self) -> String {
+    fn state_name(&self) -> anyhow::Result<String> {
         let words = [
             self.slot_mask,
             self.transition_slot_mask,
@@ -169,7 +216,7 @@ impl LoadSettings {
                 .filter(|program| !self.programs.contains(program))
                 .map(|(name, _)| name.as_bytes()),
         );
-        pinning::state_name(&parts)
+        Ok(pinning::state_name(&[&self.maps_description()?], &parts))
     }
 }
 
@@ -178,7 +225,7 @@ impl Tracer {
     /// configuration, or loads and attaches new ones (pinned if the state persists).
     pub fn attach(config: &TracerConfig<'_>) -> anyhow::Result<Self> {
         let settings = LoadSettings::of(config)?;
-        let name = settings.state_name();
+        let name = settings.state_name()?;
         let pin_root = PinRoot::open(&config.pins)?;
         let state = pin_root.as_ref().map(|root| root.path().join(&name));
         let adopted = match &state {
@@ -195,12 +242,27 @@ impl Tracer {
             },
             _ => None,
         };
-        let mut tracer = match adopted {
+        let pin_at = state.as_deref().filter(|_| config.pins.persist);
+        let compatible = pin_root
+            .as_ref()
+            .and_then(|root| root.compatible_state(&name));
+        let continued = match (adopted.is_some(), compatible) {
+            (false, Some(earlier)) => match Tracer::continue_maps(&settings, &earlier, pin_at) {
+                Ok(tracer) => Some(tracer),
+                Err(error) => {
+                    log::warn!(
+                        "cannot continue the maps of the pinned state {} ({error:#}): starting \
+                         clean, its counters are not continued",
+                        earlier.display()
+                    );
+                    None
+                }
+            },
+            _ => None,
+        };
+        let mut tracer = match adopted.or(continued) {
             Some(tracer) => tracer,
-            None => {
-                let pin_at = state.as_deref().filter(|_| config.pins.persist);
-                Tracer::load(&settings, pin_at)?
-            }
+            None => Tracer::load(&settings, pin_at, None)?,
         };
         // Only now, with this daemon's programs attached: a state it cannot use is detached
         // and removed (its figures are not continued, so events counted twice meanwhile are
@@ -221,7 +283,53 @@ impl Tracer {
     /// Loads and attaches new programs, as `attach` would where nothing is pinned, leaving the
     /// pin path alone (`--check`); dropping the result detaches them.
     pub fn attach_unpinned(config: &TracerConfig<'_>) -> anyhow::Result<Self> {
-        Tracer::load(&LoadSettings::of(config)?, None)
+        Tracer::load(&LoadSettings::of(config)?, None, None)
+    }
+
+    /// Loads new programs on the maps of the state pinned at `earlier` by a daemon of another
+    /// build or configuration whose maps hold the same (see `pinning`), and swaps them for that
+    /// state's programs: the counters, the sockets' records and the daemon's figures go on.
+    /// The old programs are detached just before the new ones are attached: events in between
+    /// (microseconds) are missed, and each socket's next event repairs its record (as after
+    /// any event the kernel ran no program for). `earlier` is removed once its maps are pinned
+    /// anew.
+    fn continue_maps(
+        settings: &LoadSettings,
+        earlier: &Path,
+        pin_at: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        let figures = earlier.join(pinning::FIGURES);
+        let kept = FigureStore::open(&figures)
+            .map_err(anyhow::Error::from)
+            .and_then(|mut store| Ok(store.read()?))
+            .with_context(|| format!("the daemon's figures {}", figures.display()))?;
+        let mut tracer = Tracer::load(settings, pin_at, Some(earlier))?;
+        // The earlier programs are detached: their figures are final.
+        tracer.kept.replaced_programs = PROGRAMS
+            .iter()
+            .enumerate()
+            .filter_map(|(index, (name, _))| {
+                let pin = pinning::pin_of(earlier, pinning::PROGRAMS, name);
+                let program = BtfTracePoint::from_pin(pin).ok()?;
+                let stats = sys::program_stats(&program.fd().ok()?.as_fd().as_raw_fd()).ok()?;
+                Some((index as u64, stats))
+            })
+            .collect();
+        if let (Some(store), Some(bytes)) = (&mut tracer.kept.store, &kept) {
+            store
+                .write(bytes)
+                .context("cannot write the daemon's figures into the new state")?;
+        }
+        tracer.kept.earlier = kept;
+        tracer.kept.adopted = true;
+        fs::remove_dir_all(earlier)
+            .with_context(|| format!("cannot remove {}", earlier.display()))?;
+        log::info!(
+            "continued the maps of the pinned state {} with this build's programs: counters, \
+             sockets' records and the daemon's figures go on",
+            earlier.display()
+        );
+        Ok(tracer)
     }
 
     /// The state pinned at `state` by an earlier daemon with `settings`: nothing is loaded or
@@ -252,8 +360,13 @@ impl Tracer {
             let data = MapData::from_pin(&pin).with_context(|| format!("map {}", pin.display()))?;
             Ok(Map::from_map_data(data)?)
         };
-        let trace = TraceMaps::take(&mut take)?;
-        let maps = KernelMaps::take(take, programs, settings.socket_slots)?;
+        let trace_program = pinning::pin_of(state, pinning::PROGRAMS, program::TRACE_STATE_CHANGE);
+        let trace_program = BtfTracePoint::from_pin(&trace_program)
+            .with_context(|| format!("program {}", trace_program.display()))?
+            .fd()?
+            .try_clone()?;
+        let maps = KernelMaps::take(&mut take, programs, settings.socket_slots)?;
+        let trace = TraceMaps::take(take, trace_program, maps.socket_slots.try_clone()?)?;
         let figures = state.join(pinning::FIGURES);
         let mut store = FigureStore::open(&figures)
             .with_context(|| format!("the daemon's figures {}", figures.display()))?;
@@ -278,6 +391,7 @@ impl Tracer {
                 store: Some(store),
                 earlier,
                 adopted: true,
+                ..KeptState::default()
             },
             pin_root: None,
         })
@@ -285,10 +399,33 @@ impl Tracer {
 
     /// Loads the embedded object with `settings`, attaches its programs and, if `pin_at` is
     /// given, pins the whole state there.
-    fn load(settings: &LoadSettings, pin_at: Option<&Path>) -> anyhow::Result<Self> {
+    fn load(
+        settings: &LoadSettings,
+        pin_at: Option<&Path>,
+        maps_of: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         // No CO-RE relocations to make (the offsets replace them): no target BTF, and none
         // parsed for nothing by `EbpfLoader::new()` (see `sys::mount`).
-        let mut ebpf = sys::mount::without_kernel_btf(EbpfLoader::new)
+        let mut loader = sys::mount::without_kernel_btf(EbpfLoader::new);
+        for (name, entries) in settings.map_sizes() {
+            loader.map_max_entries(name, entries);
+        }
+        let kept_maps: Vec<(String, PathBuf)> = match maps_of {
+            Some(state) => kept_map_names()?
+                .into_iter()
+                .map(|name| {
+                    let pin = pinning::pin_of(state, pinning::MAPS, pinning::map_pin_name(&name));
+                    anyhow::ensure!(pin.exists(), "map {} is missing", pin.display());
+                    Ok((name, pin))
+                })
+                .collect::<anyhow::Result<_>>()?,
+            None => Vec::new(),
+        };
+        for (name, pin) in &kept_maps {
+            // An existing pin is opened, not created.
+            loader.map_pin_path(name, pin.as_path());
+        }
+        let mut ebpf = loader
             .btf(None)
             .override_global(global::SOCKET_LAYOUT, &settings.layout, true)
             .override_global(global::ADDRESS_LAYOUT, &settings.addresses, true)
@@ -300,9 +437,6 @@ impl Tracer {
                 &settings.transition_slot_mask,
                 true,
             )
-            .map_max_entries(map::SOCKET_SLOTS, settings.socket_slots)
-            .map_max_entries(map::TRANSITION_SLOTS, settings.transition_slots)
-            .map_max_entries(map::TRANSITIONS, settings.transitions_capacity)
             .load(EBPF_OBJECT)
             .map_err(explain_load_error)?;
 
@@ -311,18 +445,60 @@ impl Tracer {
             Endianness::default(),
         )
         .context("cannot parse the tracepoints' BTF")?;
+        // All verified first, so that a swap's gap is only the attachments. The event stream's
+        // is attached by its reader, while someone listens.
+        for (name, tracepoint) in settings.programs.iter().chain([&STREAM_PROGRAM]) {
+            load_btf_tracepoint(&mut ebpf, name, tracepoint, &btf)?;
+        }
+        drop(btf);
         // Primary first: on each event the kernel runs them in attach order; the nested-event
         // program only acts while the primary one is mid-run on the CPU, so order is not
-        // essential, but this keeps the common case's second call a cheap no-op.
+        // essential, but this keeps the common case's second call a cheap no-op. A swap goes
+        // tracepoint by tracepoint, each earlier program detached (its link unpinned and
+        // closed) just before this build's is attached, the state changes' first: their
+        // nested-event program before their primary, which holds the tracepoint until the new
+        // primary comes (see docs/restarts.md, "Upgrades").
+        let mut earlier_links = match maps_of {
+            Some(state) => earlier_links(state)?,
+            None => Vec::new(),
+        };
         let mut links = Vec::new();
-        for &(name, tracepoint) in &settings.programs {
-            let program = load_btf_tracepoint(&mut ebpf, name, tracepoint, &btf)?;
+        let mut swap_took = None;
+        for (index, &(name, tracepoint)) in settings.programs.iter().enumerate() {
+            let first_of_tracepoint = settings.programs[..index]
+                .iter()
+                .all(|(_, other)| *other != tracepoint);
+            let swap_started = Instant::now();
+            if first_of_tracepoint {
+                // Closed, not only unpinned: the last descriptor's close detaches at once, where
+                // an unpinned link is released later, by a kernel worker.
+                let (now, later) = earlier_links
+                    .into_iter()
+                    .partition(|(_, earlier)| *earlier == tracepoint);
+                earlier_links = later;
+                drop::<Vec<_>>(now);
+            }
+            let program: &mut BtfTracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| missing_program(name))?
+                .try_into()?;
             let link = program
                 .attach()
                 .map_err(|err| explain_program_error(name, err))?;
             links.push(FdLink::from(program.take_link(link)?));
+            if maps_of.is_some() && name == program::RECORD_STATE_CHANGE {
+                swap_took = Some(swap_started.elapsed());
+            }
         }
-        drop(btf);
+        // Any left (a program this daemon does not load) go now.
+        drop(earlier_links);
+        if let Some(took) = swap_took {
+            log::info!(
+                "swapped the earlier state changes' programs for this build's in {} µs: events \
+                 in between are not counted (each socket's next event repairs its record)",
+                took.as_micros()
+            );
+        }
         sys::release_free_memory();
         let store = match pin_at {
             Some(state) => {
@@ -342,12 +518,17 @@ impl Tracer {
                 Ok((*name, program.fd()?.try_clone()?))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let trace_program = ebpf
+            .program(program::TRACE_STATE_CHANGE)
+            .ok_or_else(|| missing_program(program::TRACE_STATE_CHANGE))?
+            .fd()?
+            .try_clone()?;
         let mut take = |name: &str| {
             ebpf.take_map(name)
                 .ok_or_else(|| anyhow!("map {name} is missing from the eBPF object"))
         };
-        let trace = TraceMaps::take(&mut take)?;
-        let maps = KernelMaps::take(take, programs, settings.socket_slots)?;
+        let maps = KernelMaps::take(&mut take, programs, settings.socket_slots)?;
+        let trace = TraceMaps::take(take, trace_program, maps.socket_slots.try_clone()?)?;
         Ok(Tracer {
             maps,
             trace,
@@ -384,6 +565,45 @@ impl Tracer {
 
 /// A program of the object and the tracepoint it attaches to.
 pub type Program = (&'static str, &'static str);
+
+/// The maps a state keeps, by their names in the object: all but the data sections the
+/// programs hold (`.rodata`, and `.bss`, the event stream's filter, which each daemon resets).
+fn kept_map_names() -> anyhow::Result<Vec<String>> {
+    let object = aya_obj::Object::parse(EBPF_OBJECT)
+        .context("cannot read the embedded eBPF object: rebuild tcpstate")?;
+    Ok(object
+        .maps
+        .into_keys()
+        .filter(|name| is_kept(name))
+        .collect())
+}
+
+fn is_kept(name: &str) -> bool {
+    !name.starts_with('.')
+}
+
+/// The links of the state pinned at `state`, unpinned, each with its tracepoint, in the order
+/// they detach in when dropped: on each tracepoint the nested-event program's before the
+/// primary's (which then holds the tracepoint alone, recording every event).
+fn earlier_links(state: &Path) -> anyhow::Result<Vec<(FdLink, &'static str)>> {
+    let mut links = Vec::new();
+    for &(name, tracepoint) in PROGRAMS.iter().rev() {
+        let pin = pinning::pin_of(state, pinning::LINKS, name);
+        if !pin.exists() {
+            continue;
+        }
+        let link = PinnedLink::from_pin(&pin)
+            .with_context(|| format!("link {}", pin.display()))?
+            .unpin()
+            .with_context(|| format!("cannot unpin {}", pin.display()))?;
+        links.push((link, tracepoint));
+    }
+    Ok(links)
+}
+
+/// The event stream's program and its tracepoint: loaded with `PROGRAMS`, attached only while
+/// someone listens.
+const STREAM_PROGRAM: Program = (program::TRACE_STATE_CHANGE, program::TRACEPOINT);
 
 /// The programs, each with the tracepoint it attaches to, in attach order.
 pub const PROGRAMS: [Program; 5] = [
@@ -490,7 +710,7 @@ fn pin_state(
         let path = pinning::pin_of(&partial, pinning::MAPS, pinning::map_pin_name(name));
         map.pin(&path).with_context(|| pin_error("map", &path))?;
     }
-    for (name, _) in programs {
+    for (name, _) in programs.iter().chain([&STREAM_PROGRAM]) {
         let program: &mut BtfTracePoint = ebpf
             .program_mut(name)
             .ok_or_else(|| missing_program(name))?
@@ -699,10 +919,13 @@ mod tests {
             ..Collectors::ALL
         });
         assert_eq!(user_space_off.programs, PROGRAMS);
-        assert_eq!(user_space_off.state_name(), all.state_name());
+        assert_eq!(
+            user_space_off.state_name().unwrap(),
+            all.state_name().unwrap()
+        );
         let names: std::collections::BTreeSet<String> = [&all, &no_resets, &no_synack]
             .iter()
-            .map(|settings| settings.state_name())
+            .map(|settings| settings.state_name().unwrap())
             .collect();
         assert_eq!(names.len(), 3);
     }

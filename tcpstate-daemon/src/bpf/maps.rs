@@ -16,7 +16,10 @@ use tcpstate_common::{
 };
 
 use crate::{
-    bpf::socket_slots::{SlotSweep, SocketSlots},
+    bpf::{
+        loader::PROGRAMS,
+        socket_slots::{SlotSweep, SocketSlots},
+    },
     model::{Counters, events_lost, sum_over_cpus},
     sys::{self, ProgramStats},
 };
@@ -44,6 +47,9 @@ pub struct KernelMaps {
     pub socket_records: MapData,
     /// Every attached program, by name.
     pub programs: Vec<(&'static str, ProgramFd)>,
+    /// What the kernel counted for the programs upgrades replaced (see
+    /// `kept::DaemonFigures::replaced_programs`), added to the running ones' figures.
+    pub replaced_programs: Vec<(u64, ProgramStats)>,
 }
 
 /// One consistent-enough read of everything the kernel keeps.
@@ -130,6 +136,7 @@ impl KernelMaps {
                 _ => anyhow::bail!("map {} is not socket storage", map::SOCKET_RECORDS),
             },
             programs,
+            replaced_programs: Vec::new(),
         })
     }
 
@@ -170,10 +177,14 @@ impl KernelMaps {
             .programs
             .iter()
             .map(|(name, fd)| {
-                (
-                    *name,
-                    sys::program_stats(&fd.as_fd().as_raw_fd()).unwrap_or_default(),
-                )
+                let mut stats = sys::program_stats(&fd.as_fd().as_raw_fd()).unwrap_or_default();
+                let index = PROGRAMS.iter().position(|(program, _)| program == name);
+                for (replaced, earlier) in &self.replaced_programs {
+                    if Some(*replaced as usize) == index {
+                        stats += *earlier;
+                    }
+                }
+                (*name, stats)
             })
             .collect();
         snapshot

@@ -1,9 +1,12 @@
 //! The kernel state pinned in the BPF filesystem, so that a restarted daemon adopts it:
-//! `<pin path>/v<layout>-<digest>/` holds the maps, the programs, their links (which keep them
-//! attached while no daemon runs) and the daemon's own figures. The digest covers the embedded
-//! object and every load-time setting, so a daemon adopts only programs and maps it would have
-//! made itself; anything else under the pin path is removed. The pin path's directory is
-//! locked (flock) by the daemon using it. docs/restarts.md tells the whole story.
+//! `<pin path>/v<layout>-<maps>-<digest>/` holds the maps, the programs, their links (which
+//! keep them attached while no daemon runs) and the daemon's own figures. `<digest>` covers the
+//! embedded object and every load-time setting, so a daemon adopts whole only programs and maps
+//! it would have made itself; `<maps>` covers what the maps hold (their definitions and the
+//! histogram's bounds), so a daemon whose programs differ (an upgrade, other ports) keeps the
+//! maps of a state with the same `<maps>` and swaps the programs. Anything else under the pin
+//! path is removed. The pin path's directory is locked (flock) by the daemon using it.
+//! docs/restarts.md tells the whole story.
 
 use std::{
     fs::{self, File, TryLockError},
@@ -13,10 +16,11 @@ use std::{
 
 use anyhow::Context as _;
 
-/// The pinned state's layout: bump it with any change to the maps' definitions, the boundary
-/// types they hold, the directory's layout or the kept figures' encoding (`crate::kept`). A
-/// daemon never adopts a state of another layout.
-pub const LAYOUT_VERSION: u32 = 1;
+/// The pinned state's layout: bump it with any change to what the maps' entries mean that
+/// their definitions do not show (a key's or record's fields, a counter's index), to the
+/// directory's layout or to the kept figures' encoding (`crate::kept`). A daemon never adopts
+/// nor continues a state of another layout.
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// bpffs' magic in `statfs`; here read from the mount table instead.
 const BPF_FS_TYPE: &str = "bpf";
@@ -137,12 +141,37 @@ impl PinRoot {
     }
 }
 
+impl PinRoot {
+    /// Another state whose maps a daemon of state `name` can keep: the same layout and maps
+    /// part of the name (see the module's doc), another digest.
+    pub fn compatible_state(&self, name: &str) -> Option<PathBuf> {
+        let maps_part = maps_part(name)?;
+        fs::read_dir(&self.path)
+            .ok()?
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .find(|other| other != name && maps_part_of(other) == Some(maps_part))
+            .map(|other| self.path.join(other))
+    }
+}
+
+/// `v<layout>-<maps>` of a state's name.
+fn maps_part(name: &str) -> Option<&str> {
+    let (maps_part, _digest) = name.rsplit_once('-')?;
+    maps_part.starts_with('v').then_some(maps_part)
+}
+
+fn maps_part_of(name: &str) -> Option<&str> {
+    maps_part(name).filter(|part| part.matches('-').count() == 1)
+}
+
 /// What the log says of a removed entry.
 fn removal_message(name: &str, path: &Path) -> String {
     match name.strip_prefix('v').and_then(|rest| rest.split_once('-')) {
         Some((layout, _)) if layout == LAYOUT_VERSION.to_string() => format!(
             "removed the pinned state {} of another build or configuration of tcpstated \
-             (programs, map sizes, ports or buckets differ): its counters are not continued",
+             whose maps differ (their sizes, the buckets, or what they hold): its counters are \
+             not continued",
             path.display()
         ),
         Some((layout, _)) => format!(
@@ -157,16 +186,24 @@ fn removal_message(name: &str, path: &Path) -> String {
     }
 }
 
-/// The name of the state made by this build with this configuration: `bytes` are the embedded
-/// object and every load-time setting.
-pub fn state_name(bytes: &[&[u8]]) -> String {
-    let mut digest = Vec::new();
-    for part in bytes {
-        digest.extend_from_slice(&(part.len() as u64).to_le_bytes());
-        digest.extend_from_slice(part);
+/// The name of the state made by this build with this configuration: `maps` is what the maps
+/// hold (their definitions, the histogram's bounds), `whole` the embedded object and every
+/// load-time setting.
+pub fn state_name(maps: &[&[u8]], whole: &[&[u8]]) -> String {
+    format!(
+        "v{LAYOUT_VERSION}-{:016x}-{:016x}",
+        digest(maps),
+        digest(whole)
+    )
+}
+
+fn digest(parts: &[&[u8]]) -> u64 {
+    let mut bytes = Vec::new();
+    for part in parts {
+        bytes.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(part);
     }
-    let digest = super::figure_store::fnv1a(&digest);
-    format!("v{LAYOUT_VERSION}-{digest:016x}")
+    super::figure_store::fnv1a(&bytes)
 }
 
 /// Whether `path`, or the nearest directory above it that exists, is on a BPF filesystem:
@@ -265,19 +302,32 @@ mod tests {
 
     #[test]
     fn state_names_follow_every_byte_and_the_layout() {
-        let name = state_name(&[b"object", b"config"]);
+        let name = state_name(&[b"maps"], &[b"object", b"config"]);
         assert!(name.starts_with(&format!("v{LAYOUT_VERSION}-")));
-        assert_eq!(name, state_name(&[b"object", b"config"]));
-        assert_ne!(name, state_name(&[b"object", b"confih"]));
+        assert_eq!(name, state_name(&[b"maps"], &[b"object", b"config"]));
+        assert_ne!(name, state_name(&[b"maps"], &[b"object", b"confih"]));
         // Parts are delimited: moving a byte across a boundary is another configuration.
-        assert_ne!(name, state_name(&[b"objectc", b"onfig"]));
+        assert_ne!(name, state_name(&[b"maps"], &[b"objectc", b"onfig"]));
+    }
+
+    #[test]
+    fn states_with_the_same_maps_are_compatible() {
+        let name = state_name(&[b"maps"], &[b"object"]);
+        let upgraded = state_name(&[b"maps"], &[b"object 2"]);
+        let other_maps = state_name(&[b"maps 2"], &[b"object"]);
+        assert_eq!(maps_part_of(&name), maps_part_of(&upgraded));
+        assert_ne!(maps_part_of(&name), maps_part_of(&other_maps));
+        // Layout 1 named states v1-<digest>: never compatible.
+        assert_eq!(maps_part_of("v1-00000000000000ff"), None);
+        assert_eq!(maps_part_of("partial-v2-01-02"), None);
     }
 
     #[test]
     fn removals_say_why() {
         let path = Path::new("/p/x");
         assert!(removal_message("v0-00ff", path).contains("layout 0"));
-        assert!(removal_message(&state_name(&[b"x"]), path).contains("another build"));
+        let name = state_name(&[b"m"], &[b"x"]);
+        assert!(removal_message(&name, path).contains("another build"));
         assert!(removal_message("junk", path).contains("not a state"));
     }
 }

@@ -40,6 +40,11 @@ impl SocketSlots {
         })
     }
 
+    /// Another handle on the same table (for another thread).
+    pub fn try_clone(&self) -> io::Result<Self> {
+        SocketSlots::new(self.map.as_fd(), self.slots as u32)
+    }
+
     /// A live view of the whole table.
     pub fn view(&self) -> io::Result<SlotsView> {
         Ok(SlotsView(MappedArray::map(

@@ -88,6 +88,7 @@ impl KernelState {
                  namespaces start again from 0 (the kernel's counters continue)"
             );
         }
+        self.maps.replaced_programs.extend(kept.replaced_programs);
         self.store = kept.store;
         self
     }
@@ -106,6 +107,9 @@ impl KernelState {
         self.maps.displaced_taken = figures.displaced_taken;
         self.maps.displaced_lost = figures.displaced_lost;
         self.polls.errors = figures.poll_errors;
+        self.maps
+            .replaced_programs
+            .extend(figures.replaced_programs);
         Ok(())
     }
 
@@ -121,6 +125,7 @@ impl KernelState {
             displaced_taken: self.maps.displaced_taken.clone(),
             displaced_lost: self.maps.displaced_lost,
             poll_errors: self.polls.errors,
+            replaced_programs: self.maps.replaced_programs.clone(),
         }
         .save(&mut out);
         match &self.unpolled_census {

@@ -1,6 +1,7 @@
 //! `bpf(2)` where aya has no call for it: the counters the kernel keeps per program, batch
 //! reads of whole maps into their `Pod` values, a map made by the daemon itself (for its own
-//! figures, pinned beside the kernel's), and the log ring's registration with the runtime.
+//! figures, pinned beside the kernel's), attaching a loaded program held only by its
+//! descriptor, and the log ring's registration with the runtime.
 
 use std::{
     ffi::CStr,
@@ -20,6 +21,14 @@ pub struct ProgramStats {
     pub run_count: u64,
     /// Events the kernel skipped because the program was already running on that CPU.
     pub recursion_misses: u64,
+}
+
+impl std::ops::AddAssign for ProgramStats {
+    fn add_assign(&mut self, other: Self) {
+        self.run_time_ns += other.run_time_ns;
+        self.run_count += other.run_count;
+        self.recursion_misses += other.recursion_misses;
+    }
 }
 
 /// `BPF_OBJ_GET_INFO_BY_FD` for a program (aya's `ProgramInfo` does not expose these counters).
@@ -101,6 +110,40 @@ pub fn create_map(
             BPF_MAP_CREATE,
             &raw mut attr,
             mem::size_of::<MapCreate>(),
+        )
+    };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor the kernel just returned, owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(result as i32) })
+}
+
+/// `BPF_RAW_TRACEPOINT_OPEN` of a loaded BTF tracepoint program (its tracepoint was given at
+/// load): the link, which detaches the program when closed.
+pub fn attach_btf_tracepoint(program: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    /// The `raw_tracepoint` member of `union bpf_attr`.
+    #[repr(C)]
+    struct RawTracepointOpen {
+        name: u64,
+        prog_fd: u32,
+        _padding: u32,
+        cookie: u64,
+    }
+    let mut attr = RawTracepointOpen {
+        name: 0,
+        prog_fd: program.as_raw_fd() as u32,
+        _padding: 0,
+        cookie: 0,
+    };
+    // SAFETY: `attr` is the `raw_tracepoint` member of `union bpf_attr` for this command, with
+    // no name (the program's BTF tracepoint is used), and outlives the call.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_RAW_TRACEPOINT_OPEN as libc::c_long,
+            &raw mut attr,
+            mem::size_of::<RawTracepointOpen>(),
         )
     };
     if result < 0 {

@@ -1,9 +1,9 @@
 //! The live event stream (`tcpstated trace`, `GET /events`): the transitions of the logical
-//! view as they happen, beside the aggregates. The kernel programs send events only while the
-//! stream has subscribers, filtered by the union of their filters (`kernel`); a reader thread
-//! reads them then (`reader`), decodes them (`event`) and hands each to the subscribers whose
-//! filter (`filter`) it passes, through bounded queues (`hub`). `command` is the trace
-//! subcommand, a client (`client`) of a running daemon's `/events`.
+//! view as they happen, beside the aggregates. The stream's kernel program is attached only
+//! while the stream has subscribers, and sends the events that pass the union of their filters
+//! (`kernel`); a reader thread reads them then (`reader`), decodes them (`event`) and hands each
+//! to the subscribers whose filter (`filter`) it passes, through bounded queues (`hub`).
+//! `command` is the trace subcommand, a client (`client`) of a running daemon's `/events`.
 //!
 //! Not in the stream: the transitions of timewait sockets, which the sock_diag polls find
 //! (`TIME_WAIT -> CLOSE`, an orphan's `FIN_WAIT2 -> TIME_WAIT`); the full socket's

@@ -4,14 +4,50 @@
 //! programs turned off does not adopt it.
 
 use std::{
-    io::Read as _,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{Shutdown, TcpListener, TcpStream},
     thread,
     time::{Duration, Instant},
 };
 
-use crate::support::{Exposition, eventually};
+use serde_json::Value;
+
+use crate::support::{Daemon, Exposition, eventually};
 use crate::{PinFs, WAIT, daemon};
+
+/// `daemon`'s `/events?query`, read past its `ready` event.
+fn events(daemon: &Daemon, query: &str) -> BufReader<TcpStream> {
+    let mut stream = TcpStream::connect(daemon.address).expect("connect to the daemon");
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        stream,
+        "GET /events?{query} HTTP/1.0\r\nHost: tcpstated\r\n\r\n"
+    )
+    .unwrap();
+    let mut stream = BufReader::new(stream);
+    let mut line = String::new();
+    while line.trim_end() != "event: ready" {
+        line.clear();
+        assert!(stream.read_line(&mut line).unwrap() > 0, "the stream ended");
+    }
+    stream
+}
+
+/// The next transition of an `events` stream.
+fn next_transition(stream: &mut BufReader<TcpStream>) -> Value {
+    let mut line = String::new();
+    let mut transition = false;
+    loop {
+        line.clear();
+        assert!(stream.read_line(&mut line).unwrap() > 0, "the stream ended");
+        let line = line.trim_end();
+        if line == "event: transition" {
+            transition = true;
+        } else if let Some(data) = line.strip_prefix("data: ").filter(|_| transition) {
+            return serde_json::from_str(data).expect("a transition's JSON");
+        }
+    }
+}
 
 /// The counters of `port` never went back between two scrapes.
 fn assert_no_counter_went_back(before: &Exposition, after: &Exposition, port: &str) {
@@ -35,8 +71,11 @@ fn assert_no_counter_went_back(before: &Exposition, after: &Exposition, port: &s
     }
 }
 
-fn close_wait_across_a_restart(signal: &str, port: u16) {
-    let pins = PinFs::new(&format!("close-wait-{signal}"));
+/// A socket held in CLOSE_WAIT from before a restart by `signal` to after it: the second
+/// daemon, started with `second_flags` too, continues the first one's counters and times it
+/// whole.
+pub fn close_wait_across_a_restart(signal: &str, port: u16, second_flags: &[&str]) {
+    let pins = PinFs::new(&format!("close-wait-{signal}-{port}"));
     let first = daemon(&pins, port, &[]);
     let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the test port");
     let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -75,9 +114,18 @@ fn close_wait_across_a_restart(signal: &str, port: u16) {
         "the state stays pinned: {:?}",
         pins.states()
     );
+    let first_state = pins.states();
     // No daemon runs for a while: the programs still count.
     thread::sleep(Duration::from_millis(500));
-    let second = daemon(&pins, port, &[]);
+    let second = daemon(&pins, port, second_flags);
+    let second_state = pins.states();
+    assert_eq!(second_state.len(), 1, "one state: {second_state:?}");
+    assert_eq!(
+        first_state == second_state,
+        second_flags.is_empty(),
+        "the same state is adopted, or another build's programs continue its maps: \
+         {first_state:?}, then {second_state:?}"
+    );
     let adopted = second.scrape();
     assert_eq!(
         adopted.sum(
@@ -89,10 +137,18 @@ fn close_wait_across_a_restart(signal: &str, port: u16) {
     );
     assert_no_counter_went_back(&seen, &adopted, &port.to_string());
     thread::sleep(Duration::from_millis(500));
+    // The adopted state's event stream works, and knows since when the socket is in CLOSE_WAIT.
+    let mut stream = events(&second, &format!("port={port}&state=LAST_ACK"));
 
     let before_last_ack = Instant::now();
     drop(server);
     let after_last_ack = Instant::now();
+    let streamed = next_transition(&mut stream);
+    assert_eq!(
+        (streamed["from"].as_str(), streamed["to"].as_str()),
+        (Some("CLOSE_WAIT"), Some("LAST_ACK")),
+        "{streamed}"
+    );
     let edge = [
         labels[0],
         labels[1],
@@ -118,6 +174,11 @@ fn close_wait_across_a_restart(signal: &str, port: u16) {
          {least} and {most} s"
     );
     assert_eq!(
+        streamed["duration_ns"].as_u64(),
+        Some((duration * 1e9).round() as u64),
+        "the stream's CLOSE_WAIT duration is the histogram's"
+    );
+    assert_eq!(
         after.sum(
             "tcpstate_transitions_total",
             &[
@@ -138,13 +199,13 @@ fn close_wait_across_a_restart(signal: &str, port: u16) {
 #[test]
 #[ignore = "needs root: see tests/restarts/main.rs"]
 fn a_close_wait_held_through_a_restart_keeps_its_labels_and_whole_duration() {
-    close_wait_across_a_restart("TERM", 27201);
+    close_wait_across_a_restart("TERM", 27201, &[]);
 }
 
 #[test]
 #[ignore = "needs root: see tests/restarts/main.rs"]
 fn a_close_wait_held_through_a_sigkill_keeps_its_labels_and_whole_duration() {
-    close_wait_across_a_restart("KILL", 27202);
+    close_wait_across_a_restart("KILL", 27202, &[]);
 }
 
 #[test]
@@ -175,7 +236,7 @@ fn a_second_daemon_on_the_same_pinned_state_is_refused() {
 
 #[test]
 #[ignore = "needs root: see tests/restarts/main.rs"]
-fn a_daemon_with_other_programs_turned_off_does_not_adopt_the_state() {
+fn a_daemon_with_other_programs_turned_off_continues_the_maps_with_its_own() {
     let pins = PinFs::new("program-set");
     let run = |extra: &[&str], attached: &[&str]| {
         let mut args = vec![pins.pin_flag(), "--port=27230".to_owned()];
@@ -203,19 +264,19 @@ fn a_daemon_with_other_programs_turned_off_does_not_adopt_the_state() {
     let (log, first) = run(&[], &every_program);
     assert!(log.contains(attached_anew), "{log}");
 
-    // Other programs: another state, which replaces the first.
+    // Other programs, the same maps: another state, which continues the first's maps.
+    let continued = |state: &str| {
+        format!(
+            "continued the maps of the pinned state {}",
+            pins.pin_path().join(state).display()
+        )
+    };
     let (log, second) = run(&["--no-collector.resets"], &without_resets);
     assert!(
         log.contains(attached_anew) && !log.contains(adopted),
         "{log}"
     );
-    assert!(
-        log.contains(&format!(
-            "removed the pinned state {}",
-            pins.pin_path().join(&first).display()
-        )),
-        "{log}"
-    );
+    assert!(log.contains(&continued(&first)), "{log}");
     assert_ne!(second, first);
     let programs = pins.pin_path().join(&second).join("programs");
     assert!(!programs.join("record_reset_sent").exists());
@@ -237,12 +298,13 @@ fn a_daemon_with_other_programs_turned_off_does_not_adopt_the_state() {
         assert_eq!(state, second);
     }
 
-    // Every program again: the first configuration's state, made anew.
+    // Every program again: the first configuration's state, continuing the maps again.
     let (log, fourth) = run(&no_polls[1..], &every_program);
     assert!(
         log.contains(attached_anew) && !log.contains(adopted),
         "{log}"
     );
+    assert!(log.contains(&continued(&second)), "{log}");
     assert_eq!(fourth, first);
 }
 

@@ -1,7 +1,7 @@
 //! Restarts and upgrades (issue 35): the kernel state pinned in the BPF filesystem is adopted
 //! by the next daemon, so counters continue, open sockets keep their labels and entry times,
-//! and no event is missed; a second daemon on the same state is refused; bad pinned states
-//! give a clean start. Real daemons on the real kernel, on loopback ports 27200-27299.
+//! and no event is missed; a daemon of other programs continues its maps (`upgrade`); a second
+//! daemon on the same state is refused; bad pinned states give a clean start. Real daemons on the real kernel, on loopback ports 27200-27299.
 //!
 //! Each test mounts a BPF filesystem of its own (`PinFs`): its daemons pin there, and
 //! unmounting it at the end (passing or not) detaches whatever they left attached.
@@ -14,6 +14,7 @@ mod support;
 mod adoption;
 mod bad_input;
 mod churn;
+mod upgrade;
 
 use std::{
     io::Read as _,
