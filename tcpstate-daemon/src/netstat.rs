@@ -1,5 +1,6 @@
 //! Figures of a network namespace the kernel keeps outside any tracepoint: the listen-queue
-//! counters of its netstat file (`TcpExt`), and the ephemeral port range. Both are read for
+//! counters of its netstat file (`TcpExt`), the ephemeral port range and `tcp_fin_timeout`
+//! (how long an orphaned connection's FIN_WAIT2 lasts). All are read for
 //! the calling thread's namespace (`/proc/thread-self/net`, and `/proc/sys/net` files, which
 //! answer for the namespace of the thread that opens them).
 
@@ -111,6 +112,19 @@ pub fn read_port_range() -> std::io::Result<(u16, u16)> {
     })
 }
 
+pub const FIN_TIMEOUT_PATH: &str = "/proc/sys/net/ipv4/tcp_fin_timeout";
+
+/// The calling thread's namespace's `net.ipv4.tcp_fin_timeout`, in seconds.
+pub fn read_fin_timeout() -> std::io::Result<u32> {
+    let text = std::fs::read_to_string(FIN_TIMEOUT_PATH)?;
+    text.trim().parse().map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{FIN_TIMEOUT_PATH} holds no number of seconds: {text:?}"),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +152,6 @@ mod tests {
         assert_eq!(parse_port_range("60999 32768"), None);
         assert_eq!(parse_port_range("x"), None);
         assert!(read_port_range().is_ok());
+        assert!(read_fin_timeout().is_ok_and(|seconds| seconds > 0));
     }
 }

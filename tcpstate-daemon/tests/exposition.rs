@@ -206,6 +206,7 @@ fn diag(state: TcpState, timewait: bool, ports: (u16, u16), cookie: u64) -> Diag
         remote_port: ports.1,
         cookie,
         expires_ms: 0,
+        retransmits: 0,
         receive_queue: 0,
         send_queue: 0,
         tracked: false,
@@ -311,11 +312,11 @@ fn census() -> Census {
         timewait(FinWait2, (40_005, 80), 205, 30_000),
     ];
     let requests = [
-        diag(SynRecv, false, (443, 50_100), 400),
-        diag(SynRecv, false, (443, 50_101), 401),
+        diag(NewSynRecv, false, (443, 50_100), 400),
+        diag(NewSynRecv, false, (443, 50_101), 401),
         DiagSocket {
             family: family::IPV6,
-            ..diag(SynRecv, false, (8080, 50_102), 402)
+            ..diag(NewSynRecv, false, (8080, 50_102), 402)
         },
     ];
     let polled: Vec<DiagSocket> = [&listeners[..], &closing, &first].concat();

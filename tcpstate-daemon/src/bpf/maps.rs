@@ -163,16 +163,7 @@ impl KernelMaps {
                 Err(_) => snapshot.read_errors += 1,
             }
         }
-        let slots: Vec<u64> = (0..counter::SLOTS)
-            .map(|index| match self.counters.get(&index, 0) {
-                Ok(per_cpu) => per_cpu.iter().sum(),
-                Err(_) => {
-                    snapshot.read_errors += 1;
-                    0
-                }
-            })
-            .collect();
-        snapshot.counters = Counters::from_slots(&slots);
+        snapshot.counters = self.counters(&mut snapshot.read_errors);
         snapshot.programs = self
             .programs
             .iter()
@@ -188,6 +179,21 @@ impl KernelMaps {
             })
             .collect();
         snapshot
+    }
+
+    /// The kernel's `COUNTERS`, summed (a counter that cannot be read counts in
+    /// `read_errors`, and as 0).
+    pub fn counters(&self, read_errors: &mut u64) -> Counters {
+        let slots: Vec<u64> = (0..counter::SLOTS)
+            .map(|index| match self.counters.get(&index, 0) {
+                Ok(per_cpu) => per_cpu.iter().sum(),
+                Err(_) => {
+                    *read_errors += 1;
+                    0
+                }
+            })
+            .collect();
+        Counters::from_slots(&slots)
     }
 
     /// Appends the used `TRANSITION_SLOTS` entries of every CPU to `entries`, reading the

@@ -14,7 +14,7 @@ use tcpstate_common::{
     SOCKET_SLOT_WINDOW, SocketRecord, TimewaitHandoff, slot_owner, socket_slot_window,
 };
 
-use crate::sys::mmap::MappedArray;
+use crate::sys::mmap::{MappedArray, page_size};
 
 const OWNER: usize = offset_of!(SocketRecord, cookie);
 const STATE: usize = offset_of!(SocketRecord, state);
@@ -42,7 +42,35 @@ impl SocketSlots {
 
     /// Another handle on the same table (for another thread).
     pub fn try_clone(&self) -> io::Result<Self> {
-        SocketSlots::new(self.map.as_fd(), self.slots as u32)
+        Ok(SocketSlots {
+            map: self.map.try_clone()?,
+            slots: self.slots,
+        })
+    }
+
+    /// Whether the socket with `cookie` has its record in a slot now, mapping only the pages
+    /// its window lies in (for a few lookups: the kernel maps every page of a mapping at once,
+    /// so a `view` of the whole table would add it all to the daemon's resident memory).
+    pub fn holds(&self, cookie: u64) -> io::Result<bool> {
+        let per_page = (page_size() / size_of::<SocketRecord>()).max(1);
+        let first = socket_slot_window(cookie) as usize;
+        let mut mapped: Option<(usize, MappedArray<SocketRecord>)> = None;
+        for step in 0..SOCKET_SLOT_WINDOW as usize {
+            let index = (first + step) & (self.slots - 1);
+            let page = index - index % per_page;
+            let view = match &mapped {
+                Some((at, view)) if *at == page => view,
+                _ => {
+                    let count = per_page.min(self.slots - page);
+                    let view = MappedArray::map(self.map.as_fd(), page, count)?;
+                    &mapped.insert((page, view)).1
+                }
+            };
+            if view.atomic_u64(index - page, OWNER).load(Ordering::Relaxed) == cookie {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// A live view of the whole table.

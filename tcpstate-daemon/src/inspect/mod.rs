@@ -1,9 +1,12 @@
 //! The sockets behind a figure (`/sockets`, `/sockets.json`): which sockets are in a state now,
 //! whose, since when, oldest first, with the processes that hold them. Chosen at request time
-//! from what the daemon already keeps (the kernel's socket records and the polls' timewait
-//! sockets: no per-event work), then located with sock_diag in their own network namespaces
-//! and matched to processes through /proc, for the sockets listed only (`locate`, on the poll
-//! thread).
+//! from what the daemon already keeps, as the figures count them (no per-event work): the
+//! kernel's socket records, the timewait and request sockets the polls follow, and the baseline
+//! (sockets older than the daemon, unmoved since: their age is unknown). Then the namespaces
+//! are listed with sock_diag in the states asked for (`locate`, on the poll thread) to locate
+//! the chosen sockets, and, where sockets have been recorded in socket-local storage (which
+//! user space cannot walk), every namespace to find those too; the processes holding them are
+//! found through /proc.
 
 pub mod locate;
 pub mod owners;
@@ -11,27 +14,30 @@ pub mod query;
 
 use std::{
     cmp::Ordering,
-    collections::{BTreeMap, BinaryHeap, HashSet},
+    collections::{BinaryHeap, HashSet},
     time::Duration,
 };
 
 use serde::Serialize;
-use tcpstate_common::{Labels, SocketRecord, state::NEW_SYN_RECV};
+use tcpstate_common::{Labels, SocketRecord, TcpState};
 
+pub use locate::{Listing, Located};
 pub use query::{QueryError, SocketQuery};
 
 use crate::{
+    bpf::socket_slots::SocketSlots,
     labels,
     sockets::{census::Census, sock_diag},
     workload::{Resolver, Workload},
 };
-use locate::{Located, Wanted};
+use locate::{UnseenSearch, Wanted};
 use owners::Owner;
 
 /// A socket the view may list.
 #[derive(Clone, Debug)]
 struct Candidate {
-    /// When it entered its state (the kernel's clock); `None`: before the daemon saw it.
+    /// When it entered its state (the kernel's clock); `None`: unknown (older than the daemon
+    /// and unmoved since, or recorded in socket-local storage).
     entered_ns: Option<u64>,
     cookie: u64,
     net_inode: u32,
@@ -41,7 +47,8 @@ struct Candidate {
 }
 
 impl Candidate {
-    /// Oldest first: unknown entry times (older than the daemon) before every known one.
+    /// Oldest first: unknown entry times (most are older than the daemon) before every known
+    /// one, then by cookie (the kernel hands them out in order).
     fn order_key(&self) -> (u64, u64) {
         (self.entered_ns.unwrap_or(0), self.cookie)
     }
@@ -71,40 +78,40 @@ pub struct Choice {
     /// Sockets that matched the query, the listed ones included.
     matched: u64,
     now_ns: u64,
-    /// Where to look for each namespace's sockets.
-    wanted: Vec<Wanted>,
+    limit: usize,
 }
 
 /// Chooses the `query.limit` oldest sockets matching `query` among the live records of the
-/// kernel's slot table (`records`) and the timewait sockets the census follows, as of `now_ns`.
+/// kernel's slot table (`records`), and the timewait and request sockets and the baseline of
+/// the census, as of `now_ns`; and says how to list the namespaces to locate them, searching
+/// every namespace for unseen sockets if some may be recorded in socket storage
+/// (`search_storage`; `slots`, the slot table, then checks those found).
 pub fn choose(
     records: impl FnOnce(&mut dyn FnMut(&SocketRecord)) -> std::io::Result<()>,
+    search_storage: bool,
+    slots: Option<SocketSlots>,
     census: &Census,
     mut workloads: Option<&mut Resolver>,
     query: &SocketQuery,
     now_ns: u64,
-) -> Result<Choice, ChooseError> {
+) -> Result<(Choice, Listing), ChooseError> {
     if query.workload.is_some() && workloads.is_none() {
         return Err(ChooseError::Query(QueryError(
             "workload: the daemon runs without --workloads, so sockets carry no workload".into(),
         )));
     }
     let min_age_ns = u64::try_from(query.min_age.as_nanos()).unwrap_or(u64::MAX);
+    let asked = |state: u8| query.states.is_empty() || query.states.contains(&state);
+    let cgroups = match (&query.workload, workloads.as_deref_mut()) {
+        (Some(part), Some(resolver)) if search_storage => Some(workload_groups(resolver, part)),
+        _ => None,
+    };
     let mut oldest: BinaryHeap<Candidate> = BinaryHeap::new();
     let mut matched = 0u64;
-    let mut consider = |candidate: Candidate| {
-        oldest.push(candidate);
-        if oldest.len() > query.limit {
-            oldest.pop();
-        }
-    };
     let mut take = |entered_ns: Option<u64>, cookie, net_inode, state, labels: Labels| {
         let old_enough =
             entered_ns.is_none_or(|entered| now_ns.saturating_sub(entered) >= min_age_ns);
-        if !old_enough
-            || !(query.states.is_empty() || query.states.contains(&state))
-            || query.port.is_some_and(|port| port != labels.port)
-        {
+        if !old_enough || !asked(state) || query.port.is_some_and(|port| port != labels.port) {
             return;
         }
         let workload = workloads
@@ -116,7 +123,7 @@ pub fn choose(
             return;
         }
         matched += 1;
-        consider(Candidate {
+        oldest.push(Candidate {
             entered_ns,
             cookie,
             net_inode,
@@ -124,8 +131,15 @@ pub fn choose(
             labels,
             workload,
         });
+        if oldest.len() > query.limit {
+            oldest.pop();
+        }
     };
+    let mut known = Vec::new();
     records(&mut |record: &SocketRecord| {
+        if asked(record.state) {
+            known.push(record.cookie);
+        }
         take(
             Some(record.entered_ns),
             record.cookie,
@@ -135,33 +149,85 @@ pub fn choose(
         )
     })
     .map_err(ChooseError::Records)?;
-    census.for_each_timewait(|net_inode, cookie, labels, substate, entered_ns| {
-        take(entered_ns, cookie, net_inode, substate, labels)
+    census.for_each_polled_socket(|net_inode, cookie, labels, state, entered_ns| {
+        take(entered_ns, cookie, net_inode, state, labels)
     });
+    census
+        .baseline
+        .for_each(|net_inode, cookie, labels, state| {
+            if asked(state) {
+                known.push(cookie);
+            }
+            take(None, cookie, net_inode, state, labels)
+        });
     let chosen = oldest.into_sorted_vec();
-    let mut by_namespace: BTreeMap<u32, HashSet<u64>> = BTreeMap::new();
-    for candidate in &chosen {
-        by_namespace
-            .entry(candidate.net_inode)
-            .or_default()
-            .insert(candidate.cookie);
-    }
-    let wanted = by_namespace
+    let wanted_in = |inode: u32| -> HashSet<u64> {
+        chosen
+            .iter()
+            .filter(|candidate| candidate.net_inode == inode)
+            .map(|candidate| candidate.cookie)
+            .collect()
+    };
+    // Every namespace when searching for unseen sockets, else those of the chosen ones.
+    let namespaces = census
+        .covered_namespaces()
         .into_iter()
-        .filter_map(|(inode, cookies)| {
-            Some(Wanted {
-                inode,
-                path: census.namespace_path(inode)?,
-                cookies,
-            })
+        .map(|(inode, path)| Wanted {
+            inode,
+            path,
+            cookies: wanted_in(inode),
         })
+        .filter(|namespace| search_storage || !namespace.cookies.is_empty())
         .collect();
-    Ok(Choice {
+    let unseen = search_storage.then(|| {
+        known.sort_unstable();
+        UnseenSearch {
+            states: query.states.clone(),
+            known,
+            slots,
+            rule: census.label_rule(),
+            port: query.port,
+            cgroups,
+            limit: query.limit,
+        }
+    });
+    let listing = Listing {
+        states: listed_states(&query.states),
+        namespaces,
+        unseen,
+    };
+    let choice = Choice {
         chosen,
         matched,
         now_ns,
-        wanted,
-    })
+        limit: query.limit,
+    };
+    Ok((choice, listing))
+}
+
+/// The sock_diag mask that lists the sockets in `states` (empty: every state a socket can be
+/// listed in).
+fn listed_states(states: &[u8]) -> u32 {
+    if states.is_empty() {
+        let every: Vec<u8> = TcpState::ALL
+            .iter()
+            .filter(|state| **state != TcpState::Close)
+            .map(|state| *state as u8)
+            .collect();
+        return sock_diag::state_mask(&every);
+    }
+    sock_diag::state_mask(states)
+}
+
+/// The cgroups whose workload's `namespace/pod/container` contains `part` (the host's own
+/// sockets, cgroup 0, if "host" matches).
+fn workload_groups(resolver: &mut Resolver, part: &str) -> HashSet<u32> {
+    let matches = |workload: &Workload| workload_path(workload).contains(part);
+    let mut cgroups: HashSet<u32> = resolver.groups_matching(matches).into_iter().collect();
+    if matches(&Workload::host()) {
+        cgroups.insert(0);
+    }
+    cgroups
 }
 
 /// Why a view could not be chosen.
@@ -174,23 +240,34 @@ pub enum ChooseError {
 }
 
 impl Choice {
-    /// The namespaces to list and the sockets wanted from each.
-    pub fn wanted(&self) -> &[Wanted] {
-        &self.wanted
+    /// Adds the unseen sockets the listing found, before every socket of known age (theirs is
+    /// unknown), keeping the oldest `limit`.
+    pub fn add_unseen(&mut self, located: &Located) {
+        self.matched += located.unseen_matched;
+        self.chosen
+            .extend(located.unseen.iter().map(|unseen| Candidate {
+                entered_ns: None,
+                cookie: unseen.cookie,
+                net_inode: unseen.net_inode,
+                state: unseen.state,
+                labels: unseen.labels,
+                workload: None,
+            }));
+        self.chosen.sort_unstable();
+        self.chosen.truncate(self.limit);
     }
 
-    /// The sock_diag state mask that lists every chosen socket.
-    pub fn state_mask(&self) -> u32 {
-        let mut states: Vec<u8> = self.chosen.iter().map(|c| c.state).collect();
-        // Request sockets are listed as SYN_RECV; full SYN_RECV sockets too.
-        if states.contains(&NEW_SYN_RECV) {
-            states.push(tcpstate_common::state::SYN_RECV);
+    /// Names the workload of each listed socket that has none yet (the unseen ones).
+    pub fn name_workloads(&mut self, resolver: &mut Resolver) {
+        for candidate in &mut self.chosen {
+            if candidate.workload.is_none() {
+                candidate.workload = Some(resolver.workload(candidate.labels.cgroup));
+            }
         }
-        sock_diag::state_mask(&states)
     }
 
     /// The view's answer, with what `located` found.
-    pub fn answer(self, located: &Located, limit: usize) -> SocketList {
+    pub fn answer(self, located: &Located) -> SocketList {
         let sockets: Vec<ListedSocket> = self
             .chosen
             .into_iter()
@@ -220,13 +297,14 @@ impl Choice {
         SocketList {
             matched: self.matched,
             listed: sockets.len(),
-            limit,
+            limit: self.limit,
             unlocated: sockets.iter().filter(|s| s.local.is_none()).count(),
             namespace_failures: located
                 .failures
                 .iter()
                 .map(|(inode, error)| format!("network namespace {inode}: {error}"))
                 .collect(),
+            unsearched_namespaces: located.unsearched_namespaces,
             sockets,
         }
     }
@@ -251,13 +329,17 @@ pub struct SocketList {
     /// list (their namespace could not be entered): no addresses, no processes.
     pub unlocated: usize,
     pub namespace_failures: Vec<String>,
+    /// Namespaces not searched for sockets recorded in socket-local storage (searched only
+    /// when some are, for 0.3 s at most): sockets of theirs may be missing.
+    pub unsearched_namespaces: usize,
     pub sockets: Vec<ListedSocket>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct ListedSocket {
     pub state: &'static str,
-    /// `null`: in its state since before the daemon saw it.
+    /// `null`: unknown (in its state since before the daemon started and unmoved since, or
+    /// recorded in socket-local storage).
     pub age_seconds: Option<f64>,
     pub role: &'static str,
     pub family: &'static str,

@@ -1,6 +1,8 @@
-//! How long the sockets now in each state have been there (the kernel's records of when each
-//! entered its state, read at the scrape): what the duration histograms never show for a
-//! socket that does not leave its state, such as a leaked CLOSE_WAIT.
+//! How long the sockets now in each state have been there, read at the scrape: the kernel's
+//! records of when each tracked socket entered its state, and for the timewait and request
+//! sockets the polls follow, their handoff records or their timers (`sockets::timers`). What
+//! the duration histograms never show for a socket that does not leave its state, such as a
+//! leaked CLOSE_WAIT.
 
 use prometheus::proto::{MetricFamily, MetricType};
 
@@ -9,16 +11,17 @@ use crate::{labels, model::ages::THRESHOLDS_SECONDS};
 
 pub(super) const AGE_MAX: Family = Family {
     name: "tcpstate_socket_age_max_seconds",
-    help: "How long the oldest tracked socket now in `state` has been in it (sockets the kernel \
-           program saw enter their state, in its socket slot table).",
+    help: "How long the oldest socket now in `state` has been in it: from the kernel's records \
+           of tracked sockets, and for timewait and request sockets from their handoff records \
+           or timers (full sockets older than tcpstated that have not moved since have no age).",
     kind: MetricType::GAUGE,
     labels: &["state", "family", "role", "port"],
 };
 
 pub(super) const OLDER_THAN: Family = Family {
     name: "tcpstate_sockets_older_than",
-    help: "Tracked sockets now in `state` that have been in it longer than `seconds` (10, 60, \
-           300, 1800, 3600): a CLOSE_WAIT socket minutes old is a leak.",
+    help: "Sockets now in `state` (those with an age) that have been in it longer than \
+           `seconds` (10, 60, 300, 1800, 3600): a CLOSE_WAIT socket minutes old is a leak.",
     kind: MetricType::GAUGE,
     labels: &["state", "family", "role", "port", "seconds"],
 };

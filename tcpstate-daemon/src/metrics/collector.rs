@@ -21,7 +21,7 @@ use crate::{
         maps::{KernelMaps, Snapshot},
         socket_slots::ReleaseHandoffs,
     },
-    inspect::{self, ChooseError, SocketList, SocketQuery, locate},
+    inspect::{self, ChooseError, Located, SocketList, SocketQuery},
     kept::{DaemonFigures, Reader, Unreadable, Writer},
     model::{
         self, StateKey, View,
@@ -153,10 +153,9 @@ impl KernelState {
         }
     }
 
-    /// How long the tracked sockets now in each state have been there (the slot table's records,
-    /// and the timewait sockets the polls follow whose entry was seen; a read error counts in
-    /// `read_errors`).
-    fn socket_ages(&self, read_errors: &mut u64) -> Ages {
+    /// How long the tracked sockets now in each state have been there, from the slot table's
+    /// records (a read error counts in `read_errors`).
+    fn record_ages(&self, read_errors: &mut u64) -> Ages {
         let now = sys::monotonic_ns();
         let mut ages = Ages::new();
         let read = self.maps.socket_slots.for_each_live(|record| {
@@ -167,13 +166,19 @@ impl KernelState {
             *read_errors += 1;
             log::warn!("cannot read the kernel's socket records for their ages: {error}");
         }
+        ages
+    }
+
+    /// Adds the ages of the timewait and request sockets the polls follow (after this scrape's
+    /// poll, as their counts).
+    fn add_polled_ages(&self, ages: &mut Ages) {
+        let now = sys::monotonic_ns();
         self.census
-            .for_each_timewait(|_, _, labels, substate, entered_ns| {
+            .for_each_polled_socket(|_, _, labels, state, entered_ns| {
                 if let Some(entered_ns) = entered_ns {
-                    add_age(&mut ages, StateKey::new(labels, substate), entered_ns, now);
+                    add_age(ages, StateKey::new(labels, state), entered_ns, now);
                 }
             });
-        ages
     }
 
     /// The workloads of every cgroup this scrape's figures carry; those of groups gone a while
@@ -336,32 +341,38 @@ impl TcpStateCollector {
         }
     }
 
-    /// The sockets view's answer to `query` (see `inspect`): chosen under the lock, located on
-    /// the poll thread without it.
+    /// The sockets view's answer to `query` (see `inspect`): chosen under the lock, located
+    /// on the poll thread without it, which also searches every namespace for the sockets
+    /// recorded in socket storage if any ever were.
     pub fn sockets(&self, query: &SocketQuery) -> Result<SocketList, ChooseError> {
-        let choice = {
+        let (mut choice, listing) = {
             let state = &mut *self.lock();
+            let search_storage = state.maps.counters(&mut 0).records_in_socket_storage > 0;
             let slots = &state.maps.socket_slots;
             inspect::choose(
                 |each| slots.for_each_live(each),
+                search_storage,
+                slots.try_clone().ok(),
                 &state.census,
                 state.workloads.as_mut(),
                 query,
                 sys::monotonic_ns(),
             )?
         };
-        let wanted = choice.wanted().to_vec();
-        let states = choice.state_mask();
         let located = self
             .poll_thread
-            .run_job(move |home| {
-                locate::locate(&wanted, states, std::path::Path::new("/proc"), home)
-            })
+            .run_job(move |home| listing.locate(std::path::Path::new("/proc"), home))
             .unwrap_or_else(|error| {
                 log::warn!("sockets view: cannot locate the sockets: {error}");
-                locate::Located::default()
+                Located::default()
             });
-        Ok(choice.answer(&located, query.limit))
+        choice.add_unseen(&located);
+        if !located.unseen.is_empty()
+            && let Some(resolver) = self.lock().workloads.as_mut()
+        {
+            choice.name_workloads(resolver);
+        }
+        Ok(choice.answer(&located))
     }
 
     /// A poll beside the scrapes, folded in under the lock when done. The caller may hold it.
@@ -388,12 +399,13 @@ impl Collector for TcpStateCollector {
         let collectors = self.config.collectors;
         let swept = state.take_kernel_records(&mut snapshot.read_errors, collectors.sockdiag);
         snapshot.handoffs_lost = state.maps.displaced_lost;
-        let ages = state.socket_ages(&mut snapshot.read_errors);
+        let mut ages = state.record_ages(&mut snapshot.read_errors);
         let bpf = PartRun {
             took: started.elapsed(),
             succeeded: swept && snapshot.read_errors == 0,
         };
         self.poll_if_due(state);
+        state.add_polled_ages(&mut ages);
         let sockdiag = match (state.polls.last_took(), state.polls.last_succeeded()) {
             (None, true) => None, // no poll yet
             (took, succeeded) => Some(PartRun {

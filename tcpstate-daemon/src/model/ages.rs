@@ -1,6 +1,7 @@
-//! How long the sockets now in each state have been there: from the kernel's records (when each
-//! socket entered its state), at scrape time, with no work per event. A leaked CLOSE_WAIT socket
-//! never leaves its state, so no duration histogram ever sees it; its age does.
+//! How long the sockets now in each state have been there: from when each entered its state (the
+//! kernel's records, or a timewait or request socket's timer), at scrape time, with no work per
+//! event. A leaked CLOSE_WAIT socket never leaves its state, so no duration histogram ever sees
+//! it; its age does.
 
 use std::collections::BTreeMap;
 

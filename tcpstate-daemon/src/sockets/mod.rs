@@ -4,7 +4,8 @@
 //! namespaces, and `census` counts what the lists say: timewait sockets, request sockets and
 //! accept queues, records the kernel programs left behind, and the sockets older than the
 //! daemon (its baseline, listed at `start`). `untracked` labels a socket the programs have no
-//! record for, by their rule.
+//! record for, by their rule; `timers` reads how long a request or timewait socket has been in
+//! its state off its timer.
 
 pub mod census;
 pub mod namespaces;
@@ -12,4 +13,5 @@ pub mod poller;
 pub mod sock_diag;
 pub mod start;
 pub mod survey;
+pub mod timers;
 pub mod untracked;

@@ -16,6 +16,8 @@ use std::{
     os::fd::RawFd,
 };
 
+use tcpstate_common::state::{NEW_SYN_RECV, SYN_RECV};
+
 use crate::sys::{monotonic_ns, netlink::SockDiagSocket};
 
 /// The request type that dumps TCP sockets of both families (`inet_diag_rcv_msg_compat`).
@@ -32,6 +34,9 @@ const MESSAGE_LEN: usize = 72;
 const INET_DIAG_REQ_SK_BPF_STORAGES: u16 = 2;
 const SK_DIAG_BPF_STORAGE_REQ_MAP_FD: u16 = 1;
 const INET_DIAG_SK_BPF_STORAGES: u16 = 20;
+/// u8: the socket's shutdown flags, which the kernel puts in every full socket's message (not
+/// in a timewait or request socket's).
+const INET_DIAG_SHUTDOWN: u16 = 8;
 /// u64: the socket's cgroup v2 id (full sockets only).
 const INET_DIAG_CGROUP_ID: u16 = 21;
 /// `idiag_timer` of a timewait socket.
@@ -43,19 +48,24 @@ pub fn state_mask(states: &[u8]) -> u32 {
 }
 
 /// One socket as sock_diag reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DiagSocket {
     /// `AF_INET` or `AF_INET6`.
     pub family: u8,
     /// Kernel state number; for timewait sockets their substate (TIME_WAIT or FIN_WAIT2); for
-    /// request sockets SYN_RECV.
+    /// request sockets NEW_SYN_RECV (sock_diag says SYN_RECV, as `ss` shows them, and lists
+    /// them when either state is asked for).
     pub state: u8,
     pub timewait: bool,
     pub local_port: u16,
     pub remote_port: u16,
     pub cookie: u64,
-    /// Time left on the socket's timer, in milliseconds (for a timewait socket: until it ends).
+    /// Time left on the socket's timer, in milliseconds (for a timewait socket: until it ends;
+    /// for a request socket: until its SYN-ACK timer fires).
     pub expires_ms: u32,
+    /// `idiag_retrans`: for a request socket, the SYN-ACKs it retransmitted
+    /// (`request_sock::num_retrans`).
+    pub retransmits: u8,
     /// For listeners: the accept queue now. Otherwise the receive queue.
     pub receive_queue: u32,
     /// For listeners: the accept queue's limit (backlog). Otherwise the send queue.
@@ -100,7 +110,6 @@ pub fn dump_request(states: u32, storage_map: Option<RawFd>, sequence: u32) -> V
     message
 }
 
-/// What one received datagram held.
 /// Where a socket is, and which file holds it, as sock_diag reports it (the sockets view asks
 /// for these of a few sockets; polls never keep addresses).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,6 +123,7 @@ pub struct Endpoint {
     pub inode: u32,
 }
 
+/// What one received datagram held.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Batch<T = DiagSocket> {
     pub sockets: Vec<T>,
@@ -177,7 +187,7 @@ fn parse_socket(payload: &[u8]) -> Option<DiagSocket> {
     let u32_at = |at: usize| u32::from_ne_bytes(message[at..at + 4].try_into().unwrap());
     // inet_diag_sockid starts at 4: sport, dport (network order), src[16], dst[16], if, cookie[2].
     let cookie = u64::from(u32_at(44)) | u64::from(u32_at(48)) << 32;
-    let (mut tracked, mut cgroup) = (false, 0);
+    let (mut tracked, mut cgroup, mut full) = (false, 0, false);
     let mut attributes = &payload[MESSAGE_LEN..];
     while attributes.len() >= 4 {
         let length = u16::from_ne_bytes([attributes[0], attributes[1]]) as usize;
@@ -186,6 +196,7 @@ fn parse_socket(payload: &[u8]) -> Option<DiagSocket> {
             break;
         }
         tracked |= kind == INET_DIAG_SK_BPF_STORAGES;
+        full |= kind == INET_DIAG_SHUTDOWN;
         if kind == INET_DIAG_CGROUP_ID
             && let Some(id) = attributes.get(4..12)
         {
@@ -194,20 +205,30 @@ fn parse_socket(payload: &[u8]) -> Option<DiagSocket> {
         }
         attributes = &attributes[align(length).min(attributes.len())..];
     }
+    let timewait = message[2] == TIMER_TIMEWAIT;
+    let state = match message[1] {
+        SYN_RECV if !timewait && !full => NEW_SYN_RECV,
+        state => state,
+    };
     Some(DiagSocket {
         family: message[0],
-        state: message[1],
-        timewait: message[2] == TIMER_TIMEWAIT,
+        state,
+        timewait,
         local_port: u16::from_be_bytes([message[4], message[5]]),
         remote_port: u16::from_be_bytes([message[6], message[7]]),
         cookie,
         expires_ms: u32_at(52),
+        retransmits: message[3],
         receive_queue: u32_at(56),
         send_queue: u32_at(60),
         tracked,
         cgroup,
         seen_ns: 0,
     })
+}
+
+fn parse_located(payload: &[u8]) -> Option<(DiagSocket, Endpoint)> {
+    Some((parse_socket(payload)?, parse_endpoint(payload)?))
 }
 
 fn parse_endpoint(payload: &[u8]) -> Option<Endpoint> {
@@ -276,13 +297,18 @@ impl Session {
         })
     }
 
-    /// Hands `visit` the endpoint of each TCP socket of both families in `states`.
-    pub fn for_each_endpoint(
+    /// Hands `visit` each TCP socket of both families in `states` with its endpoint.
+    pub fn for_each_located(
         &mut self,
         states: u32,
-        mut visit: impl FnMut(Endpoint),
+        mut visit: impl FnMut(DiagSocket, Endpoint),
     ) -> io::Result<()> {
-        self.for_each_parsed(states, None, parse_endpoint, |endpoint, _| visit(endpoint))
+        self.for_each_parsed(
+            states,
+            None,
+            parse_located,
+            |(socket, endpoint), seen_ns| visit(DiagSocket { seen_ns, ..socket }, endpoint),
+        )
     }
 
     fn for_each_parsed<T>(
@@ -356,6 +382,10 @@ mod tests {
             payload.extend([0u8; 4]);
         }
         if !timer_is_timewait(timer) {
+            // Every full socket's message: its shutdown flags (padded to 4 bytes), its cgroup.
+            payload.extend(5u16.to_ne_bytes());
+            payload.extend(INET_DIAG_SHUTDOWN.to_ne_bytes());
+            payload.extend([0u8; 4]);
             payload.extend(12u16.to_ne_bytes());
             payload.extend(INET_DIAG_CGROUP_ID.to_ne_bytes());
             payload.extend(0x0000_0001_0000_02c8u64.to_ne_bytes());
@@ -370,6 +400,25 @@ mod tests {
 
     fn timer_is_timewait(timer: u8) -> bool {
         timer == TIMER_TIMEWAIT
+    }
+
+    #[test]
+    fn request_sockets_read_as_new_syn_recv_with_their_retransmits() {
+        // A request socket's message: SYN_RECV, its SYN-ACK timer, no attributes.
+        let mut request = socket_message(SYN_RECV, 1, 443, 50_000, 9, false);
+        request.truncate(NLMSG_HEADER_LEN + MESSAGE_LEN);
+        request[0..4].copy_from_slice(&((NLMSG_HEADER_LEN + MESSAGE_LEN) as u32).to_ne_bytes());
+        request[NLMSG_HEADER_LEN + 3] = 2;
+        let full = socket_message(SYN_RECV, 1, 443, 50_001, 10, false);
+        let mut data = request;
+        data.extend(full);
+        let batch = parse_batch(&data).unwrap();
+        let [request, full] = [batch.sockets[0], batch.sockets[1]];
+        assert_eq!(
+            (request.state, request.retransmits, request.expires_ms),
+            (NEW_SYN_RECV, 2, 59_000)
+        );
+        assert_eq!(full.state, SYN_RECV, "a full socket in SYN_RECV stays one");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::{collections::VecDeque, io, path::PathBuf};
 
-use tcpstate_common::state::{LISTEN, NEW_SYN_RECV, SYN_RECV};
+use tcpstate_common::state::{LISTEN, NEW_SYN_RECV};
 
 use crate::{
     netstat::{self, TcpExt},
@@ -78,6 +78,8 @@ pub struct NamespacePoll {
     pub finished_ns: u64,
     pub tcp_ext: Option<TcpExt>,
     pub port_range: Option<(u16, u16)>,
+    /// `net.ipv4.tcp_fin_timeout` (s), for the ages of its FIN_WAIT2 timewait sockets.
+    pub fin_timeout_s: Option<u32>,
 }
 
 /// Why a namespace was not listed.
@@ -247,11 +249,10 @@ fn list_here(inode: u32, path: PathBuf, depth: Depth) -> io::Result<NamespacePol
             sock_diag::state_mask(&POLLED_STATES) | sock_diag::state_mask(&[NEW_SYN_RECV])
         }
     };
-    // sock_diag reports request sockets in SYN_RECV; full sockets in SYN_RECV are not asked for.
     let (requests, sockets) = session
         .dump(states, None)?
         .into_iter()
-        .partition(|socket| socket.state == SYN_RECV && !socket.timewait);
+        .partition(|socket| socket.state == NEW_SYN_RECV);
     Ok(NamespacePoll {
         inode,
         path,
@@ -263,5 +264,6 @@ fn list_here(inode: u32, path: PathBuf, depth: Depth) -> io::Result<NamespacePol
         finished_ns: sys::monotonic_ns(),
         tcp_ext: netstat::read_tcp_ext().ok(),
         port_range: netstat::read_port_range().ok(),
+        fin_timeout_s: netstat::read_fin_timeout().ok(),
     })
 }

@@ -10,6 +10,16 @@ use std::{
 
 use aya::Pod;
 
+/// The system's page size: mapping offsets are multiples of it.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf reads a constant of the system; it takes no pointer.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size)
+        .ok()
+        .filter(|size| *size > 0)
+        .unwrap_or(4096)
+}
+
 /// A shared mapping of `count` consecutive entries of an array map, unmapped on drop.
 pub struct MappedArray<T> {
     base: NonNull<T>,

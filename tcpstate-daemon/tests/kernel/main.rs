@@ -1,6 +1,6 @@
 //! The real program in the real kernel: each test starts `tcpstated`, makes real connections on
-//! loopback to a port of its own (in the daemon's port set, 24001-24017 and 24041; 27110
-//! for `privileges`), and checks the exact changes of the real `/metrics`. One module per subject.
+//! loopback to a port of its own (in the daemon's port set, 24001-24019 and 24041; 27110 for
+//! `privileges`), and checks the exact changes of the real `/metrics`. One module per subject.
 //! They need root: `cargo xtask test` runs them (`--ignored`, one at a time).
 
 #[path = "../support/mod.rs"]

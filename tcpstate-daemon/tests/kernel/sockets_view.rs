@@ -1,5 +1,6 @@
 //! The sockets view (`/sockets.json`, `/sockets`): the sockets of a leak, found by the view
-//! with their addresses, ages and the process that holds them; bad queries refused.
+//! with their addresses, ages and the process that holds them, those older than the daemon or
+//! recorded in socket-local storage too; bad queries refused.
 
 use std::{
     net::{Shutdown, TcpListener, TcpStream},
@@ -15,6 +16,10 @@ use crate::support::{Daemon, eventually, read_to_eof};
 /// The port of the leak, and another one whose CLOSE_WAIT socket the port filter leaves out.
 const PORT: u16 = 24016;
 const OTHER_PORT: u16 = 24017;
+/// The port of a leak older than the daemon.
+const OLD_LEAK_PORT: u16 = 24018;
+/// The port of a leak recorded in socket-local storage.
+const STORAGE_LEAK_PORT: u16 = 24019;
 
 /// `count` server sockets of `port` left in CLOSE_WAIT: their clients closed, the server never
 /// does. Made a little apart, so that their ages order them. Returns (leaked, clients).
@@ -130,6 +135,104 @@ fn the_sockets_view_lists_exactly_the_leaked_sockets_with_their_process() {
     );
     assert!(daemon.get("/").unwrap().body.contains("href=\"/sockets\""));
     drop((leaked, clients, open, accepted, elsewhere));
+}
+
+/// A CLOSE_WAIT socket made before the daemon started never moves, so no kernel record names
+/// it: the view still lists it (its age unknown), before a younger one the programs saw enter
+/// CLOSE_WAIT, with its addresses and the test's own process.
+#[test]
+#[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
+fn a_leak_older_than_the_daemon_is_listed_with_its_process_and_no_age() {
+    let listener = TcpListener::bind(("127.0.0.1", OLD_LEAK_PORT)).unwrap();
+    let (old, old_clients) = leak(&listener, 1);
+    let daemon = Daemon::watching(&[OLD_LEAK_PORT]);
+    let (young, young_clients) = leak(&listener, 1);
+
+    let query = format!("state=CLOSE_WAIT&port={OLD_LEAK_PORT}");
+    let mut list = json(&daemon, &query);
+    eventually(WAIT, || {
+        list = json(&daemon, &query);
+        list["matched"] == 2
+    });
+    assert_eq!(
+        (&list["matched"], &list["listed"]),
+        (&2.into(), &2.into()),
+        "{list:#}"
+    );
+    assert_eq!(list["unlocated"], 0, "{list:#}");
+    let command = std::fs::read_to_string("/proc/self/comm").unwrap();
+    let owner = serde_json::json!([{ "pid": std::process::id(), "command": command.trim_end() }]);
+    let [older, younger] = [&list["sockets"][0], &list["sockets"][1]];
+    assert_eq!(older["local"], old[0].local_addr().unwrap().to_string());
+    assert_eq!(
+        older["remote"],
+        old_clients[0].local_addr().unwrap().to_string()
+    );
+    assert_eq!(older["age_seconds"], Value::Null, "{older:#}");
+    // Labelled as the daemon labels a socket it has no record of: its role unknown.
+    assert_eq!(
+        (&older["role"], &older["port"]),
+        (&"unknown".into(), &OLD_LEAK_PORT.to_string().into())
+    );
+    assert_eq!(older["processes"], owner, "{older:#}");
+    assert_eq!(younger["local"], young[0].local_addr().unwrap().to_string());
+    assert!(younger["age_seconds"].as_f64().is_some(), "{younger:#}");
+    assert_eq!(younger["processes"], owner, "{younger:#}");
+    // min_age leaves the young one out, not the one of unknown age.
+    let old_only = json(&daemon, &format!("{query}&min_age=3600"));
+    assert_eq!(old_only["matched"], 1, "{old_only:#}");
+    drop((old, old_clients, young, young_clients));
+}
+
+/// With a slot table of one window, most sockets are recorded in socket-local storage, which
+/// user space cannot walk: the view finds them by listing the namespaces, every one of the
+/// leak listed, those in storage without an age.
+#[test]
+#[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
+fn a_leak_recorded_in_socket_storage_is_listed_whole() {
+    const LEAKED: usize = 12;
+    let port = STORAGE_LEAK_PORT.to_string();
+    let daemon = Daemon::start(&[&format!("--port={port}"), "--sockets.slots=8"]);
+    let listener = TcpListener::bind(("127.0.0.1", STORAGE_LEAK_PORT)).unwrap();
+    let (leaked, clients) = leak(&listener, LEAKED);
+    let metrics = daemon.scrape();
+    assert!(
+        metrics.sum("tcpstate_socket_records_in_socket_storage_total", &[]) > 0.0,
+        "records past the slot table's 8 slots go to socket storage"
+    );
+    let query = format!("state=CLOSE_WAIT&port={port}");
+    let mut list = json(&daemon, &query);
+    eventually(WAIT, || {
+        list = json(&daemon, &query);
+        list["matched"] == LEAKED
+    });
+    assert_eq!(list["matched"], LEAKED, "{list:#}");
+    assert_eq!(list["unlocated"], 0, "{list:#}");
+    let listed: Vec<&Value> = list["sockets"].as_array().unwrap().iter().collect();
+    let mut locals: Vec<String> = listed
+        .iter()
+        .map(|socket| socket["local"].as_str().unwrap().to_owned())
+        .collect();
+    locals.sort();
+    let mut expected: Vec<String> = leaked
+        .iter()
+        .map(|server| server.local_addr().unwrap().to_string())
+        .collect();
+    expected.sort();
+    assert_eq!(locals, expected, "every socket of the leak, once");
+    let without_age = listed.iter().filter(|s| s["age_seconds"].is_null()).count();
+    assert!(
+        without_age >= LEAKED - 8,
+        "{without_age} in storage: {list:#}"
+    );
+    let pid = u64::from(std::process::id());
+    assert!(
+        listed
+            .iter()
+            .all(|socket| socket["processes"][0]["pid"] == pid),
+        "{list:#}"
+    );
+    drop((leaked, clients));
 }
 
 #[test]

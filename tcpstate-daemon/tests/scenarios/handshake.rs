@@ -15,7 +15,7 @@ use crate::support::{
     Exposition, Netns, expect, handshakes, rerun_once_after_unrecorded_events, sockets,
     until_transitions,
 };
-use crate::traffic::{accept, at, connect, connect_in_background, listen};
+use crate::traffic::{accept, at, connect, connect_in_background, drop_bare_acks, listen};
 use crate::{WAIT, start};
 
 // ---- 1. SYN dropped once ------------------------------------------------------------------
@@ -194,23 +194,8 @@ fn lost_final_ack_leaves_a_request_socket_that_retransmits_its_syn_ack() {
         let port = 25004;
         let netns = Netns::new(port);
         let daemon = start(&netns, &[port], &[0.5, 5.0], &[]);
-        // Bare ACKs to the listener's port are lost: the handshake's last segment (and the
-        // client's answers to retransmitted SYN-ACKs). The client, which got the SYN-ACK, is
-        // ESTABLISHED; the server keeps a request socket (NEW_SYN_RECV) and retransmits the
-        // SYN-ACK from 1 s after the SYN on.
-        let rules = netns.nft(
-            "tcpstate_no_ack",
-            &format!(
-                r#"
-    table inet tcpstate_no_ack {{
-        chain input {{
-            type filter hook input priority 0; policy accept;
-            tcp dport {port} tcp flags & (fin | syn | rst | ack) == ack counter drop comment "bare ACK"
-        }}
-    }}
-    "#
-            ),
-        );
+        // Bare ACKs to the listener's port are lost: a request socket waits.
+        let rules = drop_bare_acks(&netns, "tcpstate_no_ack", port);
         let before = daemon.scrape();
         let listener = listen(&netns, port);
         let mut client = connect(&netns, port);

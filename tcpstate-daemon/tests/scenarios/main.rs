@@ -4,7 +4,7 @@
 //!
 //! Each test makes a network namespace of its own (`tcpstate-<port>-<pid>`, loopback only), runs
 //! `tcpstated` inside it (its sock_diag figures, TIME_WAIT, request sockets and listen queues,
-//! describe the daemon's own namespace), makes traffic there on service ports 25001-25025 (in the
+//! describe the daemon's own namespace), makes traffic there on service ports 25001-25027 (in the
 //! daemon's port set; the BPF program sees every namespace, the port label keeps tests apart;
 //! 25080-25085 are fixed client ports, 25097-25099 the datagram sink and the daemons' HTTP) and,
 //! where a scenario needs lost packets, drops them with nftables rules inside that namespace (on
@@ -29,6 +29,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod ages;
 mod checks;
 mod closing;
 mod gauges;

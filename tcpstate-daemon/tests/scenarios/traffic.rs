@@ -11,7 +11,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::WAIT;
 use crate::checks::{ss_count, until_ss};
-use crate::support::{Netns, eventually, read_to_eof};
+use crate::support::{Netns, NftTable, eventually, read_to_eof};
 
 pub fn at(port: u16) -> SocketAddr {
     (Ipv4Addr::LOCALHOST, port).into()
@@ -37,6 +37,26 @@ pub fn connect_in_background(netns: &Netns, port: u16) -> Socket {
             other => panic!("non-blocking connect: {other:?}"),
         }
     })
+}
+
+/// Drops every bare ACK to `port` in `netns` (nftables table `table`, removed with the
+/// returned guard): the handshake's last segment, and the client's answers to retransmitted
+/// SYN-ACKs. The client, which got the SYN-ACK, is ESTABLISHED; the server keeps a request
+/// socket (NEW_SYN_RECV) and retransmits the SYN-ACK from 1 s after the SYN on.
+pub fn drop_bare_acks<'a>(netns: &'a Netns, table: &str, port: u16) -> NftTable<'a> {
+    netns.nft(
+        table,
+        &format!(
+            r#"
+    table inet {table} {{
+        chain input {{
+            type filter hook input priority 0; policy accept;
+            tcp dport {port} tcp flags & (fin | syn | rst | ack) == ack counter drop comment "bare ACK"
+        }}
+    }}
+    "#
+        ),
+    )
 }
 
 /// Accepts one connection, waiting at most `WAIT` (a lost handshake must fail the test, not

@@ -10,7 +10,7 @@
 //! second listing, made after the first, lists too are kept (README, "Known limits").
 
 use std::{collections::BTreeMap, io};
-use tcpstate_common::state::{SYN_RECV, TIME_WAIT};
+use tcpstate_common::state::{NEW_SYN_RECV, TIME_WAIT};
 
 use tcpstate_common::{Labels, TcpState, family};
 
@@ -156,6 +156,16 @@ impl Baseline {
         self.live == 0
     }
 
+    /// Hands `each` every socket still in the baseline: its namespace, cookie, labels and
+    /// state.
+    pub fn for_each(&self, mut each: impl FnMut(u32, u64, Labels, u8)) {
+        for (inode, namespace) in &self.namespaces {
+            for entry in namespace.entries.iter().filter(|entry| entry.state != 0) {
+                each(*inode, entry.cookie, entry.labels(), entry.state);
+            }
+        }
+    }
+
     /// Adds the baseline of other namespaces.
     pub fn merge(&mut self, other: Baseline) {
         for (key, count) in other.counts {
@@ -277,11 +287,9 @@ pub fn list_here(tracer: &Tracer, rule: &LabelRule, net_inode: u32) -> io::Resul
     Ok(first.confirm(second))
 }
 
-/// Timewait and request sockets (reported in SYN_RECV) are the polls' business.
+/// Timewait and request sockets are the polls' business.
 fn is_timewait_or_request(socket: &DiagSocket) -> bool {
-    socket.timewait
-        || socket.state == TIME_WAIT
-        || (socket.state == SYN_RECV && socket.receive_queue == 0 && socket.send_queue == 0)
+    socket.timewait || socket.state == TIME_WAIT || socket.state == NEW_SYN_RECV
 }
 
 #[cfg(test)]
@@ -327,6 +335,13 @@ mod tests {
         baseline.first_seen(2);
         baseline.first_seen(2);
         baseline.first_seen(42);
+        let mut listed = Vec::new();
+        baseline.for_each(|inode, cookie, labels, state| {
+            assert_eq!((inode, labels), (1, UNKNOWN));
+            listed.push((cookie, state));
+        });
+        assert_eq!(listed.len(), 9, "all but 2: {listed:?}");
+        assert!(listed.contains(&(7, CLOSE_WAIT)) && !listed.iter().any(|(c, _)| *c == 2));
         assert_eq!(baseline.counts()[&StateKey::new(UNKNOWN, ESTABLISHED)], 5);
         assert_eq!(baseline.remove_gone(|_, _, state| state == CLOSE_WAIT), 4);
         assert_eq!(baseline.remove_gone(|_, _, _| false), 0);

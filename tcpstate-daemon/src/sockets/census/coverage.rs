@@ -386,13 +386,22 @@ impl Coverage {
             .min_by_key(|(low, high)| (high.saturating_sub(*low), *low))
     }
 
-    /// See `Census::namespace_path`.
-    pub fn path_of(&self, inode: u32) -> Option<Option<PathBuf>> {
+    /// Where the polls enter namespace `inode`: `Some(None)` for the daemon's own, `None` if
+    /// they do not know it or cannot enter it.
+    fn path_of(&self, inode: u32) -> Option<Option<PathBuf>> {
         if inode == self.own {
             return Some(None);
         }
         self.covers(inode)
             .then(|| self.known.get(&inode).map(|known| known.path.clone()))
+    }
+
+    /// The namespaces the polls can list, and where to enter each (`None`: the daemon's own).
+    pub fn covered(&self) -> Vec<(u32, Option<PathBuf>)> {
+        self.known
+            .keys()
+            .filter_map(|inode| Some((*inode, self.path_of(*inode)?)))
+            .collect()
     }
 
     /// Namespaces known (the daemon's included).

@@ -3,12 +3,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use tcpstate_common::{role, state::NEW_SYN_RECV};
+use tcpstate_common::{Labels, role, state::NEW_SYN_RECV};
 
 use super::sum_counts;
 use crate::{
     model::StateKey,
-    sockets::{sock_diag::DiagSocket, untracked::LabelRule},
+    sockets::{sock_diag::DiagSocket, timers::request_age_ns, untracked::LabelRule},
 };
 
 /// An accept queue: its length now and its limit.
@@ -26,11 +26,21 @@ pub struct ListenKey {
     pub cgroup: u32,
 }
 
+/// A request socket of a poll: its cookie, labels, and when it was born (the SYN's arrival,
+/// read off its SYN-ACK timer).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct RequestSocket {
+    pub(super) cookie: u64,
+    pub(super) labels: Labels,
+    pub(super) entered_ns: u64,
+}
+
 /// One namespace's queues at its last poll.
 #[derive(Debug, Default)]
 struct NamespaceQueues {
     queues: BTreeMap<ListenKey, ListenQueue>,
     requests: BTreeMap<StateKey, i64>,
+    request_sockets: Vec<RequestSocket>,
 }
 
 #[derive(Debug, Default)]
@@ -67,6 +77,7 @@ impl Listen {
         }
         if let Some(requests) = requests {
             namespace.requests.clear();
+            namespace.request_sockets.clear();
             for request in requests {
                 let owner = listener_owner(listeners, request).unwrap_or(0);
                 let labels = rule.labels_owned_by(request, role::SERVER, owner);
@@ -74,7 +85,27 @@ impl Listen {
                     .requests
                     .entry(StateKey::new(labels, NEW_SYN_RECV))
                     .or_default() += 1;
+                let age_ns = request_age_ns(request.retransmits, request.expires_ms);
+                namespace.request_sockets.push(RequestSocket {
+                    cookie: request.cookie,
+                    labels,
+                    entered_ns: request.seen_ns.saturating_sub(age_ns),
+                });
             }
+            if namespace.request_sockets.capacity() > 4 * namespace.request_sockets.len().max(64) {
+                // After a SYN flood: give the memory back.
+                namespace.request_sockets.shrink_to_fit();
+            }
+        }
+    }
+
+    /// Hands `each` the request sockets of every namespace's last poll, with its inode.
+    pub(super) fn for_each_request(&self, mut each: impl FnMut(u32, &RequestSocket)) {
+        for (inode, namespace) in &self.namespaces {
+            namespace
+                .request_sockets
+                .iter()
+                .for_each(|request| each(*inode, request));
         }
     }
 

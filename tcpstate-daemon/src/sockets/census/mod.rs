@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tcpstate_common::{
     Labels, PortSet, TimewaitHandoff,
-    state::{CLOSING, FIN_WAIT1, FIN_WAIT2, LAST_ACK, LISTEN, TIME_WAIT},
+    state::{CLOSING, FIN_WAIT1, FIN_WAIT2, LAST_ACK, LISTEN, NEW_SYN_RECV, TIME_WAIT},
 };
 
 pub use baseline::Baseline;
@@ -130,6 +130,7 @@ impl Census {
                 finished_ns: now_ns,
                 tcp_ext: None,
                 port_range: None,
+                fin_timeout_s: None,
             }],
             ..Survey::default()
         });
@@ -188,8 +189,13 @@ impl Census {
         let requests = full.then_some(visit.requests.as_slice());
         self.listen.observe(inode, &self.rule, &listeners, requests);
         if full {
-            self.timewait
-                .observe(inode, &visit.sockets, &listeners, now_ns);
+            self.timewait.observe(
+                inode,
+                &visit.sockets,
+                &listeners,
+                visit.fin_timeout_s,
+                now_ns,
+            );
         }
     }
 
@@ -284,16 +290,30 @@ impl Census {
         self.coverage.enters_others()
     }
 
-    /// Where the polls enter namespace `inode`: `Some(None)` for the daemon's own, `None` if
-    /// they do not know it or cannot enter it.
-    pub fn namespace_path(&self, inode: u32) -> Option<Option<std::path::PathBuf>> {
-        self.coverage.path_of(inode)
+    /// Every namespace the polls can list, and where they enter it (`None`: the daemon's own).
+    pub fn covered_namespaces(&self) -> Vec<(u32, Option<std::path::PathBuf>)> {
+        self.coverage.covered()
     }
 
-    /// Hands `each` every timewait socket the polls follow: its namespace, cookie, labels,
-    /// substate (TIME_WAIT or FIN_WAIT2) and when it entered it, if known.
-    pub fn for_each_timewait(&self, each: impl FnMut(u32, u64, Labels, u8, Option<u64>)) {
-        self.timewait.for_each_socket(each);
+    /// How the census labels sockets the kernel programs have no record for.
+    pub fn label_rule(&self) -> LabelRule {
+        self.rule
+    }
+
+    /// Hands `each` every timewait and request socket the polls follow: its namespace,
+    /// cookie, labels, state (TIME_WAIT, FIN_WAIT2 or NEW_SYN_RECV) and when it entered it, if
+    /// known: a handoff's exact time, else read off the socket's timer (`sockets::timers`).
+    pub fn for_each_polled_socket(&self, mut each: impl FnMut(u32, u64, Labels, u8, Option<u64>)) {
+        self.timewait.for_each_socket(&mut each);
+        self.listen.for_each_request(|inode, request| {
+            each(
+                inode,
+                request.cookie,
+                request.labels,
+                NEW_SYN_RECV,
+                Some(request.entered_ns),
+            )
+        });
     }
 
     /// How many network namespaces the polls know (the daemon's included).

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use tcpstate_common::{
     Labels, SocketRecord, TimewaitHandoff, role,
-    state::{CLOSE, LAST_ACK, NEW_SYN_RECV, SYN_RECV},
+    state::{CLOSE, LAST_ACK, NEW_SYN_RECV},
 };
 
 use super::{stale::STALE_RECORD_DELAY_NS, *};
@@ -53,6 +53,7 @@ fn socket(state: u8, timewait: bool, ports: (u16, u16), cookie: u64) -> DiagSock
         remote_port: ports.1,
         cookie,
         expires_ms: 50_000,
+        retransmits: 0,
         receive_queue: 0,
         send_queue: 0,
         tracked: false,
@@ -73,7 +74,7 @@ fn visit(inode: u32, depth: Depth, sockets: &[DiagSocket], now: u64) -> Namespac
         .iter()
         .map(seen)
         .filter(|s| depth == Depth::Full || s.state == LISTEN)
-        .partition(|s| s.state == SYN_RECV && !s.timewait);
+        .partition(|s| s.state == NEW_SYN_RECV);
     NamespacePoll {
         inode,
         path: PathBuf::from(format!("/run/netns/{inode}")),
@@ -85,6 +86,7 @@ fn visit(inode: u32, depth: Depth, sockets: &[DiagSocket], now: u64) -> Namespac
         finished_ns: now,
         tcp_ext: None,
         port_range: None,
+        fin_timeout_s: Some(60),
     }
 }
 
@@ -314,7 +316,7 @@ fn queues_are_kept_by_port_and_owner_and_request_sockets_take_their_listeners() 
             cgroup,
             ..socket(LISTEN, false, (443, 0), cookie)
         };
-        let request = socket(SYN_RECV, false, (443, 50_000), 30);
+        let request = socket(NEW_SYN_RECV, false, (443, 50_000), 30);
         let now = START + SECOND;
         census.fold(survey(vec![
             visit(A, Depth::Full, &[listener(77, 1), request], now),
@@ -370,4 +372,22 @@ fn a_closing_record_is_proved_gone_by_two_full_polls_of_its_own_namespace() {
         net_inode: A,
         ..record
     }));
+}
+
+#[test]
+fn an_orphans_fin_wait2_age_follows_its_namespaces_fin_timeout() {
+    let mut census = census(false);
+    let now = START + SECOND;
+    // 60 s (the default) in A, read by its poll: 45 s left, entered 15 s before the reading.
+    let orphan = DiagSocket {
+        expires_ms: 45_000,
+        ..socket(FIN_WAIT2, true, (40_000, 443), 7)
+    };
+    census.fold(survey(vec![visit(A, Depth::Full, &[orphan], now)]));
+    let mut entered = None;
+    census.for_each_polled_socket(|inode, cookie, _, state, entered_ns| {
+        assert_eq!((inode, cookie, state), (A, 7, FIN_WAIT2));
+        entered = entered_ns;
+    });
+    assert_eq!(entered, Some(now - 15 * SECOND));
 }

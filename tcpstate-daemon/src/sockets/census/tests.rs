@@ -1,6 +1,6 @@
 use tcpstate_common::{
     Labels, OTHER_PORT, SocketRecord, TimewaitHandoff, role,
-    state::{CLOSE, ESTABLISHED, NEW_SYN_RECV, SYN_RECV},
+    state::{CLOSE, ESTABLISHED, NEW_SYN_RECV},
 };
 
 use super::{stale::STALE_RECORD_DELAY_NS, *};
@@ -36,6 +36,7 @@ fn tw(state: u8, cookie: u64, expires_ms: u32) -> DiagSocket {
         remote_port: 443,
         cookie,
         expires_ms,
+        retransmits: 0,
         receive_queue: 0,
         send_queue: 0,
         tracked: false,
@@ -237,15 +238,51 @@ fn sockets_older_than_the_daemon_get_no_duration() {
     assert!(census.durations().is_empty());
 }
 
+/// When each followed timewait and request socket entered its state, by cookie.
+fn entries(census: &Census) -> BTreeMap<u64, (u8, Option<u64>)> {
+    let mut entries = BTreeMap::new();
+    census.for_each_polled_socket(|_, cookie, _, state, entered_ns| {
+        entries.insert(cookie, (state, entered_ns));
+    });
+    entries
+}
+
+#[test]
+fn ages_come_from_handoffs_else_from_the_timers() {
+    let mut census = census();
+    census.add_handoff(4, handoff(TIME_WAIT, START + 2 * SECOND + SECOND / 3));
+    // Read at START + 5 s: socket 3 (10 s left) entered TIME_WAIT 50 s earlier, before the
+    // daemon started: no duration, but its age. Socket 4's handoff is exact (to the ns, where
+    // its timer says 57.333 s left). The FIN_WAIT2 one waits for its namespace's
+    // tcp_fin_timeout, which this poll did not read.
+    let at = START + 5 * SECOND;
+    poll(
+        &mut census,
+        &[
+            tw(TIME_WAIT, 3, 10_000),
+            tw(TIME_WAIT, 4, 57_333),
+            tw(FIN_WAIT2, 5, 40_000),
+        ],
+        at,
+    );
+    let entries = entries(&census);
+    assert_eq!(entries[&3], (TIME_WAIT, Some(at - 50 * SECOND)));
+    assert_eq!(
+        entries[&4],
+        (TIME_WAIT, Some(START + 2 * SECOND + SECOND / 3))
+    );
+    assert_eq!(entries[&5], (FIN_WAIT2, None));
+}
+
 #[test]
 fn listeners_queues_and_request_sockets_by_port() {
     let mut census = census();
     let request = DiagSocket {
-        state: SYN_RECV,
+        state: NEW_SYN_RECV,
         timewait: false,
         local_port: 443,
         remote_port: 50000,
-        ..tw(SYN_RECV, 4, 900)
+        ..tw(NEW_SYN_RECV, 4, 900)
     };
     census.observe(
         &[

@@ -19,11 +19,13 @@ use super::{listen::listener_owner, sum_counts};
 use crate::{
     kept::{Reader, Unreadable, Writer},
     model::{EdgeKey, Histogram, StateKey},
-    sockets::{sock_diag::DiagSocket, untracked::LabelRule},
+    sockets::{
+        sock_diag::DiagSocket,
+        timers::{TIMEWAIT_LEN_NS, timewait_span_ns},
+        untracked::LabelRule,
+    },
 };
 
-/// TCP_TIMEWAIT_LEN (include/net/tcp.h): 60 s, fixed at compile time.
-pub const TIMEWAIT_LEN_NS: u64 = 60_000_000_000;
 /// How many polls of its namespace a handoff record waits for its timewait socket: the record
 /// can be drained just before the poll that first sees the socket, or just after it. A record
 /// still unmatched then belongs to a timewait socket already gone (or none was created).
@@ -76,6 +78,9 @@ pub(super) struct NamespaceTimewait {
     /// Its timewait sockets at its last full poll, by labels and substate.
     by_state: BTreeMap<StateKey, i64>,
     pub(super) handoffs: HashMap<u64, PendingHandoff>,
+    /// Its `net.ipv4.tcp_fin_timeout` at its last full poll (s), if read: how long its
+    /// FIN_WAIT2 timewait sockets last.
+    fin_timeout_s: Option<u32>,
 }
 
 impl NamespaceTimewait {
@@ -117,17 +122,16 @@ impl Timewait {
         }
     }
 
-    /// See `Census::for_each_timewait`.
+    /// Hands `each` every timewait socket followed (see `Census::for_each_polled_socket`):
+    /// when it entered its substate is the handoff's exact time, else read off its timer.
     pub(super) fn for_each_socket(&self, mut each: impl FnMut(u32, u64, Labels, u8, Option<u64>)) {
         for (inode, namespace) in &self.namespaces {
             for (cookie, socket) in &namespace.sockets {
-                each(
-                    *inode,
-                    *cookie,
-                    socket.labels,
-                    socket.substate,
-                    socket.entered_ns,
-                );
+                let entered_ns = socket.entered_ns.or_else(|| {
+                    let span = timewait_span_ns(socket.substate, namespace.fin_timeout_s)?;
+                    Some(socket.ends_ns.saturating_sub(span))
+                });
+                each(*inode, *cookie, socket.labels, socket.substate, entered_ns);
             }
         }
     }
@@ -161,17 +165,20 @@ impl Timewait {
 
     /// Folds in the timewait sockets of a full poll of namespace `inode` that ended at `now_ns`
     /// (`listeners`: its listening sockets, for the labels of timewait sockets without a
-    /// handoff). Updated in place (a busy host has hundreds of thousands: no second map of
-    /// them): each listed socket is stamped with this poll of its namespace.
+    /// handoff; `fin_timeout_s`: its `tcp_fin_timeout`, if read). Updated in place (a busy
+    /// host has hundreds of thousands: no second map of them): each listed socket is stamped
+    /// with this poll of its namespace.
     pub(super) fn observe(
         &mut self,
         inode: u32,
         polled: &[DiagSocket],
         listeners: &[&DiagSocket],
+        fin_timeout_s: Option<u32>,
         now_ns: u64,
     ) {
         let mut namespace = self.namespaces.remove(&inode).unwrap_or_default();
         namespace.by_state.clear();
+        namespace.fin_timeout_s = fin_timeout_s;
         namespace.polls = namespace.polls.wrapping_add(1);
         for socket in polled.iter().filter(|s| s.timewait) {
             let entry = match namespace.sockets.get(&socket.cookie).copied() {
