@@ -169,6 +169,16 @@ impl KernelState {
         ages
     }
 
+    /// Adds the sockets older than the programs' first attachment that have not moved since
+    /// (the start-up baseline), as old as that attachment: a lower bound, so that a leak older
+    /// than tcpstated still passes the thresholds once tcpstated has run that long.
+    fn add_baseline_ages(&self, ages: &mut Ages) {
+        let now = sys::monotonic_ns();
+        self.census.baseline.for_each(|_, _, labels, state| {
+            add_age(ages, StateKey::new(labels, state), self.attached_ns, now);
+        });
+    }
+
     /// Adds the ages of the timewait and request sockets the polls follow (after this scrape's
     /// poll, as their counts).
     fn add_polled_ages(&self, ages: &mut Ages) {
@@ -400,6 +410,7 @@ impl Collector for TcpStateCollector {
         let swept = state.take_kernel_records(&mut snapshot.read_errors, collectors.sockdiag);
         snapshot.handoffs_lost = state.maps.displaced_lost;
         let mut ages = state.record_ages(&mut snapshot.read_errors);
+        state.add_baseline_ages(&mut ages);
         let bpf = PartRun {
             took: started.elapsed(),
             succeeded: swept && snapshot.read_errors == 0,

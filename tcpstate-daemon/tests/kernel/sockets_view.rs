@@ -5,7 +5,7 @@
 use std::{
     net::{Shutdown, TcpListener, TcpStream},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde_json::Value;
@@ -144,8 +144,10 @@ fn the_sockets_view_lists_exactly_the_leaked_sockets_with_their_process() {
 #[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
 fn a_leak_older_than_the_daemon_is_listed_with_its_process_and_no_age() {
     let listener = TcpListener::bind(("127.0.0.1", OLD_LEAK_PORT)).unwrap();
+    let made = Instant::now();
     let (old, old_clients) = leak(&listener, 1);
     let daemon = Daemon::watching(&[OLD_LEAK_PORT]);
+    let started = Instant::now();
     let (young, young_clients) = leak(&listener, 1);
 
     let query = format!("state=CLOSE_WAIT&port={OLD_LEAK_PORT}");
@@ -181,6 +183,25 @@ fn a_leak_older_than_the_daemon_is_listed_with_its_process_and_no_age() {
     // min_age leaves the young one out, not the one of unknown age.
     let old_only = json(&daemon, &format!("{query}&min_age=3600"));
     assert_eq!(old_only["matched"], 1, "{old_only:#}");
+
+    // In the metrics, it is at least as old as the programs' attachment: a lower bound that
+    // grows with time, so the leak alert's age threshold is reached.
+    thread::sleep(Duration::from_millis(1500));
+    let port = OLD_LEAK_PORT.to_string();
+    let labels = [
+        ("state", "CLOSE_WAIT"),
+        ("port", &*port),
+        ("role", "unknown"),
+    ];
+    let (since_start, since_made) = (started.elapsed(), made.elapsed());
+    let age = daemon
+        .scrape()
+        .sum("tcpstate_socket_age_max_seconds", &labels);
+    assert!(
+        since_start.as_secs_f64() <= age && age <= since_made.as_secs_f64(),
+        "the older leak's age {age} s: at least since the daemon started ({since_start:?}), \
+         at most since it was made ({since_made:?})"
+    );
     drop((old, old_clients, young, young_clients));
 }
 

@@ -5,7 +5,6 @@ use std::{
     collections::BTreeMap,
     io::Write as _,
     net::{Ipv6Addr, Shutdown, TcpListener, TcpStream},
-    process::Command,
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -169,54 +168,28 @@ fn ipv6_connections_show_their_addresses() {
     });
 }
 
-/// Whether the daemon `pid`'s event stream program is attached: a link of the kernel runs the
-/// program named so among those the daemon holds open (its fds' `prog_id`).
-fn stream_program_attached(pid: u32) -> bool {
-    let json = |args: &[&str]| -> Value {
-        let output = Command::new("bpftool")
-            .args(["--json"])
-            .args(args)
-            .output()
-            .expect("bpftool runs");
-        assert!(output.status.success(), "bpftool {args:?}: {output:?}");
-        serde_json::from_slice(&output.stdout).expect("bpftool's JSON")
-    };
-    let held: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .expect("the daemon's fds")
-        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
-        .filter_map(|info| {
-            let line = info.lines().find(|line| line.starts_with("prog_id:"))?;
-            line["prog_id:".len()..].trim().parse().ok()
-        })
-        .collect();
-    let programs = json(&["prog", "show"]);
-    let ours: Vec<u64> = programs
-        .as_array()
-        .expect("a list of programs")
+/// Whether the daemon's event stream program is attached: a third link on the state changes'
+/// tracepoint beside the two counting programs' (the daemon's fds, `/proc/PID/fdinfo`).
+fn stream_program_attached(daemon: &Daemon) -> bool {
+    let on_state_changes = daemon
+        .attached_tracepoints()
         .iter()
-        .filter(|program| program["name"] == "trace_state_change")
-        .filter_map(|program| program["id"].as_u64())
-        .filter(|id| held.contains(id))
-        .collect();
-    assert_eq!(
-        ours.len(),
-        1,
-        "the daemon holds one stream program: {programs}"
+        .filter(|tracepoint| *tracepoint == "inet_sock_set_state")
+        .count();
+    assert!(
+        (2..=3).contains(&on_state_changes),
+        "{on_state_changes} links on inet_sock_set_state"
     );
-    json(&["link", "show"])
-        .as_array()
-        .expect("a list of links")
-        .iter()
-        .any(|link| link["prog_id"].as_u64() == Some(ours[0]))
+    on_state_changes == 3
 }
 
 /// Waits up to [`WAIT`] for the daemon's stream program to be attached (`true`) or not.
 fn until_stream_program(daemon: &Daemon, attached: bool) -> bool {
     let deadline = Instant::now() + WAIT;
-    while stream_program_attached(daemon.pid()) != attached && Instant::now() < deadline {
+    while stream_program_attached(daemon) != attached && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(50));
     }
-    stream_program_attached(daemon.pid()) == attached
+    stream_program_attached(daemon) == attached
 }
 
 #[test]
@@ -225,19 +198,16 @@ fn the_streams_program_runs_only_while_someone_listens() {
     let port = 27005;
     let daemon = Daemon::watching(&[port]);
     assert!(
-        !stream_program_attached(daemon.pid()),
+        !stream_program_attached(&daemon),
         "nobody listens yet: no instruction of the stream may run on an event"
     );
     let first = EventStream::ready(&daemon, &format!("port={port}"));
-    assert!(
-        stream_program_attached(daemon.pid()),
-        "attached before `ready`"
-    );
+    assert!(stream_program_attached(&daemon), "attached before `ready`");
     let second = EventStream::ready(&daemon, "");
     drop(first);
     thread::sleep(Duration::from_millis(500));
     assert!(
-        stream_program_attached(daemon.pid()),
+        stream_program_attached(&daemon),
         "one subscriber left of two: still attached"
     );
     drop(second);
