@@ -210,6 +210,7 @@ fn diag(state: TcpState, timewait: bool, ports: (u16, u16), cookie: u64) -> Diag
         receive_queue: 0,
         send_queue: 0,
         tracked: false,
+        stored: None,
         cgroup: 0,
         seen_ns: 0,
     }

@@ -10,6 +10,7 @@ use std::{
     cmp::Ordering,
     collections::{BinaryHeap, HashMap, HashSet},
     io,
+    os::fd::RawFd,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -65,6 +66,9 @@ pub struct Listing {
     pub states: u32,
     pub namespaces: Vec<Wanted>,
     pub unseen: Option<UnseenSearch>,
+    /// The socket-storage map (`SOCKET_RECORDS`): the listing reads the records of the sockets
+    /// recorded there, which user space cannot walk.
+    pub storage_map: Option<RawFd>,
 }
 
 /// An unseen socket (see [`UnseenSearch`]), found by a listing.
@@ -74,6 +78,9 @@ pub struct Unseen {
     pub cookie: u64,
     pub state: u8,
     pub labels: Labels,
+    /// When it entered its state, from its socket-storage record; `None`: no record (older
+    /// than the daemon, unmoved since).
+    pub entered_ns: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -187,7 +194,7 @@ impl Listing {
         located: &mut Located,
         kept: &mut BinaryHeap<Kept>,
     ) -> io::Result<()> {
-        Session::open()?.for_each_located(self.states, |socket, endpoint| {
+        Session::open()?.for_each_located(self.states, self.storage_map, |socket, endpoint| {
             if namespace.cookies.contains(&socket.cookie) {
                 located.endpoints.insert(socket.cookie, endpoint);
                 return;
@@ -215,7 +222,11 @@ impl UnseenSearch {
         if !full || !asked || self.known.binary_search(&socket.cookie).is_ok() {
             return None;
         }
-        let labels = self.rule.labels(socket, role_in_state(socket.state));
+        // A socket-storage record has the labels the programs gave the socket.
+        let (entered_ns, labels) = match socket.stored {
+            Some((entered_ns, labels)) => (Some(entered_ns), labels),
+            None => (None, self.rule.labels(socket, role_in_state(socket.state))),
+        };
         let port_matches = self.port.is_none_or(|port| port == labels.port);
         let workload_matches = self
             .cgroups
@@ -226,6 +237,7 @@ impl UnseenSearch {
             cookie: socket.cookie,
             state: socket.state,
             labels,
+            entered_ns,
         })
     }
 

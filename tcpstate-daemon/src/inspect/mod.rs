@@ -195,6 +195,7 @@ pub fn choose(
         states: listed_states(&query.states),
         namespaces,
         unseen,
+        storage_map: None,
     };
     let choice = Choice {
         chosen,
@@ -246,7 +247,7 @@ impl Choice {
         self.matched += located.unseen_matched;
         self.chosen
             .extend(located.unseen.iter().map(|unseen| Candidate {
-                entered_ns: None,
+                entered_ns: unseen.entered_ns,
                 cookie: unseen.cookie,
                 net_inode: unseen.net_inode,
                 state: unseen.state,

@@ -130,6 +130,7 @@ fn unseen_sockets_are_searched_for_in_every_namespace_and_come_first() {
         cookie: 5,
         state: CLOSE_WAIT,
         labels: labels(role::UNKNOWN),
+        entered_ns: None,
     };
     let located = Located {
         unseen: vec![unseen],

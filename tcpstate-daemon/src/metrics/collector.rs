@@ -4,6 +4,7 @@
 //! scrapes serialize on the state's lock.
 
 use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
     sync::{Arc, Mutex, MutexGuard, atomic::AtomicBool},
     time::Instant,
 };
@@ -359,7 +360,7 @@ impl TcpStateCollector {
             let state = &mut *self.lock();
             let search_storage = state.maps.counters(&mut 0).records_in_socket_storage > 0;
             let slots = &state.maps.socket_slots;
-            inspect::choose(
+            let (choice, mut listing) = inspect::choose(
                 |each| slots.for_each_live(each),
                 search_storage,
                 slots.try_clone().ok(),
@@ -367,7 +368,11 @@ impl TcpStateCollector {
                 state.workloads.as_mut(),
                 query,
                 sys::monotonic_ns(),
-            )?
+            )?;
+            // The maps live as long as the daemon: the descriptor outlasts the listing.
+            listing.storage_map =
+                search_storage.then(|| state.maps.socket_records.fd().as_fd().as_raw_fd());
+            (choice, listing)
         };
         let located = self
             .poll_thread

@@ -12,11 +12,15 @@
 
 use std::{
     io,
+    mem::offset_of,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::RawFd,
 };
 
-use tcpstate_common::state::{NEW_SYN_RECV, SYN_RECV};
+use tcpstate_common::{
+    Labels, SocketRecord, TransitionKey,
+    state::{NEW_SYN_RECV, SYN_RECV},
+};
 
 use crate::sys::{monotonic_ns, netlink::SockDiagSocket};
 
@@ -34,6 +38,9 @@ const MESSAGE_LEN: usize = 72;
 const INET_DIAG_REQ_SK_BPF_STORAGES: u16 = 2;
 const SK_DIAG_BPF_STORAGE_REQ_MAP_FD: u16 = 1;
 const INET_DIAG_SK_BPF_STORAGES: u16 = 20;
+/// In `INET_DIAG_SK_BPF_STORAGES`: one map's storage (nested), and in it the map's value.
+const SK_DIAG_BPF_STORAGE: u16 = 1;
+const SK_DIAG_BPF_STORAGE_MAP_VALUE: u16 = 3;
 /// u8: the socket's shutdown flags, which the kernel puts in every full socket's message (not
 /// in a timewait or request socket's).
 const INET_DIAG_SHUTDOWN: u16 = 8;
@@ -73,6 +80,8 @@ pub struct DiagSocket {
     /// Whether the kernel program has a record for the socket: its entry in the BPF
     /// socket-storage map the dump asked about; the caller adds the records in slots.
     pub tracked: bool,
+    /// That socket-storage record's entry time and labels (see `SocketRecord`).
+    pub stored: Option<(u64, Labels)>,
     /// The owner's cgroup v2: the low 32 bits of its id, the inode of its directory (what the
     /// kernel programs keep in `Labels::cgroup`). 0 for timewait and request sockets, which
     /// have none.
@@ -188,6 +197,7 @@ fn parse_socket(payload: &[u8]) -> Option<DiagSocket> {
     // inet_diag_sockid starts at 4: sport, dport (network order), src[16], dst[16], if, cookie[2].
     let cookie = u64::from(u32_at(44)) | u64::from(u32_at(48)) << 32;
     let (mut tracked, mut cgroup, mut full) = (false, 0, false);
+    let mut stored = None;
     let mut attributes = &payload[MESSAGE_LEN..];
     while attributes.len() >= 4 {
         let length = u16::from_ne_bytes([attributes[0], attributes[1]]) as usize;
@@ -195,7 +205,10 @@ fn parse_socket(payload: &[u8]) -> Option<DiagSocket> {
         if length < 4 || length > attributes.len() {
             break;
         }
-        tracked |= kind == INET_DIAG_SK_BPF_STORAGES;
+        if kind == INET_DIAG_SK_BPF_STORAGES {
+            tracked = true;
+            stored = stored_record(&attributes[4..length]);
+        }
         full |= kind == INET_DIAG_SHUTDOWN;
         if kind == INET_DIAG_CGROUP_ID
             && let Some(id) = attributes.get(4..12)
@@ -222,8 +235,36 @@ fn parse_socket(payload: &[u8]) -> Option<DiagSocket> {
         receive_queue: u32_at(56),
         send_queue: u32_at(60),
         tracked,
+        stored,
         cgroup,
         seen_ns: 0,
+    })
+}
+
+/// The entry time and labels of the `SocketRecord` in an `INET_DIAG_SK_BPF_STORAGES`
+/// attribute's payload (nested attributes: one `SK_DIAG_BPF_STORAGE` per map, holding the
+/// map's id and value).
+fn stored_record(storages: &[u8]) -> Option<(u64, Labels)> {
+    let storage = nested(storages)
+        .find(|(kind, _)| *kind == SK_DIAG_BPF_STORAGE)?
+        .1;
+    let value = nested(storage)
+        .find(|(kind, _)| *kind == SK_DIAG_BPF_STORAGE_MAP_VALUE)?
+        .1;
+    let word = |at: usize| Some(u64::from_ne_bytes(value.get(at..at + 8)?.try_into().ok()?));
+    let entered_ns = word(offset_of!(SocketRecord, entered_ns))?;
+    let labels = word(offset_of!(SocketRecord, labels))?;
+    Some((entered_ns, TransitionKey::from_words([labels, 0]).labels))
+}
+
+/// The netlink attributes in `payload`: `(kind, payload)` each, while whole.
+fn nested(mut payload: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        let length = u16::from_ne_bytes(payload.get(0..2)?.try_into().unwrap()) as usize;
+        let kind = u16::from_ne_bytes(payload.get(2..4)?.try_into().unwrap()) & 0x3fff;
+        let attribute = payload.get(4..length)?;
+        payload = &payload[align(length).min(payload.len())..];
+        Some((kind, attribute))
     })
 }
 
@@ -301,11 +342,12 @@ impl Session {
     pub fn for_each_located(
         &mut self,
         states: u32,
+        storage_map: Option<RawFd>,
         mut visit: impl FnMut(DiagSocket, Endpoint),
     ) -> io::Result<()> {
         self.for_each_parsed(
             states,
-            None,
+            storage_map,
             parse_located,
             |(socket, endpoint), seen_ns| visit(DiagSocket { seen_ns, ..socket }, endpoint),
         )
@@ -478,6 +520,52 @@ mod tests {
         assert!(batch.sockets[1].tracked && !batch.sockets[1].timewait);
         // The cgroup id's low 32 bits; a timewait socket has none.
         assert_eq!((tw.cgroup, batch.sockets[1].cgroup), (0, 0x2c8));
+    }
+
+    const SK_DIAG_BPF_STORAGE_MAP_ID: u16 = 2;
+
+    #[test]
+    fn a_socket_storage_record_gives_its_entry_time_and_labels() {
+        let attribute = |kind: u16, payload: &[u8]| {
+            let mut bytes = Vec::new();
+            bytes.extend(((4 + payload.len()) as u16).to_ne_bytes());
+            bytes.extend(kind.to_ne_bytes());
+            bytes.extend(payload);
+            bytes.resize(align(bytes.len()), 0);
+            bytes
+        };
+        // The record as the kernel lays it out: entered_ns, labels (port, family, role,
+        // cgroup), cookie, state, home, padding, net_inode.
+        let mut record = Vec::new();
+        record.extend(123_456_789u64.to_le_bytes());
+        record.extend(8080u16.to_le_bytes());
+        record.extend([10, 2]);
+        record.extend(0x2c8u32.to_le_bytes());
+        record.extend(7u64.to_le_bytes());
+        record.extend([8, 1, 0, 0]);
+        record.extend(4026531840u32.to_le_bytes());
+        let mut storage = attribute(SK_DIAG_BPF_STORAGE_MAP_ID, &5u32.to_ne_bytes());
+        storage.extend(attribute(SK_DIAG_BPF_STORAGE_MAP_VALUE, &record));
+        let storages = attribute(SK_DIAG_BPF_STORAGE | 0x8000, &storage);
+        let mut message = socket_message(8, 0, 8080, 50_000, 7, false);
+        let length = message.len() + 4 + storages.len();
+        message.extend(((4 + storages.len()) as u16).to_ne_bytes());
+        message.extend((INET_DIAG_SK_BPF_STORAGES | 0x8000).to_ne_bytes());
+        message.extend(&storages);
+        message[0..4].copy_from_slice(&(length as u32).to_ne_bytes());
+        let socket = parse_batch(&message).unwrap().sockets[0];
+        let labels = Labels {
+            port: 8080,
+            family: 10,
+            role: 2,
+            cgroup: 0x2c8,
+        };
+        assert!(socket.tracked);
+        assert_eq!(socket.stored, Some((123_456_789, labels)));
+        // A value too short for a record: tracked, with no record read.
+        let mut short = storage.clone();
+        short.truncate(storage.len() - 16);
+        assert_eq!(stored_record(&attribute(SK_DIAG_BPF_STORAGE, &short)), None);
     }
 
     #[test]

@@ -206,8 +206,8 @@ fn a_leak_older_than_the_daemon_is_listed_with_its_process_and_no_age() {
 }
 
 /// With a slot table of one window, most sockets are recorded in socket-local storage, which
-/// user space cannot walk: the view finds them by listing the namespaces, every one of the
-/// leak listed, those in storage without an age.
+/// user space cannot walk: the view finds them by listing the namespaces, with their records
+/// (sock_diag reads socket storage), every one of the leak listed with its role and age.
 #[test]
 #[ignore = "needs root and a BPF-capable kernel: run with `cargo xtask test`"]
 fn a_leak_recorded_in_socket_storage_is_listed_whole() {
@@ -215,6 +215,7 @@ fn a_leak_recorded_in_socket_storage_is_listed_whole() {
     let port = STORAGE_LEAK_PORT.to_string();
     let daemon = Daemon::start(&[&format!("--port={port}"), "--sockets.slots=8"]);
     let listener = TcpListener::bind(("127.0.0.1", STORAGE_LEAK_PORT)).unwrap();
+    let leak_began = Instant::now();
     let (leaked, clients) = leak(&listener, LEAKED);
     let metrics = daemon.scrape();
     assert!(
@@ -241,10 +242,16 @@ fn a_leak_recorded_in_socket_storage_is_listed_whole() {
         .collect();
     expected.sort();
     assert_eq!(locals, expected, "every socket of the leak, once");
-    let without_age = listed.iter().filter(|s| s["age_seconds"].is_null()).count();
+    // Oldest first, each with the age and role its record (in a slot or in storage) gives.
+    let ages = ages(&list);
+    let most = leak_began.elapsed().as_secs_f64();
     assert!(
-        without_age >= LEAKED - 8,
-        "{without_age} in storage: {list:#}"
+        ages.windows(2).all(|pair| pair[0] >= pair[1]) && ages.iter().all(|age| *age <= most),
+        "ages {ages:?}, the leak began {most} s ago"
+    );
+    assert!(
+        listed.iter().all(|socket| socket["role"] == "server"),
+        "{list:#}"
     );
     let pid = u64::from(std::process::id());
     assert!(

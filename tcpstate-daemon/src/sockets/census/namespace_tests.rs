@@ -57,6 +57,7 @@ fn socket(state: u8, timewait: bool, ports: (u16, u16), cookie: u64) -> DiagSock
         receive_queue: 0,
         send_queue: 0,
         tracked: false,
+        stored: None,
         cgroup: 0,
         seen_ns: 0,
     }

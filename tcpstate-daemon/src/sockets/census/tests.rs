@@ -40,6 +40,7 @@ fn tw(state: u8, cookie: u64, expires_ms: u32) -> DiagSocket {
         receive_queue: 0,
         send_queue: 0,
         tracked: false,
+        stored: None,
         cgroup: 0,
         seen_ns: 0,
     }
