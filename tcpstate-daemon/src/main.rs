@@ -65,7 +65,13 @@ fn check(flags: &Flags) -> ExitCode {
         .and_then(|tracer| workload_resolver(flags).map(|_| tracer));
     match checked {
         Ok(tracer) => {
-            let programs: Vec<&str> = tracer.maps.programs.iter().map(|(name, _)| *name).collect();
+            let programs: Vec<&str> = tracer
+                .maps
+                .programs
+                .iter()
+                .map(|(name, _)| *name)
+                .chain([tcpstate_common::program::TRACE_STATE_CHANGE])
+                .collect();
             drop(tracer); // detaches
             log::info!(
                 "check passed: tcpstated {} can run on this kernel with these flags (programs {} \

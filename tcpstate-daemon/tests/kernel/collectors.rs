@@ -200,8 +200,8 @@ fn check_loads_only_the_programs_left_on() {
     assert_eq!(check.status.code(), Some(0), "{stderr}");
     assert!(
         stderr.contains(
-            "programs record_state_change, record_nested_state_change loaded, verified, \
-             attached and detached"
+            "programs record_state_change, record_nested_state_change, trace_state_change \
+             loaded, verified, attached and detached"
         ),
         "{stderr}"
     );
