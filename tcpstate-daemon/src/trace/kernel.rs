@@ -67,7 +67,7 @@ impl TraceMaps {
 
 impl KernelTrace {
     /// Tells the program who listens, and for what: attaches it for the first subscriber,
-    /// gives it the states and entry times of the sockets the filter lets through, and detaches
+    /// gives it the sockets' states and entry times whenever the filter changes, and detaches
     /// it when `control` is off.
     pub fn set_control(&mut self, control: &TraceControl) -> anyhow::Result<()> {
         if control.subscribers == 0 {
