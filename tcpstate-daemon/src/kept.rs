@@ -87,6 +87,22 @@ impl DaemonFigures {
     }
 }
 
+/// `bytes`, figures a daemon kept, with `replaced` added to their replaced programs' figures:
+/// for a daemon that continues an earlier state to write at once, so that a SIGKILL before its
+/// first scrape loses nothing.
+pub fn with_replaced_programs(
+    bytes: &[u8],
+    replaced: &[(u64, ProgramStats)],
+) -> Result<Vec<u8>, Unreadable> {
+    let mut input = Reader::new(bytes);
+    let mut figures = DaemonFigures::restore(&mut input)?;
+    figures.replaced_programs.extend_from_slice(replaced);
+    let mut out = Writer::default();
+    figures.save(&mut out);
+    out.raw(input.rest());
+    Ok(out.into_bytes())
+}
+
 #[derive(Default)]
 pub struct Writer(Vec<u8>);
 
@@ -297,6 +313,33 @@ mod tests {
         let mut input = Reader::new(&bytes);
         assert_eq!(DaemonFigures::restore(&mut input).unwrap(), figures);
         assert!(input.is_done());
+    }
+
+    #[test]
+    fn replaced_programs_are_added_and_the_rest_kept() {
+        let stats = |misses| ProgramStats {
+            recursion_misses: misses,
+            ..ProgramStats::default()
+        };
+        let figures = DaemonFigures {
+            attached_ns: 7,
+            replaced_programs: vec![(0, stats(3))],
+            ..DaemonFigures::default()
+        };
+        let mut out = Writer::default();
+        figures.save(&mut out);
+        out.u64(42); // what the census writes after
+        let bytes =
+            with_replaced_programs(&out.into_bytes(), &[(0, stats(5)), (1, stats(1))]).unwrap();
+        let mut input = Reader::new(&bytes);
+        let restored = DaemonFigures::restore(&mut input).unwrap();
+        assert_eq!(
+            restored.replaced_programs,
+            [(0, stats(3)), (0, stats(5)), (1, stats(1))]
+        );
+        assert_eq!(restored.attached_ns, 7);
+        assert_eq!((input.u64().unwrap(), input.is_done()), (42, true));
+        assert!(with_replaced_programs(&[1, 2, 3], &[]).is_err());
     }
 
     #[test]

@@ -99,7 +99,7 @@ async fn run(flags: Flags, web_config: Option<Arc<WebConfigSource>>) -> anyhow::
     let tracer = Tracer::attach(&TracerConfig::from_flags(&flags))?;
     let adopted = tracer.kept.adopted;
     // Adopted whole, or an earlier state's maps continued with this daemon's programs.
-    let programs_adopted = adopted && tracer.kept.replaced_programs.is_empty();
+    let programs_adopted = adopted && !tracer.kept.continued;
     let label_rule = LabelRule {
         ports: loader::port_set(&flags.ports),
         owners: flags.workloads,

@@ -28,7 +28,7 @@ use super::{
 };
 use crate::{
     config::{Buckets, Collectors, Flags},
-    kept::{DaemonFigures, Reader},
+    kept::{self, DaemonFigures, Reader},
     sys::{self, ProgramStats},
     trace::TraceMaps,
 };
@@ -59,9 +59,9 @@ pub struct KeptState {
     pub earlier: Option<Vec<u8>>,
     /// Whether the programs and maps are an earlier daemon's, adopted.
     pub adopted: bool,
-    /// What the kernel counted for the programs this daemon replaced (an upgrade), by their
-    /// index in `PROGRAMS`.
-    pub replaced_programs: Vec<(u64, ProgramStats)>,
+    /// Whether this daemon's programs continue an earlier state's maps (an upgrade; its
+    /// programs' figures are in `earlier`).
+    pub continued: bool,
 }
 
 pub struct TracerConfig<'a> {
@@ -290,22 +290,23 @@ impl Tracer {
     /// build or configuration whose maps hold the same (see `pinning`), and swaps them for that
     /// state's programs: the counters, the sockets' records and the daemon's figures go on.
     /// The old programs are detached just before the new ones are attached: events in between
-    /// (microseconds) are missed, and each socket's next event repairs its record (as after
-    /// any event the kernel ran no program for). `earlier` is removed once its maps are pinned
-    /// anew.
+    /// (0.1 to 10 ms, see docs/restarts.md) are missed, and each socket's next event repairs
+    /// its record (as after any event the kernel ran no program for). `earlier` is removed once
+    /// its maps are pinned anew.
     fn continue_maps(
         settings: &LoadSettings,
         earlier: &Path,
         pin_at: Option<&Path>,
     ) -> anyhow::Result<Self> {
         let figures = earlier.join(pinning::FIGURES);
-        let kept = FigureStore::open(&figures)
-            .map_err(anyhow::Error::from)
-            .and_then(|mut store| Ok(store.read()?))
-            .with_context(|| format!("the daemon's figures {}", figures.display()))?;
+        let mut earlier_store = FigureStore::open(&figures);
+        let kept = read_earlier_figures(
+            &figures,
+            earlier_store.as_mut().map_err(|error| anyhow!("{error}")),
+        );
         let mut tracer = Tracer::load(settings, pin_at, Some(earlier))?;
         // The earlier programs are detached: their figures are final.
-        tracer.kept.replaced_programs = PROGRAMS
+        let replaced: Vec<(u64, ProgramStats)> = PROGRAMS
             .iter()
             .enumerate()
             .filter_map(|(index, (name, _))| {
@@ -315,6 +316,16 @@ impl Tracer {
                 Some((index as u64, stats))
             })
             .collect();
+        // With the replaced programs' figures, which only the daemon's figures keep now.
+        let kept = kept.map(|bytes| {
+            kept::with_replaced_programs(&bytes, &replaced).unwrap_or_else(|_| {
+                log::warn!(
+                    "the figures the last tcpstated kept are unreadable: the replaced programs' \
+                     (tcpstate_bpf_program_*) start again from 0"
+                );
+                bytes
+            })
+        });
         if let (Some(store), Some(bytes)) = (&mut tracer.kept.store, &kept) {
             store
                 .write(bytes)
@@ -322,6 +333,7 @@ impl Tracer {
         }
         tracer.kept.earlier = kept;
         tracer.kept.adopted = true;
+        tracer.kept.continued = true;
         fs::remove_dir_all(earlier)
             .with_context(|| format!("cannot remove {}", earlier.display()))?;
         log::info!(
@@ -370,19 +382,7 @@ impl Tracer {
         let figures = state.join(pinning::FIGURES);
         let mut store = FigureStore::open(&figures)
             .with_context(|| format!("the daemon's figures {}", figures.display()))?;
-        let earlier = match store.read() {
-            Ok(earlier) => earlier,
-            Err(error) => {
-                // The kernel's figures are whole: keep them, and say what is not continued.
-                log::warn!(
-                    "cannot read the figures the last tcpstated kept in {} ({error}): TIME_WAIT \
-                     ends, close_undelivered and listen counters of gone namespaces start again \
-                     from 0",
-                    figures.display()
-                );
-                None
-            }
-        };
+        let earlier = read_earlier_figures(&figures, Ok(&mut store));
         Ok(Tracer {
             maps,
             trace,
@@ -565,6 +565,23 @@ impl Tracer {
 
 /// A program of the object and the tracepoint it attaches to.
 pub type Program = (&'static str, &'static str);
+
+/// What the last daemon kept in the figure store at `path`. Unreadable, the kernel's figures
+/// are kept all the same: the log says which of the daemon's own start again.
+fn read_earlier_figures(path: &Path, store: anyhow::Result<&mut FigureStore>) -> Option<Vec<u8>> {
+    match store.and_then(|store| Ok(store.read()?)) {
+        Ok(figures) => figures,
+        Err(error) => {
+            log::warn!(
+                "cannot read the figures the last tcpstated kept in {} ({error:#}): TIME_WAIT \
+                 ends, close_undelivered and listen counters of gone namespaces start again \
+                 from 0",
+                path.display()
+            );
+            None
+        }
+    }
+}
 
 /// The maps a state keeps, by their names in the object: all but the data sections the
 /// programs hold (`.rodata`, and `.bss`, the event stream's filter, which each daemon resets).

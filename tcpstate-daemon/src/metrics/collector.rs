@@ -89,7 +89,6 @@ impl KernelState {
                  namespaces start again from 0 (the kernel's counters continue)"
             );
         }
-        self.maps.replaced_programs.extend(kept.replaced_programs);
         self.store = kept.store;
         self
     }
