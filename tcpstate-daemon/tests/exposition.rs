@@ -206,13 +206,7 @@ fn diag(state: TcpState, timewait: bool, ports: (u16, u16), cookie: u64) -> Diag
         remote_port: ports.1,
         cookie,
         expires_ms: 0,
-        retransmits: 0,
-        receive_queue: 0,
-        send_queue: 0,
-        tracked: false,
-        stored: None,
-        cgroup: 0,
-        seen_ns: 0,
+        ..DiagSocket::default()
     }
 }
 

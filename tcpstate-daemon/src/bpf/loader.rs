@@ -161,20 +161,12 @@ impl LoadSettings {
     /// What the maps hold, for the state's name: each map's definition as loaded with these
     /// settings (name, type, key and value sizes, entries, flags), and the histogram's bounds.
     fn maps_description(&self) -> anyhow::Result<Vec<u8>> {
-        let object = aya_obj::Object::parse(EBPF_OBJECT)
-            .context("cannot read the embedded eBPF object: rebuild tcpstate")?;
-        let mut maps: Vec<_> = object
-            .maps
-            .iter()
-            .filter(|(name, _)| is_kept(name))
-            .collect();
-        maps.sort_by_key(|(name, _)| name.as_str());
         let mut description = Vec::new();
-        for (name, definition) in maps {
+        for (name, definition) in kept_maps()? {
             let entries = self
                 .map_sizes()
                 .iter()
-                .find(|(sized, _)| sized == name)
+                .find(|(sized, _)| *sized == name)
                 .map_or(definition.max_entries(), |(_, entries)| *entries);
             description.extend_from_slice(name.as_bytes());
             for word in [
@@ -411,9 +403,9 @@ impl Tracer {
             loader.map_max_entries(name, entries);
         }
         let kept_maps: Vec<(String, PathBuf)> = match maps_of {
-            Some(state) => kept_map_names()?
+            Some(state) => kept_maps()?
                 .into_iter()
-                .map(|name| {
+                .map(|(name, _)| {
                     let pin = pinning::pin_of(state, pinning::MAPS, pinning::map_pin_name(&name));
                     anyhow::ensure!(pin.exists(), "map {} is missing", pin.display());
                     Ok((name, pin))
@@ -583,20 +575,19 @@ fn read_earlier_figures(path: &Path, store: anyhow::Result<&mut FigureStore>) ->
     }
 }
 
-/// The maps a state keeps, by their names in the object: all but the data sections the
-/// programs hold (`.rodata`, and `.bss`, the event stream's filter, which each daemon resets).
-fn kept_map_names() -> anyhow::Result<Vec<String>> {
+/// The maps a state keeps, by name, with their definitions in the object: all but the data
+/// sections the programs hold (`.rodata`, and `.bss`, the event stream's filter, which each
+/// daemon resets).
+fn kept_maps() -> anyhow::Result<Vec<(String, aya_obj::Map)>> {
     let object = aya_obj::Object::parse(EBPF_OBJECT)
         .context("cannot read the embedded eBPF object: rebuild tcpstate")?;
-    Ok(object
+    let mut maps: Vec<_> = object
         .maps
-        .into_keys()
-        .filter(|name| is_kept(name))
-        .collect())
-}
-
-fn is_kept(name: &str) -> bool {
-    !name.starts_with('.')
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with('.'))
+        .collect();
+    maps.sort_by(|(one, _), (other, _)| one.cmp(other));
+    Ok(maps)
 }
 
 /// The links of the state pinned at `state`, unpinned, each with its tracepoint, in the order

@@ -53,13 +53,7 @@ fn socket(state: u8, timewait: bool, ports: (u16, u16), cookie: u64) -> DiagSock
         remote_port: ports.1,
         cookie,
         expires_ms: 50_000,
-        retransmits: 0,
-        receive_queue: 0,
-        send_queue: 0,
-        tracked: false,
-        stored: None,
-        cgroup: 0,
-        seen_ns: 0,
+        ..DiagSocket::default()
     }
 }
 

@@ -36,13 +36,7 @@ fn tw(state: u8, cookie: u64, expires_ms: u32) -> DiagSocket {
         remote_port: 443,
         cookie,
         expires_ms,
-        retransmits: 0,
-        receive_queue: 0,
-        send_queue: 0,
-        tracked: false,
-        stored: None,
-        cgroup: 0,
-        seen_ns: 0,
+        ..DiagSocket::default()
     }
 }
 
